@@ -1,0 +1,11 @@
+// Each `hearth` sub-command lives in cli/cmd_NAME.cc and is listed in cli/main.cc.
+// A command gets argv with argv[0] = "hearth NAME" and returns the process exit code.
+#pragma once
+
+namespace hearth::cli {
+
+int cmd_synth(int argc, char** argv);
+int cmd_info(int argc, char** argv);
+int cmd_logits(int argc, char** argv);
+
+}  // namespace hearth::cli

@@ -1,0 +1,52 @@
+// hearth: the command-line front end. Dispatches to one sub-command; every error a
+// user can cause ends as one line on stderr and a non-zero exit, never a crash.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int, char**);
+};
+
+const Command kCommands[] = {
+    {"synth", "write a deterministic random checkpoint in the Hugging Face layout", hearth::cli::cmd_synth},
+    {"info", "print a model's configuration and its parameter/byte counts", hearth::cli::cmd_info},
+    {"logits", "run the forward pass on token ids and write the logits", hearth::cli::cmd_logits},
+};
+
+void usage(std::FILE* out) {
+  std::fprintf(out, "usage: hearth COMMAND [options]   (hearth COMMAND --help for its options)\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  for (const Command& c : kCommands) {
+    if (std::strcmp(argv[1], c.name) != 0) continue;
+    std::string prog = std::string("hearth ") + c.name;
+    std::vector<char*> args{prog.data()};
+    for (int i = 2; i < argc; ++i) args.push_back(argv[i]);
+    try {
+      return c.run(int(args.size()), args.data());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "hearth %s: error: %s\n", c.name, e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "hearth: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,231 @@
+// Multi-head latent attention (MLA) with DeepSeek-V3.2's lightning indexer (DSA).
+//
+// Per new token: project the query through the q LoRA, the key/value through the
+// shared latent; cache the normalized latent and the rotated rope key; let the indexer
+// pick which cached positions this query may see (index_topk of them on V3.2, all
+// causal ones on V3); attend over exactly those positions. Only the picked positions
+// are computed, so work per query is bounded by index_topk, not by context length
+// (the indexer's scoring apart).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "engine/layers.h"
+#include "engine/ops.h"
+#include "quant/numbers.h"
+
+namespace hearth {
+
+namespace {
+
+struct RowView {
+  SeqId seq;
+  int64_t pos;
+};
+
+// Indexer state for the rows of this step: quantized queries and head weights.
+struct IndexerQueries {
+  int64_t heads = 0, dim = 0;
+  std::vector<float> q;       // [rows][heads][dim], FP8 values decoded (scale kept apart)
+  std::vector<float> weight;  // [rows][heads]: weights_proj * heads^-0.5 * dim^-0.5 * q_scale
+};
+
+// Runs the indexer's projections for the new rows, fills their cache keys, and returns
+// the queries used for scoring.
+IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Indexer& ix, const float* x,
+                               const float* qr) {
+  const ModelConfig& c = ctx.config;
+  const int64_t T = ctx.rows(), nh = c.index_n_heads, D = c.index_head_dim, R = c.qk_rope_head_dim;
+  IndexerQueries iq;
+  iq.heads = nh;
+  iq.dim = D;
+  std::vector<float> q(static_cast<size_t>(T * nh * D)), k(static_cast<size_t>(T * D)), w(static_cast<size_t>(T * nh));
+  linear(ctx.pool, ix.wq_b, qr, T, q.data());
+  linear(ctx.pool, ix.wk, x, T, k.data());
+  linear(ctx.pool, ix.weights_proj, x, T, w.data());
+  iq.q.resize(q.size());
+  iq.weight.resize(w.size());
+  const float* lut = fp8_e4m3_table();
+  const float head_scale = float(1.0 / std::sqrt(double(nh)) / std::sqrt(double(D)));
+  ctx.pool.parallel_for(T, [&](int64_t r0, int64_t r1) {
+    uint8_t code[512];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t pos = ctx.row_pos[size_t(r)];
+      const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+      for (int64_t h = 0; h < nh; ++h) {
+        float* qh = q.data() + (r * nh + h) * D;
+        ctx.rope.apply_halves(qh, pos);  // the rope part comes first in the indexer's heads
+        hadamard_transform(qh, D);
+        const float s = quantize_fp8_block_pow2(qh, D, code);
+        float* out = iq.q.data() + (r * nh + h) * D;
+        for (int64_t d = 0; d < D; ++d) out[d] = lut[code[d]];
+        iq.weight[size_t(r * nh + h)] = w[size_t(r * nh + h)] * head_scale * s;
+      }
+      float* kr = k.data() + r * D;
+      layer_norm(kr, ix.k_norm_weight.data(), ix.k_norm_bias.data(), D, 1e-6, kr);
+      ctx.rope.apply_halves(kr, pos);
+      hadamard_transform(kr, D);
+      *ctx.cache.index_scale(layer, seq, pos) = quantize_fp8_block_pow2(kr, D, ctx.cache.index_key(layer, seq, pos));
+    }
+    (void)R;
+  });
+  return iq;
+}
+
+// The positions row r may attend to, in increasing order.
+std::vector<int32_t> select_positions(const StepContext& ctx, int64_t layer, const IndexerQueries* iq, int64_t r) {
+  const int64_t pos = ctx.row_pos[size_t(r)];
+  const int64_t n = pos + 1;  // causal: positions [0, pos]
+  std::vector<int32_t> all(static_cast<size_t>(n));
+  std::iota(all.begin(), all.end(), 0);
+  const int64_t topk = ctx.config.index_topk;
+  if (!iq || n <= topk) return all;
+
+  const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+  const int64_t nh = iq->heads, D = iq->dim;
+  const float* q = iq->q.data() + r * nh * D;
+  const float* w = iq->weight.data() + r * nh;
+  const float* lut = fp8_e4m3_table();
+  std::vector<float> score(static_cast<size_t>(n));
+  ctx.pool.parallel_for(n, [&](int64_t s0, int64_t s1) {
+    float k[512];
+    for (int64_t s = s0; s < s1; ++s) {
+      const uint8_t* kc = ctx.cache.index_key(layer, seq, s);
+      for (int64_t d = 0; d < D; ++d) k[d] = lut[kc[d]];
+      float total = 0.0f;
+      for (int64_t h = 0; h < nh; ++h) {
+        const float* qh = q + h * D;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < D; ++d) dot += qh[d] * k[d];
+        total += w[h] * std::max(dot, 0.0f);
+      }
+      score[size_t(s)] = total * *ctx.cache.index_scale(layer, seq, s);
+    }
+  }, 16);
+  // Highest scores first; ties go to the earlier position.
+  std::partial_sort(all.begin(), all.begin() + topk, all.end(), [&](int32_t a, int32_t b) {
+    return score[size_t(a)] > score[size_t(b)] || (score[size_t(a)] == score[size_t(b)] && a < b);
+  });
+  all.resize(static_cast<size_t>(topk));
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+void softmax_inplace(float* s, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, s[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - m);
+    sum += s[i];
+  }
+  const float inv = float(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+}  // namespace
+
+void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A, const float* x, float* out) {
+  const ModelConfig& c = ctx.config;
+  const int64_t T = ctx.rows(), nh = c.num_attention_heads;
+  const int64_t nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
+  const int64_t qk = nope + rope, kvr = c.kv_lora_rank, kvb_stride = nope + vd;
+  const float scale = float(c.attention_scale());
+
+  // Queries: q = q_b(RMSNorm(q_a(x))), rope part rotated (adjacent pairs).
+  std::vector<float> qr(static_cast<size_t>(T * c.q_lora_rank)), q(static_cast<size_t>(T * nh * qk)), kv(static_cast<size_t>(T * (kvr + rope)));
+  linear(ctx.pool, A.q_a, x, T, qr.data());
+  for (int64_t r = 0; r < T; ++r)
+    rms_norm(qr.data() + r * c.q_lora_rank, A.q_a_norm.data(), c.q_lora_rank, c.rms_norm_eps, qr.data() + r * c.q_lora_rank);
+  linear(ctx.pool, A.q_b, qr.data(), T, q.data());
+  // Keys/values: one shared latent per token, normalized, plus one shared rope key.
+  linear(ctx.pool, A.kv_a, x, T, kv.data());
+  for (int64_t r = 0; r < T; ++r) {
+    const int64_t pos = ctx.row_pos[size_t(r)];
+    const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+    for (int64_t h = 0; h < nh; ++h) ctx.rope.apply_interleaved(q.data() + (r * nh + h) * qk + nope, pos);
+    float* kvr_row = kv.data() + r * (kvr + rope);
+    rms_norm(kvr_row, A.kv_a_norm.data(), kvr, c.rms_norm_eps, ctx.cache.latent(layer, seq, pos));
+    float* kpe = ctx.cache.rope_key(layer, seq, pos);
+    std::copy(kvr_row + kvr, kvr_row + kvr + rope, kpe);
+    ctx.rope.apply_interleaved(kpe, pos);
+  }
+
+  IndexerQueries iq;
+  if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data());
+  std::vector<std::vector<int32_t>> picked(static_cast<size_t>(T));
+  for (int64_t r = 0; r < T; ++r) picked[size_t(r)] = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr, r);
+
+  std::vector<float> attn(static_cast<size_t>(T * nh * vd));
+  for (size_t ci = 0; ci < ctx.chunks.size(); ++ci) {
+    const int64_t first = ctx.chunk_first_row[ci], n = int64_t(ctx.chunks[ci].tokens.size());
+    if (n == 0) continue;
+    const SeqId seq = ctx.chunks[ci].seq;
+    const bool prefill = ctx.path == AttentionPath::kPrefill || (ctx.path == AttentionPath::kAuto && n > 1);
+    if (prefill) {
+      // Expand per-head keys (nope part) and values for every position this chunk can see.
+      const int64_t end = ctx.chunk_start_pos[ci] + n;
+      std::vector<float> lat(static_cast<size_t>(end * kvr)), kvb(static_cast<size_t>(end * nh * kvb_stride));
+      for (int64_t s = 0; s < end; ++s) std::copy_n(ctx.cache.latent(layer, seq, s), kvr, lat.data() + s * kvr);
+      linear(ctx.pool, A.kv_b, lat.data(), end, kvb.data());
+      ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
+        std::vector<float> sc;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t r = first + i / nh, h = i % nh;
+          const float* qh = q.data() + (r * nh + h) * qk;
+          const std::vector<int32_t>& pk = picked[size_t(r)];
+          sc.resize(pk.size());
+          for (size_t j = 0; j < pk.size(); ++j) {
+            const int64_t s = pk[j];
+            const float* kh = kvb.data() + (s * nh + h) * kvb_stride;
+            sc[j] = (dot(qh, kh, nope) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+          }
+          softmax_inplace(sc.data(), int64_t(sc.size()));
+          float* o = attn.data() + (r * nh + h) * vd;
+          std::fill(o, o + vd, 0.0f);
+          for (size_t j = 0; j < pk.size(); ++j) {
+            const float* vh = kvb.data() + (int64_t(pk[j]) * nh + h) * kvb_stride + nope;
+            for (int64_t d = 0; d < vd; ++d) o[d] += sc[j] * vh[d];
+          }
+        }
+      });
+    } else {
+      // Weight-absorbed: q_lat = W_uk(h)^T q_nope; score = q_lat . latent + q_pe . k_pe;
+      // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist.
+      ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
+        std::vector<float> qlat(static_cast<size_t>(kvr)), olat(static_cast<size_t>(kvr)), sc, band(static_cast<size_t>(nh * kvb_stride));
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t r = first + i / nh, h = i % nh;
+          const float* qh = q.data() + (r * nh + h) * qk;
+          std::fill(qlat.begin(), qlat.end(), 0.0f);
+          matmul_t_accumulate(A.kv_b, h * kvb_stride, nope, qh, qlat.data(), 0, kvr);
+          const std::vector<int32_t>& pk = picked[size_t(r)];
+          sc.resize(pk.size());
+          for (size_t j = 0; j < pk.size(); ++j) {
+            const int64_t s = pk[j];
+            sc[j] = (dot(qlat.data(), ctx.cache.latent(layer, seq, s), kvr) +
+                     dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+          }
+          softmax_inplace(sc.data(), int64_t(sc.size()));
+          std::fill(olat.begin(), olat.end(), 0.0f);
+          for (size_t j = 0; j < pk.size(); ++j) {
+            const float* lt = ctx.cache.latent(layer, seq, pk[j]);
+            for (int64_t d = 0; d < kvr; ++d) olat[size_t(d)] += sc[j] * lt[d];
+          }
+          const int64_t v0 = h * kvb_stride + nope;
+          matmul_rows(A.kv_b, olat.data(), kvr, 1, band.data(), 0, v0, v0 + vd);
+          std::copy_n(band.data() + v0, vd, attn.data() + (r * nh + h) * vd);
+        }
+      });
+    }
+  }
+  linear(ctx.pool, A.o, attn.data(), T, out);
+}
+
+}  // namespace hearth

@@ -1,0 +1,69 @@
+#include "engine/forward.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "engine/layers.h"
+#include "engine/ops.h"
+
+namespace hearth {
+
+Forward::Forward(const Model& model, ThreadPool& pool) : model_(model), pool_(pool), rope_(model.config()) {}
+
+void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, float* logits,
+                   AttentionPath path, bool last_only) {
+  const ModelConfig& c = model_.config();
+  StepContext ctx{c, pool_, cache, rope_, path, batch, {}, {}, {}, {}};
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceChunk& ch = batch[i];
+    const int64_t start = cache.length(ch.seq);
+    ctx.chunk_first_row.push_back(ctx.rows());
+    ctx.chunk_start_pos.push_back(start);
+    for (size_t j = 0; j < ch.tokens.size(); ++j) {
+      const int32_t tok = ch.tokens[j];
+      if (tok < 0 || tok >= c.vocab_size)
+        throw std::out_of_range("token id " + std::to_string(tok) + " is outside the vocabulary [0, " +
+                                std::to_string(c.vocab_size) + ")");
+      ctx.row_chunk.push_back(int32_t(i));
+      ctx.row_pos.push_back(start + int64_t(j));
+    }
+  }
+  for (size_t i = 0; i < batch.size(); ++i)
+    cache.extend(batch[i].seq, ctx.chunk_start_pos[i] + int64_t(batch[i].tokens.size()));
+  const int64_t T = ctx.rows(), H = c.hidden_size;
+  if (T == 0) return;
+
+  // The residual stream, one row per new token.
+  std::vector<float> x(static_cast<size_t>(T * H)), h(static_cast<size_t>(T * H)), y(static_cast<size_t>(T * H));
+  for (int64_t r = 0; r < T; ++r) {
+    const SequenceChunk& ch = batch[size_t(ctx.row_chunk[size_t(r)])];
+    const int64_t j = ctx.row_pos[size_t(r)] - ctx.chunk_start_pos[size_t(ctx.row_chunk[size_t(r)])];
+    dequantize_row(model_.embed, ch.tokens[size_t(j)], 0, H, x.data() + r * H);
+  }
+
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const Layer& L = model_.layers[size_t(l)];
+    for (int64_t r = 0; r < T; ++r) rms_norm(x.data() + r * H, L.attn_norm.data(), H, c.rms_norm_eps, h.data() + r * H);
+    attention_forward(ctx, l, L.attn, h.data(), y.data());
+    for (int64_t i = 0; i < T * H; ++i) x[size_t(i)] += y[size_t(i)];
+    for (int64_t r = 0; r < T; ++r) rms_norm(x.data() + r * H, L.ffn_norm.data(), H, c.rms_norm_eps, h.data() + r * H);
+    if (L.is_moe) moe_forward(ctx, L.moe, h.data(), y.data());
+    else mlp_forward(pool_, L.dense, h.data(), T, y.data());
+    for (int64_t i = 0; i < T * H; ++i) x[size_t(i)] += y[size_t(i)];
+  }
+
+  if (!logits) return;
+  // Final norm and head, on every row or on each chunk's last row.
+  std::vector<int64_t> rows;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const int64_t first = ctx.chunk_first_row[i], n = int64_t(batch[i].tokens.size());
+    if (n == 0) continue;
+    if (last_only) rows.push_back(first + n - 1);
+    else for (int64_t j = 0; j < n; ++j) rows.push_back(first + j);
+  }
+  for (size_t i = 0; i < rows.size(); ++i)
+    rms_norm(x.data() + rows[i] * H, model_.final_norm.data(), H, c.rms_norm_eps, h.data() + int64_t(i) * H);
+  linear(pool_, model_.lm_head, h.data(), int64_t(rows.size()), logits);
+}
+
+}  // namespace hearth

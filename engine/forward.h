@@ -1,0 +1,46 @@
+// One forward step over a batch of sequences: the whole network, top to bottom.
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/rope.h"
+#include "offload/thread_pool.h"
+
+namespace hearth {
+
+// Which form of MLA attention to run. Both read the same compressed cache and give
+// the same result; they differ in cost.
+enum class AttentionPath {
+  kAuto,     // prefill for chunks of several tokens, decode for single tokens
+  kPrefill,  // expand per-head keys/values from the cached latents (one kv_b GEMM per chunk)
+  kDecode,   // weight-absorbed: fold kv_b into the query and the output, attend over latents
+};
+
+// New tokens of one sequence, appended after what the cache already holds for it.
+struct SequenceChunk {
+  SeqId seq;
+  std::span<const int32_t> tokens;
+};
+
+class Forward {
+ public:
+  Forward(const Model& model, ThreadPool& pool);
+
+  // Runs every chunk's tokens through the network in one pass and appends them to the
+  // cache. `logits` receives [total tokens][vocab] rows in batch order (all positions)
+  // or, with last_only, one row per chunk; nullptr skips the head.
+  void step(KvCache& cache, const std::vector<SequenceChunk>& batch, float* logits,
+            AttentionPath path = AttentionPath::kAuto, bool last_only = false);
+
+  const Model& model() const { return model_; }
+
+ private:
+  const Model& model_;
+  ThreadPool& pool_;
+  Rope rope_;
+};
+
+}  // namespace hearth

@@ -1,0 +1,40 @@
+// The per-layer pieces of the forward pass (internal to engine/).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/forward.h"
+
+namespace hearth {
+
+// What every layer of one step needs to know about the rows it is computing.
+struct StepContext {
+  const ModelConfig& config;
+  ThreadPool& pool;
+  KvCache& cache;
+  const Rope& rope;
+  AttentionPath path;
+  // Row r of the activations belongs to chunk row_chunk[r] at position row_pos[r].
+  const std::vector<SequenceChunk>& chunks;
+  std::vector<int64_t> chunk_first_row;  // first activation row of each chunk
+  std::vector<int64_t> chunk_start_pos;  // cache length of each chunk's sequence before the step
+  std::vector<int32_t> row_chunk;
+  std::vector<int64_t> row_pos;
+  int64_t rows() const { return int64_t(row_pos.size()); }
+};
+
+// x: [rows][hidden] normalized input; out: [rows][hidden]. Also writes this layer's
+// cache entries for the new positions.
+void attention_forward(const StepContext& ctx, int64_t layer, const Attention& attn, const float* x, float* out);
+void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out);
+void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* out);
+
+// Expert choice for one token (exposed for tests): indices and weights of the
+// num_experts_per_tok experts, following DeepSeek-V3's group-limited routing.
+struct Routing {
+  std::vector<int32_t> experts;
+  std::vector<float> weights;
+};
+Routing route_token(const ModelConfig& c, const float* router_logits, const std::vector<float>& bias);
+
+}  // namespace hearth

@@ -1,0 +1,166 @@
+#include "engine/model.h"
+
+#include <filesystem>
+#include <stdexcept>
+
+#include "quant/numbers.h"
+
+namespace hearth {
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+// Reads tensors by name and checks them against the shapes the config implies.
+class Loader {
+ public:
+  explicit Loader(const WeightStore& store) : store_(store) {}
+
+  const TensorView& tensor(const std::string& name, const std::vector<int64_t>& shape) {
+    const TensorView& t = store_.get(name);
+    if (t.shape != shape)
+      throw std::runtime_error(t.file + ": tensor '" + name + "' has shape " + shape_str(t.shape) +
+                               ", the config implies " + shape_str(shape));
+    return t;
+  }
+
+  WeightMatrix matrix(const std::string& prefix, int64_t rows, int64_t cols) {
+    const TensorView& t = tensor(prefix + ".weight", {rows, cols});
+    WeightMatrix w;
+    w.dtype = t.dtype;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = t.data;
+    if (t.dtype == DType::F8_E4M3) {
+      const std::string sname = prefix + ".weight_scale_inv";
+      if (!store_.has(sname))
+        throw std::runtime_error(t.file + ": FP8 tensor '" + t.name + "' has no block scale '" + sname + "'");
+      const TensorView& s = tensor(sname, {(rows + 127) / 128, (cols + 127) / 128});
+      if (s.dtype != DType::F32)
+        throw std::runtime_error(s.file + ": scale '" + sname + "' must be F32, not " + std::string(dtype_name(s.dtype)));
+      w.scale = static_cast<const float*>(s.data);
+      w.block = 128;
+    }
+    return w;
+  }
+
+  std::vector<float> vector(const std::string& name, int64_t n) {
+    const TensorView& t = tensor(name, {n});
+    std::vector<float> v(static_cast<size_t>(n), 0.0f);
+    WeightMatrix as_row{t.dtype, 1, n, t.data, nullptr, 128};
+    if (t.dtype == DType::F8_E4M3)
+      throw std::runtime_error(t.file + ": vector '" + name + "' cannot be FP8");
+    dequantize_row(as_row, 0, 0, n, v.data());
+    return v;
+  }
+
+ private:
+  const WeightStore& store_;
+};
+
+Mlp load_mlp(Loader& ld, const std::string& p, int64_t hidden, int64_t inter) {
+  return Mlp{ld.matrix(p + ".gate_proj", inter, hidden), ld.matrix(p + ".up_proj", inter, hidden),
+             ld.matrix(p + ".down_proj", hidden, inter)};
+}
+
+void count(ParamCounts& c, const TensorView& t) {
+  // Block scales are storage overhead, not parameters.
+  if (!t.name.ends_with("_scale_inv")) c.params += t.numel();
+  c.bytes += int64_t(t.nbytes);
+}
+
+}  // namespace
+
+ParamCounts ModelFootprint::total() const {
+  ParamCounts t;
+  for (const ParamCounts* c : {&attention, &routed_experts, &shared_experts, &dense_mlp, &embeddings, &norms_router, &mtp}) {
+    t.params += c->params;
+    t.bytes += c->bytes;
+  }
+  return t;
+}
+
+Model Model::load(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) throw std::runtime_error("model directory '" + dir + "' does not exist");
+  ModelConfig config = ModelConfig::load(fs::path(dir) / "config.json");
+  return Model(std::move(config), WeightStore::open(dir));
+}
+
+Model::Model(ModelConfig config, WeightStore store) : config_(std::move(config)), store_(std::move(store)) {
+  const ModelConfig& c = config_;
+  Loader ld(store_);
+  const int64_t H = c.hidden_size, nh = c.num_attention_heads;
+  embed = ld.matrix("model.embed_tokens", c.vocab_size, H);
+  lm_head = ld.matrix("lm_head", c.vocab_size, H);
+  final_norm = ld.vector("model.norm.weight", H);
+  layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    Layer& L = layers[size_t(i)];
+    const std::string p = "model.layers." + std::to_string(i);
+    L.attn_norm = ld.vector(p + ".input_layernorm.weight", H);
+    L.ffn_norm = ld.vector(p + ".post_attention_layernorm.weight", H);
+    Attention& A = L.attn;
+    const std::string a = p + ".self_attn";
+    A.q_a = ld.matrix(a + ".q_a_proj", c.q_lora_rank, H);
+    A.q_a_norm = ld.vector(a + ".q_a_layernorm.weight", c.q_lora_rank);
+    A.q_b = ld.matrix(a + ".q_b_proj", nh * c.qk_head_dim(), c.q_lora_rank);
+    A.kv_a = ld.matrix(a + ".kv_a_proj_with_mqa", c.kv_lora_rank + c.qk_rope_head_dim, H);
+    A.kv_a_norm = ld.vector(a + ".kv_a_layernorm.weight", c.kv_lora_rank);
+    A.kv_b = ld.matrix(a + ".kv_b_proj", nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    A.o = ld.matrix(a + ".o_proj", H, nh * c.v_head_dim);
+    A.has_indexer = c.has_indexer();
+    if (A.has_indexer) {
+      const std::string x = a + ".indexer";
+      A.indexer.wq_b = ld.matrix(x + ".wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
+      A.indexer.wk = ld.matrix(x + ".wk", c.index_head_dim, H);
+      A.indexer.weights_proj = ld.matrix(x + ".weights_proj", c.index_n_heads, H);
+      A.indexer.k_norm_weight = ld.vector(x + ".k_norm.weight", c.index_head_dim);
+      A.indexer.k_norm_bias = ld.vector(x + ".k_norm.bias", c.index_head_dim);
+    }
+    L.is_moe = c.is_moe_layer(i);
+    const std::string m = p + ".mlp";
+    if (!L.is_moe) {
+      L.dense = load_mlp(ld, m, H, c.intermediate_size);
+      continue;
+    }
+    L.moe.router = ld.matrix(m + ".gate", c.n_routed_experts, H);
+    if (store_.has(m + ".gate.e_score_correction_bias"))
+      L.moe.router_bias = ld.vector(m + ".gate.e_score_correction_bias", c.n_routed_experts);
+    else if (c.topk_method == "noaux_tc")
+      throw std::runtime_error("missing tensor '" + m + ".gate.e_score_correction_bias' in " + store_.dir().string());
+    L.moe.experts.reserve(static_cast<size_t>(c.n_routed_experts));
+    for (int64_t e = 0; e < c.n_routed_experts; ++e)
+      L.moe.experts.push_back(load_mlp(ld, m + ".experts." + std::to_string(e), H, c.moe_intermediate_size));
+    L.moe.has_shared = c.n_shared_experts > 0;
+    if (L.moe.has_shared)
+      L.moe.shared = load_mlp(ld, m + ".shared_experts", H, c.moe_intermediate_size * c.n_shared_experts);
+  }
+}
+
+ModelFootprint Model::footprint() const {
+  ModelFootprint f;
+  const std::string mtp_prefix = "model.layers." + std::to_string(config_.num_hidden_layers) + ".";
+  for (const auto& [name, t] : store_.tensors()) {
+    // Later MTP layers (index >= num_hidden_layers) share one bucket.
+    bool is_mtp = false;
+    if (name.rfind("model.layers.", 0) == 0) {
+      const int64_t idx = std::stoll(name.substr(13));
+      is_mtp = idx >= config_.num_hidden_layers;
+    }
+    if (is_mtp) count(f.mtp, t);
+    else if (name.find(".mlp.experts.") != std::string::npos) count(f.routed_experts, t);
+    else if (name.find(".mlp.shared_experts.") != std::string::npos) count(f.shared_experts, t);
+    else if (name.find(".self_attn.") != std::string::npos) count(f.attention, t);
+    else if (name.find(".mlp.gate.") != std::string::npos || name.find("norm") != std::string::npos) count(f.norms_router, t);
+    else if (name.find(".mlp.") != std::string::npos) count(f.dense_mlp, t);
+    else count(f.embeddings, t);
+  }
+  return f;
+}
+
+}  // namespace hearth

@@ -1,0 +1,87 @@
+// The network's weights, arranged by layer, as views into the mapped checkpoint.
+//
+// Linear weights stay in their stored format (FP8 with block scales, BF16, ...) and
+// are decoded inside the kernels; only the small 1-D vectors (norm weights, biases)
+// are widened to float here. Loading checks every shape against the config, so a
+// mismatched checkpoint fails at load with the tensor's name, not mid-forward.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/config.h"
+#include "engine/safetensors.h"
+#include "quant/weight_matrix.h"
+
+namespace hearth {
+
+struct Indexer {  // DSA lightning indexer (deepseek_v32)
+  WeightMatrix wq_b;          // [index_heads * index_head_dim, q_lora_rank]
+  WeightMatrix wk;            // [index_head_dim, hidden]
+  WeightMatrix weights_proj;  // [index_heads, hidden]
+  std::vector<float> k_norm_weight, k_norm_bias;  // LayerNorm over index_head_dim
+};
+
+struct Attention {  // multi-head latent attention
+  WeightMatrix q_a, q_b;        // hidden -> q_lora -> heads * (nope + rope)
+  std::vector<float> q_a_norm;  // RMSNorm over q_lora
+  WeightMatrix kv_a;            // hidden -> kv_lora + rope
+  std::vector<float> kv_a_norm; // RMSNorm over kv_lora
+  WeightMatrix kv_b;            // kv_lora -> heads * (nope + v); rows of head h: [h*(nope+v), (h+1)*(nope+v))
+  WeightMatrix o;               // heads * v -> hidden
+  bool has_indexer = false;
+  Indexer indexer;
+};
+
+struct Mlp {  // SiLU-gated: down(silu(gate(x)) * up(x))
+  WeightMatrix gate, up, down;
+};
+
+struct Moe {
+  WeightMatrix router;              // [n_routed_experts, hidden]
+  std::vector<float> router_bias;   // e_score_correction_bias (selection only); empty if absent
+  std::vector<Mlp> experts;
+  bool has_shared = false;
+  Mlp shared;                       // the shared expert(s), fused along the intermediate dim
+};
+
+struct Layer {
+  std::vector<float> attn_norm, ffn_norm;
+  Attention attn;
+  bool is_moe = false;
+  Mlp dense;  // when !is_moe
+  Moe moe;    // when is_moe
+};
+
+// Byte counts by the kinds a placement plan cares about.
+struct ParamCounts {
+  int64_t params = 0, bytes = 0;
+};
+struct ModelFootprint {
+  ParamCounts attention, routed_experts, shared_experts, dense_mlp, embeddings, norms_router, mtp;
+  ParamCounts total() const;
+};
+
+class Model {
+ public:
+  // Loads config.json and the safetensors of `dir`. The store is kept alive by the model.
+  static Model load(const std::string& dir);
+  Model(ModelConfig config, WeightStore store);
+
+  const ModelConfig& config() const { return config_; }
+  const WeightStore& store() const { return store_; }
+
+  WeightMatrix embed;  // [vocab, hidden]
+  std::vector<Layer> layers;
+  std::vector<float> final_norm;
+  WeightMatrix lm_head;  // [vocab, hidden]
+
+  // Counted from the checkpoint's tensors (the MTP layer apart: the forward pass does not use it).
+  ModelFootprint footprint() const;
+
+ private:
+  ModelConfig config_;
+  WeightStore store_;
+};
+
+}  // namespace hearth

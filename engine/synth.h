@@ -1,0 +1,77 @@
+// Synthetic checkpoints: deterministic random weights in the exact Hugging Face layout
+// of DeepSeek-V3 / V3.2 (config.json, sharded safetensors with FP8 e4m3 weights and
+// 128x128 block scales, model.safetensors.index.json). Used by `hearth synth`, tests and
+// benchmarks that need a model of a given shape without downloading one.
+//
+// The values are numerically sane (linear weights with std ~1/sqrt(fan_in), norm weights
+// near 1, embeddings with std ~1), so activations neither explode nor vanish. Every
+// tensor's values depend only on (seed, tensor name): the same seed and configuration give
+// byte-identical files whatever the thread count.
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/config.h"
+#include "engine/safetensors_writer.h"
+
+namespace hearth {
+
+// "tiny", "small", "bench".
+std::vector<std::string> synth_preset_names();
+// The HF config.json of a preset; throws naming the known presets for an unknown name.
+//   tiny:  the shape of tests/data/tiny-v32 (deepseek_v32, hidden 256, 4 layers + 1 MTP).
+//   small: deepseek_v32, hidden 1024, 8 layers, 32 experts.
+//   bench: deepseek_v3, hidden 2048, 12 layers, 64 experts top-8, vocab 129280, YaRN and
+//          ue8m0 FP8 scales like the real model (~5.7 GB: 4.8 GB of FP8 layers, 1.06 GB of
+//          BF16 embeddings and head). No MTP layer: it would add 1.5 GB (its own copies of
+//          the embeddings and head) that decoding never reads. Pinned: benchmark numbers
+//          are compared across commits.
+nlohmann::json synth_preset_config(const std::string& name);
+
+// Applies "key=JSON" overrides (each sets one top-level key to the parsed JSON value).
+// Throws on a missing '=', an empty key or a value that is not valid JSON.
+void apply_config_overrides(nlohmann::json& config, const std::vector<std::string>& sets);
+
+// The preset with overrides applied. When the result is deepseek_v32 but lacks indexer
+// fields (bench switched with --set model_type), they default to the real model's
+// (index_n_heads 64, index_head_dim 128, index_topk 2048). Validated with from_json.
+nlohmann::json synth_config_json(const std::string& preset, const std::vector<std::string>& sets);
+
+// Every tensor of a checkpoint of this configuration, in file order (embeddings, decoder
+// layers, final norm, lm_head, then the MTP layers), with HF names, dtypes and shapes.
+// FP8 weights are followed by their "weight_scale_inv" F32 block scales.
+std::vector<TensorSpec> checkpoint_tensor_specs(const ModelConfig& config);
+
+struct SynthOptions {
+  std::filesystem::path out_dir;  // must not exist, or be an empty directory
+  std::string preset = "tiny";
+  uint64_t seed = 0;
+  std::vector<std::string> sets;           // "key=JSON" config overrides
+  uint64_t shard_size = uint64_t(1) << 30;  // bytes of tensor data per shard (at least one tensor each)
+  int threads = 0;                          // 0: std::thread::hardware_concurrency()
+  std::FILE* log = stderr;                  // progress lines; nullptr: quiet
+};
+
+struct SynthResult {
+  ModelConfig config;
+  int64_t tensors = 0;
+  int shards = 0;
+  uint64_t tensor_bytes = 0;  // sum of tensor data (the index's total_size)
+  uint64_t file_bytes = 0;    // everything written, headers and config included
+  double seconds = 0.0;
+};
+
+// f32_to_fp8_e4m3 (quant/numbers.h) in bit arithmetic, bit-identical and much faster; the
+// generator's quantizer, exposed so tests can hold it to the reference.
+uint8_t synth_f32_to_fp8_e4m3(float f);
+
+// Writes the checkpoint into a temporary sibling directory and renames it to out_dir at
+// the end, so a failed or interrupted run never leaves a directory that looks complete.
+SynthResult synthesize_checkpoint(const SynthOptions& options);
+
+}  // namespace hearth

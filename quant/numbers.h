@@ -1,0 +1,34 @@
+// Scalar conversions between the storage number formats and float.
+// These are the reference definitions; SIMD kernels are tested against them.
+#pragma once
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace hearth {
+
+inline float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(uint32_t(h) << 16); }
+
+// Round-to-nearest-even; NaN stays a (quiet) NaN.
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return uint16_t(u >> 16);
+}
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);  // round-to-nearest-even, overflow to inf
+
+// FP8 e4m3fn (OCP "E4M3FN"): 1 sign, 4 exponent (bias 7), 3 mantissa bits,
+// no infinities, S.1111.111 is NaN, largest finite value 448.
+inline constexpr float kFp8E4M3Max = 448.0f;
+float fp8_e4m3_to_f32(uint8_t v);
+// Round-to-nearest-even, saturating to +-448 (NaN maps to NaN).
+uint8_t f32_to_fp8_e4m3(float f);
+
+// All 256 e4m3 values decoded, for table-driven kernels.
+const float* fp8_e4m3_table();
+
+}  // namespace hearth

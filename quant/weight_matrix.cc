@@ -1,0 +1,257 @@
+#include "quant/weight_matrix.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "quant/numbers.h"
+
+namespace hearth {
+
+namespace {
+
+constexpr int64_t kChunk = 128;  // columns decoded at a time (= the FP8 scale block)
+
+inline float block_scale(const WeightMatrix& w, int64_t r, int64_t c) {
+  if (w.dtype != DType::F8_E4M3 || !w.scale) return 1.0f;
+  return w.scale[(r / w.block) * w.scale_cols() + c / w.block];
+}
+
+// Length of the chunk that starts at column c and ends at most at `end`: chunks stop at
+// every multiple of kChunk and, for block-scaled FP8, at every scale-block edge, so one
+// scale covers a whole chunk whatever the block size (checkpoints use 128).
+inline int64_t chunk_len(const WeightMatrix& w, int64_t c, int64_t end) {
+  int64_t len = std::min(kChunk - c % kChunk, end - c);
+  if (w.dtype == DType::F8_E4M3 && w.scale) len = std::min(len, w.block - c % w.block);
+  return len;
+}
+
+// ---- scalar reference -------------------------------------------------------
+
+void decode_scalar(const WeightMatrix& w, int64_t r, int64_t c0, int64_t len, float* out) {
+  const int64_t base = r * w.cols + c0;
+  switch (w.dtype) {
+    case DType::F32:
+      std::memcpy(out, static_cast<const float*>(w.data) + base, size_t(len) * 4);
+      break;
+    case DType::BF16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w.data) + base;
+      for (int64_t i = 0; i < len; ++i) out[i] = bf16_to_f32(p[i]);
+      break;
+    }
+    case DType::F16: {
+      const uint16_t* p = static_cast<const uint16_t*>(w.data) + base;
+      for (int64_t i = 0; i < len; ++i) out[i] = f16_to_f32(p[i]);
+      break;
+    }
+    case DType::F8_E4M3: {
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + base;
+      const float* lut = fp8_e4m3_table();
+      for (int64_t i = 0; i < len; ++i) out[i] = lut[p[i]];
+      break;
+    }
+  }
+}
+
+void matmul_rows_scalar(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
+                        int64_t ldy, int64_t r0, int64_t r1) {
+  float buf[kChunk];
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = 0.0f;
+    for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
+      len = chunk_len(w, c0, w.cols);
+      decode_scalar(w, r, c0, len, buf);
+      const float s = block_scale(w, r, c0);
+      for (int64_t t = 0; t < n; ++t) {
+        const float* xt = x + t * ldx + c0;
+        float acc = 0.0f;
+        for (int64_t i = 0; i < len; ++i) acc += buf[i] * xt[i];
+        y[t * ldy + r] += acc * s;
+      }
+    }
+  }
+}
+
+void matmul_t_scalar(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, float* y,
+                     int64_t c0, int64_t c1) {
+  float buf[kChunk];
+  for (int64_t i = 0; i < nrows; ++i) {
+    const int64_t r = row0 + i;
+    for (int64_t c = c0; c < c1;) {
+      // Chunks never straddle a scale block.
+      const int64_t len = chunk_len(w, c, c1);
+      decode_scalar(w, r, c, len, buf);
+      const float xs = x[i] * block_scale(w, r, c);
+      for (int64_t j = 0; j < len; ++j) y[c + j] += xs * buf[j];
+      c += len;
+    }
+  }
+}
+
+// ---- AVX2 + FMA + F16C --------------------------------------------------------
+
+#define HEARTH_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Decodes 8 weights at p + i to floats. FP8 goes through half precision: shifting the
+// e4m3 bits into an fp16 pattern gives the same value times 2^-8 for normal and
+// subnormal inputs alike, so one multiply (folded into the block scale) restores it.
+HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
+  switch (dt) {
+    case DType::F32: return _mm256_loadu_ps(static_cast<const float*>(p) + i);
+    case DType::BF16: {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    case DType::F16: {
+      __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
+      return _mm256_cvtph_ps(h);
+    }
+    case DType::F8_E4M3: {
+      __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i));
+      __m128i w = _mm_cvtepu8_epi16(b);
+      __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
+      __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
+      return _mm256_cvtph_ps(_mm_or_si128(sign, mag));
+    }
+  }
+  return _mm256_setzero_ps();
+}
+
+HEARTH_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// load8 yields FP8 values times 2^-8; this undoes that. It is applied to the partial sum
+// (or to x * scale) rather than folded into the scale, so that a huge block scale
+// (> FLT_MAX / 256) cannot overflow where the true product does not.
+inline float simd_unscale(const WeightMatrix& w) { return w.dtype == DType::F8_E4M3 ? 256.0f : 1.0f; }
+
+HEARTH_AVX2 void matmul_rows_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n,
+                                  float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  alignas(32) float buf[kChunk];
+  const int64_t elem = int64_t(dtype_size(w.dtype));
+  const float unscale = simd_unscale(w);
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = 0.0f;
+    const char* row = static_cast<const char*>(w.data) + r * w.cols * elem;
+    for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
+      len = chunk_len(w, c0, w.cols);
+      const int64_t vec = len & ~int64_t(7);
+      const float s = block_scale(w, r, c0);
+      if (n == 1) {  // decode: fuse decode and dot, no staging buffer
+        const float* xt = x + c0;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= vec; i += 16) {
+          acc0 = _mm256_fmadd_ps(load8(w.dtype, row, c0 + i), _mm256_loadu_ps(xt + i), acc0);
+          acc1 = _mm256_fmadd_ps(load8(w.dtype, row, c0 + i + 8), _mm256_loadu_ps(xt + i + 8), acc1);
+        }
+        for (; i < vec; i += 8)
+          acc0 = _mm256_fmadd_ps(load8(w.dtype, row, c0 + i), _mm256_loadu_ps(xt + i), acc0);
+        float acc = hsum(_mm256_add_ps(acc0, acc1));
+        if (i < len) {
+          float tail[8];
+          decode_scalar(w, r, c0 + i, len - i, tail);
+          const float undo = w.dtype == DType::F8_E4M3 ? 1.0f / 256.0f : 1.0f;
+          for (int64_t j = 0; j < len - i; ++j) acc += tail[j] * undo * xt[i + j];
+        }
+        y[r] += (acc * unscale) * s;
+        continue;
+      }
+      for (int64_t i = 0; i < vec; i += 8) _mm256_store_ps(buf + i, load8(w.dtype, row, c0 + i));
+      if (vec < len) {
+        decode_scalar(w, r, c0 + vec, len - vec, buf + vec);
+        if (w.dtype == DType::F8_E4M3)
+          for (int64_t j = vec; j < len; ++j) buf[j] *= 1.0f / 256.0f;
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        const float* xt = x + t * ldx + c0;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= vec; i += 16) {
+          acc0 = _mm256_fmadd_ps(_mm256_load_ps(buf + i), _mm256_loadu_ps(xt + i), acc0);
+          acc1 = _mm256_fmadd_ps(_mm256_load_ps(buf + i + 8), _mm256_loadu_ps(xt + i + 8), acc1);
+        }
+        for (; i < vec; i += 8)
+          acc0 = _mm256_fmadd_ps(_mm256_load_ps(buf + i), _mm256_loadu_ps(xt + i), acc0);
+        float acc = hsum(_mm256_add_ps(acc0, acc1));
+        for (; i < len; ++i) acc += buf[i] * xt[i];
+        y[t * ldy + r] += (acc * unscale) * s;
+      }
+    }
+  }
+}
+
+HEARTH_AVX2 void matmul_t_avx2(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x,
+                               float* y, int64_t c0, int64_t c1) {
+  const int64_t elem = int64_t(dtype_size(w.dtype));
+  for (int64_t i = 0; i < nrows; ++i) {
+    const int64_t r = row0 + i;
+    const char* row = static_cast<const char*>(w.data) + r * w.cols * elem;
+    for (int64_t c = c0; c < c1;) {
+      const int64_t len = chunk_len(w, c, c1);
+      const float xs = x[i] * block_scale(w, r, c);
+      const float xs_simd = xs * simd_unscale(w);
+      const __m256 xv = _mm256_set1_ps(xs_simd);
+      int64_t j = 0;
+      // xs * 256 overflows only for |xs| > FLT_MAX / 256; such a chunk goes the scalar way.
+      if (!std::isinf(xs_simd) || std::isinf(xs))
+        for (; j + 8 <= len; j += 8)
+          _mm256_storeu_ps(y + c + j, _mm256_fmadd_ps(xv, load8(w.dtype, row, c + j), _mm256_loadu_ps(y + c + j)));
+      for (; j < len; j += 8) {
+        float tail[8];
+        const int64_t m = std::min<int64_t>(8, len - j);
+        decode_scalar(w, r, c + j, m, tail);
+        for (int64_t k = 0; k < m; ++k) y[c + j + k] += xs * tail[k];
+      }
+      c += len;
+    }
+  }
+}
+
+KernelIsa resolve(KernelIsa isa) { return isa == KernelIsa::kAuto ? best_isa() : isa; }
+
+}  // namespace
+
+int64_t WeightMatrix::bytes() const { return rows * cols * int64_t(dtype_size(dtype)); }
+
+KernelIsa best_isa() {
+  static const KernelIsa isa = [] {
+    __builtin_cpu_init();
+    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c"))
+               ? KernelIsa::kAvx2
+               : KernelIsa::kScalar;
+  }();
+  return isa;
+}
+
+void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
+                 int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
+  if (resolve(isa) == KernelIsa::kAvx2) matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
+  else matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
+}
+
+void matmul_t_accumulate(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x,
+                         float* y, int64_t c0, int64_t c1, KernelIsa isa) {
+  if (resolve(isa) == KernelIsa::kAvx2) matmul_t_avx2(w, row0, nrows, x, y, c0, c1);
+  else matmul_t_scalar(w, row0, nrows, x, y, c0, c1);
+}
+
+void dequantize_row(const WeightMatrix& w, int64_t r, int64_t c0, int64_t c1, float* out) {
+  for (int64_t c = c0; c < c1;) {
+    const int64_t len = chunk_len(w, c, c1);
+    decode_scalar(w, r, c, len, out + (c - c0));
+    const float s = block_scale(w, r, c);
+    if (s != 1.0f)
+      for (int64_t j = 0; j < len; ++j) out[c - c0 + j] *= s;
+    c += len;
+  }
+}
+
+}  // namespace hearth
