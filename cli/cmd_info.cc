@@ -51,9 +51,11 @@ int cmd_info(int argc, char** argv) {
               (long long)c.n_routed_experts, (long long)c.num_experts_per_tok, (long long)c.n_group,
               (long long)c.topk_group, c.routed_scaling_factor, (long long)c.n_shared_experts,
               (long long)c.moe_intermediate_size);
-  std::printf("rope         theta %.6g%s\n", c.rope_theta,
-              c.rope_scaling.yarn ? (", yarn x" + std::to_string(c.rope_scaling.factor) + " from " +
-                                     std::to_string(c.rope_scaling.original_max_position_embeddings)).c_str() : "");
+  std::printf("rope         theta %.6g", c.rope_theta);
+  if (c.rope_scaling.yarn)
+    std::printf(", YaRN x%.6g from %lld positions", c.rope_scaling.factor,
+                (long long)c.rope_scaling.original_max_position_embeddings);
+  std::printf("\n");
   if (c.quantization.present)
     std::printf("quantization fp8 %s, %lldx%lld block scales%s\n", c.quantization.fmt.c_str(),
                 (long long)c.quantization.block_rows, (long long)c.quantization.block_cols,

@@ -66,10 +66,6 @@ struct SynthResult {
   double seconds = 0.0;
 };
 
-// f32_to_fp8_e4m3 (quant/numbers.h) in bit arithmetic, bit-identical and much faster; the
-// generator's quantizer, exposed so tests can hold it to the reference.
-uint8_t synth_f32_to_fp8_e4m3(float f);
-
 // Writes the checkpoint into a temporary sibling directory and renames it to out_dir at
 // the end, so a failed or interrupted run never leaves a directory that looks complete.
 SynthResult synthesize_checkpoint(const SynthOptions& options);

@@ -50,7 +50,7 @@ float fp8_e4m3_to_f32(uint8_t v) {
   return neg ? -r : r;
 }
 
-uint8_t f32_to_fp8_e4m3(float f) {
+uint8_t f32_to_fp8_e4m3_reference(float f) {
   if (std::isnan(f)) return 0x7f;
   const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
   float a = std::fabs(f);
@@ -67,6 +67,22 @@ uint8_t f32_to_fp8_e4m3(float f) {
   if (mant == 16) { mant = 8; ++exp; }
   const uint8_t code = uint8_t((exp << 3) | (mant & 0x7));
   return uint8_t(sign | (code > 0x7e ? 0x7e : code));
+}
+
+uint8_t f32_to_fp8_e4m3(float f) {
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  const uint8_t sign = uint8_t((u >> 24) & 0x80u);
+  u &= 0x7fffffffu;
+  if (u > 0x7f800000u) return 0x7f;                  // NaN
+  if (u >= 0x43e00000u) return uint8_t(sign | 0x7e);  // >= 448: saturate
+  if (u < 0x3c800000u) {                              // < 2^-6: subnormal, multiples of 2^-9
+    // Adding 2^14 puts the 2^-9 place at the mantissa's last bit; the FPU rounds to even.
+    const float t = std::bit_cast<float>(u) + 16384.0f;
+    return uint8_t(sign | (std::bit_cast<uint32_t>(t) - 0x46800000u));
+  }
+  u += 0x7ffffu + ((u >> 20) & 1u);  // round the 23-bit mantissa to 3 bits, ties to even
+  const uint32_t code = (u >> 20) - (120u << 3);  // rebias the exponent 127 -> 7
+  return uint8_t(sign | (code > 0x7eu ? 0x7eu : code));
 }
 
 const float* fp8_e4m3_table() {

@@ -25,8 +25,11 @@ uint16_t f32_to_f16(float f);  // round-to-nearest-even, overflow to inf
 // no infinities, S.1111.111 is NaN, largest finite value 448.
 inline constexpr float kFp8E4M3Max = 448.0f;
 float fp8_e4m3_to_f32(uint8_t v);
-// Round-to-nearest-even, saturating to +-448 (NaN maps to NaN).
+// Round-to-nearest-even, saturating to +-448 (NaN maps to NaN). Bit arithmetic, fast
+// enough for bulk quantization; f32_to_fp8_e4m3_reference is the readable definition it
+// is tested against.
 uint8_t f32_to_fp8_e4m3(float f);
+uint8_t f32_to_fp8_e4m3_reference(float f);
 
 // All 256 e4m3 values decoded, for table-driven kernels.
 const float* fp8_e4m3_table();

@@ -320,3 +320,26 @@ TEST_CASE("bf16: round to nearest even at every midpoint") {
   CHECK(f32_to_bf16(1.00390625f) == 0x3f80);   // 1 + 2^-8: tie 0x3f80|0x3f81 -> 0x3f80
   CHECK(f32_to_bf16(1.01171875f) == 0x3f82);   // 1 + 3*2^-8: tie 0x3f81|0x3f82 -> 0x3f82
 }
+
+TEST_CASE("fp8: the bit-arithmetic encoder is bit-identical to the reference") {
+  // (Checked exhaustively over all 2^32 floats once; here a sweep plus the edges.)
+  int mismatches = 0;
+  auto check = [&](float f) {
+    if (hearth::f32_to_fp8_e4m3(f) != hearth::f32_to_fp8_e4m3_reference(f) && ++mismatches < 10)
+      MESSAGE("mismatch at ", f);
+  };
+  for (uint64_t u = 0; u < (uint64_t(1) << 32); u += 40009) check(std::bit_cast<float>(uint32_t(u)));
+  for (int code = 0; code < 256; ++code) {  // every value, its neighbours and the midpoints
+    const float v = hearth::fp8_e4m3_to_f32(uint8_t(code));
+    if (std::isnan(v)) continue;
+    check(v);
+    check(std::nextafter(v, 1e9f));
+    check(std::nextafter(v, -1e9f));
+    const float w = hearth::fp8_e4m3_to_f32(uint8_t(code + 1));
+    if ((code & 0x7f) < 0x7e) check(0.5f * (v + w));
+  }
+  for (float f : {0.0f, -0.0f, 448.0f, 464.0f, 480.0f, 1e30f, -1e30f, INFINITY, -INFINITY, NAN, 0.015625f,
+                  0.0146484375f, 0.0009765625f, 0.001953125f, 1e-40f})
+    check(f);
+  CHECK(mismatches == 0);
+}
