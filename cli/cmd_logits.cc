@@ -69,7 +69,7 @@ int cmd_logits(int argc, char** argv) {
     for (size_t i = 0; i < tokens.size(); ++i)
       fwd.step(cache, {{seq, std::span<const int32_t>(&tokens[i], 1)}}, logits.data() + i * size_t(V), AttentionPath::kDecode);
   } else {
-    fwd.step(cache, {{seq, tokens}}, logits.data(), AttentionPath::kPrefill);
+    fwd.step(cache, {{seq, tokens}}, logits.data(), AttentionPath::kAuto);
   }
 
   // Written beside the target and renamed, so a failed run never leaves a partial file.

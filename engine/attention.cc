@@ -35,7 +35,7 @@ struct IndexerQueries {
 IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Indexer& ix, const float* x,
                                const float* qr) {
   const ModelConfig& c = ctx.config;
-  const int64_t T = ctx.rows(), nh = c.index_n_heads, D = c.index_head_dim, R = c.qk_rope_head_dim;
+  const int64_t T = ctx.rows(), nh = c.index_n_heads, D = c.index_head_dim;
   IndexerQueries iq;
   iq.heads = nh;
   iq.dim = D;
@@ -67,7 +67,6 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
       hadamard_transform(kr, D);
       *ctx.cache.index_scale(layer, seq, pos) = quantize_fp8_block_pow2(kr, D, ctx.cache.index_key(layer, seq, pos));
     }
-    (void)R;
   });
   return iq;
 }
@@ -110,6 +109,10 @@ std::vector<int32_t> select_positions(const StepContext& ctx, int64_t layer, con
   std::sort(all.begin(), all.end());
   return all;
 }
+
+// The automatic path expands per-head keys/values only while they fit in this much
+// memory; longer contexts use the absorbed form, which needs none.
+constexpr int64_t kMaxExpandedBytes = int64_t(256) << 20;
 
 void softmax_inplace(float* s, int64_t n) {
   float m = -INFINITY;
@@ -167,13 +170,24 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     const int64_t first = ctx.chunk_first_row[ci], n = int64_t(ctx.chunks[ci].tokens.size());
     if (n == 0) continue;
     const SeqId seq = ctx.chunks[ci].seq;
-    const bool prefill = ctx.path == AttentionPath::kPrefill || (ctx.path == AttentionPath::kAuto && n > 1);
+    // Positions any row of this chunk attends to: the only ones worth expanding.
+    std::vector<int32_t> keys;
+    for (int64_t r = first; r < first + n; ++r) keys.insert(keys.end(), picked[size_t(r)].begin(), picked[size_t(r)].end());
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    const int64_t nk = int64_t(keys.size());
+    const bool expand_fits = nk * nh * kvb_stride * int64_t(sizeof(float)) <= kMaxExpandedBytes;
+    const bool prefill = ctx.path == AttentionPath::kPrefill || (ctx.path == AttentionPath::kAuto && n > 1 && expand_fits);
     if (prefill) {
-      // Expand per-head keys (nope part) and values for every position this chunk can see.
+      // Expand per-head keys (nope part) and values of those positions: one GEMM.
       const int64_t end = ctx.chunk_start_pos[ci] + n;
-      std::vector<float> lat(static_cast<size_t>(end * kvr)), kvb(static_cast<size_t>(end * nh * kvb_stride));
-      for (int64_t s = 0; s < end; ++s) std::copy_n(ctx.cache.latent(layer, seq, s), kvr, lat.data() + s * kvr);
-      linear(ctx.pool, A.kv_b, lat.data(), end, kvb.data());
+      std::vector<int32_t> slot(static_cast<size_t>(end), -1);
+      std::vector<float> lat(static_cast<size_t>(nk * kvr)), kvb(static_cast<size_t>(nk * nh * kvb_stride));
+      for (int64_t i = 0; i < nk; ++i) {
+        slot[size_t(keys[size_t(i)])] = int32_t(i);
+        std::copy_n(ctx.cache.latent(layer, seq, keys[size_t(i)]), kvr, lat.data() + i * kvr);
+      }
+      linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
       ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
         std::vector<float> sc;
         for (int64_t i = i0; i < i1; ++i) {
@@ -183,14 +197,14 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           sc.resize(pk.size());
           for (size_t j = 0; j < pk.size(); ++j) {
             const int64_t s = pk[j];
-            const float* kh = kvb.data() + (s * nh + h) * kvb_stride;
+            const float* kh = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
             sc[j] = (dot(qh, kh, nope) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
           }
           softmax_inplace(sc.data(), int64_t(sc.size()));
           float* o = attn.data() + (r * nh + h) * vd;
           std::fill(o, o + vd, 0.0f);
           for (size_t j = 0; j < pk.size(); ++j) {
-            const float* vh = kvb.data() + (int64_t(pk[j]) * nh + h) * kvb_stride + nope;
+            const float* vh = kvb.data() + (int64_t(slot[size_t(pk[j])]) * nh + h) * kvb_stride + nope;
             for (int64_t d = 0; d < vd; ++d) o[d] += sc[j] * vh[d];
           }
         }

@@ -21,6 +21,7 @@ constexpr int64_t kMaxLayers = 1024;
 constexpr int64_t kMaxExperts = 4096;
 constexpr int64_t kMaxHeads = 1024;
 constexpr int64_t kMaxHeadDim = 4096;
+constexpr int64_t kMaxRopeDim = 512;  // Rope keeps one position's angles on the stack
 constexpr int64_t kMaxPositions = int64_t(1) << 26;
 constexpr int64_t kIndexerHadamard = 128;
 
@@ -170,7 +171,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& j, const std::string& s
   c.qk_nope_head_dim = r.req_int("qk_nope_head_dim");
   r.positive("qk_nope_head_dim", c.qk_nope_head_dim, kMaxHeadDim);
   c.qk_rope_head_dim = r.req_int("qk_rope_head_dim");
-  r.positive("qk_rope_head_dim", c.qk_rope_head_dim, kMaxHeadDim);
+  r.positive("qk_rope_head_dim", c.qk_rope_head_dim, kMaxRopeDim);
   if (c.qk_rope_head_dim % 2 != 0)
     r.fail("qk_rope_head_dim", "must be even (RoPE rotates pairs), got " + std::to_string(c.qk_rope_head_dim));
   c.v_head_dim = r.req_int("v_head_dim");

@@ -14,7 +14,7 @@ namespace hearth {
 // Which form of MLA attention to run. Both read the same compressed cache and give
 // the same result; they differ in cost.
 enum class AttentionPath {
-  kAuto,     // prefill for chunks of several tokens, decode for single tokens
+  kAuto,     // prefill for chunks of several tokens (while the expansion fits in memory), decode otherwise
   kPrefill,  // expand per-head keys/values from the cached latents (one kv_b GEMM per chunk)
   kDecode,   // weight-absorbed: fold kv_b into the query and the output, attend over latents
 };
