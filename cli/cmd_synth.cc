@@ -55,6 +55,8 @@ int cmd_synth(int argc, char** argv) {
        cxxopts::value<std::string>())
       ("shard-size", "bytes of tensor data per shard (K/M/G suffixes)", cxxopts::value<std::string>()->default_value("1G"))
       ("threads", "generator threads (0: all cores)", cxxopts::value<int>()->default_value("0"))
+      ("tokenizer", "copy this tokenizer.json into the checkpoint (vocab_size is raised to cover its ids)",
+       cxxopts::value<std::string>())
       ("q,quiet", "no progress output")
       ("h,help", "show this help");
   const auto args = opts.parse(argc, argv);
@@ -77,6 +79,7 @@ int cmd_synth(int argc, char** argv) {
   o.threads = args["threads"].as<int>();
   if (o.threads < 0) throw std::invalid_argument("--threads must not be negative");
   o.log = args.count("quiet") ? nullptr : stderr;
+  if (args.count("tokenizer")) o.tokenizer = args["tokenizer"].as<std::string>();
   synthesize_checkpoint(o);
   return 0;
 }

@@ -7,5 +7,9 @@ namespace hearth::cli {
 int cmd_synth(int argc, char** argv);
 int cmd_info(int argc, char** argv);
 int cmd_logits(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_detokenize(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
 
 }  // namespace hearth::cli

@@ -20,11 +20,15 @@ const Command kCommands[] = {
     {"synth", "write a deterministic random checkpoint in the Hugging Face layout", hearth::cli::cmd_synth},
     {"info", "print a model's configuration and its parameter/byte counts", hearth::cli::cmd_info},
     {"logits", "run the forward pass on token ids and write the logits", hearth::cli::cmd_logits},
+    {"tokenize", "print the token ids of the text on stdin as JSON", hearth::cli::cmd_tokenize},
+    {"detokenize", "print the text of a JSON array of token ids on stdin", hearth::cli::cmd_detokenize},
+    {"generate", "generate text after a prompt (streamed, with statistics)", hearth::cli::cmd_generate},
+    {"chat", "chat with a model interactively (multi-turn, Ctrl-C stops an answer)", hearth::cli::cmd_chat},
 };
 
 void usage(std::FILE* out) {
   std::fprintf(out, "usage: hearth COMMAND [options]   (hearth COMMAND --help for its options)\n\ncommands:\n");
-  for (const Command& c : kCommands) std::fprintf(out, "  %-8s %s\n", c.name, c.summary);
+  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
 }
 
 }  // namespace

@@ -54,6 +54,20 @@ void KvCache::extend(SeqId s, int64_t new_length) {
   q.length = new_length;
 }
 
+void KvCache::truncate(SeqId s, int64_t new_length) {
+  Sequence& q = seqs_.at(static_cast<size_t>(s));
+  if (!q.live) throw std::logic_error("KvCache: sequence " + std::to_string(s) + " is not live");
+  if (new_length < 0 || new_length > q.length)
+    throw std::out_of_range("KvCache: cannot truncate sequence " + std::to_string(s) + " of length " +
+                            std::to_string(q.length) + " to " + std::to_string(new_length));
+  const size_t need = size_t((new_length + page_tokens_ - 1) / page_tokens_);
+  while (q.pages.size() > need) {
+    free_pages_.push_back(q.pages.back());
+    q.pages.pop_back();
+  }
+  q.length = new_length;
+}
+
 int64_t KvCache::pages_in_use() const { return int64_t(pages_.size() - free_pages_.size()); }
 
 uint8_t* KvCache::slot(int64_t layer, SeqId s, int64_t pos, int64_t offset) {

@@ -29,6 +29,9 @@ class KvCache {
   // Makes room for positions [length, new_length) and sets the length (the forward pass
   // fills those positions in the same step).
   void extend(SeqId s, int64_t new_length);
+  // Forgets positions [new_length, length) (new_length <= length); pages wholly past the
+  // new end go back to the pool. The next step continues at new_length.
+  void truncate(SeqId s, int64_t new_length);
 
   float* latent(int64_t layer, SeqId s, int64_t pos);
   float* rope_key(int64_t layer, SeqId s, int64_t pos);

@@ -458,11 +458,51 @@ std::vector<TensorSpec> checkpoint_tensor_specs(const ModelConfig& config) {
   return specs;
 }
 
+int64_t tokenizer_id_count(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path.string() + ": cannot open the tokenizer");
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(path.string() + ": not valid JSON: " + e.what());
+  }
+  int64_t max_id = -1;
+  auto take = [&](const json& id) {
+    if (!id.is_number_integer() || id.get<int64_t>() < 0)
+      throw std::runtime_error(path.string() + ": a token id is not a non-negative integer");
+    max_id = std::max(max_id, id.get<int64_t>());
+  };
+  if (!j.is_object() || !j.contains("model") || !j["model"].is_object() || !j["model"].contains("vocab") ||
+      !j["model"]["vocab"].is_object())
+    throw std::runtime_error(path.string() + ": no model.vocab object (not a Hugging Face tokenizer.json?)");
+  for (const auto& [token, id] : j["model"]["vocab"].items()) take(id);
+  if (j.contains("added_tokens") && j["added_tokens"].is_array())
+    for (const json& t : j["added_tokens"])
+      if (t.is_object() && t.contains("id")) take(t["id"]);
+  if (max_id < 0) throw std::runtime_error(path.string() + ": the tokenizer defines no tokens");
+  return max_id + 1;
+}
+
 SynthResult synthesize_checkpoint(const SynthOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   if (o.out_dir.empty()) throw std::runtime_error("no output directory given");
   if (o.shard_size == 0) throw std::runtime_error("shard size must be positive");
-  const json config_json = synth_config_json(o.preset, o.sets);
+  json config_json = synth_config_json(o.preset, o.sets);
+  if (!o.tokenizer.empty()) {
+    const int64_t ids = tokenizer_id_count(o.tokenizer);
+    const int64_t vocab = config_json.at("vocab_size").get<int64_t>();
+    if (vocab < ids) {
+      // DeepSeek-V3's own padded vocabulary where it covers the tokenizer (the real model's
+      // shape for the real tokenizer), else the id count rounded up to a multiple of 128.
+      constexpr int64_t kDeepSeekVocab = 129280;
+      const int64_t raised = ids <= kDeepSeekVocab && ids > kDeepSeekVocab - 1024 ? kDeepSeekVocab : (ids + 127) / 128 * 128;
+      config_json["vocab_size"] = raised;
+      if (o.log)
+        std::fprintf(o.log, "synth: vocab_size raised from %lld to %lld to cover the tokenizer's %lld ids\n",
+                     (long long)vocab, (long long)raised, (long long)ids);
+    }
+  }
   SynthResult res;
   res.config = ModelConfig::from_json(config_json, "synth config");
   const ModelConfig& c = res.config;
@@ -558,6 +598,7 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
       writer.finish();
     }
     write_safetensors_index(tmp, weight_map, res.tensor_bytes);
+    if (!o.tokenizer.empty()) fs::copy_file(o.tokenizer, tmp / "tokenizer.json");
     for (const auto& e : fs::directory_iterator(tmp))
       if (e.is_regular_file()) res.file_bytes += e.file_size();
     fs::rename(tmp, out);

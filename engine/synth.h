@@ -55,7 +55,16 @@ struct SynthOptions {
   uint64_t shard_size = uint64_t(1) << 30;  // bytes of tensor data per shard (at least one tensor each)
   int threads = 0;                          // 0: std::thread::hardware_concurrency()
   std::FILE* log = stderr;                  // progress lines; nullptr: quiet
+  // A Hugging Face tokenizer.json copied to OUT/tokenizer.json. When the configuration's
+  // vocab_size is below the tokenizer's id count it is raised so the model covers every
+  // id: to DeepSeek-V3's padded 129280 for a tokenizer of 128257..129280 ids (DeepSeek's
+  // own has 128815), else to the id count rounded up to a multiple of 128.
+  std::filesystem::path tokenizer;
 };
+
+// The ids a tokenizer.json defines: the largest id in model.vocab and added_tokens, + 1.
+// Throws std::runtime_error naming the file when it cannot be read or has no ids.
+int64_t tokenizer_id_count(const std::filesystem::path& tokenizer_json);
 
 struct SynthResult {
   ModelConfig config;
