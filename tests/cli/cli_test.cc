@@ -9,29 +9,16 @@
 #include <sys/wait.h>
 #include <vector>
 
+#include "support/scratch.h"
+
 namespace fs = std::filesystem;
+using hearth::testing::CliRun;
+using hearth::testing::run_hearth;
+using hearth::testing::TempDir;
 
 namespace {
 
 const std::string kGolden = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
-
-struct Result {
-  int code;
-  std::string output;  // stdout and stderr together
-};
-
-Result hearth(const std::string& args) {
-  const std::string cmd = std::string(HEARTH_CLI_BIN) + " " + args + " 2>&1";
-  Result r{-1, ""};
-  std::FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
-}
 
 std::vector<float> read_f32(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
@@ -39,19 +26,6 @@ std::vector<float> read_f32(const fs::path& p) {
   f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
   return v;
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("hearth-cli-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  static int& counter() {
-    static int c = 0;
-    return c;
-  }
-};
 
 double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   REQUIRE(a.size() == b.size());
@@ -63,12 +37,12 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 }  // namespace
 
 TEST_CASE("cli: hearth logits reproduces the golden logits through prefill and --decode") {
-  TempDir tmp;
+  TempDir tmp("hearth-cli");
   const std::vector<float> expected = read_f32(kGolden + "/logits_1.f32");  // tokens 0,17,923,4,511
   for (const std::string extra : {"", " --decode", " -t 1"}) {
     const fs::path out = tmp.path / "out.f32";
-    const Result r = hearth("logits -m " + kGolden + " --tokens 0,17,923,4,511 -o " + out.string() + extra);
-    INFO(r.output);
+    const CliRun r = run_hearth("logits -m " + kGolden + " --tokens 0,17,923,4,511 -o " + out.string() + extra);
+    INFO(r.all());
     REQUIRE(r.code == 0);
     CHECK(max_abs_diff(read_f32(out), expected) <= 1e-3);
     CHECK(!fs::exists(out.string() + ".tmp"));
@@ -76,18 +50,18 @@ TEST_CASE("cli: hearth logits reproduces the golden logits through prefill and -
 }
 
 TEST_CASE("cli: hearth info reports the configuration and byte counts") {
-  const Result r = hearth("info -m " + kGolden);
-  INFO(r.output);
+  const CliRun r = run_hearth("info -m " + kGolden);
+  INFO(r.all());
   REQUIRE(r.code == 0);
-  CHECK(r.output.find("deepseek_v32") != std::string::npos);
-  CHECK(r.output.find("routed experts") != std::string::npos);
-  CHECK(r.output.find("top-8 keys") != std::string::npos);
+  CHECK(r.all().find("deepseek_v32") != std::string::npos);
+  CHECK(r.all().find("routed experts") != std::string::npos);
+  CHECK(r.all().find("top-8 keys") != std::string::npos);
   // 3 MoE layers x 16 experts x 3 matrices of 96x256 FP8 values = 3.54 M params.
-  CHECK(r.output.find("3.54 M") != std::string::npos);
+  CHECK(r.all().find("3.54 M") != std::string::npos);
 }
 
 TEST_CASE("cli: bad input gives one clear line and a non-zero exit") {
-  TempDir tmp;
+  TempDir tmp("hearth-cli");
   struct Case {
     std::string args, needle;
   };
@@ -103,16 +77,16 @@ TEST_CASE("cli: bad input gives one clear line and a non-zero exit") {
       {"logits -m " + kGolden + " --tokens 0 -o " + (tmp.path / "no-dir" / "a.f32").string(), "cannot write"},
   };
   for (const Case& c : cases) {
-    const Result r = hearth(c.args);
-    INFO("hearth " << c.args << "\n" << r.output);
+    const CliRun r = run_hearth(c.args);
+    INFO("hearth " << c.args << "\n" << r.all());
     CHECK(r.code != 0);
     CHECK(r.code < 128);  // an error exit, not a crash
-    CHECK(r.output.find(c.needle) != std::string::npos);
+    CHECK(r.all().find(c.needle) != std::string::npos);
   }
 }
 
 TEST_CASE("cli: a model whose checkpoint lacks a tensor names it") {
-  TempDir tmp;
+  TempDir tmp("hearth-cli");
   // Same config, but a checkpoint holding only the embeddings.
   fs::copy_file(kGolden + "/config.json", tmp.path / "config.json");
   std::ifstream in(kGolden + "/model.safetensors", std::ios::binary);
@@ -127,8 +101,8 @@ TEST_CASE("cli: a model whose checkpoint lacks a tensor names it") {
   out.write(reinterpret_cast<const char*>(&len), 8);
   out << padded << std::string(524288, '\0');
   out.close();
-  const Result r = hearth("logits -m " + tmp.path.string() + " --tokens 0 -o " + (tmp.path / "x").string());
-  INFO(r.output);
+  const CliRun r = run_hearth("logits -m " + tmp.path.string() + " --tokens 0 -o " + (tmp.path / "x").string());
+  INFO(r.all());
   CHECK(r.code == 1);
-  CHECK(r.output.find("missing tensor") != std::string::npos);
+  CHECK(r.all().find("missing tensor") != std::string::npos);
 }

@@ -17,49 +17,16 @@
 #include <string>
 #include <vector>
 
+#include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
 namespace fs = std::filesystem;
+using hearth::testing::CliRun;
+using hearth::testing::run_hearth;
+using hearth::testing::slurp;
+using hearth::testing::TempDir;
 
 namespace {
-
-struct Run {
-  int code;
-  std::string out, err;
-};
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
-struct Scratch {
-  fs::path path;
-  Scratch() {
-    static int counter = 0;
-    path = fs::temp_directory_path() / ("hearth-gen-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~Scratch() { fs::remove_all(path); }
-};
-
-// Runs `hearth ARGS` through the shell (ARGS is shell text); stdout and stderr apart.
-Run run_hearth(const std::string& args, const std::string& stdin_text = "") {
-  Scratch s;
-  const fs::path in = s.path / "in", err = s.path / "err";
-  std::ofstream(in, std::ios::binary) << stdin_text;
-  const std::string cmd = "timeout 60 " + std::string(HEARTH_CLI_BIN) + " " + args + " <" + in.string() + " 2>" + err.string();
-  Run r{-1, "", ""};
-  std::FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.err = slurp(err);
-  return r;
-}
 
 std::string model() { return hearth::testing::tiny_chat_model_dir().string(); }
 
@@ -151,14 +118,14 @@ class PtySession {
 }  // namespace
 
 TEST_CASE("cli: hearth generate streams text and reports the statistics") {
-  const Run r = run_hearth("generate -m " + model() + " -p 'Hello, world' -n 8 --seed 1");
+  const CliRun r = run_hearth("generate -m " + model() + " -p 'Hello, world' -n 8 --seed 1");
   INFO(r.err);
   REQUIRE(r.code == 0);
   CHECK(!r.out.empty());
   for (const char* s : {"prompt: 4 tokens", "prefill", "generated: 8 tokens", "decode", "tok/s", "time to first token"})
     CHECK(r.err.find(s) != std::string::npos);
   // Same seed, same text; -f reads the prompt from a file or stdin.
-  Scratch s;
+  TempDir s("hearth-gen");
   std::ofstream(s.path / "prompt.txt", std::ios::binary) << "Hello, world";
   CHECK(run_hearth("generate -m " + model() + " -f " + (s.path / "prompt.txt").string() + " -n 8 --seed 1").out == r.out);
   CHECK(run_hearth("generate -m " + model() + " -f - -n 8 --seed 1", "Hello, world").out == r.out);
@@ -167,28 +134,28 @@ TEST_CASE("cli: hearth generate streams text and reports the statistics") {
 
 TEST_CASE("cli: hearth generate --chat routes the reasoning") {
   const std::string base = "generate -m " + model() + " -p 'What is 1+1?' --chat -n 6 --temp 0";
-  const Run show = run_hearth(base);
+  const CliRun show = run_hearth(base);
   INFO(show.err);
   REQUIRE(show.code == 0);
   // Six tokens of a random model never reach </think>: everything is reasoning, plain
   // (no escape codes) because stdout is not a terminal.
   REQUIRE(show.out.size() > 1);
   CHECK(show.out.find('\x1b') == std::string::npos);
-  const Run hide = run_hearth(base + " --reasoning hide");
+  const CliRun hide = run_hearth(base + " --reasoning hide");
   CHECK(hide.code == 0);
   CHECK(hide.out.empty());
-  const Run separate = run_hearth(base + " --reasoning separate");
+  const CliRun separate = run_hearth(base + " --reasoning separate");
   CHECK(separate.code == 0);
   CHECK(separate.out.empty());
   CHECK(separate.err.find(show.out.substr(0, show.out.size() - 1)) != std::string::npos);
-  const Run plain = run_hearth(base + " --no-thinking --reasoning hide");  // no reasoning to hide
+  const CliRun plain = run_hearth(base + " --no-thinking --reasoning hide");  // no reasoning to hide
   CHECK(plain.code == 0);
   CHECK(!plain.out.empty());
   CHECK(plain.err.find("prompt: 11 tokens") != std::string::npos);  // BOS, User, 7 text tokens, Assistant, </think>
 }
 
 TEST_CASE("cli: hearth generate rejects bad input with one line") {
-  Scratch s;
+  TempDir s("hearth-gen");
   std::ofstream(s.path / "bad.txt", std::ios::binary) << "ok \xff\xfe then";
   std::ofstream(s.path / "empty.txt", std::ios::binary) << "";
   const std::string m = " -m " + model();
@@ -215,7 +182,7 @@ TEST_CASE("cli: hearth generate rejects bad input with one line") {
       {"generate -p hi", "--model is required"},
   };
   for (const auto& [args, message] : cases) {
-    const Run r = run_hearth(args);
+    const CliRun r = run_hearth(args);
     INFO(args);
     INFO(r.err);
     CHECK(r.code != 0);
@@ -226,7 +193,7 @@ TEST_CASE("cli: hearth generate rejects bad input with one line") {
 }
 
 TEST_CASE("cli: hearth chat on a terminal with turns and commands and Ctrl-C") {
-  Scratch s;
+  TempDir s("hearth-gen");
   const std::string saved = (s.path / "chat.json").string(), empty = (s.path / "empty.json").string();
   {
     PtySession chat({"-m", model(), "-n", "6", "--temp", "0", "--system", "Be brief."});

@@ -17,25 +17,13 @@
 #include "engine/safetensors_writer.h"
 
 using namespace hearth;
+#include "support/scratch.h"
+
 namespace fs = std::filesystem;
+using hearth::testing::TempDir;
 
 namespace {
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("hearth-safetensors-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::vector<uint8_t> pattern(uint64_t n, uint8_t seed) {
   std::vector<uint8_t> v(n);

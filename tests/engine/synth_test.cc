@@ -19,7 +19,10 @@
 #include "engine/safetensors.h"
 #include "quant/numbers.h"
 
+#include "support/scratch.h"
+
 namespace fs = std::filesystem;
+using hearth::testing::TempDir;
 using hearth::DType;
 using hearth::ModelConfig;
 using nlohmann::json;
@@ -28,21 +31,6 @@ namespace {
 
 const fs::path kTinyDir = fs::path(HEARTH_TEST_DATA) / "tiny-v32";
 
-// A fresh directory under the system temp dir, removed with everything in it.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("hearth_synth_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 hearth::SynthResult synth(const fs::path& out, uint64_t seed = 0, std::vector<std::string> sets = {},
                           uint64_t shard_size = uint64_t(1) << 30, int threads = 0) {

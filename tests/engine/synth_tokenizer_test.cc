@@ -11,7 +11,10 @@
 #include "engine/synth.h"
 #include "support/tiny_chat_model.h"
 
+#include "support/scratch.h"
+
 namespace fs = std::filesystem;
+using hearth::testing::TempDir;
 
 namespace {
 
@@ -20,11 +23,6 @@ std::string slurp(const fs::path& p) {
   return std::string(std::istreambuf_iterator<char>(f), {});
 }
 
-struct TempDir {
-  fs::path path = fs::temp_directory_path() / ("hearth-synth-tok-" + std::to_string(::getpid()));
-  TempDir() { fs::create_directories(path); }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 }  // namespace
 
