@@ -27,27 +27,11 @@ using nlohmann::json;
 // ---------------------------------------------------------------------------------------
 // Presets
 
-const char* kTinyPreset = R"({
-  "architectures": ["DeepseekV32ForCausalLM"],
-  "model_type": "deepseek_v32",
-  "vocab_size": 1024,
-  "hidden_size": 256,
-  "intermediate_size": 384,
-  "moe_intermediate_size": 96,
-  "num_hidden_layers": 4,
+// What every preset shares with the real DeepSeek-V3/V3.2 configs: routing, YaRN RoPE as
+// the real model has it, FP8 block quantization with ue8m0 scales.
+const char* kCommonConfig = R"({
   "first_k_dense_replace": 1,
   "moe_layer_freq": 1,
-  "num_attention_heads": 4,
-  "num_key_value_heads": 4,
-  "q_lora_rank": 192,
-  "kv_lora_rank": 128,
-  "qk_nope_head_dim": 64,
-  "qk_rope_head_dim": 32,
-  "v_head_dim": 64,
-  "n_routed_experts": 16,
-  "num_experts_per_tok": 4,
-  "n_group": 4,
-  "topk_group": 2,
   "n_shared_experts": 1,
   "routed_scaling_factor": 2.5,
   "scoring_func": "sigmoid",
@@ -60,10 +44,6 @@ const char* kTinyPreset = R"({
   "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
                    "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
   "max_position_embeddings": 163840,
-  "index_n_heads": 16,
-  "index_head_dim": 128,
-  "index_topk": 8,
-  "num_nextn_predict_layers": 1,
   "bos_token_id": 0,
   "eos_token_id": 1,
   "tie_word_embeddings": false,
@@ -72,92 +52,35 @@ const char* kTinyPreset = R"({
                           "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
 })";
 
+// The shape of tests/data/tiny-v32 (the golden reference model).
+const char* kTinyPreset = R"({
+  "architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
+  "vocab_size": 1024, "hidden_size": 256, "intermediate_size": 384, "moe_intermediate_size": 96,
+  "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
+  "q_lora_rank": 192, "kv_lora_rank": 128, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64,
+  "n_routed_experts": 16, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+  "index_n_heads": 16, "index_head_dim": 128, "index_topk": 8,
+  "num_nextn_predict_layers": 1
+})";
+
 const char* kSmallPreset = R"({
-  "architectures": ["DeepseekV32ForCausalLM"],
-  "model_type": "deepseek_v32",
-  "vocab_size": 32768,
-  "hidden_size": 1024,
-  "intermediate_size": 2048,
-  "moe_intermediate_size": 256,
-  "num_hidden_layers": 8,
-  "first_k_dense_replace": 1,
-  "moe_layer_freq": 1,
-  "num_attention_heads": 8,
-  "num_key_value_heads": 8,
-  "q_lora_rank": 384,
-  "kv_lora_rank": 256,
-  "qk_nope_head_dim": 64,
-  "qk_rope_head_dim": 32,
-  "v_head_dim": 64,
-  "n_routed_experts": 32,
-  "num_experts_per_tok": 4,
-  "n_group": 4,
-  "topk_group": 2,
-  "n_shared_experts": 1,
-  "routed_scaling_factor": 2.5,
-  "scoring_func": "sigmoid",
-  "topk_method": "noaux_tc",
-  "norm_topk_prob": true,
-  "hidden_act": "silu",
-  "attention_bias": false,
-  "rms_norm_eps": 1e-06,
-  "rope_theta": 10000,
-  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-  "max_position_embeddings": 163840,
-  "index_n_heads": 8,
-  "index_head_dim": 128,
-  "index_topk": 64,
-  "num_nextn_predict_layers": 1,
-  "bos_token_id": 0,
-  "eos_token_id": 1,
-  "tie_word_embeddings": false,
-  "torch_dtype": "bfloat16",
-  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                          "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
+  "architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
+  "vocab_size": 32768, "hidden_size": 1024, "intermediate_size": 2048, "moe_intermediate_size": 256,
+  "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
+  "q_lora_rank": 384, "kv_lora_rank": 256, "qk_nope_head_dim": 64, "qk_rope_head_dim": 32, "v_head_dim": 64,
+  "n_routed_experts": 32, "num_experts_per_tok": 4, "n_group": 4, "topk_group": 2,
+  "index_n_heads": 8, "index_head_dim": 128, "index_topk": 64,
+  "num_nextn_predict_layers": 1
 })";
 
 // Pinned: benchmark results are compared across commits. Do not change.
 const char* kBenchPreset = R"({
-  "architectures": ["DeepseekV3ForCausalLM"],
-  "model_type": "deepseek_v3",
-  "vocab_size": 129280,
-  "hidden_size": 2048,
-  "intermediate_size": 8192,
-  "moe_intermediate_size": 1024,
-  "num_hidden_layers": 12,
-  "first_k_dense_replace": 1,
-  "moe_layer_freq": 1,
-  "num_attention_heads": 16,
-  "num_key_value_heads": 16,
-  "q_lora_rank": 768,
-  "kv_lora_rank": 512,
-  "qk_nope_head_dim": 128,
-  "qk_rope_head_dim": 64,
-  "v_head_dim": 128,
-  "n_routed_experts": 64,
-  "num_experts_per_tok": 8,
-  "n_group": 8,
-  "topk_group": 4,
-  "n_shared_experts": 1,
-  "routed_scaling_factor": 2.5,
-  "scoring_func": "sigmoid",
-  "topk_method": "noaux_tc",
-  "norm_topk_prob": true,
-  "hidden_act": "silu",
-  "attention_bias": false,
-  "rms_norm_eps": 1e-06,
-  "rope_theta": 10000,
-  "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                   "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
-  "max_position_embeddings": 163840,
-  "num_nextn_predict_layers": 0,
-  "bos_token_id": 0,
-  "eos_token_id": 1,
-  "tie_word_embeddings": false,
-  "torch_dtype": "bfloat16",
-  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
-                          "scale_fmt": "ue8m0", "weight_block_size": [128, 128]}
+  "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+  "vocab_size": 129280, "hidden_size": 2048, "intermediate_size": 8192, "moe_intermediate_size": 1024,
+  "num_hidden_layers": 12, "num_attention_heads": 16, "num_key_value_heads": 16,
+  "q_lora_rank": 768, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+  "n_routed_experts": 64, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+  "num_nextn_predict_layers": 0
 })";
 
 struct Preset {
@@ -409,7 +332,11 @@ std::vector<std::string> synth_preset_names() {
 
 json synth_preset_config(const std::string& name) {
   for (const Preset& p : kPresets)
-    if (name == p.name) return json::parse(p.json);
+    if (name == p.name) {
+      json j = json::parse(kCommonConfig);
+      j.merge_patch(json::parse(p.json));
+      return j;
+    }
   std::string known;
   for (const Preset& p : kPresets) known += std::string(known.empty() ? "" : ", ") + p.name;
   throw std::runtime_error("unknown preset '" + name + "' (known presets: " + known + ")");
