@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "quant/dot_avx2.h"
 #include "quant/kquants.h"
 #include "quant/numbers.h"
 #include "quant/scale_search.h"
@@ -246,26 +247,28 @@ float vec_dot_q8_k(const void* w, const void* a, int64_t n) {
 // ---- the table -------------------------------------------------------------------
 
 constexpr BlockFormat kFormats[] = {
-    {GgmlType::F32, "f32", 1, 4, dequantize_f32, quantize_f32, GgmlType::F32, vec_dot_f32},
-    {GgmlType::F16, "f16", 1, 2, F16::dequantize, F16::quantize, GgmlType::F16, F16::vec_dot},
+    {GgmlType::F32, "f32", 1, 4, dequantize_f32, quantize_f32, GgmlType::F32, vec_dot_f32,
+     nullptr},
+    {GgmlType::F16, "f16", 1, 2, F16::dequantize, F16::quantize, GgmlType::F16, F16::vec_dot,
+     nullptr},
     {GgmlType::Q4_0, "q4_0", kQK4_0, sizeof(BlockQ4_0), dequantize_q4_0, quantize_q4_0,
-     GgmlType::Q8_0, vec_dot_q4_0},
+     GgmlType::Q8_0, vec_dot_q4_0, dot_avx2::vec_dot_q4_0},
     {GgmlType::Q8_0, "q8_0", kQK8_0, sizeof(BlockQ8_0), dequantize_q8_0, quantize_q8_0,
-     GgmlType::Q8_0, vec_dot_q8_0},
+     GgmlType::Q8_0, vec_dot_q8_0, dot_avx2::vec_dot_q8_0},
     {GgmlType::Q2_K, "q2_K", kQK_K, sizeof(BlockQ2_K), kquants::dequantize_q2_k,
-     kquants::quantize_q2_k, GgmlType::Q8_K, kquants::vec_dot_q2_k},
+     kquants::quantize_q2_k, GgmlType::Q8_K, kquants::vec_dot_q2_k, dot_avx2::vec_dot_q2_k},
     {GgmlType::Q3_K, "q3_K", kQK_K, sizeof(BlockQ3_K), kquants::dequantize_q3_k,
-     kquants::quantize_q3_k, GgmlType::Q8_K, kquants::vec_dot_q3_k},
+     kquants::quantize_q3_k, GgmlType::Q8_K, kquants::vec_dot_q3_k, dot_avx2::vec_dot_q3_k},
     {GgmlType::Q4_K, "q4_K", kQK_K, sizeof(BlockQ4_K), kquants::dequantize_q4_k,
-     kquants::quantize_q4_k, GgmlType::Q8_K, kquants::vec_dot_q4_k},
+     kquants::quantize_q4_k, GgmlType::Q8_K, kquants::vec_dot_q4_k, dot_avx2::vec_dot_q4_k},
     {GgmlType::Q5_K, "q5_K", kQK_K, sizeof(BlockQ5_K), kquants::dequantize_q5_k,
-     kquants::quantize_q5_k, GgmlType::Q8_K, kquants::vec_dot_q5_k},
+     kquants::quantize_q5_k, GgmlType::Q8_K, kquants::vec_dot_q5_k, dot_avx2::vec_dot_q5_k},
     {GgmlType::Q6_K, "q6_K", kQK_K, sizeof(BlockQ6_K), kquants::dequantize_q6_k,
-     kquants::quantize_q6_k, GgmlType::Q8_K, kquants::vec_dot_q6_k},
+     kquants::quantize_q6_k, GgmlType::Q8_K, kquants::vec_dot_q6_k, dot_avx2::vec_dot_q6_k},
     {GgmlType::Q8_K, "q8_K", kQK_K, sizeof(BlockQ8_K), dequantize_q8_k, quantize_q8_k,
-     GgmlType::Q8_K, vec_dot_q8_k},
+     GgmlType::Q8_K, vec_dot_q8_k, nullptr},
     {GgmlType::BF16, "bf16", 1, 2, BF16::dequantize, BF16::quantize, GgmlType::BF16,
-     BF16::vec_dot},
+     BF16::vec_dot, nullptr},
 };
 
 bool same_ignoring_case(std::string_view a, std::string_view b) {
@@ -302,6 +305,11 @@ const BlockFormat& block_format(GgmlType type) {
   const BlockFormat* f = find_block_format_by_id(uint32_t(type));
   if (!f) throw std::invalid_argument("unknown ggml type id " + std::to_string(uint32_t(type)));
   return *f;
+}
+
+VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa) {
+  const bool avx2 = isa != KernelIsa::kScalar && f.vec_dot_avx2 && best_isa() == KernelIsa::kAvx2;
+  return avx2 ? f.vec_dot_avx2 : f.vec_dot;
 }
 
 void quantize_row_q8_0(const float* in, BlockQ8_0* out, int64_t n) {

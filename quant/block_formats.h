@@ -23,6 +23,8 @@
 #include <span>
 #include <string_view>
 
+#include "quant/weight_matrix.h"  // KernelIsa
+
 namespace hearth {
 
 static_assert(std::endian::native == std::endian::little,
@@ -152,6 +154,10 @@ struct BlockFormat {
   QuantizeRowFn quantize_row;
   GgmlType vec_dot_type;  // the format vec_dot wants its activations in
   VecDotFn vec_dot;
+  // The same dot product with AVX2 + FMA + F16C (quant/dot_avx2.h), nullptr where there
+  // is none. Exact integer sums like vec_dot; only float rounding and summation order
+  // differ. Faults on a CPU without those extensions: prefer vec_dot_kernel().
+  VecDotFn vec_dot_avx2;
 
   uint32_t ggml_id() const { return uint32_t(type); }
   // Bytes of a row of n values; std::invalid_argument unless n is a multiple of
@@ -168,6 +174,11 @@ const BlockFormat* find_block_format_by_id(uint32_t ggml_id);
 // The descriptor of a supported type (every GgmlType enumerator has one).
 const BlockFormat& block_format(GgmlType type);
 inline int64_t row_bytes(GgmlType type, int64_t n) { return block_format(type).row_bytes(n); }
+
+// The dot-product kernel of f to use for isa: vec_dot_avx2 when f has one and isa is
+// kAvx2 or kAuto and the CPU supports AVX2 + FMA + F16C (best_isa() == kAvx2), else the
+// scalar vec_dot (so kAvx2 on an older CPU falls back rather than faulting).
+VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
 
 // Activation quantizers: what the table's Q8_K entry and its Q8_0 entry without
 // importance do. Q8_0: d = amax / 127 stored as f16, levels round(x / d) (ties away from

@@ -1,0 +1,165 @@
+// dot_bench [--mb M] [--gb G] [--cols N] [--reps R]
+// Single-threaded. For every block format with an AVX2 dot product, streams rows of N
+// columns (default 7168, DeepSeek-V3's hidden size) totalling M MiB of weights (default
+// 64, well beyond the caches) through the scalar vec_dot and through vec_dot_avx2 against
+// one activation row (cache-resident), best of R passes (default 3), and prints GB/s of
+// weight bytes streamed. First it measures the machine's single-thread read bandwidth: an
+// AVX2 streaming sum over a G GiB buffer (default 1), best of R passes. Each kernel's
+// column "% bw" is its GB/s over that bandwidth.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "quant/block_formats.h"
+#include "quant/weight_matrix.h"
+
+using namespace hearth;
+
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+__attribute__((target("avx2"))) uint64_t stream_sum_avx2(const uint64_t* p, size_t n) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    a0 = _mm256_add_epi64(a0, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i)));
+    a1 = _mm256_add_epi64(a1, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 4)));
+    a2 = _mm256_add_epi64(a2, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 8)));
+    a3 = _mm256_add_epi64(a3, _mm256_load_si256(reinterpret_cast<const __m256i*>(p + i + 12)));
+  }
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes),
+                     _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3)));
+  uint64_t s = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+uint64_t stream_sum_scalar(const uint64_t* p, size_t n) {
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += p[i];
+    s1 += p[i + 1];
+    s2 += p[i + 2];
+    s3 += p[i + 3];
+  }
+  for (; i < n; ++i) s0 += p[i];
+  return s0 + s1 + s2 + s3;
+}
+
+int run(int argc, char** argv) {
+  double mb = 64, gb = 1;
+  int64_t cols = 7168;
+  int reps = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    if (k == "--mb") mb = std::atof(argv[i + 1]);
+    else if (k == "--gb") gb = std::atof(argv[i + 1]);
+    else if (k == "--cols") cols = std::atoll(argv[i + 1]);
+    else if (k == "--reps") reps = std::max(1, std::atoi(argv[i + 1]));
+    else {
+      std::fprintf(stderr, "usage: %s [--mb M] [--gb G] [--cols N] [--reps R]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (cols <= 0 || cols % kQK_K != 0) {
+    std::fprintf(stderr, "--cols must be a positive multiple of %d\n", kQK_K);
+    return 2;
+  }
+  const bool avx2 = best_isa() == KernelIsa::kAvx2;
+  std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s\n", reps, avx2 ? "yes" : "no");
+
+  // ---- read bandwidth ----
+  double bw = 0;
+  {
+    const size_t bytes = size_t(gb * double(1 << 30)) & ~size_t(31);
+    uint64_t* buf = static_cast<uint64_t*>(std::aligned_alloc(64, bytes));
+    if (!buf) {
+      std::fprintf(stderr, "cannot allocate %zu bytes\n", bytes);
+      return 1;
+    }
+    std::memset(buf, 1, bytes);  // fault every page in before timing
+    uint64_t sink = 0;
+    double best_avx2 = 1e30, best_scalar = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      double t0 = now();
+      if (avx2) {
+        sink += stream_sum_avx2(buf, bytes / 8);
+        best_avx2 = std::min(best_avx2, now() - t0);
+        t0 = now();
+      }
+      sink += stream_sum_scalar(buf, bytes / 8);
+      best_scalar = std::min(best_scalar, now() - t0);
+    }
+    std::free(buf);
+    const double gbs_scalar = double(bytes) / best_scalar / 1e9;
+    const double gbs_avx2 = avx2 ? double(bytes) / best_avx2 / 1e9 : 0;
+    bw = std::max(gbs_scalar, gbs_avx2);
+    std::printf("read bandwidth, streaming sum over %.2f GiB: %.2f GB/s (AVX2 loads), %.2f GB/s "
+                "(scalar loads)   [sink %llu]\n\n",
+                double(bytes) / double(1 << 30), gbs_avx2, gbs_scalar,
+                static_cast<unsigned long long>(sink & 0xff));
+  }
+
+  // ---- kernels ----
+  std::printf("%-6s %9s %7s %11s %6s %11s %6s %8s\n", "format", "row bytes", "rows", "scalar GB/s",
+              "% bw", "AVX2 GB/s", "% bw", "speedup");
+  std::mt19937 rng(1);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (const BlockFormat& f : block_formats()) {
+    if (!f.vec_dot_avx2) continue;
+    const BlockFormat& act = block_format(f.vec_dot_type);
+    const int64_t row_bytes = f.row_bytes(cols);
+    const int64_t rows = std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes);
+    // Quantize a few distinct rows and tile them: quantizing 64 MiB would take longer
+    // than the benchmark.
+    constexpr int kSeedRows = 8;
+    std::vector<float> x(size_t(cols) * kSeedRows);
+    for (float& v : x) v = gauss(rng);
+    std::vector<uint8_t> seed(size_t(row_bytes) * kSeedRows);
+    f.quantize_row(x.data(), seed.data(), cols * kSeedRows, nullptr);
+    std::vector<uint8_t> w(size_t(row_bytes * rows));
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(w.data() + r * row_bytes, seed.data() + (r % kSeedRows) * row_bytes, size_t(row_bytes));
+    std::vector<float> y(static_cast<size_t>(cols));
+    for (float& v : y) v = gauss(rng);
+    std::vector<uint8_t> a(size_t(act.row_bytes(cols)));
+    act.quantize_row(y.data(), a.data(), cols, nullptr);
+
+    auto measure = [&](VecDotFn dot, float& result) {
+      double best = 1e30;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = now();
+        float s = 0;
+        for (int64_t i = 0; i < rows; ++i) s += dot(w.data() + i * row_bytes, a.data(), cols);
+        best = std::min(best, now() - t0);
+        result = s;
+      }
+      return double(row_bytes * rows) / best / 1e9;
+    };
+    float rs = 0, rv = 0;
+    const double gs = measure(f.vec_dot, rs);
+    const double gv = avx2 ? measure(f.vec_dot_avx2, rv) : 0;
+    std::printf("%-6s %9lld %7lld %11.2f %5.1f%% %11.2f %5.1f%% %7.1fx   (sums %.6g / %.6g)\n",
+                std::string(f.name).c_str(), static_cast<long long>(row_bytes),
+                static_cast<long long>(rows), gs, 100 * gs / bw, gv, 100 * gv / bw, gv / gs,
+                double(rs), double(rv));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return run(argc, argv); }

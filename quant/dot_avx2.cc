@@ -1,0 +1,340 @@
+// AVX2 + FMA + F16C dot products of the block formats against their activation formats.
+// The scalar references are the vec_dot routines in quant/block_formats.cc and
+// quant/kquants.cc; layouts are documented in quant/block_formats.h.
+//
+// Scheme, as in ggml: weight levels are unpacked to unsigned bytes (0..63) and multiplied
+// with the signed int8 activations by vpmaddubsw (pairs summed into int16), then by the
+// sub-block scales with vpmaddwd (into int32). Every intermediate is bounded well inside
+// its type (noted at each kernel), so the integer sums are exact for any levels and any
+// int8 activations. Offsets of signed levels (Q4_0's 8, Q3_K's 4, Q6_K's 32) and the
+// K-quant mins are applied through activation sums. A super-block's int32 lanes are
+// converted to float and accumulated with its float factor by FMA; the only differences
+// from the scalar code are float rounding and summation order.
+#include "quant/dot_avx2.h"
+
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant/block_formats.h"
+#include "quant/kquants.h"
+
+namespace hearth::dot_avx2 {
+
+namespace {
+
+using kquants::require_whole_blocks;
+
+#define HEARTH_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+HEARTH_AVX2 inline float half(uint16_t h) { return _cvtsh_ss(h); }
+
+HEARTH_AVX2 inline __m256i load256(const void* p) {
+  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
+}
+HEARTH_AVX2 inline __m128i load128(const void* p) {
+  return _mm_loadu_si128(static_cast<const __m128i*>(p));
+}
+
+HEARTH_AVX2 inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// vpshufb mask that broadcasts 16-bit word k of each 128-bit lane across that lane.
+HEARTH_AVX2 inline __m256i word_mask(int k) { return _mm256_set1_epi16(short(0x0202 * k + 0x0100)); }
+// vpshufb mask that broadcasts word k across the low lane and word k + 1 across the high
+// lane (for 16-value sub-blocks: a 32-byte vpmaddubsw result holds two of them).
+HEARTH_AVX2 inline __m256i word_pair_mask(int k) {
+  return _mm256_set_m128i(_mm_set1_epi16(short(0x0202 * (k + 1) + 0x0100)),
+                          _mm_set1_epi16(short(0x0202 * k + 0x0100)));
+}
+
+// Sixteen int16 scales (one per 16-value sub-block, sub-blocks 8c..8c+7 of chunk c)
+// broadcast so that vpshufb with word_pair_mask(2g) yields those of sub-blocks 8c + 2g
+// (low lane) and 8c + 2g + 1 (high lane).
+HEARTH_AVX2 inline __m256i chunk_scales(__m256i scales16, int c) {
+  const __m128i half8 = c == 0 ? _mm256_castsi256_si128(scales16) : _mm256_extracti128_si256(scales16, 1);
+  return _mm256_broadcastsi128_si256(half8);
+}
+
+// Moves bit `from` of every byte of v to bit `to` (other bits: garbage, mask afterwards).
+HEARTH_AVX2 inline __m256i move_bit(__m256i v, int from, int to) {
+  if (from > to) return _mm256_srli_epi16(v, from - to);
+  if (from < to) return _mm256_slli_epi16(v, to - from);
+  return v;
+}
+
+// ---- Q8_0 · Q8_0 ---------------------------------------------------------------
+// Both operands may be -128, so no vpmaddubsw sign trick: sign-extend to int16 and
+// vpmaddwd (pairs <= 2 * 128 * 128, exact in int32).
+
+HEARTH_AVX2 inline __m256i dot_q8_32(const int8_t* x, const int8_t* y) {
+  const __m256i x0 = _mm256_cvtepi8_epi16(load128(x));
+  const __m256i x1 = _mm256_cvtepi8_epi16(load128(x + 16));
+  const __m256i y0 = _mm256_cvtepi8_epi16(load128(y));
+  const __m256i y1 = _mm256_cvtepi8_epi16(load128(y + 16));
+  return _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
+}
+
+// ---- Q4_0 · Q8_0 ---------------------------------------------------------------
+// Nibbles 0..15 against int8: vpmaddubsw pairs <= 2 * 15 * 128; the offset 8 comes off
+// as 8 * (pair sums of y), so each int16 is sum (q - 8) y over a pair, |.| <= 2048.
+
+HEARTH_AVX2 inline __m256i dot_q4_32(const uint8_t* qs, const int8_t* y) {
+  const __m128i packed = load128(qs);
+  const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
+                                     _mm256_set1_epi8(15));
+  const __m256i yv = load256(y);
+  const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, yv),
+                                     _mm256_maddubs_epi16(_mm256_set1_epi8(8), yv));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+template <__m256i (*BlockDot)(const uint8_t*, const int8_t*), class Block>
+HEARTH_AVX2 inline float dot_32_blocks(const Block* x, const BlockQ8_0* y, int64_t nb) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t ib = 0;
+  for (; ib + 2 <= nb; ib += 2) {
+    const __m256 d0 = _mm256_set1_ps(half(x[ib].d) * half(y[ib].d));
+    const __m256 d1 = _mm256_set1_ps(half(x[ib + 1].d) * half(y[ib + 1].d));
+    const __m256i s0 = BlockDot(reinterpret_cast<const uint8_t*>(x[ib].qs), y[ib].qs);
+    const __m256i s1 = BlockDot(reinterpret_cast<const uint8_t*>(x[ib + 1].qs), y[ib + 1].qs);
+    acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
+    acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), acc1);
+  }
+  if (ib < nb) {
+    const __m256 d0 = _mm256_set1_ps(half(x[ib].d) * half(y[ib].d));
+    const __m256i s0 = BlockDot(reinterpret_cast<const uint8_t*>(x[ib].qs), y[ib].qs);
+    acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
+  }
+  return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+HEARTH_AVX2 __m256i dot_q8_32_bytes(const uint8_t* x, const int8_t* y) {
+  return dot_q8_32(reinterpret_cast<const int8_t*>(x), y);
+}
+
+// ---- K-quant scales ----------------------------------------------------------------
+
+// Q4_K / Q5_K: the eight 6-bit scales and eight 6-bit mins as bytes (scale j / min j in
+// byte j). Bytes 0..3 hold scales 0..3 (low 6 bits) and bytes 4..7 mins 0..3; bytes
+// 8..11 the low nibbles of scales / mins 4..7; bits 6..7 of bytes 0..7 their top bits.
+inline void unpack_scale_min(const uint8_t s[kKScaleBytes], uint64_t& sc, uint64_t& m) {
+  uint32_t a[3];
+  std::memcpy(a, s, sizeof a);
+  const uint32_t sc_lo = a[0] & 0x3f3f3f3fu;
+  const uint32_t m_lo = a[1] & 0x3f3f3f3fu;
+  const uint32_t sc_hi = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
+  const uint32_t m_hi = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
+  sc = sc_lo | uint64_t(sc_hi) << 32;
+  m = m_lo | uint64_t(m_hi) << 32;
+}
+
+// Q3_K: the sixteen scales, 32 already subtracted, as int8. Low nibbles: bytes 0..7 (low
+// halves for scales 0..7, high halves for 8..15); top 2 bits: bit pair j / 4 of byte
+// 8 + j % 4.
+HEARTH_AVX2 inline __m128i unpack_q3_scales(const uint8_t s[kKScaleBytes]) {
+  uint32_t a[3];
+  std::memcpy(a, s, sizeof a);
+  const uint32_t w0 = (a[0] & 0x0f0f0f0fu) | ((a[2] << 4) & 0x30303030u);
+  const uint32_t w1 = (a[1] & 0x0f0f0f0fu) | ((a[2] << 2) & 0x30303030u);
+  const uint32_t w2 = ((a[0] >> 4) & 0x0f0f0f0fu) | (a[2] & 0x30303030u);
+  const uint32_t w3 = ((a[1] >> 4) & 0x0f0f0f0fu) | ((a[2] >> 2) & 0x30303030u);
+  return _mm_sub_epi8(_mm_setr_epi32(int(w0), int(w1), int(w2), int(w3)), _mm_set1_epi8(32));
+}
+
+// ---- Q4_K and Q5_K · Q8_K ------------------------------------------------------
+// Levels <= 31: vpmaddubsw pairs <= 2 * 31 * 128 = 7936; times scales <= 63 in vpmaddwd;
+// a super-block's total <= 256 * 31 * 128 * 63 < 2^26. Mins: bsums (|.| <= 2048) times
+// mins <= 63 in vpmaddwd.
+
+template <bool kFifthBit, class Block>
+HEARTH_AVX2 inline float dot_scale_min(const Block* x, const BlockQ8_K* y, int64_t nb) {
+  const __m256i low4 = _mm256_set1_epi8(15);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < nb; ++ib) {
+    const Block& b = x[ib];
+    const BlockQ8_K& a = y[ib];
+    uint64_t sc, m;
+    unpack_scale_min(b.scales, sc, m);
+    const __m256i scales =
+        _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc))));
+    const __m128i m8 = _mm_cvtsi64_si128(int64_t(m));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m0 m0 m1 m1 ...
+    const __m256i summ = _mm256_madd_epi16(load256(a.bsums), mins);
+    __m256i qh;
+    if constexpr (kFifthBit) qh = load256(b.qh);
+    __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = load256(b.qs + 32 * c);
+      __m256i lo = _mm256_and_si256(q, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+      if constexpr (kFifthBit) {
+        const __m256i bit4 = _mm256_set1_epi8(16);
+        lo = _mm256_or_si256(lo, _mm256_and_si256(move_bit(qh, 2 * c, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(move_bit(qh, 2 * c + 1, 4), bit4));
+      }
+      const __m256i p0 = _mm256_maddubs_epi16(lo, load256(a.qs + 64 * c));
+      const __m256i p1 = _mm256_maddubs_epi16(hi, load256(a.qs + 64 * c + 32));
+      sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scales, word_mask(2 * c))));
+      sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(scales, word_mask(2 * c + 1))));
+    }
+    const float d = a.d * half(b.d);
+    const float dmin = a.d * half(b.dmin);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sum0, sum1)), acc);
+    acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc);
+  }
+  return hsum(acc);
+}
+
+}  // namespace
+
+// ---- entry points ----------------------------------------------------------------
+
+HEARTH_AVX2 float vec_dot_q8_0(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK8_0, "q8_0");
+  return dot_32_blocks<dot_q8_32_bytes>(static_cast<const BlockQ8_0*>(w),
+                                        static_cast<const BlockQ8_0*>(a), n / kQK8_0);
+}
+
+HEARTH_AVX2 float vec_dot_q4_0(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK4_0, "q4_0");
+  return dot_32_blocks<dot_q4_32>(static_cast<const BlockQ4_0*>(w),
+                                  static_cast<const BlockQ8_0*>(a), n / kQK4_0);
+}
+
+HEARTH_AVX2 float vec_dot_q4_k(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK_K, "q4_K");
+  return dot_scale_min<false>(static_cast<const BlockQ4_K*>(w),
+                              static_cast<const BlockQ8_K*>(a), n / kQK_K);
+}
+
+HEARTH_AVX2 float vec_dot_q5_k(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK_K, "q5_K");
+  return dot_scale_min<true>(static_cast<const BlockQ5_K*>(w),
+                             static_cast<const BlockQ8_K*>(a), n / kQK_K);
+}
+
+// Q6_K: levels 0..63 (the offset 32 comes off below): vpmaddubsw pairs <= 2 * 63 * 128 =
+// 16128; signed scales |.| <= 128 in vpmaddwd; a super-block's total <= 256 * 63 * 128 *
+// 128 < 2^29. The offset: 32 * sum_j scale_j * bsums_j.
+HEARTH_AVX2 float vec_dot_q6_k(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK_K, "q6_K");
+  const BlockQ6_K* x = static_cast<const BlockQ6_K*>(w);
+  const BlockQ8_K* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+    const BlockQ6_K& b = x[ib];
+    const BlockQ8_K& q8 = y[ib];
+    const __m256i scales16 = _mm256_cvtepi8_epi16(load128(b.scales));
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(q8.bsums), scales16), 5);
+    __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int c = 0; c < 2; ++c) {
+      const __m256i sc = chunk_scales(scales16, c);
+      const __m256i ql0 = load256(b.ql + 64 * c), ql1 = load256(b.ql + 64 * c + 32);
+      const __m256i qh = load256(b.qh + 32 * c);
+      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, low4),
+                                         _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45));
+      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(ql1, low4),
+                                         _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45));
+      const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                                         _mm256_and_si256(qh, bits45));
+      const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
+      const int8_t* a8 = q8.qs + 128 * c;
+      const __m256i p0 = _mm256_maddubs_epi16(q0, load256(a8));
+      const __m256i p1 = _mm256_maddubs_epi16(q1, load256(a8 + 32));
+      const __m256i p2 = _mm256_maddubs_epi16(q2, load256(a8 + 64));
+      const __m256i p3 = _mm256_maddubs_epi16(q3, load256(a8 + 96));
+      sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, word_pair_mask(0))));
+      sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc, word_pair_mask(2))));
+      sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(p2, _mm256_shuffle_epi8(sc, word_pair_mask(4))));
+      sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(p3, _mm256_shuffle_epi8(sc, word_pair_mask(6))));
+    }
+    const __m256i sumi = _mm256_sub_epi32(_mm256_add_epi32(sum0, sum1), offset);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(q8.d * half(b.d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+// Q3_K: levels u + 4h in 0..7 (the offset 4 comes off below): vpmaddubsw pairs <= 1792;
+// scales -32..31. The offset: 4 * sum_j scale_j * bsums_j.
+HEARTH_AVX2 float vec_dot_q3_k(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK_K, "q3_K");
+  const BlockQ3_K* x = static_cast<const BlockQ3_K*>(w);
+  const BlockQ8_K* y = static_cast<const BlockQ8_K*>(a);
+  const __m256i low2 = _mm256_set1_epi8(3), bit2 = _mm256_set1_epi8(4);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+    const BlockQ3_K& b = x[ib];
+    const BlockQ8_K& q8 = y[ib];
+    const __m256i scales16 = _mm256_cvtepi8_epi16(unpack_q3_scales(b.scales));
+    const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(q8.bsums), scales16), 2);
+    const __m256i hm = load256(b.hmask);
+    __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int c = 0; c < 2; ++c) {
+      const __m256i sc = chunk_scales(scales16, c);
+      const __m256i qs = load256(b.qs + 32 * c);
+      const int8_t* a8 = q8.qs + 128 * c;
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) {
+        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * g), low2);
+        const __m256i h = _mm256_and_si256(move_bit(hm, 4 * c + g, 2), bit2);
+        const __m256i p = _mm256_maddubs_epi16(_mm256_or_si256(u, h), load256(a8 + 32 * g));
+        const __m256i s = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, word_pair_mask(2 * g)));
+        if (g & 1) sum1 = _mm256_add_epi32(sum1, s);
+        else sum0 = _mm256_add_epi32(sum0, s);
+      }
+    }
+    const __m256i sumi = _mm256_sub_epi32(_mm256_add_epi32(sum0, sum1), offset);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(q8.d * half(b.d)), _mm256_cvtepi32_ps(sumi), acc);
+  }
+  return hsum(acc);
+}
+
+// Q2_K: levels 0..3, scales and mins 0..15 (nibbles of scales[j]).
+HEARTH_AVX2 float vec_dot_q2_k(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK_K, "q2_K");
+  const BlockQ2_K* x = static_cast<const BlockQ2_K*>(w);
+  const BlockQ8_K* y = static_cast<const BlockQ8_K*>(a);
+  const __m128i low4 = _mm_set1_epi8(15);
+  const __m256i low2 = _mm256_set1_epi8(3);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+    const BlockQ2_K& b = x[ib];
+    const BlockQ8_K& q8 = y[ib];
+    const __m128i s = load128(b.scales);
+    const __m256i scales16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, low4));
+    const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), low4));
+    const __m256i summ = _mm256_madd_epi16(load256(q8.bsums), mins16);
+    __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int c = 0; c < 2; ++c) {
+      const __m256i sc = chunk_scales(scales16, c);
+      const __m256i qs = load256(b.qs + 32 * c);
+      const int8_t* a8 = q8.qs + 128 * c;
+#pragma GCC unroll 4
+      for (int g = 0; g < 4; ++g) {
+        const __m256i u = _mm256_and_si256(_mm256_srli_epi16(qs, 2 * g), low2);
+        const __m256i p = _mm256_maddubs_epi16(u, load256(a8 + 32 * g));
+        const __m256i t = _mm256_madd_epi16(p, _mm256_shuffle_epi8(sc, word_pair_mask(2 * g)));
+        if (g & 1) sum1 = _mm256_add_epi32(sum1, t);
+        else sum0 = _mm256_add_epi32(sum0, t);
+      }
+    }
+    const float d = q8.d * half(b.d);
+    const float dmin = q8.d * half(b.dmin);
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(_mm256_add_epi32(sum0, sum1)), acc);
+    acc = _mm256_fnmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(summ), acc);
+  }
+  return hsum(acc);
+}
+
+}  // namespace hearth::dot_avx2

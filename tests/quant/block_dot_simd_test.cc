@@ -1,0 +1,305 @@
+// The AVX2 dot products (BlockFormat::vec_dot_avx2, quant/dot_avx2.cc) against the
+// scalar references (BlockFormat::vec_dot). Their integer sums are exact, so they may
+// differ only by float rounding and summation order: |simd - scalar| is held to 1e-5 of
+// the sum of the magnitudes of the terms (plus a tiny absolute slack for underflow).
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "quant/block_formats.h"
+#include "quant/numbers.h"
+#include "quant/weight_matrix.h"
+
+using namespace hearth;
+
+namespace {
+
+const GgmlType kSimdFormats[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q2_K, GgmlType::Q3_K,
+                                 GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+bool have_avx2() { return best_isa() == KernelIsa::kAvx2; }
+
+// Byte offsets of a weight block's f16 factors: [0] multiplies the levels, [1] (or -1)
+// the mins.
+struct Factors {
+  int d, dmin;
+};
+Factors factors(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return {int(offsetof(BlockQ8_0, d)), -1};
+    case GgmlType::Q4_0: return {int(offsetof(BlockQ4_0, d)), -1};
+    case GgmlType::Q2_K: return {int(offsetof(BlockQ2_K, d)), int(offsetof(BlockQ2_K, dmin))};
+    case GgmlType::Q3_K: return {int(offsetof(BlockQ3_K, d)), -1};
+    case GgmlType::Q4_K: return {int(offsetof(BlockQ4_K, d)), int(offsetof(BlockQ4_K, dmin))};
+    case GgmlType::Q5_K: return {int(offsetof(BlockQ5_K, d)), int(offsetof(BlockQ5_K, dmin))};
+    case GgmlType::Q6_K: return {int(offsetof(BlockQ6_K, d)), -1};
+    default: return {-1, -1};
+  }
+}
+
+void put_half(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
+
+uint16_t finite_half(std::mt19937& rng) {
+  uint16_t h = uint16_t(rng());
+  if (((h >> 10) & 31) == 31) h = uint16_t(h & ~0x4000);
+  return h;
+}
+
+// A row of nblocks weight blocks: quant bytes from `fill` (random where fill < 0), every
+// f16 factor from `half` (random finite where half < 0).
+std::vector<uint8_t> weight_row(const BlockFormat& f, int nblocks, std::mt19937& rng, int fill = -1,
+                                int half = -1) {
+  std::vector<uint8_t> b(size_t(nblocks * f.block_bytes));
+  for (uint8_t& v : b) v = fill < 0 ? uint8_t(rng()) : uint8_t(fill);
+  const Factors fa = factors(f.type);
+  for (int ib = 0; ib < nblocks; ++ib) {
+    uint8_t* blk = b.data() + ib * f.block_bytes;
+    for (int off : {fa.d, fa.dmin})
+      if (off >= 0) put_half(blk + off, half < 0 ? finite_half(rng) : uint16_t(half));
+  }
+  return b;
+}
+
+// Activations in f's vec_dot_type: quants from `quant` (random in -128..127 where
+// quant == kRandom), scales from `scale` (random where NaN); Q8_K bsums filled in.
+constexpr int kRandom = 1000;
+std::vector<uint8_t> act_row(const BlockFormat& f, int64_t n, std::mt19937& rng, int quant = kRandom,
+                             float scale = NAN) {
+  const BlockFormat& act = block_format(f.vec_dot_type);
+  std::vector<uint8_t> b(size_t(act.row_bytes(n)));
+  auto q = [&] { return int8_t(quant == kRandom ? int(rng() % 256) - 128 : quant); };
+  if (act.type == GgmlType::Q8_0) {
+    auto* blk = reinterpret_cast<BlockQ8_0*>(b.data());
+    for (int64_t ib = 0; ib < n / kQK8_0; ++ib) {
+      blk[ib].d = std::isnan(scale) ? finite_half(rng) : f32_to_f16(scale);
+      for (int8_t& v : blk[ib].qs) v = q();
+    }
+  } else {
+    REQUIRE(act.type == GgmlType::Q8_K);
+    auto* blk = reinterpret_cast<BlockQ8_K*>(b.data());
+    for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+      blk[ib].d = std::isnan(scale)
+                      ? float(std::ldexp(double(rng() % 2000) - 1000.0, int(rng() % 40) - 30))
+                      : scale;
+      for (int8_t& v : blk[ib].qs) v = q();
+      for (int j = 0; j < kQK_K / 16; ++j) {
+        int s = 0;
+        for (int i = 0; i < 16; ++i) s += blk[ib].qs[16 * j + i];
+        blk[ib].bsums[j] = int16_t(s);
+      }
+    }
+  }
+  return b;
+}
+
+std::vector<double> dequantize(const BlockFormat& f, const uint8_t* blocks, int64_t n) {
+  std::vector<float> y(static_cast<size_t>(n));
+  f.dequantize_row(blocks, y.data(), n);
+  return {y.begin(), y.end()};
+}
+
+// sum_i |a_i| * (|level part of w_i| + |min part of w_i|): dequantizing with dmin zeroed
+// gives the level parts, with d zeroed the min parts.
+double magnitude(const BlockFormat& f, const std::vector<uint8_t>& w, const std::vector<uint8_t>& a,
+                 int64_t n) {
+  const auto av = dequantize(block_format(f.vec_dot_type), a.data(), n);
+  const Factors fa = factors(f.type);
+  auto with_zeroed = [&](int off) {
+    std::vector<uint8_t> c = w;
+    if (off >= 0)
+      for (int64_t ib = 0; ib < n / f.block_elems; ++ib) put_half(c.data() + ib * f.block_bytes + off, 0);
+    return dequantize(f, c.data(), n);
+  };
+  const auto levels = with_zeroed(fa.dmin), mins = with_zeroed(fa.d);
+  double mag = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double mpart = fa.dmin >= 0 ? std::fabs(mins[size_t(i)]) : 0.0;
+    mag += std::fabs(av[size_t(i)]) * (std::fabs(levels[size_t(i)]) + mpart);
+  }
+  return mag;
+}
+
+// Checks the AVX2 kernel against the scalar one on one row pair; returns whether they agree.
+bool agrees(const BlockFormat& f, const std::vector<uint8_t>& w, const std::vector<uint8_t>& a,
+            int64_t n) {
+  const float ref = f.vec_dot(w.data(), a.data(), n);
+  const float got = f.vec_dot_avx2(w.data(), a.data(), n);
+  const double mag = magnitude(f, w, a, n);
+  const double tol = 1e-5 * mag + 1e-30;
+  const bool ok = std::isfinite(ref) && std::fabs(double(got) - double(ref)) <= tol;
+  if (!ok) {
+    CAPTURE(f.name);
+    CAPTURE(n);
+    CAPTURE(ref);
+    CAPTURE(got);
+    CAPTURE(mag);
+    FAIL_CHECK("simd and scalar dot products differ");
+  }
+  return ok;
+}
+
+#define SKIP_WITHOUT_AVX2()                                   \
+  if (!have_avx2()) {                                          \
+    MESSAGE("CPU lacks AVX2/FMA/F16C: AVX2 kernels not tested"); \
+    return;                                                    \
+  }
+
+}  // namespace
+
+TEST_CASE("block dot simd: kernel table and selection") {
+  for (const BlockFormat& f : block_formats()) {
+    CAPTURE(f.name);
+    bool expect_simd = false;
+    for (GgmlType t : kSimdFormats) expect_simd |= t == f.type;
+    CHECK((f.vec_dot_avx2 != nullptr) == expect_simd);
+    CHECK((vec_dot_kernel(f, KernelIsa::kScalar) == f.vec_dot));
+    const VecDotFn best = have_avx2() && expect_simd ? f.vec_dot_avx2 : f.vec_dot;
+    CHECK((vec_dot_kernel(f) == best));
+    CHECK((vec_dot_kernel(f, KernelIsa::kAvx2) == best));
+  }
+}
+
+TEST_CASE("block dot simd: rows that are not whole blocks throw") {
+  SKIP_WITHOUT_AVX2();
+  std::vector<uint8_t> buf(4096, 0);
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    CHECK_THROWS_AS(f.vec_dot_avx2(buf.data(), buf.data(), f.block_elems + 1), std::invalid_argument);
+    CHECK_THROWS_AS(f.vec_dot_avx2(buf.data(), buf.data(), -f.block_elems), std::invalid_argument);
+    CHECK(f.vec_dot_avx2(buf.data(), buf.data(), 0) == 0.0f);
+  }
+}
+
+TEST_CASE("block dot simd: random rows of 1 2 7 and 33 blocks match the scalar reference") {
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(11);
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    for (int nblocks : {1, 2, 7, 33}) {
+      const int64_t n = nblocks * f.block_elems;
+      int failures = 0;
+      for (int rep = 0; rep < 20; ++rep) {
+        const auto w = weight_row(f, nblocks, rng);
+        const auto a = act_row(f, n, rng);
+        failures += !agrees(f, w, a, n);
+      }
+      CHECK(failures == 0);
+    }
+  }
+}
+
+TEST_CASE("block dot simd: quantized gaussian rows match the scalar reference") {
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    const BlockFormat& act = block_format(f.vec_dot_type);
+    CAPTURE(f.name);
+    const int64_t n = 33 * kQK_K;
+    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+    for (float& v : x) v = gauss(rng);
+    for (float& v : y) v = std::fabs(gauss(rng)) + 0.25f;  // one-signed: the mins matter
+    std::vector<uint8_t> w(size_t(f.row_bytes(n))), a(size_t(act.row_bytes(n)));
+    f.quantize_row(x.data(), w.data(), n, nullptr);
+    act.quantize_row(y.data(), a.data(), n, nullptr);
+    CHECK(agrees(f, w, a, n));
+  }
+}
+
+TEST_CASE("block dot simd: small integer rows give the exact same float") {
+  // Unit scales and activations in -3..3 keep every partial sum an integer below 2^24,
+  // so both kernels must produce the exact value.
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(3);
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    for (int nblocks : {1, 2}) {
+      const int64_t n = nblocks * f.block_elems;
+      for (int rep = 0; rep < 10; ++rep) {
+        const auto w = weight_row(f, nblocks, rng, -1, 0x3C00);  // d = dmin = 1
+        auto a = act_row(f, n, rng, 0, 1.0f);
+        // Quants in -3..3 (and the Q8_K sums to match).
+        if (f.vec_dot_type == GgmlType::Q8_0) {
+          auto* blk = reinterpret_cast<BlockQ8_0*>(a.data());
+          for (int64_t ib = 0; ib < n / kQK8_0; ++ib)
+            for (int8_t& v : blk[ib].qs) v = int8_t(int(rng() % 7) - 3);
+        } else {
+          auto* blk = reinterpret_cast<BlockQ8_K*>(a.data());
+          for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+            for (int8_t& v : blk[ib].qs) v = int8_t(int(rng() % 7) - 3);
+            for (int j = 0; j < 16; ++j) {
+              int s = 0;
+              for (int i = 0; i < 16; ++i) s += blk[ib].qs[16 * j + i];
+              blk[ib].bsums[j] = int16_t(s);
+            }
+          }
+        }
+        CHECK(f.vec_dot_avx2(w.data(), a.data(), n) == f.vec_dot(w.data(), a.data(), n));
+      }
+    }
+  }
+}
+
+TEST_CASE("block dot simd: adversarial blocks match the scalar reference") {
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(17);
+  // Quant bytes: zero, all bits set, sign bits only, all but the sign, alternating bits.
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, 0xAA, -1};
+  // f16 factors: largest finite (both signs), smallest subnormal, largest subnormal,
+  // smallest normal, one, negative zero, random.
+  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x8000, -1};
+  // Activation quants: the extremes, zero, random.
+  const int quants[] = {127, -127, -128, 0, kRandom};
+  // Activation scales (Q8_K's float d; Q8_0's go through f16): large, tiny, subnormal
+  // (in Q8_K), negative, random.
+  const float scales[] = {1.0f, 3.0e4f, 1e-7f, 1e-40f, -2.5f, NAN};
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    int failures = 0, cases = 0;
+    for (int nblocks : {1, 3}) {
+      const int64_t n = nblocks * f.block_elems;
+      for (int fill : fills)
+        for (int half : halves)
+          for (int quant : quants)
+            for (float scale : scales) {
+              const auto w = weight_row(f, nblocks, rng, fill, half);
+              const auto a = act_row(f, n, rng, quant, scale);
+              failures += !agrees(f, w, a, n);
+              ++cases;
+            }
+    }
+    CHECK(cases > 0);
+    CHECK(failures == 0);
+  }
+}
+
+TEST_CASE("block dot simd: all-zero rows give zero and extreme quants give the exact sum") {
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(1);
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    const int64_t n = 2 * f.block_elems;
+    const auto wz = weight_row(f, 2, rng, 0x00, 0x0000);
+    const auto az = act_row(f, n, rng, 0, 0.0f);
+    CHECK(f.vec_dot_avx2(wz.data(), az.data(), n) == 0.0f);
+  }
+  // Q8_0 with every quant -128 on both sides: 32 * 128 * 128 per block, the case a
+  // vpmaddubsw sign trick gets wrong.
+  const BlockFormat& q8 = block_format(GgmlType::Q8_0);
+  const auto w = weight_row(q8, 3, rng, 0x80, 0x3C00);
+  const auto a = act_row(q8, 3 * kQK8_0, rng, -128, 1.0f);
+  CHECK(q8.vec_dot(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
+  CHECK(q8.vec_dot_avx2(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
+}
