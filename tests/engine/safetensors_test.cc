@@ -20,16 +20,12 @@ using namespace hearth;
 #include "support/scratch.h"
 
 namespace fs = std::filesystem;
+using hearth::testing::pattern;
 using hearth::testing::TempDir;
 
 namespace {
 
 
-std::vector<uint8_t> pattern(uint64_t n, uint8_t seed) {
-  std::vector<uint8_t> v(n);
-  for (uint64_t i = 0; i < n; ++i) v[i] = uint8_t(seed * 31 + i * 7 + (i >> 8));
-  return v;
-}
 
 // Writes a file by hand (length, header, `data_bytes` of data) so tests can build what
 // the writer refuses to. `len` overrides the header length field.
