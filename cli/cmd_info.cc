@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/generation.h"
 #include "engine/model.h"
 
 namespace hearth::cli {
@@ -26,14 +27,19 @@ std::string human(double v, const char* unit) {
 
 int cmd_info(int argc, char** argv) {
   cxxopts::Options opts(argv[0], "Print a model's configuration and its parameter and byte counts by kind.");
-  opts.add_options()("m,model", "model directory", cxxopts::value<std::string>())("h,help", "show this help");
+  opts.add_options()("m,model", "model directory", cxxopts::value<std::string>())
+      ("t,threads", "threads for --repack (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
+      ("h,help", "show this help");
+  add_repack_option(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;
   }
   if (!args.count("model")) throw std::invalid_argument("--model is required (see --help)");
-  const Model model = Model::load(args["model"].as<std::string>());
+  const int threads = args["threads"].as<int>();
+  if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
+  const Model model = Model::load(args["model"].as<std::string>(), parse_load_options(args, threads));
   const ModelConfig& c = model.config();
   std::printf("model        %s (%s)\n", args["model"].as<std::string>().c_str(), c.model_type.c_str());
   std::printf("layers       %lld (%lld dense, %lld MoE) + %lld MTP\n", (long long)c.num_hidden_layers,
@@ -60,6 +66,12 @@ int cmd_info(int argc, char** argv) {
     std::printf("quantization fp8 %s, %lldx%lld block scales%s\n", c.quantization.fmt.c_str(),
                 (long long)c.quantization.block_rows, (long long)c.quantization.block_cols,
                 c.quantization.scale_fmt.empty() ? "" : (" (" + c.quantization.scale_fmt + ")").c_str());
+
+  if (const RepackSummary& rp = model.repack_summary(); rp.target) {
+    std::printf("repack       to %s:", std::string(dtype_name(*rp.target)).c_str());
+    for (const auto& [dt, n] : rp.converted) std::printf(" %lld %s,", (long long)n, std::string(dtype_name(dt)).c_str());
+    std::printf(" %lld as stored (linear weights; embeddings, router, weights_proj as stored)\n", (long long)rp.kept);
+  }
 
   const ModelFootprint f = model.footprint();
   std::printf("\n%-16s %14s %14s\n", "kind", "params", "bytes");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/generation.h"
 #include "engine/forward.h"
 
 namespace hearth::cli {
@@ -45,6 +46,7 @@ int cmd_logits(int argc, char** argv) {
       ("decode", "feed the tokens one at a time through the decode path")
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("h,help", "show this help");
+  add_repack_option(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
@@ -56,7 +58,7 @@ int cmd_logits(int argc, char** argv) {
   const int threads = args["threads"].as<int>();
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
 
-  const Model model = Model::load(args["model"].as<std::string>());
+  const Model model = Model::load(args["model"].as<std::string>(), parse_load_options(args, threads));
   const int64_t V = model.config().vocab_size;
   for (int32_t t : tokens)
     if (t >= V) throw std::invalid_argument("--tokens: id " + std::to_string(t) + " is outside the vocabulary (size " + std::to_string(V) + ")");

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "engine/repack.h"
+
 namespace hearth::cli {
 
 namespace {
@@ -36,6 +38,25 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
       ("ctx", "context limit in tokens (default: the model's max_position_embeddings)", cxxopts::value<int64_t>()->default_value("0"))
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("h,help", "show this help");
+  add_repack_option(opts);
+}
+
+void add_repack_option(cxxopts::Options& opts) {
+  opts.add_options()("repack", "convert the linear weights at load to TYPE: " + std::string(repack_target_names()),
+                     cxxopts::value<std::string>(), "TYPE");
+}
+
+ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int threads) {
+  ModelLoadOptions o;
+  o.threads = threads;
+  if (args.count("repack")) {
+    try {
+      o.repack = parse_repack_target(args["repack"].as<std::string>());
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("--repack: ") + e.what());
+    }
+  }
+  return o;
 }
 
 GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
@@ -73,6 +94,7 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
   if (f.context < 0) throw std::invalid_argument("--ctx: must be positive (0: the model's context)");
   f.threads = args["threads"].as<int>();
   if (f.threads < 0 || f.threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
+  f.load = parse_load_options(args, f.threads);
   if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
   return f;
 }
@@ -84,7 +106,7 @@ std::unique_ptr<Session> open_session(const GenerationFlags& flags) {
   if (!fs::is_regular_file(tok_path, ec))
     throw std::runtime_error(tok_path.string() + " not found: text generation needs the model's tokenizer "
                              "(hearth synth --tokenizer FILE adds one to a synthetic model)");
-  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir), Tokenizer::load(tok_path), nullptr});
+  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir, flags.load), Tokenizer::load(tok_path), nullptr});
   const int64_t max_ctx = s->model.config().max_position_embeddings;
   if (flags.context > max_ctx)
     throw std::invalid_argument("--ctx " + std::to_string(flags.context) + " exceeds the model's context of " +

@@ -22,6 +22,7 @@ enum class ReasoningMode { kShow, kHide, kSeparate };
 
 struct GenerationFlags {
   std::string model_dir;
+  ModelLoadOptions load;  // --repack (its threads: -t)
   GenerateRequest request;
   ReasoningMode reasoning = ReasoningMode::kShow;
   bool thinking = true;
@@ -29,10 +30,16 @@ struct GenerationFlags {
   int threads = 0;
 };
 
-// -m, -n, --temp, --top-p, --top-k, --min-p, --seed, --stop, --reasoning, --no-thinking, --ctx, -t.
+// -m, -n, --temp, --top-p, --top-k, --min-p, --seed, --stop, --reasoning, --no-thinking, --ctx, -t,
+// --repack.
 void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens);
 // Throws std::invalid_argument with the flag's name on a bad value.
 GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args);
+
+// --repack TYPE, shared by generate, chat, logits and info: the option, and the load
+// options it asks for (std::invalid_argument naming the flag on an unknown type).
+void add_repack_option(cxxopts::Options& opts);
+ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int threads);
 
 // The model, its tokenizer (MODEL/tokenizer.json) and a generator over both.
 struct Session {

@@ -3,6 +3,8 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "engine/repack.h"
+#include "offload/thread_pool.h"
 #include "quant/numbers.h"
 
 namespace hearth {
@@ -67,10 +69,10 @@ Mlp load_mlp(Loader& ld, const std::string& p, int64_t hidden, int64_t inter) {
              ld.matrix(p + ".down_proj", hidden, inter)};
 }
 
-void count(ParamCounts& c, const TensorView& t) {
+void count(ParamCounts& c, const TensorView& t, int64_t bytes) {
   // Block scales are storage overhead, not parameters.
   if (!t.name.ends_with("_scale_inv")) c.params += t.numel();
-  c.bytes += int64_t(t.nbytes);
+  c.bytes += bytes;
 }
 
 }  // namespace
@@ -84,14 +86,15 @@ ParamCounts ModelFootprint::total() const {
   return t;
 }
 
-Model Model::load(const std::string& dir) {
+Model Model::load(const std::string& dir, const ModelLoadOptions& options) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) throw std::runtime_error("model directory '" + dir + "' does not exist");
   ModelConfig config = ModelConfig::load(fs::path(dir) / "config.json");
-  return Model(std::move(config), WeightStore::open(dir));
+  return Model(std::move(config), WeightStore::open(dir), options);
 }
 
-Model::Model(ModelConfig config, WeightStore store) : config_(std::move(config)), store_(std::move(store)) {
+Model::Model(ModelConfig config, WeightStore store, const ModelLoadOptions& options)
+    : config_(std::move(config)), store_(std::move(store)) {
   const ModelConfig& c = config_;
   Loader ld(store_);
   const int64_t H = c.hidden_size, nh = c.num_attention_heads;
@@ -140,6 +143,54 @@ Model::Model(ModelConfig config, WeightStore store) : config_(std::move(config))
     if (L.moe.has_shared)
       L.moe.shared = load_mlp(ld, m + ".shared_experts", H, c.moe_intermediate_size * c.n_shared_experts);
   }
+  if (options.repack) repack(options);
+}
+
+void Model::repack(const ModelLoadOptions& options) {
+  // The weights to convert, by checkpoint name (see ModelLoadOptions for the choice).
+  std::vector<std::pair<std::string, WeightMatrix*>> todo;
+  auto mlp = [&](const std::string& p, Mlp& m) {
+    todo.emplace_back(p + ".gate_proj", &m.gate);
+    todo.emplace_back(p + ".up_proj", &m.up);
+    todo.emplace_back(p + ".down_proj", &m.down);
+  };
+  for (size_t i = 0; i < layers.size(); ++i) {
+    Layer& L = layers[i];
+    const std::string p = "model.layers." + std::to_string(i);
+    const std::string a = p + ".self_attn";
+    Attention& A = L.attn;
+    todo.emplace_back(a + ".q_a_proj", &A.q_a);
+    todo.emplace_back(a + ".q_b_proj", &A.q_b);
+    todo.emplace_back(a + ".kv_a_proj_with_mqa", &A.kv_a);
+    todo.emplace_back(a + ".kv_b_proj", &A.kv_b);
+    todo.emplace_back(a + ".o_proj", &A.o);
+    if (A.has_indexer) {
+      todo.emplace_back(a + ".indexer.wq_b", &A.indexer.wq_b);
+      todo.emplace_back(a + ".indexer.wk", &A.indexer.wk);
+    }
+    if (!L.is_moe) {
+      mlp(p + ".mlp", L.dense);
+      continue;
+    }
+    for (size_t e = 0; e < L.moe.experts.size(); ++e) mlp(p + ".mlp.experts." + std::to_string(e), L.moe.experts[e]);
+    if (L.moe.has_shared) mlp(p + ".mlp.shared_experts", L.moe.shared);
+  }
+  todo.emplace_back("lm_head", &lm_head);
+
+  const DType target = *options.repack;
+  repack_.target = target;
+  ThreadPool pool(options.threads);
+  for (auto& [name, w] : todo) {
+    const std::optional<DType> to = repack_format_for(target, w->cols);
+    if (!to || *to == w->dtype) {
+      ++repack_.kept;
+      continue;
+    }
+    owned_.emplace_back();
+    *w = repack_matrix(*w, *to, pool, owned_.back());
+    repacked_bytes_[name + ".weight"] = w->bytes();
+    ++repack_.converted[*to];
+  }
 }
 
 ModelFootprint Model::footprint() const {
@@ -152,13 +203,18 @@ ModelFootprint Model::footprint() const {
       const int64_t idx = std::stoll(name.substr(13));
       is_mtp = idx >= config_.num_hidden_layers;
     }
-    if (is_mtp) count(f.mtp, t);
-    else if (name.find(".mlp.experts.") != std::string::npos) count(f.routed_experts, t);
-    else if (name.find(".mlp.shared_experts.") != std::string::npos) count(f.shared_experts, t);
-    else if (name.find(".self_attn.") != std::string::npos) count(f.attention, t);
-    else if (name.find(".mlp.gate.") != std::string::npos || name.find("norm") != std::string::npos) count(f.norms_router, t);
-    else if (name.find(".mlp.") != std::string::npos) count(f.dense_mlp, t);
-    else count(f.embeddings, t);
+    // A repacked weight counts at its new size; its FP8 scales are no longer used.
+    int64_t bytes = int64_t(t.nbytes);
+    const std::string weight = name.ends_with("_scale_inv") ? name.substr(0, name.size() - 10) : name;
+    if (auto it = repacked_bytes_.find(weight); it != repacked_bytes_.end())
+      bytes = weight == name ? it->second : 0;
+    if (is_mtp) count(f.mtp, t, bytes);
+    else if (name.find(".mlp.experts.") != std::string::npos) count(f.routed_experts, t, bytes);
+    else if (name.find(".mlp.shared_experts.") != std::string::npos) count(f.shared_experts, t, bytes);
+    else if (name.find(".self_attn.") != std::string::npos) count(f.attention, t, bytes);
+    else if (name.find(".mlp.gate.") != std::string::npos || name.find("norm") != std::string::npos) count(f.norms_router, t, bytes);
+    else if (name.find(".mlp.") != std::string::npos) count(f.dense_mlp, t, bytes);
+    else count(f.embeddings, t, bytes);
   }
   return f;
 }

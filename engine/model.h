@@ -6,7 +6,11 @@
 // mismatched checkpoint fails at load with the tensor's name, not mid-forward.
 #pragma once
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/config.h"
@@ -62,11 +66,29 @@ struct ModelFootprint {
   ParamCounts total() const;
 };
 
+struct ModelLoadOptions {
+  // Convert the linear weights to this format at load (engine/repack.h): attention
+  // (q_a, q_b, kv_a, kv_b, o, indexer wq_b and wk), dense MLPs, routed and shared experts
+  // and lm_head. The embeddings (a lookup table, one row read per token), the MoE router
+  // and the indexer's weights_proj (small and precision-sensitive: they pick experts and
+  // keys) stay as stored. A weight whose row length the target's blocks do not divide
+  // gets Q8_0 when that fits (K-quant targets) or stays as stored. nullopt: no repacking.
+  std::optional<DType> repack;
+  int threads = 0;  // threads for the conversion (0: one per physical core)
+};
+
+// What a repack did: how many weights got each format, and how many stayed as stored.
+struct RepackSummary {
+  std::optional<DType> target;
+  std::map<DType, int64_t> converted;  // by resulting format
+  int64_t kept = 0;                    // already in the format, or no format fits
+};
+
 class Model {
  public:
   // Loads config.json and the safetensors of `dir`. The store is kept alive by the model.
-  static Model load(const std::string& dir);
-  Model(ModelConfig config, WeightStore store);
+  static Model load(const std::string& dir, const ModelLoadOptions& options = {});
+  Model(ModelConfig config, WeightStore store, const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
   const WeightStore& store() const { return store_; }
@@ -76,12 +98,19 @@ class Model {
   std::vector<float> final_norm;
   WeightMatrix lm_head;  // [vocab, hidden]
 
-  // Counted from the checkpoint's tensors (the MTP layer apart: the forward pass does not use it).
+  // Counted from the checkpoint's tensors (the MTP layer apart: the forward pass does not
+  // use it), with repacked weights at their new size (and their FP8 scales at none).
   ModelFootprint footprint() const;
+  const RepackSummary& repack_summary() const { return repack_; }
 
  private:
+  void repack(const ModelLoadOptions& options);
+
   ModelConfig config_;
   WeightStore store_;
+  RepackSummary repack_;
+  std::vector<std::unique_ptr<uint8_t[]>> owned_;             // repacked weight data
+  std::unordered_map<std::string, int64_t> repacked_bytes_;  // by tensor name ("....weight")
 };
 
 }  // namespace hearth

@@ -307,6 +307,40 @@ const BlockFormat& block_format(GgmlType type) {
   return *f;
 }
 
+const BlockFormat* block_format_of(DType t) {
+  switch (t) {
+    case DType::F32: return &block_format(GgmlType::F32);
+    case DType::F16: return &block_format(GgmlType::F16);
+    case DType::BF16: return &block_format(GgmlType::BF16);
+    case DType::F8_E4M3: return nullptr;
+    case DType::Q8_0: return &block_format(GgmlType::Q8_0);
+    case DType::Q4_0: return &block_format(GgmlType::Q4_0);
+    case DType::Q2_K: return &block_format(GgmlType::Q2_K);
+    case DType::Q3_K: return &block_format(GgmlType::Q3_K);
+    case DType::Q4_K: return &block_format(GgmlType::Q4_K);
+    case DType::Q5_K: return &block_format(GgmlType::Q5_K);
+    case DType::Q6_K: return &block_format(GgmlType::Q6_K);
+  }
+  return nullptr;
+}
+
+std::optional<DType> dtype_of(GgmlType type) {
+  switch (type) {
+    case GgmlType::F32: return DType::F32;
+    case GgmlType::F16: return DType::F16;
+    case GgmlType::BF16: return DType::BF16;
+    case GgmlType::Q4_0: return DType::Q4_0;
+    case GgmlType::Q8_0: return DType::Q8_0;
+    case GgmlType::Q2_K: return DType::Q2_K;
+    case GgmlType::Q3_K: return DType::Q3_K;
+    case GgmlType::Q4_K: return DType::Q4_K;
+    case GgmlType::Q5_K: return DType::Q5_K;
+    case GgmlType::Q6_K: return DType::Q6_K;
+    case GgmlType::Q8_K: return std::nullopt;
+  }
+  return std::nullopt;
+}
+
 VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa) {
   const bool avx2 = isa != KernelIsa::kScalar && f.vec_dot_avx2 && best_isa() == KernelIsa::kAvx2;
   return avx2 ? f.vec_dot_avx2 : f.vec_dot;

@@ -20,9 +20,11 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 
+#include "quant/dtype.h"
 #include "quant/weight_matrix.h"  // KernelIsa
 
 namespace hearth {
@@ -174,6 +176,11 @@ const BlockFormat* find_block_format_by_id(uint32_t ggml_id);
 // The descriptor of a supported type (every GgmlType enumerator has one).
 const BlockFormat& block_format(GgmlType type);
 inline int64_t row_bytes(GgmlType type, int64_t n) { return block_format(type).row_bytes(n); }
+
+// The two vocabularies: the descriptor of a DType (nullptr for F8_E4M3, which ggml does
+// not have), and the DType of a ggml type (nullopt for Q8_K, an activation-only format).
+const BlockFormat* block_format_of(DType t);
+std::optional<DType> dtype_of(GgmlType type);
 
 // The dot-product kernel of f to use for isa: vec_dot_avx2 when f has one and isa is
 // kAvx2 or kAuto and the CPU supports AVX2 + FMA + F16C (best_isa() == kAvx2), else the

@@ -1,15 +1,66 @@
 #include "quant/dtype.h"
 
+#include <stdexcept>
+#include <string>
+
 namespace hearth {
 
-std::size_t dtype_size(DType t) {
+namespace {
+
+constexpr DType kAll[] = {DType::F32,  DType::F16,  DType::BF16, DType::F8_E4M3, DType::Q8_0, DType::Q4_0,
+                          DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,    DType::Q6_K};
+
+struct Geometry {
+  int64_t elems, bytes;
+};
+
+// Mirrors the BlockFormat table (quant/block_formats.h asserts the two agree).
+Geometry geometry(DType t) {
   switch (t) {
-    case DType::F32: return 4;
-    case DType::F16: return 2;
-    case DType::BF16: return 2;
-    case DType::F8_E4M3: return 1;
+    case DType::F32: return {1, 4};
+    case DType::F16: return {1, 2};
+    case DType::BF16: return {1, 2};
+    case DType::F8_E4M3: return {1, 1};
+    case DType::Q8_0: return {32, 34};
+    case DType::Q4_0: return {32, 18};
+    case DType::Q2_K: return {256, 84};
+    case DType::Q3_K: return {256, 110};
+    case DType::Q4_K: return {256, 144};
+    case DType::Q5_K: return {256, 176};
+    case DType::Q6_K: return {256, 210};
   }
-  return 0;
+  throw std::invalid_argument("unknown dtype " + std::to_string(int(t)));
+}
+
+bool same_ignoring_case(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool is_block_dtype(DType t) { return geometry(t).elems > 1; }
+int64_t dtype_block_elems(DType t) { return geometry(t).elems; }
+int64_t dtype_block_bytes(DType t) { return geometry(t).bytes; }
+
+std::size_t dtype_size(DType t) {
+  const Geometry g = geometry(t);
+  if (g.elems != 1)
+    throw std::invalid_argument("dtype_size: " + std::string(dtype_name(t)) +
+                                " is a block format (elements have no whole size; use row_bytes)");
+  return std::size_t(g.bytes);
+}
+
+int64_t row_bytes(DType t, int64_t cols) {
+  const Geometry g = geometry(t);
+  if (cols < 0 || cols % g.elems != 0)
+    throw std::invalid_argument(std::string(dtype_name(t)) + ": row length " + std::to_string(cols) +
+                                " is not a multiple of the block size " + std::to_string(g.elems));
+  return cols / g.elems * g.bytes;
 }
 
 std::string_view dtype_name(DType t) {
@@ -18,6 +69,13 @@ std::string_view dtype_name(DType t) {
     case DType::F16: return "F16";
     case DType::BF16: return "BF16";
     case DType::F8_E4M3: return "F8_E4M3";
+    case DType::Q8_0: return "Q8_0";
+    case DType::Q4_0: return "Q4_0";
+    case DType::Q2_K: return "Q2_K";
+    case DType::Q3_K: return "Q3_K";
+    case DType::Q4_K: return "Q4_K";
+    case DType::Q5_K: return "Q5_K";
+    case DType::Q6_K: return "Q6_K";
   }
   return "?";
 }
@@ -25,6 +83,12 @@ std::string_view dtype_name(DType t) {
 std::optional<DType> parse_dtype(std::string_view name) {
   for (DType t : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3})
     if (dtype_name(t) == name) return t;
+  return std::nullopt;
+}
+
+std::optional<DType> find_dtype(std::string_view name) {
+  for (DType t : kAll)
+    if (same_ignoring_case(dtype_name(t), name)) return t;
   return std::nullopt;
 }
 

@@ -1,5 +1,10 @@
 // The element types hearth reads from checkpoints: one vocabulary shared by every
-// reader (safetensors today, GGUF later), every kernel and every backend.
+// reader (safetensors, GGUF), every kernel and every backend.
+//
+// Two kinds: element formats (F32, F16, BF16, F8_E4M3), where every value has its own
+// bytes, and ggml's block formats (Q8_0, Q4_0, Q2_K..Q6_K; quant/block_formats.h), where
+// a row is a run of fixed-size blocks of block_elems values each. Sizes of whole rows go
+// through row_bytes(), which both kinds answer.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -13,13 +18,35 @@ enum class DType : uint8_t {
   F16,
   BF16,
   F8_E4M3,  // OCP e4m3fn: bias 7, no infinities, max 448; used with 128x128 block scales
+  // ggml block formats, byte for byte as in GGUF files (quant/block_formats.h).
+  Q8_0,
+  Q4_0,
+  Q2_K,
+  Q3_K,
+  Q4_K,
+  Q5_K,
+  Q6_K,
 };
 
-// Bytes per element.
+// True for the ggml block formats.
+bool is_block_dtype(DType t);
+// Values per block (1 for the element formats) and bytes per block (the element size for
+// the element formats).
+int64_t dtype_block_elems(DType t);
+int64_t dtype_block_bytes(DType t);
+// Bytes per element of an element format; std::invalid_argument for a block format (whose
+// elements have no whole size: use row_bytes).
 std::size_t dtype_size(DType t);
-// The name used by safetensors ("F32", "BF16", "F8_E4M3", ...).
+// Bytes of a row of `cols` values; std::invalid_argument unless cols is a non-negative
+// multiple of dtype_block_elems(t).
+int64_t row_bytes(DType t, int64_t cols);
+// The name used by safetensors ("F32", "BF16", "F8_E4M3", ...) or, for a block format,
+// ggml's name in upper case ("Q8_0", "Q4_K", ...).
 std::string_view dtype_name(DType t);
-// Parses a safetensors dtype name; nullopt for names hearth does not support.
+// Parses a safetensors dtype name (element formats only); nullopt for names hearth does
+// not support.
 std::optional<DType> parse_dtype(std::string_view name);
+// Any dtype by name, ignoring ASCII case ("q4_k", "BF16", "f8_e4m3"); nullopt if unknown.
+std::optional<DType> find_dtype(std::string_view name);
 
 }  // namespace hearth

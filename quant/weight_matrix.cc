@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
+#include "quant/block_formats.h"
 #include "quant/numbers.h"
 
 namespace hearth {
@@ -52,6 +54,7 @@ void decode_scalar(const WeightMatrix& w, int64_t r, int64_t c0, int64_t len, fl
       for (int64_t i = 0; i < len; ++i) out[i] = lut[p[i]];
       break;
     }
+    default: break;  // block formats decode whole blocks (see below), never through here
   }
 }
 
@@ -115,6 +118,7 @@ HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
       __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
       return _mm256_cvtph_ps(_mm_or_si128(sign, mag));
     }
+    default: break;  // block formats: not decoded 8 at a time
   }
   return _mm256_setzero_ps();
 }
@@ -216,9 +220,67 @@ HEARTH_AVX2 void matmul_t_avx2(const WeightMatrix& w, int64_t row0, int64_t nrow
 
 KernelIsa resolve(KernelIsa isa) { return isa == KernelIsa::kAuto ? best_isa() : isa; }
 
+// ---- ggml block formats ---------------------------------------------------------
+// Weights are dotted in their own format against activations quantized (once per call)
+// to the format's vec_dot_type, with the format's integer dot product; decoding for the
+// transposed product and dequantize_row goes block by block through the format's exact
+// dequantize_row.
+
+const char* block_row(const WeightMatrix& w, int64_t r) {
+  return static_cast<const char*>(w.data) + r * row_bytes(w.dtype, w.cols);
+}
+
+// Per-thread scratch that only grows (a call never needs more than one at a time).
+template <class T>
+T* scratch(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                        int64_t r0, int64_t r1, KernelIsa isa) {
+  if (r0 >= r1 || n <= 0) return;
+  const BlockFormat& f = *block_format_of(w.dtype);
+  const BlockFormat& act = block_format(f.vec_dot_type);
+  const VecDotFn dot = vec_dot_kernel(f, isa);
+  const int64_t act_row = act.row_bytes(w.cols);
+  static thread_local std::vector<uint64_t> buf;  // 8-byte aligned for the float d of Q8_K
+  auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
+  for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * act_row, w.cols, nullptr);
+  for (int64_t r = r0; r < r1; ++r) {
+    const char* row = block_row(w, r);
+    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot(row, q + t * act_row, w.cols);
+  }
+}
+
+// Calls fn(c, values, len) for consecutive pieces covering [c0, c1) of row r, decoding
+// each whole block that overlaps the range and passing only the part inside it.
+template <class Fn>
+void for_each_block_piece(const WeightMatrix& w, int64_t r, int64_t c0, int64_t c1, Fn&& fn) {
+  const BlockFormat& f = *block_format_of(w.dtype);
+  const int64_t be = f.block_elems;
+  alignas(32) float tmp[kQK_K];
+  const char* row = block_row(w, r);
+  for (int64_t b = c0 / be; b * be < c1; ++b) {
+    f.dequantize_row(row + b * f.block_bytes, tmp, be);
+    const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
+    fn(lo, tmp + (lo - b * be), hi - lo);
+  }
+}
+
+void matmul_t_blocks(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, float* y, int64_t c0,
+                     int64_t c1) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    const float xi = x[i];
+    for_each_block_piece(w, row0 + i, c0, c1, [&](int64_t c, const float* v, int64_t len) {
+      for (int64_t j = 0; j < len; ++j) y[c + j] += xi * v[j];
+    });
+  }
+}
+
 }  // namespace
 
-int64_t WeightMatrix::bytes() const { return rows * cols * int64_t(dtype_size(dtype)); }
+int64_t WeightMatrix::bytes() const { return rows * row_bytes(dtype, cols); }
 
 KernelIsa best_isa() {
   static const KernelIsa isa = [] {
@@ -233,17 +295,25 @@ KernelIsa best_isa() {
 
 void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
                  int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
+  if (is_block_dtype(w.dtype)) return matmul_rows_blocks(w, x, ldx, n, y, ldy, r0, r1, isa);
   if (resolve(isa) == KernelIsa::kAvx2) matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
   else matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
 }
 
 void matmul_t_accumulate(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x,
                          float* y, int64_t c0, int64_t c1, KernelIsa isa) {
+  if (is_block_dtype(w.dtype)) return matmul_t_blocks(w, row0, nrows, x, y, c0, c1);
   if (resolve(isa) == KernelIsa::kAvx2) matmul_t_avx2(w, row0, nrows, x, y, c0, c1);
   else matmul_t_scalar(w, row0, nrows, x, y, c0, c1);
 }
 
 void dequantize_row(const WeightMatrix& w, int64_t r, int64_t c0, int64_t c1, float* out) {
+  if (is_block_dtype(w.dtype)) {
+    for_each_block_piece(w, r, c0, c1, [&](int64_t c, const float* v, int64_t len) {
+      std::memcpy(out + (c - c0), v, size_t(len) * sizeof(float));
+    });
+    return;
+  }
   for (int64_t c = c0; c < c1;) {
     const int64_t len = chunk_len(w, c, c1);
     decode_scalar(w, r, c, len, out + (c - c0));

@@ -4,6 +4,13 @@
 // one 128-column chunk of a row at a time into registers/stack and multiplies it with
 // every activation row that needs it, so a weight tile is read once per call however
 // many tokens are in the batch.
+//
+// ggml block formats (DType::Q8_0, Q4_0, Q2_K..Q6_K) are used in place too: matmul_rows
+// quantizes each activation row once per call to the format's activation type (Q8_0 or
+// Q8_K) and takes the format's integer dot product (AVX2 where the CPU has it, the
+// scalar reference for KernelIsa::kScalar); matmul_t_accumulate and dequantize_row decode
+// the whole blocks that overlap the column range with the format's exact dequantizer, so
+// ranges need not be aligned to blocks. Such a matrix's cols is a multiple of the block.
 #pragma once
 #include <cstdint>
 
@@ -22,6 +29,7 @@ struct WeightMatrix {
   int64_t block = 128;
 
   int64_t scale_cols() const { return (cols + block - 1) / block; }
+  // Bytes of the data (rows * row_bytes(dtype, cols)); FP8 block scales not included.
   int64_t bytes() const;
 };
 

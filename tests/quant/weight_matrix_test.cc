@@ -53,6 +53,7 @@ struct TestWeight {
       case DType::F16:
       case DType::BF16: { const uint16_t h = uint16_t(code); std::memcpy(base + 2 * i, &h, 2); break; }
       case DType::F8_E4M3: base[i] = uint8_t(code); break;
+      default: FAIL("element formats only (block formats: weight_matrix_blocks_test.cc)");
     }
   }
   uint32_t code(int64_t r, int64_t c) const {
@@ -64,6 +65,7 @@ struct TestWeight {
       case DType::F16:
       case DType::BF16: { uint16_t h; std::memcpy(&h, base + 2 * i, 2); v = h; break; }
       case DType::F8_E4M3: v = base[i]; break;
+      default: FAIL("element formats only");
     }
     return v;
   }
@@ -81,6 +83,7 @@ struct TestWeight {
           case DType::F8_E4M3:
             d = double(fp8_e4m3_to_f32(uint8_t(v))) * (scaled ? double(scale(r, c)) : 1.0);
             break;
+          default: FAIL("element formats only");
         }
         deq[size_t(r * cols + c)] = d;
       }
@@ -129,6 +132,7 @@ TestWeight make_random(DType dt, int64_t rows, int64_t cols, uint32_t seed, int6
         case DType::F16: w.set_code(r, c, f32_to_f16(f)); break;
         case DType::BF16: w.set_code(r, c, f32_to_bf16(f)); break;
         case DType::F8_E4M3: w.set_code(r, c, random_fp8(rng)); break;
+        default: FAIL("element formats only");
       }
     }
   std::uniform_real_distribution<float> e(-10.0f, 1.0f);

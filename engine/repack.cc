@@ -1,0 +1,59 @@
+#include "engine/repack.h"
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "quant/block_formats.h"
+
+namespace hearth {
+
+namespace {
+
+constexpr DType kTargets[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
+                              DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+}  // namespace
+
+std::string_view repack_target_names() { return "f32, f16, bf16, q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k"; }
+
+DType parse_repack_target(std::string_view name) {
+  if (const std::optional<DType> t = find_dtype(name))
+    for (DType ok : kTargets)
+      if (*t == ok) return ok;
+  throw std::invalid_argument("'" + std::string(name) + "' is not a repack type (one of " +
+                              std::string(repack_target_names()) + ")");
+}
+
+std::optional<DType> repack_format_for(DType target, int64_t cols) {
+  if (cols % dtype_block_elems(target) == 0) return target;
+  if (dtype_block_elems(target) > dtype_block_elems(DType::Q8_0) && cols % dtype_block_elems(DType::Q8_0) == 0)
+    return DType::Q8_0;
+  return std::nullopt;
+}
+
+WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, std::unique_ptr<uint8_t[]>& storage) {
+  const BlockFormat* f = block_format_of(to);
+  if (!f) throw std::invalid_argument("cannot repack to " + std::string(dtype_name(to)));
+  const int64_t rb = row_bytes(to, w.cols);  // throws unless cols fits the blocks
+  storage = std::make_unique_for_overwrite<uint8_t[]>(size_t(std::max<int64_t>(w.rows * rb, 1)));
+  uint8_t* out = storage.get();
+  pool.parallel_for(
+      w.rows,
+      [&](int64_t r0, int64_t r1) {
+        std::vector<float> row(size_t(w.cols));
+        for (int64_t r = r0; r < r1; ++r) {
+          dequantize_row(w, r, 0, w.cols, row.data());
+          f->quantize_row(row.data(), out + r * rb, w.cols, nullptr);
+        }
+      },
+      16);
+  WeightMatrix q;
+  q.dtype = to;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  q.data = out;
+  return q;
+}
+
+}  // namespace hearth

@@ -1,0 +1,32 @@
+// Converting weights to another format at load time (`--repack TYPE`): an FP8 or BF16
+// checkpoint runs as q8_0, q4_K, ... without a separate conversion step, at the cost of
+// holding the converted weights in memory (the mapped originals are then never read).
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include "offload/thread_pool.h"
+#include "quant/weight_matrix.h"
+
+namespace hearth {
+
+// The formats weights can be repacked to: f32, f16, bf16, q8_0, q4_0, q2_k..q6_k, by
+// name ignoring case. Throws std::invalid_argument naming `name` and the choices.
+DType parse_repack_target(std::string_view name);
+// A comma-separated list of the accepted names, for help texts and errors.
+std::string_view repack_target_names();
+
+// The format a weight with rows of `cols` values gets when `target` is asked for: target
+// when cols is a multiple of its block; else Q8_0 (blocks of 32) for a K-quant target
+// when that fits; else nullopt (the weight stays as stored).
+std::optional<DType> repack_format_for(DType target, int64_t cols);
+
+// Converts w row by row (decoded with its scales, then quantize_row of `to`, no
+// importance weights) into newly allocated storage, returned in `storage`; the result
+// views that storage. Rows are split over the pool's threads; the result is the same for
+// any thread count.
+WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, std::unique_ptr<uint8_t[]>& storage);
+
+}  // namespace hearth

@@ -1,0 +1,81 @@
+// `--repack TYPE` through the CLI: logits and info convert at load, bad names are errors.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "support/scratch.h"
+
+namespace fs = std::filesystem;
+using hearth::testing::CliRun;
+using hearth::testing::run_hearth;
+using hearth::testing::TempDir;
+
+namespace {
+
+const std::string kGolden = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
+
+std::vector<float> read_f32(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::vector<float> v(fs::file_size(p) / 4);
+  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("cli repack: hearth logits --repack f32 and q8_0 follow the golden logits") {
+  TempDir tmp("hearth-repack");
+  const std::vector<float> expected = read_f32(kGolden + "/logits_1.f32");  // tokens 0,17,923,4,511
+  const int64_t V = 1024;
+  for (const std::string type : {"F32", "q8_0"}) {
+    const fs::path out = tmp.path / "out.f32";
+    const CliRun r = run_hearth("logits -m " + kGolden + " --tokens 0,17,923,4,511 -t 2 --repack " + type + " -o " +
+                                out.string());
+    INFO(type << "\n" << r.all());
+    REQUIRE(r.code == 0);
+    const std::vector<float> got = read_f32(out);
+    REQUIRE(got.size() == expected.size());
+    double worst = 0;
+    int same = 0;
+    for (int64_t t = 0; t < 5; ++t) {
+      int64_t ig = 0, ie = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        const size_t i = size_t(t * V + v);
+        worst = std::max(worst, double(std::fabs(got[i] - expected[i])));
+        if (got[i] > got[size_t(t * V + ig)]) ig = v;
+        if (expected[i] > expected[size_t(t * V + ie)]) ie = v;
+      }
+      same += ig == ie;
+    }
+    if (type == "F32") CHECK(worst <= 1e-3);
+    CHECK(same == 5);
+  }
+}
+
+TEST_CASE("cli repack: hearth info --repack reports the formats and the converted sizes") {
+  const CliRun plain = run_hearth("info -m " + kGolden);
+  const CliRun r = run_hearth("info -m " + kGolden + " --repack q4_k -t 2");
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  CHECK(r.all().find("repack       to Q4_K:") != std::string::npos);
+  CHECK(r.all().find("Q8_0") != std::string::npos);  // 96-, 128- and 192-wide rows fall back
+  CHECK(plain.all().find("repack") == std::string::npos);
+  CHECK(r.out != plain.out);
+}
+
+TEST_CASE("cli repack: an unknown type is a one-line error naming it") {
+  TempDir tmp("hearth-repack");
+  for (const std::string& args : {"logits -m " + kGolden + " --tokens 0 --repack q9_9 -o " + (tmp.path / "a").string(),
+                                 "info -m " + kGolden + " --repack q9_9",
+                                 "generate -m " + kGolden + " -p hi --repack q9_9"}) {
+    const CliRun r = run_hearth(args);
+    INFO("hearth " << args << "\n" << r.all());
+    CHECK(r.code != 0);
+    CHECK(r.code < 128);
+    CHECK(r.all().find("--repack: 'q9_9'") != std::string::npos);
+  }
+}
