@@ -24,6 +24,8 @@ const Command kCommands[] = {
     {"detokenize", "print the text of a JSON array of token ids on stdin", hearth::cli::cmd_detokenize},
     {"generate", "generate text after a prompt (streamed, with statistics)", hearth::cli::cmd_generate},
     {"chat", "chat with a model interactively (multi-turn, Ctrl-C stops an answer)", hearth::cli::cmd_chat},
+    {"perplexity", "perplexity of a model on a text (chunks of --ctx tokens)", hearth::cli::cmd_perplexity},
+    {"kld", "KL divergence and top-1 agreement of a candidate model against a base model", hearth::cli::cmd_kld},
 };
 
 void usage(std::FILE* out) {
