@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/generation.h"
 #include "engine/eval.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
@@ -28,6 +29,7 @@ struct EvalFlags {
   EvalOptions eval;
   int threads = 0;
   bool json = false;
+  ModelLoadOptions load;  // --repack: the evaluated model (perplexity) or the candidate (kld)
 };
 
 void add_eval_options(cxxopts::Options& opts, const char* model_help) {
@@ -39,6 +41,7 @@ void add_eval_options(cxxopts::Options& opts, const char* model_help) {
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("json", "print one JSON object instead of the table")
       ("h,help", "show this help");
+  add_repack_option(opts);
 }
 
 // nullopt-like: returns false after printing help.
@@ -63,6 +66,7 @@ bool parse_eval_flags(cxxopts::Options& opts, int argc, char** argv, size_t n_mo
   f.threads = args["threads"].as<int>();
   if (f.threads < 0 || f.threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   f.json = args.count("json") > 0;
+  f.load = parse_load_options(args, f.threads);
   return true;
 }
 
@@ -131,7 +135,7 @@ int cmd_perplexity(int argc, char** argv) {
   const std::string text = read_text(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
-  const Model model = Model::load(f.models[0]);
+  const Model model = Model::load(f.models[0], f.load);
   check_vocab(model, f.models[0], f.eval.n_vocab);
   ThreadPool pool(f.threads);
   print_plan(f, ids.size());
@@ -169,7 +173,7 @@ int cmd_kld(int argc, char** argv) {
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
   const Model base = Model::load(f.models[0]);
-  const Model candidate = Model::load(f.models[1]);
+  const Model candidate = Model::load(f.models[1], f.load);
   if (base.config().vocab_size != candidate.config().vocab_size)
     throw std::invalid_argument("the models' vocabularies differ: '" + f.models[0] + "' has " +
                                 std::to_string(base.config().vocab_size) + " ids, '" + f.models[1] + "' has " +

@@ -161,7 +161,7 @@ Summary summarize(std::vector<double> v) {
   return s;
 }
 
-uint64_t model_weight_bytes(const Model& model) { return model.store().total_bytes(); }
+uint64_t model_weight_bytes(const Model& model) { return uint64_t(model.footprint().total().bytes); }
 
 int64_t eval_chunk_count(int64_t tokens, const EvalOptions& o) {
   if (o.ctx < 3) throw std::invalid_argument("ctx must be at least 3 (got " + std::to_string(o.ctx) + ")");

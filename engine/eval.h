@@ -44,7 +44,8 @@ struct Summary {
 };
 Summary summarize(std::vector<double> values);
 
-// The bytes of a model's weights: the sum of its store's tensor bytes.
+// The bytes of weights the forward pass reads, as loaded (a --repack counts at its new
+// size; the MTP layer, never run, is left out): Model::footprint().total().
 uint64_t model_weight_bytes(const Model& model);
 
 struct EvalProgress {

@@ -78,7 +78,7 @@ TEST_CASE("cli: hearth perplexity prints the engine's perplexity as JSON and as 
   std::vector<int32_t> ids{tok.bos_id()};
   for (int32_t id : tok.encode(kText, false)) ids.push_back(id);
   CHECK(j["tokens"] == ids.size());
-  CHECK(j["bytes"] == m.store().total_bytes());
+  CHECK(j["bytes"] == uint64_t(m.footprint().total().bytes));
   hearth::EvalOptions o;
   o.ctx = 16, o.max_chunks = 2, o.n_vocab = tok.size(), o.bos = tok.bos_id();
   hearth::ThreadPool pool(2);
@@ -91,6 +91,25 @@ TEST_CASE("cli: hearth perplexity prints the engine's perplexity as JSON and as 
   CHECK(t.out.find("PPL") != std::string::npos);
   CHECK(t.out.find(model()) != std::string::npos);
   CHECK(t.out.find("7 positions scored in 1 chunk of 16 tokens") != std::string::npos);
+}
+
+TEST_CASE("cli: hearth kld --repack measures a quantized copy against the original") {
+  TextFile text;
+  const CliRun r = run_hearth("kld -m " + model() + " -m " + model() + " --repack q8_0 -f " + text.path +
+                              " --ctx 16 --chunks 2 --json");
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  // The candidate is the same checkpoint at 8.5 bits per weight instead of FP8 + BF16.
+  CHECK(j["kld"]["mean"].get<double>() > 0.0);
+  CHECK(j["kld"]["mean"].get<double>() < 1.0);
+  CHECK(j["candidate"]["bytes"].get<uint64_t>() != j["base"]["bytes"].get<uint64_t>());
+  hearth::ModelLoadOptions o;
+  o.repack = hearth::DType::Q8_0;
+  CHECK(j["candidate"]["bytes"] == uint64_t(hearth::Model::load(model(), o).footprint().total().bytes));
+  const CliRun bad = run_hearth("kld -m " + model() + " -m " + model() + " --repack q9_9 -f " + text.path);
+  CHECK(bad.code != 0);
+  CHECK(bad.err.find("--repack") != std::string::npos);
 }
 
 TEST_CASE("cli: hearth kld of a model against itself is zero and against another model positive") {

@@ -192,7 +192,7 @@ TEST_CASE("eval: KLD of a model against itself is exactly zero with full top-1 a
   CHECK(r.top1_agreement == 1.0);
   CHECK(r.base.perplexity == r.candidate.perplexity);
   CHECK(r.base_bytes == r.candidate_bytes);
-  CHECK(r.base_bytes == f.model.store().total_bytes());
+  CHECK(r.base_bytes == uint64_t(f.model.footprint().total().bytes));
   // The base side is the plain perplexity.
   const PerplexityResult p = evaluate_perplexity(f.model, pool, tokens, f.options(2));
   CHECK(r.base.perplexity == p.perplexity);
@@ -250,7 +250,7 @@ TEST_CASE("eval: KLD between two different models matches a direct double-precis
   CHECK(r.top1_agreement == doctest::Approx(double(agree) / double(kld.size())));
   CHECK(r.base.perplexity == doctest::Approx(std::exp(sa / double(kld.size()))).epsilon(1e-12));
   CHECK(r.candidate.perplexity == doctest::Approx(std::exp(sb / double(kld.size()))).epsilon(1e-12));
-  CHECK(r.candidate_bytes == other.store().total_bytes());
+  CHECK(r.candidate_bytes == uint64_t(other.footprint().total().bytes));
 }
 
 TEST_CASE("eval: bad inputs are rejected with what is wrong") {
