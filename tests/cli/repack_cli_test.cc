@@ -7,25 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "support/golden.h"
 #include "support/scratch.h"
 
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
+using hearth::testing::read_f32;
 using hearth::testing::TempDir;
-
-namespace {
-
-const std::string kGolden = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
-
-std::vector<float> read_f32(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::vector<float> v(fs::file_size(p) / 4);
-  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
-  return v;
-}
-
-}  // namespace
+static const std::string& kGolden = hearth::testing::kGoldenDir;
 
 TEST_CASE("cli repack: hearth logits --repack f32 and q8_0 follow the golden logits") {
   TempDir tmp("hearth-repack");

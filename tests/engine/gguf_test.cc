@@ -16,32 +16,18 @@
 
 #include "engine/gguf.h"
 #include "quant/block_formats.h"
+#include "support/errors.h"
 #include "support/scratch.h"
 
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::pattern;
+using hearth::testing::check_error;
+using hearth::testing::error_of;
 using hearth::testing::TempDir;
 
 namespace {
 
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
-
-// Asserts `f` throws std::runtime_error whose one-line message contains every part.
-void check_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  const std::string msg = error_of(f);
-  for (const std::string& part : parts)
-    CHECK_MESSAGE(msg.find(part) != std::string::npos, "'", part, "' not in: ", msg);
-  CHECK_MESSAGE(msg.find('\n') == std::string::npos, "multi-line message: ", msg);
-}
 
 void write_file(const fs::path& p, const std::vector<uint8_t>& bytes) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);

@@ -10,38 +10,17 @@
 #include <vector>
 
 #include "engine/forward.h"
+#include "support/golden.h"
 
 using namespace hearth;
+using hearth::testing::golden_cases;
+using hearth::testing::GoldenCase;
+using hearth::testing::kGoldenDir;
 
 namespace {
 
-const std::string kDir = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
-
-struct GoldenCase {
-  std::vector<int32_t> tokens;
-  std::vector<float> logits;  // [tokens][vocab]
-};
-
-std::vector<GoldenCase> load_cases() {
-  std::ifstream f(kDir + "/expected.json");
-  REQUIRE(f.good());
-  const nlohmann::json j = nlohmann::json::parse(f);
-  std::vector<GoldenCase> out;
-  for (const auto& e : j) {
-    GoldenCase g;
-    g.tokens = e.at("tokens").get<std::vector<int32_t>>();
-    const int64_t n = e.at("shape")[0].get<int64_t>() * e.at("shape")[1].get<int64_t>();
-    g.logits.resize(size_t(n));
-    std::ifstream lf(kDir + "/" + e.at("logits").get<std::string>(), std::ios::binary);
-    lf.read(reinterpret_cast<char*>(g.logits.data()), std::streamsize(n * 4));
-    REQUIRE(lf.gcount() == n * 4);
-    out.push_back(std::move(g));
-  }
-  return out;
-}
-
 const Model& tiny_model() {
-  static const Model m = Model::load(kDir);
+  static const Model m = Model::load(kGoldenDir);
   return m;
 }
 
@@ -86,7 +65,7 @@ void compare(const std::vector<float>& got, const GoldenCase& g, int64_t V) {
 
 TEST_CASE("golden tiny-v32: prefill and decode paths match the reference logits") {
   const Model& m = tiny_model();
-  const auto cases = load_cases();
+  const auto& cases = golden_cases();
   REQUIRE(cases.size() == 4);
   for (int threads : {1, 2}) {
     ThreadPool pool(threads);
@@ -100,7 +79,7 @@ TEST_CASE("golden tiny-v32: prefill and decode paths match the reference logits"
 
 TEST_CASE("golden tiny-v32: forced attention forms agree - absorbed prefill and expanded decode") {
   const Model& m = tiny_model();
-  const auto cases = load_cases();
+  const auto& cases = golden_cases();
   ThreadPool pool(2);
   const GoldenCase& g = cases[3];  // 64 tokens: sparse selection active
   compare(run(m, pool, g.tokens, false, AttentionPath::kDecode), g, m.config().vocab_size);
@@ -109,7 +88,7 @@ TEST_CASE("golden tiny-v32: forced attention forms agree - absorbed prefill and 
 
 TEST_CASE("golden tiny-v32: several sequences of different lengths in one batch") {
   const Model& m = tiny_model();
-  const auto cases = load_cases();
+  const auto& cases = golden_cases();
   const int64_t V = m.config().vocab_size;
   ThreadPool pool(2);
   Forward fwd(m, pool);
@@ -144,8 +123,8 @@ TEST_CASE("golden tiny-v32: the indexer's sparse selection is what the reference
   // must drift away from the reference: proof that the sparse path is exercised.
   ModelConfig dense_cfg = tiny_model().config();
   dense_cfg.index_topk = 1 << 20;
-  const Model dense(dense_cfg, WeightStore::open(kDir));
-  const auto cases = load_cases();
+  const Model dense(dense_cfg, WeightStore::open(kGoldenDir));
+  const auto& cases = golden_cases();
   ThreadPool pool(1);
   const std::vector<float> got = run(dense, pool, cases[3].tokens, false, AttentionPath::kAuto);
   const int64_t V = dense_cfg.vocab_size, topk = tiny_model().config().index_topk;

@@ -16,43 +16,20 @@
 
 #include "engine/forward.h"
 #include "engine/repack.h"
+#include "support/golden.h"
 
 using namespace hearth;
+using hearth::testing::golden_cases;
+using hearth::testing::GoldenCase;
+using hearth::testing::kGoldenDir;
 
 namespace {
-
-const std::string kDir = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
-
-struct GoldenCase {
-  std::vector<int32_t> tokens;
-  std::vector<float> logits;  // [tokens][vocab]
-};
-
-const std::vector<GoldenCase>& cases() {
-  static const std::vector<GoldenCase> out = [] {
-    std::ifstream f(kDir + "/expected.json");
-    const nlohmann::json j = nlohmann::json::parse(f);
-    std::vector<GoldenCase> v;
-    for (const auto& e : j) {
-      GoldenCase g;
-      g.tokens = e.at("tokens").get<std::vector<int32_t>>();
-      const int64_t n = e.at("shape")[0].get<int64_t>() * e.at("shape")[1].get<int64_t>();
-      g.logits.resize(size_t(n));
-      std::ifstream lf(kDir + "/" + e.at("logits").get<std::string>(), std::ios::binary);
-      lf.read(reinterpret_cast<char*>(g.logits.data()), std::streamsize(n * 4));
-      if (lf.gcount() != n * 4) throw std::runtime_error("short golden logits file");
-      v.push_back(std::move(g));
-    }
-    return v;
-  }();
-  return out;
-}
 
 Model load(DType target) {
   ModelLoadOptions o;
   o.repack = target;
   o.threads = 2;
-  return Model::load(kDir, o);
+  return Model::load(kGoldenDir, o);
 }
 
 // The same checkpoint with index_topk raised past every sequence (dense attention: no
@@ -61,12 +38,12 @@ Model load(DType target) {
 // perturbation of the weights, even BF16 rounding, after which the logits of a random
 // network are unrelated; the dense model isolates the error of the weight format.
 Model load_dense(std::optional<DType> target) {
-  ModelConfig c = ModelConfig::load(kDir + "/config.json");
+  ModelConfig c = ModelConfig::load(kGoldenDir + "/config.json");
   c.index_topk = 1 << 16;
   ModelLoadOptions o;
   o.repack = target;
   o.threads = 2;
-  return Model(std::move(c), WeightStore::open(kDir), o);
+  return Model(std::move(c), WeightStore::open(kGoldenDir), o);
 }
 
 std::vector<float> run(const Model& m, ThreadPool& pool, const std::vector<int32_t>& tokens, bool decode) {
@@ -101,8 +78,8 @@ Agreement compare_all(const Model& m, bool decode = false, size_t first_case = 0
   Agreement a;
   int64_t same = 0;
   double kl_sum = 0;
-  for (size_t k = first_case; k < cases().size(); ++k) {
-    const GoldenCase& g = cases()[k];
+  for (size_t k = first_case; k < golden_cases().size(); ++k) {
+    const GoldenCase& g = golden_cases()[k];
     const std::vector<float> got = run(m, pool, g.tokens, decode);
     const std::vector<float> want = ref ? run(*ref, pool, g.tokens, false) : g.logits;
     for (size_t t = 0; t < g.tokens.size() && int64_t(t) < max_pos; ++t) {
@@ -189,7 +166,7 @@ void report(const std::string& what, const Agreement& a) {
 // ordered by bits per weight) set from the measured values with margin.
 TEST_CASE("repack: bf16 q8_0 and q4_k against the golden and the dense reference logits") {
   const Model dense_ref = load_dense(std::nullopt);
-  const int64_t topk = ModelConfig::load(kDir + "/config.json").index_topk;
+  const int64_t topk = ModelConfig::load(kGoldenDir + "/config.json").index_topk;
   struct Bound {
     DType type;
     double max_kl, min_top1;
@@ -235,7 +212,7 @@ TEST_CASE("repack: q4_k falls back to q8_0 where rows are not whole super-blocks
 }
 
 TEST_CASE("repack: the footprint counts repacked weights at their new size") {
-  const Model plain = Model::load(kDir);
+  const Model plain = Model::load(kGoldenDir);
   const ModelFootprint before = plain.footprint();
   const Model m32 = load(DType::F32);
   const ModelFootprint f = m32.footprint();

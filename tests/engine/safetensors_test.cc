@@ -17,10 +17,13 @@
 #include "engine/safetensors_writer.h"
 
 using namespace hearth;
+#include "support/errors.h"
 #include "support/scratch.h"
 
 namespace fs = std::filesystem;
 using hearth::testing::pattern;
+using hearth::testing::check_error;
+using hearth::testing::error_of;
 using hearth::testing::TempDir;
 
 namespace {
@@ -41,23 +44,6 @@ fs::path write_raw(const fs::path& p, const std::string& header, uint64_t data_b
 }
 
 void write_text(const fs::path& p, const std::string& text) { std::ofstream(p, std::ios::binary) << text; }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::runtime_error& e) {
-    return e.what();
-  }
-  return "<no exception>";
-}
-
-// Asserts `f` throws std::runtime_error whose one-line message contains every part.
-void check_error(const std::function<void()>& f, std::initializer_list<std::string> parts) {
-  const std::string msg = error_of(f);
-  for (const std::string& part : parts)
-    CHECK_MESSAGE(msg.find(part) != std::string::npos, "'", part, "' not in: ", msg);
-  CHECK_MESSAGE(msg.find('\n') == std::string::npos, "multi-line message: ", msg);
-}
 
 void check_file_error(const fs::path& p, std::initializer_list<std::string> parts) {
   std::vector<std::string> all(parts);

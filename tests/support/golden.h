@@ -1,0 +1,49 @@
+// The golden reference: tests/data/tiny-v32, a small random DeepSeek-V3.2 checkpoint with
+// logits from DeepSeek's reference implementation for every position of 4 sequences.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace hearth::testing {
+
+inline const std::string kGoldenDir = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
+
+// A float32 little-endian file, whole.
+inline std::vector<float> read_f32(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + p.string());
+  std::vector<float> v(std::filesystem::file_size(p) / 4);
+  f.read(reinterpret_cast<char*>(v.data()), std::streamsize(v.size() * 4));
+  return v;
+}
+
+struct GoldenCase {
+  std::vector<int32_t> tokens;
+  std::vector<float> logits;  // [tokens][vocab]
+};
+
+// expected.json's sequences with their logits, read once per process.
+inline const std::vector<GoldenCase>& golden_cases() {
+  static const std::vector<GoldenCase> cases = [] {
+    std::ifstream f(kGoldenDir + "/expected.json");
+    const nlohmann::json j = nlohmann::json::parse(f);
+    std::vector<GoldenCase> out;
+    for (const auto& e : j) {
+      GoldenCase g;
+      g.tokens = e.at("tokens").get<std::vector<int32_t>>();
+      g.logits = read_f32(kGoldenDir + "/" + e.at("logits").get<std::string>());
+      const auto n = e.at("shape")[0].get<size_t>() * e.at("shape")[1].get<size_t>();
+      if (g.logits.size() != n) throw std::runtime_error("golden logits file of the wrong size");
+      out.push_back(std::move(g));
+    }
+    return out;
+  }();
+  return cases;
+}
+
+}  // namespace hearth::testing
