@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "quant/dot_avx2.h"
 #include "quant/kquants.h"
@@ -271,15 +272,6 @@ constexpr BlockFormat kFormats[] = {
      BF16::vec_dot, nullptr},
 };
 
-bool same_ignoring_case(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c; };
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
-
 }  // namespace
 
 int64_t BlockFormat::row_bytes(int64_t n) const {
@@ -307,37 +299,27 @@ const BlockFormat& block_format(GgmlType type) {
   return *f;
 }
 
+namespace {
+
+// Which ggml type each hearth dtype is (FP8 with separate block scales has none).
+constexpr std::pair<DType, GgmlType> kDTypeToGgml[] = {
+    {DType::F32, GgmlType::F32},   {DType::F16, GgmlType::F16},   {DType::BF16, GgmlType::BF16},
+    {DType::Q8_0, GgmlType::Q8_0}, {DType::Q4_0, GgmlType::Q4_0}, {DType::Q2_K, GgmlType::Q2_K},
+    {DType::Q3_K, GgmlType::Q3_K}, {DType::Q4_K, GgmlType::Q4_K}, {DType::Q5_K, GgmlType::Q5_K},
+    {DType::Q6_K, GgmlType::Q6_K},
+};
+
+}  // namespace
+
 const BlockFormat* block_format_of(DType t) {
-  switch (t) {
-    case DType::F32: return &block_format(GgmlType::F32);
-    case DType::F16: return &block_format(GgmlType::F16);
-    case DType::BF16: return &block_format(GgmlType::BF16);
-    case DType::F8_E4M3: return nullptr;
-    case DType::Q8_0: return &block_format(GgmlType::Q8_0);
-    case DType::Q4_0: return &block_format(GgmlType::Q4_0);
-    case DType::Q2_K: return &block_format(GgmlType::Q2_K);
-    case DType::Q3_K: return &block_format(GgmlType::Q3_K);
-    case DType::Q4_K: return &block_format(GgmlType::Q4_K);
-    case DType::Q5_K: return &block_format(GgmlType::Q5_K);
-    case DType::Q6_K: return &block_format(GgmlType::Q6_K);
-  }
+  for (const auto& [d, g] : kDTypeToGgml)
+    if (d == t) return &block_format(g);
   return nullptr;
 }
 
 std::optional<DType> dtype_of(GgmlType type) {
-  switch (type) {
-    case GgmlType::F32: return DType::F32;
-    case GgmlType::F16: return DType::F16;
-    case GgmlType::BF16: return DType::BF16;
-    case GgmlType::Q4_0: return DType::Q4_0;
-    case GgmlType::Q8_0: return DType::Q8_0;
-    case GgmlType::Q2_K: return DType::Q2_K;
-    case GgmlType::Q3_K: return DType::Q3_K;
-    case GgmlType::Q4_K: return DType::Q4_K;
-    case GgmlType::Q5_K: return DType::Q5_K;
-    case GgmlType::Q6_K: return DType::Q6_K;
-    case GgmlType::Q8_K: return std::nullopt;
-  }
+  for (const auto& [d, g] : kDTypeToGgml)
+    if (g == type) return d;
   return std::nullopt;
 }
 

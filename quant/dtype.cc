@@ -3,6 +3,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "quant/block_formats.h"
+
 namespace hearth {
 
 namespace {
@@ -14,23 +16,16 @@ struct Geometry {
   int64_t elems, bytes;
 };
 
-// Mirrors the BlockFormat table (quant/block_formats.h asserts the two agree).
+// Block formats take their geometry from the BlockFormat table, the one place that
+// defines their layout; FP8 (scales held apart) is not a ggml format.
 Geometry geometry(DType t) {
-  switch (t) {
-    case DType::F32: return {1, 4};
-    case DType::F16: return {1, 2};
-    case DType::BF16: return {1, 2};
-    case DType::F8_E4M3: return {1, 1};
-    case DType::Q8_0: return {32, 34};
-    case DType::Q4_0: return {32, 18};
-    case DType::Q2_K: return {256, 84};
-    case DType::Q3_K: return {256, 110};
-    case DType::Q4_K: return {256, 144};
-    case DType::Q5_K: return {256, 176};
-    case DType::Q6_K: return {256, 210};
-  }
-  throw std::invalid_argument("unknown dtype " + std::to_string(int(t)));
+  if (t == DType::F8_E4M3) return {1, 1};
+  const BlockFormat* f = block_format_of(t);
+  if (!f) throw std::invalid_argument("unknown dtype " + std::to_string(int(t)));
+  return {f->block_elems, f->block_bytes};
 }
+
+}  // namespace
 
 bool same_ignoring_case(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -40,8 +35,6 @@ bool same_ignoring_case(std::string_view a, std::string_view b) {
   }
   return true;
 }
-
-}  // namespace
 
 bool is_block_dtype(DType t) { return geometry(t).elems > 1; }
 int64_t dtype_block_elems(DType t) { return geometry(t).elems; }

@@ -49,4 +49,7 @@ std::optional<DType> parse_dtype(std::string_view name);
 // Any dtype by name, ignoring ASCII case ("q4_k", "BF16", "f8_e4m3"); nullopt if unknown.
 std::optional<DType> find_dtype(std::string_view name);
 
+// ASCII case-insensitive equality, for the format names users type.
+bool same_ignoring_case(std::string_view a, std::string_view b);
+
 }  // namespace hearth

@@ -226,8 +226,8 @@ KernelIsa resolve(KernelIsa isa) { return isa == KernelIsa::kAuto ? best_isa() :
 // transposed product and dequantize_row goes block by block through the format's exact
 // dequantize_row.
 
-const char* block_row(const WeightMatrix& w, int64_t r) {
-  return static_cast<const char*>(w.data) + r * row_bytes(w.dtype, w.cols);
+const char* block_row(const WeightMatrix& w, const BlockFormat& f, int64_t r) {
+  return static_cast<const char*>(w.data) + r * f.row_bytes(w.cols);
 }
 
 // Per-thread scratch that only grows (a call never needs more than one at a time).
@@ -247,8 +247,9 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
   static thread_local std::vector<uint64_t> buf;  // 8-byte aligned for the float d of Q8_K
   auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
   for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * act_row, w.cols, nullptr);
-  for (int64_t r = r0; r < r1; ++r) {
-    const char* row = block_row(w, r);
+  const char* row = block_row(w, f, r0);
+  const int64_t stride = f.row_bytes(w.cols);
+  for (int64_t r = r0; r < r1; ++r, row += stride) {
     for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot(row, q + t * act_row, w.cols);
   }
 }
@@ -260,7 +261,7 @@ void for_each_block_piece(const WeightMatrix& w, int64_t r, int64_t c0, int64_t 
   const BlockFormat& f = *block_format_of(w.dtype);
   const int64_t be = f.block_elems;
   alignas(32) float tmp[kQK_K];
-  const char* row = block_row(w, r);
+  const char* row = block_row(w, f, r);
   for (int64_t b = c0 / be; b * be < c1; ++b) {
     f.dequantize_row(row + b * f.block_bytes, tmp, be);
     const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
