@@ -240,6 +240,19 @@ WeightStore WeightStore::open(const std::filesystem::path& dir) {
   return ws;
 }
 
+WeightStore WeightStore::from_views(std::filesystem::path origin, std::vector<TensorView> views,
+                                    std::vector<std::shared_ptr<const void>> keepalive) {
+  WeightStore ws;
+  ws.dir_ = std::move(origin);
+  ws.keepalive_ = std::move(keepalive);
+  for (TensorView& v : views) {
+    if (v.file.empty()) v.file = ws.dir_.string();
+    const std::string name = v.name;
+    if (!ws.tensors_.emplace(name, std::move(v)).second) fail_tensor(ws.dir_, name, "appears twice");
+  }
+  return ws;
+}
+
 const TensorView& WeightStore::get(const std::string& name) const {
   auto it = tensors_.find(name);
   if (it == tensors_.end()) throw std::runtime_error("missing tensor '" + name + "' in " + dir_.string());

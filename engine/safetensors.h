@@ -68,6 +68,11 @@ class WeightStore {
   // to load (model.safetensors, or *.safetensors when there is no index). A tensor named
   // by two shards, or listed in the index but missing from its shard, is an error.
   static WeightStore open(const std::filesystem::path& dir);
+  // A store over tensors that live elsewhere: a GGUF file seen under Hugging Face names,
+  // buffers built in memory. `origin` names them in messages; `keepalive` owns whatever
+  // the views point into. Two views with one name are an error.
+  static WeightStore from_views(std::filesystem::path origin, std::vector<TensorView> views,
+                                std::vector<std::shared_ptr<const void>> keepalive);
 
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   // Throws "missing tensor 'NAME' in DIR" when absent.
@@ -79,6 +84,7 @@ class WeightStore {
  private:
   std::filesystem::path dir_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::vector<std::shared_ptr<const void>> keepalive_;  // from_views: what the views point into
   std::map<std::string, TensorView> tensors_;
 };
 
