@@ -10,12 +10,15 @@ namespace hearth {
 
 namespace {
 
-constexpr DType kTargets[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0, DType::Q4_0,
-                              DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+constexpr DType kTargets[] = {DType::F32,  DType::F16,  DType::BF16,   DType::Q8_0, DType::Q4_0,
+                              DType::Q4_1, DType::Q5_0, DType::Q5_1,   DType::IQ4_NL, DType::Q2_K,
+                              DType::Q3_K, DType::Q4_K, DType::Q5_K,   DType::Q6_K, DType::IQ4_XS};
 
 }  // namespace
 
-std::string_view repack_target_names() { return "f32, f16, bf16, q8_0, q4_0, q2_k, q3_k, q4_k, q5_k, q6_k"; }
+std::string_view repack_target_names() {
+  return "f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_xs";
+}
 
 DType parse_repack_target(std::string_view name) {
   if (const std::optional<DType> t = find_dtype(name))
@@ -33,11 +36,22 @@ std::optional<DType> repack_format_for(DType target, int64_t cols) {
 }
 
 WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, std::unique_ptr<uint8_t[]>& storage) {
+  if (!block_format_of(to)) throw std::invalid_argument("cannot repack to " + std::string(dtype_name(to)));
+  const int64_t rb = row_bytes(to, w.cols);  // throws unless cols fits the blocks
+  storage = std::make_unique_for_overwrite<uint8_t[]>(size_t(std::max<int64_t>(w.rows * rb, 1)));
+  repack_into(w, to, pool, storage.get());
+  WeightMatrix q;
+  q.dtype = to;
+  q.rows = w.rows;
+  q.cols = w.cols;
+  q.data = storage.get();
+  return q;
+}
+
+void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out) {
   const BlockFormat* f = block_format_of(to);
   if (!f) throw std::invalid_argument("cannot repack to " + std::string(dtype_name(to)));
   const int64_t rb = row_bytes(to, w.cols);  // throws unless cols fits the blocks
-  storage = std::make_unique_for_overwrite<uint8_t[]>(size_t(std::max<int64_t>(w.rows * rb, 1)));
-  uint8_t* out = storage.get();
   pool.parallel_for(
       w.rows,
       [&](int64_t r0, int64_t r1) {
@@ -48,12 +62,6 @@ WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, st
         }
       },
       16);
-  WeightMatrix q;
-  q.dtype = to;
-  q.rows = w.rows;
-  q.cols = w.cols;
-  q.data = out;
-  return q;
 }
 
 }  // namespace hearth

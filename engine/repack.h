@@ -12,14 +12,14 @@
 
 namespace hearth {
 
-// The formats weights can be repacked to: f32, f16, bf16, q8_0, q4_0, q2_k..q6_k, by
-// name ignoring case. Throws std::invalid_argument naming `name` and the choices.
+// The formats weights can be repacked to: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1,
+// iq4_nl, q2_k..q6_k, iq4_xs, by name ignoring case. Throws std::invalid_argument naming `name` and the choices.
 DType parse_repack_target(std::string_view name);
 // A comma-separated list of the accepted names, for help texts and errors.
 std::string_view repack_target_names();
 
 // The format a weight with rows of `cols` values gets when `target` is asked for: target
-// when cols is a multiple of its block; else Q8_0 (blocks of 32) for a K-quant target
+// when cols is a multiple of its block; else Q8_0 (blocks of 32) for a K-quant or IQ4_XS target
 // when that fits; else nullopt (the weight stays as stored).
 std::optional<DType> repack_format_for(DType target, int64_t cols);
 
@@ -28,5 +28,8 @@ std::optional<DType> repack_format_for(DType target, int64_t cols);
 // views that storage. Rows are split over the pool's threads; the result is the same for
 // any thread count.
 WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, std::unique_ptr<uint8_t[]>& storage);
+// The same conversion into caller-owned storage of w.rows * row_bytes(to, w.cols) bytes
+// (e.g. one band of rows of a larger matrix at a time: rows convert independently).
+void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out);
 
 }  // namespace hearth

@@ -1,5 +1,6 @@
 // The BlockFormat table, the float formats, Q8_0, Q4_0 and the Q8_K activations. The
-// K-quant weight formats live in quant/kquants.cc.
+// K-quant weight formats live in quant/kquants.cc, Q4_1/Q5_0/Q5_1 in
+// quant/legacy_quants.cc, IQ4_NL/IQ4_XS in quant/iq4.cc.
 #include "quant/block_formats.h"
 
 #include <algorithm>
@@ -10,8 +11,11 @@
 #include <utility>
 
 #include "quant/dot_avx2.h"
+#include "quant/iq4.h"
 #include "quant/kquants.h"
+#include "quant/legacy_quants.h"
 #include "quant/numbers.h"
+#include "quant/row_weights.h"
 #include "quant/scale_search.h"
 
 namespace hearth {
@@ -31,6 +35,7 @@ void require_whole_blocks(int64_t n, int64_t block, const char* format) {
 namespace {
 
 using kquants::require_whole_blocks;
+using scale_search::RowWeights;
 using scale_search::f16_saturating;
 using scale_search::round_int;
 
@@ -77,26 +82,6 @@ struct Half {
 };
 using F16 = Half<f16_to_f32, f32_to_f16>;
 using BF16 = Half<bf16_to_f32, f32_to_bf16>;
-
-// Importance weights as ggml weighs imatrix data, imp * sqrt(sigma2 + x^2) with sigma2
-// the row's mean square, divided by the row's largest magnitude (only ratios matter; this
-// keeps them finite for any finite input).
-struct RowWeights {
-  double sigma2 = 0, inv_norm = 0;
-  RowWeights(const float* in, int64_t n) {
-    double amax = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      sigma2 += double(in[i]) * in[i];
-      amax = std::max(amax, std::fabs(double(in[i])));
-    }
-    sigma2 = n ? sigma2 / double(n) : 0;
-    inv_norm = amax > 0 ? 1 / amax : 0;
-  }
-  void block(const float* x, const float* importance, int len, float* w) const {
-    for (int i = 0; i < len; ++i)
-      w[i] = float(importance[i] * (std::sqrt(sigma2 + double(x[i]) * x[i]) * inv_norm));
-  }
-};
 
 // ---- Q8_0 ----------------------------------------------------------------------
 
@@ -254,6 +239,12 @@ constexpr BlockFormat kFormats[] = {
      nullptr},
     {GgmlType::Q4_0, "q4_0", kQK4_0, sizeof(BlockQ4_0), dequantize_q4_0, quantize_q4_0,
      GgmlType::Q8_0, vec_dot_q4_0, dot_avx2::vec_dot_q4_0},
+    {GgmlType::Q4_1, "q4_1", kQK4_1, sizeof(BlockQ4_1), legacy_quants::dequantize_q4_1,
+     legacy_quants::quantize_q4_1, GgmlType::Q8_0, legacy_quants::vec_dot_q4_1, dot_avx2::vec_dot_q4_1},
+    {GgmlType::Q5_0, "q5_0", kQK5_0, sizeof(BlockQ5_0), legacy_quants::dequantize_q5_0,
+     legacy_quants::quantize_q5_0, GgmlType::Q8_0, legacy_quants::vec_dot_q5_0, dot_avx2::vec_dot_q5_0},
+    {GgmlType::Q5_1, "q5_1", kQK5_1, sizeof(BlockQ5_1), legacy_quants::dequantize_q5_1,
+     legacy_quants::quantize_q5_1, GgmlType::Q8_0, legacy_quants::vec_dot_q5_1, dot_avx2::vec_dot_q5_1},
     {GgmlType::Q8_0, "q8_0", kQK8_0, sizeof(BlockQ8_0), dequantize_q8_0, quantize_q8_0,
      GgmlType::Q8_0, vec_dot_q8_0, dot_avx2::vec_dot_q8_0},
     {GgmlType::Q2_K, "q2_K", kQK_K, sizeof(BlockQ2_K), kquants::dequantize_q2_k,
@@ -268,6 +259,10 @@ constexpr BlockFormat kFormats[] = {
      kquants::quantize_q6_k, GgmlType::Q8_K, kquants::vec_dot_q6_k, dot_avx2::vec_dot_q6_k},
     {GgmlType::Q8_K, "q8_K", kQK_K, sizeof(BlockQ8_K), dequantize_q8_k, quantize_q8_k,
      GgmlType::Q8_K, vec_dot_q8_k, nullptr},
+    {GgmlType::IQ4_NL, "iq4_nl", kQK4_NL, sizeof(BlockIQ4_NL), iq4::dequantize_iq4_nl, iq4::quantize_iq4_nl,
+     GgmlType::Q8_0, iq4::vec_dot_iq4_nl, dot_avx2::vec_dot_iq4_nl},
+    {GgmlType::IQ4_XS, "iq4_xs", kQK_K, sizeof(BlockIQ4_XS), iq4::dequantize_iq4_xs, iq4::quantize_iq4_xs,
+     GgmlType::Q8_K, iq4::vec_dot_iq4_xs, dot_avx2::vec_dot_iq4_xs},
     {GgmlType::BF16, "bf16", 1, 2, BF16::dequantize, BF16::quantize, GgmlType::BF16,
      BF16::vec_dot, nullptr},
 };
@@ -306,7 +301,8 @@ constexpr std::pair<DType, GgmlType> kDTypeToGgml[] = {
     {DType::F32, GgmlType::F32},   {DType::F16, GgmlType::F16},   {DType::BF16, GgmlType::BF16},
     {DType::Q8_0, GgmlType::Q8_0}, {DType::Q4_0, GgmlType::Q4_0}, {DType::Q2_K, GgmlType::Q2_K},
     {DType::Q3_K, GgmlType::Q3_K}, {DType::Q4_K, GgmlType::Q4_K}, {DType::Q5_K, GgmlType::Q5_K},
-    {DType::Q6_K, GgmlType::Q6_K},
+    {DType::Q6_K, GgmlType::Q6_K}, {DType::Q4_1, GgmlType::Q4_1}, {DType::Q5_0, GgmlType::Q5_0},
+    {DType::Q5_1, GgmlType::Q5_1}, {DType::IQ4_NL, GgmlType::IQ4_NL}, {DType::IQ4_XS, GgmlType::IQ4_XS},
 };
 
 }  // namespace

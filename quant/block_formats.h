@@ -14,8 +14,22 @@
 //   Q4_K: value = d * sc * q - dmin * m,                  q in 0..15,   8 sub-blocks of 32
 //   Q5_K: value = d * sc * q - dmin * m,                  q in 0..31,   8 sub-blocks of 32
 //   Q6_K: value = d * sc * (q - 32),  sc a signed byte,   q in 0..63,  16 sub-blocks of 16
-// Q8_K (float d, bytes, per-16 sums) is the activation format the K-quant dot products
-// take; Q4_0 and Q8_0 dot products take Q8_0 activations.
+// IQ4_XS has the same geometry as the 32-value sub-blocks of Q4_K but signed 6-bit
+// scales and non-linear levels:
+//   IQ4_XS: value = d * (sc - 32) * kIq4nlValues[q],     q in 0..15,   8 sub-blocks of 32
+// Q8_K (float d, bytes, per-16 sums) is the activation format the K-quant and IQ4_XS dot
+// products take.
+//
+// The 32-value formats have one f16 scale per block (and Q4_1/Q5_1 an f16 offset m):
+//   Q8_0: value = d * q,                        q in -128..127
+//   Q4_0: value = d * (q - 8),                  q in 0..15
+//   Q4_1: value = d * q + m,                    q in 0..15
+//   Q5_0: value = d * (q - 16),                 q in 0..31
+//   Q5_1: value = d * q + m,                    q in 0..31
+//   IQ4_NL: value = d * kIq4nlValues[q],        q in 0..15
+// Their dot products all take Q8_0 activations (ggml gives Q4_1/Q5_1 Q8_1, which carries
+// d * sum(qs) as a second f16; hearth sums the int8 quants inside the dot product
+// instead, exactly, so one activation format serves every 32-value format).
 #pragma once
 #include <bit>
 #include <cstddef>
@@ -34,6 +48,10 @@ static_assert(std::endian::native == std::endian::little,
 
 inline constexpr int kQK8_0 = 32;   // values per Q8_0 block
 inline constexpr int kQK4_0 = 32;   // values per Q4_0 block
+inline constexpr int kQK4_1 = 32;   // ... Q4_1
+inline constexpr int kQK5_0 = 32;   // ... Q5_0
+inline constexpr int kQK5_1 = 32;   // ... Q5_1
+inline constexpr int kQK4_NL = 32;  // ... IQ4_NL
 inline constexpr int kQK_K = 256;   // values per K-quant super-block
 inline constexpr int kKScaleBytes = 12;  // packed 6-bit scales of Q3_K, Q4_K, Q5_K
 
@@ -48,6 +66,40 @@ struct BlockQ8_0 {
 struct BlockQ4_0 {
   uint16_t d;  // f16
   uint8_t qs[kQK4_0 / 2];
+};
+
+// value = d * nibble + m; nibbles packed as in Q4_0.
+struct BlockQ4_1 {
+  uint16_t d;  // f16
+  uint16_t m;  // f16
+  uint8_t qs[kQK4_1 / 2];
+};
+
+// value = d * (q - 16) with the 5-bit q of value i: its low 4 bits packed as Q4_0's
+// nibbles, its fifth bit bit i of qh read as a little-endian 32-bit word.
+struct BlockQ5_0 {
+  uint16_t d;  // f16
+  uint8_t qh[4];
+  uint8_t qs[kQK5_0 / 2];
+};
+
+// value = d * q + m, q as in Q5_0.
+struct BlockQ5_1 {
+  uint16_t d;  // f16
+  uint16_t m;  // f16
+  uint8_t qh[4];
+  uint8_t qs[kQK5_1 / 2];
+};
+
+// The 16 levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl), a non-linear grid denser
+// near zero, where most weights are.
+inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
+
+// value = d * kIq4nlValues[nibble]; nibbles packed as in Q4_0.
+struct BlockIQ4_NL {
+  uint16_t d;  // f16
+  uint8_t qs[kQK4_NL / 2];
 };
 
 // scales[j]: low nibble = scale, high nibble = min of sub-block j (16 values each).
@@ -102,6 +154,16 @@ struct BlockQ6_K {
   uint16_t d;  // f16
 };
 
+// Eight sub-blocks of 32, each packed as an IQ4_NL block without its own d (qs[16j ..
+// 16j + 15] holds sub-block j). Sub-block j's 6-bit scale (stored + 32): low 4 bits in
+// nibble j % 2 of scales_l[j / 2], top 2 bits at bits 2j..2j+1 of scales_h.
+struct BlockIQ4_XS {
+  uint16_t d;  // f16
+  uint16_t scales_h;
+  uint8_t scales_l[kQK_K / 64];
+  uint8_t qs[kQK_K / 2];
+};
+
 // Activations for the K-quant dot products: value = d * qs[i]; bsums[j] is the sum of
 // qs[16j .. 16j + 15] (lets the dot products apply the mins without touching qs).
 struct BlockQ8_K {
@@ -112,6 +174,11 @@ struct BlockQ8_K {
 
 static_assert(sizeof(BlockQ8_0) == 34);
 static_assert(sizeof(BlockQ4_0) == 18);
+static_assert(sizeof(BlockQ4_1) == 20);
+static_assert(sizeof(BlockQ5_0) == 22);
+static_assert(sizeof(BlockQ5_1) == 24);
+static_assert(sizeof(BlockIQ4_NL) == 18);
+static_assert(sizeof(BlockIQ4_XS) == 136);
 static_assert(sizeof(BlockQ2_K) == 84);
 static_assert(sizeof(BlockQ3_K) == 110);
 static_assert(sizeof(BlockQ4_K) == 144);
@@ -124,6 +191,9 @@ enum class GgmlType : uint32_t {
   F32 = 0,
   F16 = 1,
   Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
   Q8_0 = 8,
   Q2_K = 10,
   Q3_K = 11,
@@ -131,6 +201,8 @@ enum class GgmlType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  IQ4_NL = 20,
+  IQ4_XS = 23,
   BF16 = 30,
 };
 

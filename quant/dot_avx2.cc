@@ -1,13 +1,16 @@
 // AVX2 + FMA + F16C dot products of the block formats against their activation formats.
-// The scalar references are the vec_dot routines in quant/block_formats.cc and
-// quant/kquants.cc; layouts are documented in quant/block_formats.h.
+// The scalar references are the vec_dot routines in quant/block_formats.cc,
+// quant/kquants.cc, quant/legacy_quants.cc and quant/iq4.cc; layouts are documented in
+// quant/block_formats.h.
 //
 // Scheme, as in ggml: weight levels are unpacked to unsigned bytes (0..63) and multiplied
 // with the signed int8 activations by vpmaddubsw (pairs summed into int16), then by the
 // sub-block scales with vpmaddwd (into int32). Every intermediate is bounded well inside
 // its type (noted at each kernel), so the integer sums are exact for any levels and any
-// int8 activations. Offsets of signed levels (Q4_0's 8, Q3_K's 4, Q6_K's 32) and the
-// K-quant mins are applied through activation sums. A super-block's int32 lanes are
+// int8 activations. Offsets of signed levels (Q4_0's 8, Q5_0's 16, Q3_K's 4, Q6_K's 32),
+// the K-quant mins and the Q4_1/Q5_1 offsets are applied through activation sums. The
+// IQ4 levels (signed table values) take the activations' signs instead, so that |y| is
+// the unsigned operand. A super-block's int32 lanes are
 // converted to float and accumulated with its float factor by FMA; the only differences
 // from the scalar code are float rounding and summation order.
 #include "quant/dot_avx2.h"
@@ -79,42 +82,123 @@ HEARTH_AVX2 inline __m256i dot_q8_32(const int8_t* x, const int8_t* y) {
   return _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
 }
 
+// The 32 nibbles of a 16-byte group in value order: byte j's low nibble is value j, its
+// high nibble value j + 16 (so the low lane holds values 0..15, the high lane 16..31).
+HEARTH_AVX2 inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i packed = load128(qs);
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), _mm256_set1_epi8(15));
+}
+
 // ---- Q4_0 · Q8_0 ---------------------------------------------------------------
 // Nibbles 0..15 against int8: vpmaddubsw pairs <= 2 * 15 * 128; the offset 8 comes off
 // as 8 * (pair sums of y), so each int16 is sum (q - 8) y over a pair, |.| <= 2048.
 
 HEARTH_AVX2 inline __m256i dot_q4_32(const uint8_t* qs, const int8_t* y) {
-  const __m128i packed = load128(qs);
-  const __m256i q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
-                                     _mm256_set1_epi8(15));
+  const __m256i q = nibbles32(qs);
   const __m256i yv = load256(y);
   const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, yv),
                                      _mm256_maddubs_epi16(_mm256_set1_epi8(8), yv));
   return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 }
 
-template <__m256i (*BlockDot)(const uint8_t*, const int8_t*), class Block>
+// The 32-value formats with one scale d per block: BlockDot gives the block's integer
+// sum of level times activation quant spread over eight int32 lanes.
+template <class Block, __m256i (*BlockDot)(const Block&, const int8_t*)>
 HEARTH_AVX2 inline float dot_32_blocks(const Block* x, const BlockQ8_0* y, int64_t nb) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   int64_t ib = 0;
   for (; ib + 2 <= nb; ib += 2) {
     const __m256 d0 = _mm256_set1_ps(half(x[ib].d) * half(y[ib].d));
     const __m256 d1 = _mm256_set1_ps(half(x[ib + 1].d) * half(y[ib + 1].d));
-    const __m256i s0 = BlockDot(reinterpret_cast<const uint8_t*>(x[ib].qs), y[ib].qs);
-    const __m256i s1 = BlockDot(reinterpret_cast<const uint8_t*>(x[ib + 1].qs), y[ib + 1].qs);
+    const __m256i s0 = BlockDot(x[ib], y[ib].qs);
+    const __m256i s1 = BlockDot(x[ib + 1], y[ib + 1].qs);
     acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
     acc1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(s1), acc1);
   }
   if (ib < nb) {
     const __m256 d0 = _mm256_set1_ps(half(x[ib].d) * half(y[ib].d));
-    const __m256i s0 = BlockDot(reinterpret_cast<const uint8_t*>(x[ib].qs), y[ib].qs);
+    const __m256i s0 = BlockDot(x[ib], y[ib].qs);
     acc0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(s0), acc0);
   }
   return hsum(_mm256_add_ps(acc0, acc1));
 }
 
-HEARTH_AVX2 __m256i dot_q8_32_bytes(const uint8_t* x, const int8_t* y) {
-  return dot_q8_32(reinterpret_cast<const int8_t*>(x), y);
+HEARTH_AVX2 inline __m256i dot_q8_0_block(const BlockQ8_0& b, const int8_t* y) { return dot_q8_32(b.qs, y); }
+HEARTH_AVX2 inline __m256i dot_q4_0_block(const BlockQ4_0& b, const int8_t* y) { return dot_q4_32(b.qs, y); }
+
+// ---- Q4_1, Q5_0, Q5_1 and IQ4_NL · Q8_0 ------------------------------------------------
+
+// 16 in byte i where bit i of the little-endian 32-bit word at qh is set, else 0 (the
+// fifth bits of Q5_0 / Q5_1 in value order).
+HEARTH_AVX2 inline __m256i fifth_bits(const uint8_t* qh) {
+  uint32_t h;
+  std::memcpy(&h, qh, 4);
+  // Byte i of the result looks at byte i / 8 of h (vpshufb works within 128-bit lanes,
+  // and both lanes hold all of h), then at bit i % 8 of it.
+  const __m256i spread = _mm256_shuffle_epi8(
+      _mm256_set1_epi32(int(h)),
+      _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+  const __m256i bit = _mm256_set1_epi64x(int64_t(0x8040201008040201ULL));
+  const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+  return _mm256_and_si256(set, _mm256_set1_epi8(16));
+}
+
+// Unsigned levels 0..31 against int8 activations: vpmaddubsw pairs <= 2 * 31 * 128 =
+// 7936, then pair sums to int32.
+HEARTH_AVX2 inline __m256i dot_levels(__m256i q, __m256i yv) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(q, yv), _mm256_set1_epi16(1));
+}
+
+// Q5_0: levels q - 16 with q = nibble + fifth bit; the offset comes off as 16 * (pair
+// sums of y), so each int16 is sum (q - 16) y over a pair, |.| <= 4096.
+HEARTH_AVX2 inline __m256i dot_q5_0_block(const BlockQ5_0& b, const int8_t* y) {
+  const __m256i q = _mm256_or_si256(nibbles32(b.qs), fifth_bits(b.qh));
+  const __m256i yv = load256(y);
+  const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, yv), _mm256_maddubs_epi16(_mm256_set1_epi8(16), yv));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+// IQ4_NL: the levels (-127..113) looked up by vpshufb. Signed times signed: the sign of
+// y moves onto the level, so vpmaddubsw multiplies |y| (<= 128, fits the unsigned
+// operand even for y = -128) by a level of magnitude <= 127: pairs <= 2 * 128 * 127 =
+// 32512, inside int16.
+HEARTH_AVX2 inline __m256i iq4_levels(const uint8_t* qs) {
+  const __m256i table = _mm256_broadcastsi128_si256(load128(kIq4nlValues));
+  return _mm256_shuffle_epi8(table, nibbles32(qs));
+}
+HEARTH_AVX2 inline __m256i dot_signed_levels16(__m256i v, __m256i yv) {
+  return _mm256_maddubs_epi16(_mm256_abs_epi8(yv), _mm256_sign_epi8(v, yv));
+}
+HEARTH_AVX2 inline __m256i dot_iq4_nl_block(const BlockIQ4_NL& b, const int8_t* y) {
+  return _mm256_madd_epi16(dot_signed_levels16(iq4_levels(b.qs), load256(y)), _mm256_set1_epi16(1));
+}
+
+// Q4_1 / Q5_1: sum (d q + m) (dy y) = d dy (sum q y) + m dy (sum y); sum y comes from
+// vpmaddubsw with ones (pairs <= 256).
+template <class Block, bool kFifthBit>
+HEARTH_AVX2 inline void dot_affine_block(const Block& x, const BlockQ8_0& y, __m256& acc_d, __m256& acc_m) {
+  __m256i q = nibbles32(x.qs);
+  if constexpr (kFifthBit) q = _mm256_or_si256(q, fifth_bits(x.qh));
+  const __m256i yv = load256(y.qs);
+  const __m256i qy = dot_levels(q, yv);
+  const __m256i sy = dot_levels(_mm256_set1_epi8(1), yv);
+  const float dy = half(y.d);
+  acc_d = _mm256_fmadd_ps(_mm256_set1_ps(half(x.d) * dy), _mm256_cvtepi32_ps(qy), acc_d);
+  acc_m = _mm256_fmadd_ps(_mm256_set1_ps(half(x.m) * dy), _mm256_cvtepi32_ps(sy), acc_m);
+}
+
+template <class Block, bool kFifthBit>
+HEARTH_AVX2 inline float dot_affine_blocks(const Block* x, const BlockQ8_0* y, int64_t nb) {
+  // Two blocks per step into separate accumulators: the FMA chains do not wait on
+  // each other.
+  __m256 d0 = _mm256_setzero_ps(), m0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+  int64_t ib = 0;
+  for (; ib + 2 <= nb; ib += 2) {
+    dot_affine_block<Block, kFifthBit>(x[ib], y[ib], d0, m0);
+    dot_affine_block<Block, kFifthBit>(x[ib + 1], y[ib + 1], d1, m1);
+  }
+  if (ib < nb) dot_affine_block<Block, kFifthBit>(x[ib], y[ib], d0, m0);
+  return hsum(_mm256_add_ps(_mm256_add_ps(d0, m0), _mm256_add_ps(d1, m1)));
 }
 
 // ---- K-quant scales ----------------------------------------------------------------
@@ -197,14 +281,67 @@ HEARTH_AVX2 inline float dot_scale_min(const Block* x, const BlockQ8_K* y, int64
 
 HEARTH_AVX2 float vec_dot_q8_0(const void* w, const void* a, int64_t n) {
   require_whole_blocks(n, kQK8_0, "q8_0");
-  return dot_32_blocks<dot_q8_32_bytes>(static_cast<const BlockQ8_0*>(w),
-                                        static_cast<const BlockQ8_0*>(a), n / kQK8_0);
+  return dot_32_blocks<BlockQ8_0, dot_q8_0_block>(static_cast<const BlockQ8_0*>(w),
+                                                 static_cast<const BlockQ8_0*>(a), n / kQK8_0);
 }
 
 HEARTH_AVX2 float vec_dot_q4_0(const void* w, const void* a, int64_t n) {
   require_whole_blocks(n, kQK4_0, "q4_0");
-  return dot_32_blocks<dot_q4_32>(static_cast<const BlockQ4_0*>(w),
-                                  static_cast<const BlockQ8_0*>(a), n / kQK4_0);
+  return dot_32_blocks<BlockQ4_0, dot_q4_0_block>(static_cast<const BlockQ4_0*>(w),
+                                                 static_cast<const BlockQ8_0*>(a), n / kQK4_0);
+}
+
+HEARTH_AVX2 float vec_dot_q4_1(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK4_1, "q4_1");
+  return dot_affine_blocks<BlockQ4_1, false>(static_cast<const BlockQ4_1*>(w),
+                                             static_cast<const BlockQ8_0*>(a), n / kQK4_1);
+}
+
+HEARTH_AVX2 float vec_dot_q5_0(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK5_0, "q5_0");
+  return dot_32_blocks<BlockQ5_0, dot_q5_0_block>(static_cast<const BlockQ5_0*>(w),
+                                                  static_cast<const BlockQ8_0*>(a), n / kQK5_0);
+}
+
+HEARTH_AVX2 float vec_dot_q5_1(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK5_1, "q5_1");
+  return dot_affine_blocks<BlockQ5_1, true>(static_cast<const BlockQ5_1*>(w),
+                                            static_cast<const BlockQ8_0*>(a), n / kQK5_1);
+}
+
+HEARTH_AVX2 float vec_dot_iq4_nl(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK4_NL, "iq4_nl");
+  return dot_32_blocks<BlockIQ4_NL, dot_iq4_nl_block>(static_cast<const BlockIQ4_NL*>(w),
+                                                      static_cast<const BlockQ8_0*>(a), n / kQK4_NL);
+}
+
+// IQ4_XS: per 32-value sub-block the IQ4_NL product (int16 pairs <= 32512) times its
+// signed 6-bit scale (-32..31) in vpmaddwd; a super-block's total <= 256 * 127 * 128 *
+// 32 < 2^28.
+HEARTH_AVX2 float vec_dot_iq4_xs(const void* w, const void* a, int64_t n) {
+  require_whole_blocks(n, kQK_K, "iq4_xs");
+  const BlockIQ4_XS* x = static_cast<const BlockIQ4_XS*>(w);
+  const BlockQ8_K* y = static_cast<const BlockQ8_K*>(a);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+    const BlockIQ4_XS& b = x[ib];
+    uint32_t low;
+    std::memcpy(&low, b.scales_l, 4);
+    __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int j = 0; j < kQK_K / 32; j += 2) {
+      // Scales j and j + 1: nibbles j, j + 1 of scales_l (low, high of byte j / 2), top
+      // bits 2j.. of scales_h.
+      const int s0 = int(((low >> (4 * j)) & 15) | (((b.scales_h >> (2 * j)) & 3) << 4)) - 32;
+      const int s1 = int(((low >> (4 * j + 4)) & 15) | (((b.scales_h >> (2 * j + 2)) & 3) << 4)) - 32;
+      const __m256i p0 = dot_signed_levels16(iq4_levels(b.qs + 16 * j), load256(y[ib].qs + 32 * j));
+      const __m256i p1 = dot_signed_levels16(iq4_levels(b.qs + 16 * j + 16), load256(y[ib].qs + 32 * j + 32));
+      sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(p0, _mm256_set1_epi16(short(s0))));
+      sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(p1, _mm256_set1_epi16(short(s1))));
+    }
+    acc = _mm256_fmadd_ps(_mm256_set1_ps(y[ib].d * half(b.d)), _mm256_cvtepi32_ps(_mm256_add_epi32(sum0, sum1)), acc);
+  }
+  return hsum(acc);
 }
 
 HEARTH_AVX2 float vec_dot_q4_k(const void* w, const void* a, int64_t n) {

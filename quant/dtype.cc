@@ -9,8 +9,10 @@ namespace hearth {
 
 namespace {
 
-constexpr DType kAll[] = {DType::F32,  DType::F16,  DType::BF16, DType::F8_E4M3, DType::Q8_0, DType::Q4_0,
-                          DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,    DType::Q6_K};
+constexpr DType kAll[] = {DType::F32,  DType::F16,  DType::BF16, DType::F8_E4M3, DType::Q8_0,
+                          DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1,    DType::IQ4_NL,
+                          DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,    DType::Q6_K,
+                          DType::IQ4_XS};
 
 struct Geometry {
   int64_t elems, bytes;
@@ -69,6 +71,11 @@ std::string_view dtype_name(DType t) {
     case DType::Q4_K: return "Q4_K";
     case DType::Q5_K: return "Q5_K";
     case DType::Q6_K: return "Q6_K";
+    case DType::Q4_1: return "Q4_1";
+    case DType::Q5_0: return "Q5_0";
+    case DType::Q5_1: return "Q5_1";
+    case DType::IQ4_NL: return "IQ4_NL";
+    case DType::IQ4_XS: return "IQ4_XS";
   }
   return "?";
 }

@@ -2,7 +2,8 @@
 // reader (safetensors, GGUF), every kernel and every backend.
 //
 // Two kinds: element formats (F32, F16, BF16, F8_E4M3), where every value has its own
-// bytes, and ggml's block formats (Q8_0, Q4_0, Q2_K..Q6_K; quant/block_formats.h), where
+// bytes, and ggml's block formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K,
+// IQ4_XS; quant/block_formats.h), where
 // a row is a run of fixed-size blocks of block_elems values each. Sizes of whole rows go
 // through row_bytes(), which both kinds answer.
 #pragma once
@@ -26,6 +27,11 @@ enum class DType : uint8_t {
   Q4_K,
   Q5_K,
   Q6_K,
+  Q4_1,
+  Q5_0,
+  Q5_1,
+  IQ4_NL,
+  IQ4_XS,
 };
 
 // True for the ggml block formats.
@@ -41,7 +47,7 @@ std::size_t dtype_size(DType t);
 // multiple of dtype_block_elems(t).
 int64_t row_bytes(DType t, int64_t cols);
 // The name used by safetensors ("F32", "BF16", "F8_E4M3", ...) or, for a block format,
-// ggml's name in upper case ("Q8_0", "Q4_K", ...).
+// ggml's name in upper case ("Q8_0", "Q4_K", "IQ4_NL", ...).
 std::string_view dtype_name(DType t);
 // Parses a safetensors dtype name (element formats only); nullopt for names hearth does
 // not support.

@@ -131,9 +131,9 @@ double fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* q, d
     sw += w[i];
     swx += double(w[i]) * x[i];
   }
-  lo = std::min(lo, 0.0);  // the offset is never positive
+  if (!search.free_offset) lo = std::min(lo, 0.0);  // the offset is never positive
   std::fill(q, q + n, uint8_t(0));
-  if (!(hi - lo >= kTinyGroup)) {  // constant (non-positive) group, or nothing at all
+  if (!(hi - lo >= kTinyGroup)) {  // constant group (non-positive unless free_offset), or nothing at all
     *min = -lo;
     return 0;
   }
@@ -159,7 +159,7 @@ double fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* q, d
     if (!(det > 0)) continue;
     double s = (sw * sxl - swx * sl) / det;
     double o = (sll * swx - sl * sxl) / det;
-    if (o > 0) {
+    if (o > 0 && !search.free_offset) {
       o = 0;
       s = sxl / sll;
     }

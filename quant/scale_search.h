@@ -28,12 +28,15 @@ uint16_t f16_saturating(double d);
 double fit_signed(int n, int nmax, const float* x, const float* w, int8_t* q, bool refine);
 
 // x ~ scale * q - min with q in [0, nmax], min >= 0 (the offset never goes above zero,
-// so groups of positive values keep min 0).
+// so groups of positive values keep min 0) unless free_offset.
 struct AffineSearch {
   double rmin = -1.0;   // first candidate: iscale = (nmax + rmin) / (max - min)
   double rdelta = 0.1;  // step between candidates
   int nstep = 20;       // candidates after the first: rmin + rdelta * 0..nstep
   bool abs_error = false;  // weigh |error| instead of error^2 when comparing candidates
+  // Let the offset take either sign (min may be negative): for formats that store it as
+  // a signed f16 (Q4_1, Q5_1) rather than as a non-negative level (the K-quants).
+  bool free_offset = false;
 };
 // Returns the scale, writes q and *min.
 double fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* q, double* min,

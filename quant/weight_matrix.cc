@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "quant/block_formats.h"
@@ -254,6 +256,23 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
   }
 }
 
+// The same dot products on rows quantized beforehand (ActivationRows), picked by index.
+void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_row, const int32_t* pick,
+                              int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
+  if (r0 >= r1 || n <= 0) return;
+  const BlockFormat& f = *block_format_of(w.dtype);
+  const VecDotFn dot = vec_dot_kernel(f, isa);
+  const int64_t stride = f.row_bytes(w.cols);
+  const char* row = block_row(w, f, r0);
+  if (n == 1) {  // decode: one activation row against a stream of weight rows
+    const char* a = q + (pick ? pick[0] : 0) * act_row;
+    for (int64_t r = r0; r < r1; ++r, row += stride) y[r] = dot(row, a, w.cols);
+    return;
+  }
+  for (int64_t r = r0; r < r1; ++r, row += stride)
+    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot(row, q + (pick ? pick[t] : t) * act_row, w.cols);
+}
+
 // Calls fn(c, values, len) for consecutive pieces covering [c0, c1) of row r, decoding
 // each whole block that overlaps the range and passing only the part inside it.
 template <class Fn>
@@ -269,13 +288,70 @@ void for_each_block_piece(const WeightMatrix& w, int64_t r, int64_t c0, int64_t 
   }
 }
 
-void matmul_t_blocks(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, float* y, int64_t c0,
-                     int64_t c1) {
+// Q8_0 and Q4_K blocks decoded with AVX2 to exactly the values their scalar
+// dequantizers give: int8 -> float is exact and d * q (Q8_0), step * q - offset (Q4_K)
+// are single roundings done the same way (no FMA here, so no contraction either).
+#define HEARTH_AVX2_NOFMA __attribute__((target("avx2")))
+
+HEARTH_AVX2_NOFMA void decode_q8_0_avx2(const BlockQ8_0& b, float* out) {
+  const __m256 d = _mm256_set1_ps(f16_to_f32(b.d));
+  for (int i = 0; i < kQK8_0; i += 8) {
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + i));
+    _mm256_store_ps(out + i, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+  }
+}
+
+HEARTH_AVX2_NOFMA void decode_q4_k_avx2(const BlockQ4_K& b, float* out) {
+  const float d = f16_to_f32(b.d), dmin = f16_to_f32(b.dmin);
+  uint8_t sc[8], m[8];
+  for (int j = 0; j < 4; ++j) {  // the 6-bit scales and mins, as kquants.cc unpacks them
+    sc[j] = b.scales[j] & 63;
+    m[j] = b.scales[j + 4] & 63;
+    sc[j + 4] = uint8_t((b.scales[j + 8] & 15) | ((b.scales[j] >> 6) << 4));
+    m[j + 4] = uint8_t((b.scales[j + 8] >> 4) | ((b.scales[j + 4] >> 6) << 4));
+  }
+  // Sub-block j (values 32j .. 32j + 31) is the low (even j) or high (odd j) nibbles of
+  // qs[32 (j / 2) .. + 31].
+  for (int j = 0; j < 8; ++j) {
+    const __m256 step = _mm256_set1_ps(d * float(sc[j])), offset = _mm256_set1_ps(dmin * float(m[j]));
+    const uint8_t* qs = b.qs + 32 * (j / 2);
+    const int shift = 4 * (j % 2);
+    for (int i = 0; i < 32; i += 8) {
+      __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs + i));
+      q = _mm_and_si128(_mm_srli_epi16(q, shift), _mm_set1_epi8(15));
+      const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q));
+      _mm256_store_ps(out + 32 * j + i, _mm256_sub_ps(_mm256_mul_ps(step, v), offset));
+    }
+  }
+}
+
+// Decodes block b of row r (be values) into out (32-byte aligned).
+inline void decode_block(const WeightMatrix& w, const BlockFormat& f, const char* row, int64_t b, float* out,
+                         bool avx2) {
+  const char* blk = row + b * f.block_bytes;
+  if (avx2 && w.dtype == DType::Q8_0) return decode_q8_0_avx2(*reinterpret_cast<const BlockQ8_0*>(blk), out);
+  if (avx2 && w.dtype == DType::Q4_K) return decode_q4_k_avx2(*reinterpret_cast<const BlockQ4_K*>(blk), out);
+  f.dequantize_row(blk, out, f.block_elems);
+}
+
+void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, int64_t ldx,
+                          int64_t n, float* y, int64_t ldy, int64_t c0, int64_t c1, KernelIsa isa) {
+  const BlockFormat& f = *block_format_of(w.dtype);
+  const int64_t be = f.block_elems;
+  const bool avx2 = resolve(isa) == KernelIsa::kAvx2;
+  alignas(32) float tmp[kQK_K];
   for (int64_t i = 0; i < nrows; ++i) {
-    const float xi = x[i];
-    for_each_block_piece(w, row0 + i, c0, c1, [&](int64_t c, const float* v, int64_t len) {
-      for (int64_t j = 0; j < len; ++j) y[c + j] += xi * v[j];
-    });
+    const char* row = block_row(w, f, row0 + i);
+    for (int64_t b = c0 / be; b * be < c1; ++b) {
+      decode_block(w, f, row, b, tmp, avx2);
+      const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
+      const float* v = tmp + (lo - b * be);
+      for (int64_t t = 0; t < n; ++t) {
+        const float xi = x[t * ldx + i];
+        float* yt = y + t * ldy + lo;
+        for (int64_t j = 0; j < hi - lo; ++j) yt[j] += xi * v[j];
+      }
+    }
   }
 }
 
@@ -301,11 +377,67 @@ void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, 
   else matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
 }
 
+void matmul_t_accumulate_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, int64_t ldx,
+                              int64_t n, float* y, int64_t ldy, int64_t c0, int64_t c1, KernelIsa isa) {
+  if (is_block_dtype(w.dtype)) return matmul_t_blocks_rows(w, row0, nrows, x, ldx, n, y, ldy, c0, c1, isa);
+  for (int64_t t = 0; t < n; ++t) matmul_t_accumulate(w, row0, nrows, x + t * ldx, y + t * ldy, c0, c1, isa);
+}
+
+WeightMatrix row_slice(const WeightMatrix& w, int64_t r0, int64_t r1) {
+  if (r0 < 0 || r1 < r0 || r1 > w.rows) throw std::invalid_argument("row_slice: rows out of range");
+  WeightMatrix s = w;
+  s.rows = r1 - r0;
+  s.data = static_cast<const char*>(w.data) + r0 * row_bytes(w.dtype, w.cols);
+  if (w.dtype == DType::F8_E4M3 && w.scale) {
+    if (r0 % w.block != 0) throw std::invalid_argument("row_slice: FP8 rows must start on a scale block");
+    s.scale = w.scale + (r0 / w.block) * w.scale_cols();
+  }
+  return s;
+}
+
 void matmul_t_accumulate(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x,
                          float* y, int64_t c0, int64_t c1, KernelIsa isa) {
-  if (is_block_dtype(w.dtype)) return matmul_t_blocks(w, row0, nrows, x, y, c0, c1);
+  if (is_block_dtype(w.dtype)) return matmul_t_blocks_rows(w, row0, nrows, x, 0, 1, y, 0, c0, c1, isa);
   if (resolve(isa) == KernelIsa::kAvx2) matmul_t_avx2(w, row0, nrows, x, y, c0, c1);
   else matmul_t_scalar(w, row0, nrows, x, y, c0, c1);
+}
+
+void ActivationRows::prepare(DType weight, const float* x, int64_t ldx, int64_t n, int64_t cols) {
+  n_ = n;
+  cols_ = cols;
+  x_ = x;
+  ldx_ = ldx;
+  if (!is_block_dtype(weight)) {
+    act_ = -1;
+    row_bytes_ = 0;
+    return;
+  }
+  const BlockFormat& act = block_format(block_format_of(weight)->vec_dot_type);
+  act_ = int(act.type);
+  row_bytes_ = act.row_bytes(cols);
+  auto* q = reinterpret_cast<char*>(scratch(q_, size_t((n * row_bytes_ + 7) / 8)));
+  for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * row_bytes_, cols, nullptr);
+}
+
+bool ActivationRows::fits(const WeightMatrix& w) const {
+  if (w.cols != cols_) return false;
+  if (!is_block_dtype(w.dtype)) return act_ < 0;
+  return act_ == int(block_format_of(w.dtype)->vec_dot_type);
+}
+
+void matmul_rows(const WeightMatrix& w, const ActivationRows& a, const int32_t* pick, int64_t n, float* y,
+                 int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
+  if (!a.fits(w))
+    throw std::invalid_argument("matmul_rows: activations prepared for another format or width than the " +
+                                std::string(dtype_name(w.dtype)) + " weight");
+  if (a.act_ >= 0)
+    return matmul_rows_prequantized(w, reinterpret_cast<const char*>(a.q_.data()), a.row_bytes_, pick, n, y, ldy,
+                                    r0, r1, isa);
+  if (!pick) return matmul_rows(w, a.x_, a.ldx_, n, y, ldy, r0, r1, isa);
+  static thread_local std::vector<float> rows;  // float weights: gather the picked rows
+  float* g = scratch(rows, size_t(n * a.cols_));
+  for (int64_t t = 0; t < n; ++t) std::memcpy(g + t * a.cols_, a.x_ + pick[t] * a.ldx_, size_t(a.cols_) * sizeof(float));
+  matmul_rows(w, g, a.cols_, n, y, ldy, r0, r1, isa);
 }
 
 void dequantize_row(const WeightMatrix& w, int64_t r, int64_t c0, int64_t c1, float* out) {

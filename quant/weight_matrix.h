@@ -5,14 +5,17 @@
 // every activation row that needs it, so a weight tile is read once per call however
 // many tokens are in the batch.
 //
-// ggml block formats (DType::Q8_0, Q4_0, Q2_K..Q6_K) are used in place too: matmul_rows
-// quantizes each activation row once per call to the format's activation type (Q8_0 or
-// Q8_K) and takes the format's integer dot product (AVX2 where the CPU has it, the
+// ggml block formats (DType::Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, Q2_K..Q6_K, IQ4_XS)
+// are used in place too: matmul_rows quantizes each activation row once per call to the
+// format's activation type (Q8_0 or Q8_K) and takes the format's integer dot product
+// (AVX2 where the CPU has it, the
 // scalar reference for KernelIsa::kScalar); matmul_t_accumulate and dequantize_row decode
 // the whole blocks that overlap the column range with the format's exact dequantizer, so
 // ranges need not be aligned to blocks. Such a matrix's cols is a multiple of the block.
 #pragma once
 #include <cstdint>
+
+#include <vector>
 
 #include "quant/dtype.h"
 
@@ -48,5 +51,50 @@ void matmul_t_accumulate(const WeightMatrix& w, int64_t row0, int64_t nrows, con
 
 // Decodes row r, columns [c0, c1), to float (scales applied).
 void dequantize_row(const WeightMatrix& w, int64_t r, int64_t c0, int64_t c1, float* out);
+
+}  // namespace hearth
+
+namespace hearth {
+
+// Activation rows prepared once for many matmuls: for weights in a block format, the rows
+// quantized to the format's activation type (what matmul_rows does inside every call);
+// for float weights, the float rows themselves (kept by pointer: they must outlive this).
+// A MoE layer prepares its tokens once and every expert, on every thread, reads them.
+// Reusing one object across steps reuses its buffer (no allocation once it has grown).
+class ActivationRows {
+ public:
+  // n rows of `cols` values, row t at x + t * ldx, for weights of dtype `weight`.
+  void prepare(DType weight, const float* x, int64_t ldx, int64_t n, int64_t cols);
+  // Whether these rows can feed w: same width and the same activation format.
+  bool fits(const WeightMatrix& w) const;
+  int64_t rows() const { return n_; }
+  int64_t cols() const { return cols_; }
+
+ private:
+  friend void matmul_rows(const WeightMatrix&, const ActivationRows&, const int32_t*, int64_t, float*, int64_t,
+                          int64_t, int64_t, KernelIsa);
+  int act_ = -1;  // GgmlType of the quantized rows; -1: float rows
+  int64_t n_ = 0, cols_ = 0, ldx_ = 0, row_bytes_ = 0;
+  const float* x_ = nullptr;
+  std::vector<uint64_t> q_;  // 8-byte aligned (Q8_K starts with a float)
+};
+
+// For t in [0, n): y[t * ldy + c] += sum_{i < nrows} x[t * ldx + i] * W(row0 + i, c), c in
+// [c0, c1): matmul_t_accumulate for n rows at once, each weight row decoded once for all
+// of them (absorbed MLA folds one head's kv_b band into every query of a step). Each y row
+// gets exactly what matmul_t_accumulate gives it.
+void matmul_t_accumulate_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, int64_t ldx,
+                              int64_t n, float* y, int64_t ldy, int64_t c0, int64_t c1,
+                              KernelIsa isa = KernelIsa::kAuto);
+
+// Rows [r0, r1) of w as a matrix of their own (same data, no copy). For FP8 with block
+// scales r0 must be a multiple of the block (std::invalid_argument otherwise).
+WeightMatrix row_slice(const WeightMatrix& w, int64_t r0, int64_t r1);
+
+// y[t * ldy + r] = W(r, :) . a's row pick[t]  for r in [r0, r1), t in [0, n); pick ==
+// nullptr means rows 0..n-1. Gives exactly what matmul_rows gives on those float rows.
+// std::invalid_argument unless a.fits(w).
+void matmul_rows(const WeightMatrix& w, const ActivationRows& a, const int32_t* pick, int64_t n, float* y,
+                 int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa = KernelIsa::kAuto);
 
 }  // namespace hearth

@@ -124,6 +124,18 @@ TEST_CASE("repack: target names parse ignoring case and unknown names are errors
   CHECK(parse_repack_target("q4_k") == DType::Q4_K);
   CHECK(parse_repack_target("F32") == DType::F32);
   CHECK(parse_repack_target("bf16") == DType::BF16);
+  CHECK(parse_repack_target("q4_1") == DType::Q4_1);
+  CHECK(parse_repack_target("Q5_0") == DType::Q5_0);
+  CHECK(parse_repack_target("q5_1") == DType::Q5_1);
+  CHECK(parse_repack_target("iq4_nl") == DType::IQ4_NL);
+  CHECK(parse_repack_target("IQ4_XS") == DType::IQ4_XS);
+  // Every name the help text lists parses.
+  const std::string names(repack_target_names());
+  for (size_t b = 0; b < names.size();) {
+    const size_t e = std::min(names.find(", ", b), names.size());
+    CHECK_NOTHROW((void)parse_repack_target(names.substr(b, e - b)));
+    b = e + 2;
+  }
   for (const char* bad : {"q8_k", "f8_e4m3", "q4", "", "int8"}) {
     CAPTURE(bad);
     try {
@@ -137,6 +149,9 @@ TEST_CASE("repack: target names parse ignoring case and unknown names are errors
   CHECK(repack_format_for(DType::Q4_K, 96) == DType::Q8_0);   // K-quants fall back to Q8_0
   CHECK(!repack_format_for(DType::Q4_K, 100));                // nothing fits: as stored
   CHECK(!repack_format_for(DType::Q4_0, 48));
+  CHECK(repack_format_for(DType::IQ4_XS, 96) == DType::Q8_0);  // like the K-quants
+  CHECK(repack_format_for(DType::Q5_1, 96) == DType::Q5_1);
+  CHECK(!repack_format_for(DType::IQ4_NL, 48));
   CHECK(repack_format_for(DType::BF16, 7) == DType::BF16);
 }
 

@@ -20,13 +20,14 @@ using namespace hearth;
 
 namespace {
 
-const GgmlType kSimdFormats[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q2_K, GgmlType::Q3_K,
-                                 GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+const GgmlType kSimdFormats[] = {GgmlType::Q8_0, GgmlType::Q4_0,   GgmlType::Q4_1, GgmlType::Q5_0,
+                                 GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
+                                 GgmlType::Q4_K, GgmlType::Q5_K,   GgmlType::Q6_K, GgmlType::IQ4_XS};
 
 bool have_avx2() { return best_isa() == KernelIsa::kAvx2; }
 
 // Byte offsets of a weight block's f16 factors: [0] multiplies the levels, [1] (or -1)
-// the mins.
+// the mins (Q4_1/Q5_1: the offset m).
 struct Factors {
   int d, dmin;
 };
@@ -34,6 +35,11 @@ Factors factors(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0: return {int(offsetof(BlockQ8_0, d)), -1};
     case GgmlType::Q4_0: return {int(offsetof(BlockQ4_0, d)), -1};
+    case GgmlType::Q4_1: return {int(offsetof(BlockQ4_1, d)), int(offsetof(BlockQ4_1, m))};
+    case GgmlType::Q5_0: return {int(offsetof(BlockQ5_0, d)), -1};
+    case GgmlType::Q5_1: return {int(offsetof(BlockQ5_1, d)), int(offsetof(BlockQ5_1, m))};
+    case GgmlType::IQ4_NL: return {int(offsetof(BlockIQ4_NL, d)), -1};
+    case GgmlType::IQ4_XS: return {int(offsetof(BlockIQ4_XS, d)), -1};
     case GgmlType::Q2_K: return {int(offsetof(BlockQ2_K, d)), int(offsetof(BlockQ2_K, dmin))};
     case GgmlType::Q3_K: return {int(offsetof(BlockQ3_K, d)), -1};
     case GgmlType::Q4_K: return {int(offsetof(BlockQ4_K, d)), int(offsetof(BlockQ4_K, dmin))};
@@ -302,4 +308,36 @@ TEST_CASE("block dot simd: all-zero rows give zero and extreme quants give the e
   const auto a = act_row(q8, 3 * kQK8_0, rng, -128, 1.0f);
   CHECK(q8.vec_dot(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
   CHECK(q8.vec_dot_avx2(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
+}
+
+TEST_CASE("block dot simd: the new formats' extreme levels against -128 activations give the exact sum") {
+  // Unit scales, every level at an end and every activation quant -128: the integer
+  // sums worked out by hand, exact in float, from both kernels.
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(2);
+  struct Case {
+    GgmlType type;
+    int fill;              // every weight byte (levels, fifth bits, IQ4_XS scales)
+    double per_block;      // the expected sum of one block
+  };
+  const Case cases[] = {
+      {GgmlType::Q4_1, 0xFF, 32.0 * (15 + 1) * -128},       // (1 * 15 + 1) * -128, 32 values
+      {GgmlType::Q5_1, 0xFF, 32.0 * (31 + 1) * -128},       // level 31 plus m = 1
+      {GgmlType::Q5_0, 0xFF, 32.0 * (31 - 16) * -128},      // level 31 - 16
+      {GgmlType::Q5_0, 0x00, 32.0 * (0 - 16) * -128},       // level 0 - 16
+      {GgmlType::IQ4_NL, 0x00, 32.0 * -127 * -128},         // index 0: level -127
+      {GgmlType::IQ4_NL, 0xFF, 32.0 * 113 * -128},          // index 15: level 113
+      {GgmlType::IQ4_XS, 0x00, 256.0 * -32 * -127 * -128},  // stored scale 0: -32
+  };
+  for (const Case& c : cases) {
+    const BlockFormat& f = block_format(c.type);
+    CAPTURE(f.name);
+    CAPTURE(c.fill);
+    const int nblocks = 3;
+    const int64_t n = nblocks * f.block_elems;
+    const auto w = weight_row(f, nblocks, rng, c.fill, 0x3C00);  // d = m = 1
+    const auto a = act_row(f, n, rng, -128, 1.0f);
+    CHECK(double(f.vec_dot(w.data(), a.data(), n)) == nblocks * c.per_block);
+    CHECK(double(f.vec_dot_avx2(w.data(), a.data(), n)) == nblocks * c.per_block);
+  }
 }

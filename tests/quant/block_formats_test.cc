@@ -51,6 +51,68 @@ void ref_q4_0(const uint8_t* b, float* y) {
   }
 }
 
+uint32_t u32_at(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
+
+// Q4_1: f16 d at 0, f16 m at 2, nibbles at 4.
+void ref_q4_1(const uint8_t* b, float* y) {
+  const float d = half_at(b), m = half_at(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = float(b[4 + j] & 15) * d + m;
+    y[j + 16] = float(b[4 + j] >> 4) * d + m;
+  }
+}
+
+// Q5_0: f16 d at 0, the 32 fifth bits at 2 (little-endian word), nibbles at 6.
+void ref_q5_0(const uint8_t* b, float* y) {
+  const float d = half_at(b);
+  const uint32_t qh = u32_at(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (b[6 + j] & 15) | int(((qh >> j) & 1) << 4);
+    const int hi = (b[6 + j] >> 4) | int(((qh >> (j + 16)) & 1) << 4);
+    y[j] = float(lo - 16) * d;
+    y[j + 16] = float(hi - 16) * d;
+  }
+}
+
+// Q5_1: f16 d at 0, f16 m at 2, fifth bits at 4, nibbles at 8.
+void ref_q5_1(const uint8_t* b, float* y) {
+  const float d = half_at(b), m = half_at(b + 2);
+  const uint32_t qh = u32_at(b + 4);
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (b[8 + j] & 15) | int(((qh >> j) & 1) << 4);
+    const int hi = (b[8 + j] >> 4) | int(((qh >> (j + 16)) & 1) << 4);
+    y[j] = float(lo) * d + m;
+    y[j + 16] = float(hi) * d + m;
+  }
+}
+
+// ggml's kvalues_iq4nl, written out here rather than taken from the library.
+const int kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// IQ4_NL: f16 d at 0, level indices (nibbles) at 2.
+void ref_iq4_nl(const uint8_t* b, float* y) {
+  const float d = half_at(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * float(kIq4Levels[b[2 + j] & 15]);
+    y[j + 16] = d * float(kIq4Levels[b[2 + j] >> 4]);
+  }
+}
+
+// IQ4_XS: f16 d at 0, u16 scales_h at 2, scales_l[4] at 4, 128 bytes of nibbles at 8.
+void ref_iq4_xs(const uint8_t* b, float* y) {
+  const float d = half_at(b);
+  const int sh = b[2] | (b[3] << 8);
+  const uint8_t* qs = b + 8;
+  for (int ib = 0; ib < 8; ++ib, y += 32, qs += 16) {
+    const int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 15) | (((sh >> (2 * ib)) & 3) << 4);
+    const float dl = d * float(ls - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * float(kIq4Levels[qs[j] & 15]);
+      y[j + 16] = dl * float(kIq4Levels[qs[j] >> 4]);
+    }
+  }
+}
+
 void ref_q2_k(const uint8_t* b, float* y) {
   const uint8_t* scales = b;
   const uint8_t* q = b + 16;
@@ -161,6 +223,11 @@ struct RefFormat {
 const std::vector<RefFormat>& ref_formats() {
   static const std::vector<RefFormat> v = {
       {GgmlType::Q4_0, 32, 18, ref_q4_0, {0}},
+      {GgmlType::Q4_1, 32, 20, ref_q4_1, {0, 2}},
+      {GgmlType::Q5_0, 32, 22, ref_q5_0, {0}},
+      {GgmlType::Q5_1, 32, 24, ref_q5_1, {0, 2}},
+      {GgmlType::IQ4_NL, 32, 18, ref_iq4_nl, {0}},
+      {GgmlType::IQ4_XS, 256, 136, ref_iq4_xs, {0}},
       {GgmlType::Q8_0, 32, 34, ref_q8_0, {0}},
       {GgmlType::Q2_K, 256, 84, ref_q2_k, {80, 82}},
       {GgmlType::Q3_K, 256, 110, ref_q3_k, {108}},
@@ -218,8 +285,9 @@ double rel_rmse(const std::vector<float>& x, const std::vector<float>& y) {
 
 // The quantized weight formats (everything a model tensor may be stored as except the
 // plain floats).
-const GgmlType kQuantized[] = {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K,
-                               GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+const GgmlType kQuantized[] = {GgmlType::Q4_0, GgmlType::Q4_1,   GgmlType::Q5_0, GgmlType::Q5_1,
+                               GgmlType::Q8_0, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
+                               GgmlType::Q4_K, GgmlType::Q5_K,   GgmlType::Q6_K, GgmlType::IQ4_XS};
 
 }  // namespace
 
@@ -230,6 +298,23 @@ TEST_CASE("block formats: struct sizes and field offsets match ggml") {
   CHECK(offsetof(BlockQ8_0, qs) == 2);
   CHECK(sizeof(BlockQ4_0) == 18);
   CHECK(offsetof(BlockQ4_0, qs) == 2);
+  CHECK(sizeof(BlockQ4_1) == 20);
+  CHECK(offsetof(BlockQ4_1, m) == 2);
+  CHECK(offsetof(BlockQ4_1, qs) == 4);
+  CHECK(sizeof(BlockQ5_0) == 22);
+  CHECK(offsetof(BlockQ5_0, qh) == 2);
+  CHECK(offsetof(BlockQ5_0, qs) == 6);
+  CHECK(sizeof(BlockQ5_1) == 24);
+  CHECK(offsetof(BlockQ5_1, m) == 2);
+  CHECK(offsetof(BlockQ5_1, qh) == 4);
+  CHECK(offsetof(BlockQ5_1, qs) == 8);
+  CHECK(sizeof(BlockIQ4_NL) == 18);
+  CHECK(offsetof(BlockIQ4_NL, qs) == 2);
+  CHECK(sizeof(BlockIQ4_XS) == 136);
+  CHECK(offsetof(BlockIQ4_XS, scales_h) == 2);
+  CHECK(offsetof(BlockIQ4_XS, scales_l) == 4);
+  CHECK(offsetof(BlockIQ4_XS, qs) == 8);
+  for (int i = 0; i < 16; ++i) CHECK(int(kIq4nlValues[i]) == kIq4Levels[i]);
   CHECK(sizeof(BlockQ2_K) == 84);
   CHECK(offsetof(BlockQ2_K, qs) == 16);
   CHECK(offsetof(BlockQ2_K, d) == 80);
@@ -263,10 +348,13 @@ TEST_CASE("block formats: lookup by name and by ggml id") {
   };
   const Expect table[] = {
       {"f32", 0, 1, 4, GgmlType::F32},         {"f16", 1, 1, 2, GgmlType::F16},
-      {"q4_0", 2, 32, 18, GgmlType::Q8_0},     {"q8_0", 8, 32, 34, GgmlType::Q8_0},
+      {"q4_0", 2, 32, 18, GgmlType::Q8_0},     {"q4_1", 3, 32, 20, GgmlType::Q8_0},
+      {"q5_0", 6, 32, 22, GgmlType::Q8_0},     {"q5_1", 7, 32, 24, GgmlType::Q8_0},
+      {"q8_0", 8, 32, 34, GgmlType::Q8_0},
       {"q2_K", 10, 256, 84, GgmlType::Q8_K},   {"q3_K", 11, 256, 110, GgmlType::Q8_K},
       {"q4_K", 12, 256, 144, GgmlType::Q8_K},  {"q5_K", 13, 256, 176, GgmlType::Q8_K},
       {"q6_K", 14, 256, 210, GgmlType::Q8_K},  {"q8_K", 15, 256, 292, GgmlType::Q8_K},
+      {"iq4_nl", 20, 32, 18, GgmlType::Q8_0},  {"iq4_xs", 23, 256, 136, GgmlType::Q8_K},
       {"bf16", 30, 1, 2, GgmlType::BF16},
   };
   CHECK(block_formats().size() == std::size(table));
@@ -289,10 +377,12 @@ TEST_CASE("block formats: lookup by name and by ggml id") {
   CHECK(find_block_format("Q4_K") == find_block_format("q4_K"));
   CHECK(find_block_format("BF16") == find_block_format("bf16"));
   CHECK(find_block_format("q4_k")->type == GgmlType::Q4_K);
-  CHECK(find_block_format("q4_1") == nullptr);
+  CHECK(find_block_format("IQ4_NL")->type == GgmlType::IQ4_NL);
+  CHECK(find_block_format("iq2_xxs") == nullptr);
   CHECK(find_block_format("") == nullptr);
   CHECK(find_block_format("q4_K ") == nullptr);
-  CHECK(find_block_format_by_id(3) == nullptr);   // q4_1: not supported
+  CHECK(find_block_format_by_id(4) == nullptr);   // q4_2: removed from ggml
+  CHECK(find_block_format_by_id(9) == nullptr);   // q8_1: not supported
   CHECK(find_block_format_by_id(16) == nullptr);  // iq2_xxs
   CHECK(find_block_format_by_id(1000) == nullptr);
 }
@@ -348,6 +438,108 @@ TEST_CASE("block formats: q4_0 known answer") {
   }
   CHECK(y[0] == -4.0f);
   CHECK(y[16] == 3.5f);
+}
+
+TEST_CASE("block formats: q4_1 known answer") {
+  uint8_t b[20];
+  put_half(b, 0x3800);      // d = 0.5
+  put_half(b + 2, 0xC000);  // m = -2
+  for (int j = 0; j < 16; ++j) b[4 + j] = uint8_t(j | ((15 - j) << 4));
+  const auto y = dequantize(block_format(GgmlType::Q4_1), b, 32);
+  for (int j = 0; j < 16; ++j) {
+    CHECK(y[j] == 0.5f * float(j) - 2.0f);         // low nibbles: values 0..15
+    CHECK(y[j + 16] == 0.5f * float(15 - j) - 2.0f);  // high nibbles: values 16..31
+  }
+  CHECK(y[0] == -2.0f);
+  CHECK(y[16] == 5.5f);
+}
+
+TEST_CASE("block formats: q5_0 known answer") {
+  uint8_t b[22];
+  put_half(b, 0x3400);  // d = 0.25
+  // Fifth bits: qh bytes 0x0F, 0xF0, 0x00, 0xFF set bits 0..3, 12..15 and 24..31.
+  const uint8_t qh[4] = {0x0F, 0xF0, 0x00, 0xFF};
+  std::memcpy(b + 2, qh, 4);
+  for (int j = 0; j < 16; ++j) b[6 + j] = uint8_t(j | (j << 4));  // nibble j, twice
+  const auto y = dequantize(block_format(GgmlType::Q5_0), b, 32);
+  for (int i = 0; i < 32; ++i) {
+    const int nibble = i % 16;
+    const bool fifth = i < 4 || (i >= 12 && i < 16) || i >= 24;
+    CAPTURE(i);
+    CHECK(y[i] == 0.25f * float(nibble + (fifth ? 16 : 0) - 16));
+  }
+  // By hand: value 0 is level 16 -> 0; value 5 has no fifth bit: 0.25 * (5 - 16); value
+  // 16 (high nibble 0, bit 16 clear): 0.25 * -16; value 31 (nibble 15, bit 31): 0.25 * 15.
+  CHECK(y[0] == 0.0f);
+  CHECK(y[5] == -2.75f);
+  CHECK(y[16] == -4.0f);
+  CHECK(y[31] == 3.75f);
+}
+
+TEST_CASE("block formats: q5_1 known answer") {
+  uint8_t b[24];
+  put_half(b, 0x3C00);      // d = 1
+  put_half(b + 2, 0xB800);  // m = -0.5
+  const uint8_t qh[4] = {0xAA, 0x55, 0x01, 0x80};  // bits 1,3,5,7, 8,10,12,14, 16, 31
+  std::memcpy(b + 4, qh, 4);
+  for (int j = 0; j < 16; ++j) b[8 + j] = uint8_t(j * 29 + 3);
+  const auto y = dequantize(block_format(GgmlType::Q5_1), b, 32);
+  for (int i = 0; i < 32; ++i) {
+    const int byte = uint8_t((i % 16) * 29 + 3);
+    const int nibble = i < 16 ? byte & 15 : byte >> 4;
+    const bool fifth = (i < 8 && i % 2 == 1) || (i >= 8 && i < 16 && i % 2 == 0) || i == 16 || i == 31;
+    CAPTURE(i);
+    CHECK(y[i] == float(nibble + (fifth ? 16 : 0)) - 0.5f);
+  }
+  // By hand: value 1 is the low nibble of 32 (0x20) = 0 plus 16: 15.5; value 16 the high
+  // nibble of 3 = 0 plus 16: 15.5; value 31 the high nibble of 15*29+3 = 438 mod 256 =
+  // 182 = 0xB6 -> 11, plus 16: 26.5.
+  CHECK(y[1] == 15.5f);
+  CHECK(y[16] == 15.5f);
+  CHECK(y[31] == 26.5f);
+}
+
+TEST_CASE("block formats: iq4_nl known answer") {
+  uint8_t b[18];
+  put_half(b, 0x3800);  // d = 0.5
+  for (int j = 0; j < 16; ++j) b[2 + j] = uint8_t(j | ((15 - j) << 4));
+  const auto y = dequantize(block_format(GgmlType::IQ4_NL), b, 32);
+  const int levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  for (int j = 0; j < 16; ++j) {
+    CHECK(y[j] == 0.5f * float(levels[j]));
+    CHECK(y[j + 16] == 0.5f * float(levels[15 - j]));
+  }
+  CHECK(y[0] == -63.5f);
+  CHECK(y[16] == 56.5f);
+  CHECK(y[8] == 0.5f);
+}
+
+TEST_CASE("block formats: iq4_xs known answer") {
+  uint8_t b[136];
+  put_half(b, 0x3400);  // d = 0.25
+  // Stored scales 0, 1, 31, 32, 33, 63, 17, 48 (minus 32: the signed scales below).
+  // Low nibbles 0,1 | 15,0 | 1,15 | 1,0 -> scales_l; top bit pairs 0,0,1,2,2,3,1,3 at
+  // bits 2j of scales_h = 0b11'01'11'10'10'01'00'00 = 0xDE90.
+  put_half(b + 2, 0xDE90);
+  const uint8_t sl[4] = {0x10, 0x0F, 0xF1, 0x01};
+  std::memcpy(b + 4, sl, 4);
+  const int sc[8] = {-32, -31, -1, 0, 1, 31, -15, 16};
+  for (int i = 0; i < 128; ++i) b[8 + i] = uint8_t(i * 37 + 5);
+  const int levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  const auto y = dequantize(block_format(GgmlType::IQ4_XS), b, 256);
+  for (int i = 0; i < 256; ++i) {
+    // value 32j + t: nibble (t < 16: low, else high) of qs[16j + t % 16].
+    const int j = i / 32, t = i % 32;
+    const int byte = b[8 + 16 * j + t % 16];
+    const int idx = t < 16 ? byte & 15 : byte >> 4;
+    CAPTURE(i);
+    CHECK(y[i] == 0.25f * float(sc[j]) * float(levels[idx]));
+  }
+  // Value 0: qs[0] = 5 -> level -35, scale -32: 0.25 * -32 * -35. Value 48 (sub-block 1,
+  // high nibble of qs[16] = 16*37+5 = 597 mod 256 = 0x55 -> 5): 0.25 * -31 * -35.
+  CHECK(y[0] == 280.0f);
+  CHECK(y[48] == 271.25f);
+  CHECK(y[96] == 0.0f);  // sub-block 3: scale 0
 }
 
 TEST_CASE("block formats: q8_K known answer") {
@@ -515,6 +707,11 @@ TEST_CASE("block formats: quantize then dequantize error on gaussian data") {
       {GgmlType::Q5_K, 0.0380},  // measured 0.03609
       {GgmlType::Q4_K, 0.0750},  // measured 0.07158 (ggml's reference quantizer: 0.0713)
       {GgmlType::Q4_0, 0.0900},  // measured 0.08576
+      {GgmlType::Q4_1, 0.0750},    // measured 0.06978 (ggml's reference quantizer: 0.0782)
+      {GgmlType::Q5_0, 0.0460},    // measured 0.04282 (ggml's: 0.04282)
+      {GgmlType::Q5_1, 0.0360},    // measured 0.03361 (ggml's reference quantizer: 0.0378)
+      {GgmlType::IQ4_NL, 0.0800},  // measured 0.07615 (ggml's: 0.07615)
+      {GgmlType::IQ4_XS, 0.0810},  // measured 0.07670 (ggml's: 0.07671)
       {GgmlType::Q3_K, 0.1600},  // measured 0.15277 (ggml's reference quantizer: 0.1513)
       {GgmlType::Q2_K, 0.3100},  // measured 0.29677
       {GgmlType::Q8_K, 0.0075},  // measured 0.00692 (one scale per 256 values)

@@ -1,4 +1,5 @@
-// WeightMatrix kernels on ggml block formats (DType::Q8_0, Q4_0, Q2_K..Q6_K):
+// WeightMatrix kernels on ggml block formats (DType::Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL,
+// Q2_K..Q6_K, IQ4_XS):
 // matmul_rows against a double-precision product of the dequantized weights and the
 // quantized-then-dequantized activations (so only float rounding and summation order
 // differ), the scalar and AVX2 paths against each other, and matmul_t_accumulate and
@@ -20,8 +21,9 @@ using namespace hearth;
 
 namespace {
 
-constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q2_K, DType::Q3_K,
-                                 DType::Q4_K, DType::Q5_K, DType::Q6_K};
+constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0,   DType::Q5_1,
+                                 DType::IQ4_NL, DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K,
+                                 DType::Q6_K, DType::IQ4_XS};
 
 struct BlockWeight {
   DType dtype;
