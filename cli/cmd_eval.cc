@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "cli/model_tokenizer.h"
 #include "engine/eval.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
@@ -84,13 +85,8 @@ std::string read_text(const std::string& path) {
 // BOS, then the text as plain text (special-token markers in it are not parsed), as
 // llama.cpp tokenizes its perplexity input. Sets the softmax to the tokenizer's ids.
 std::vector<int32_t> tokenize_text(const std::string& model_dir, const std::string& text, EvalFlags& f) {
-  namespace fs = std::filesystem;
-  const fs::path tok_path = fs::path(model_dir) / "tokenizer.json";
-  std::error_code ec;
-  if (!fs::is_regular_file(tok_path, ec))
-    throw std::runtime_error(tok_path.string() + " not found: the text is tokenized with the (base) model's tokenizer "
-                             "(hearth synth --tokenizer FILE adds one to a synthetic model)");
-  const Tokenizer tok = Tokenizer::load(tok_path);
+  // A directory's tokenizer.json, or a .gguf model's own tokenizer.
+  const Tokenizer tok = load_model_tokenizer(model_dir, "", "the text is tokenized with the (base) model's tokenizer");
   std::vector<int32_t> ids;
   if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
   const std::vector<int32_t> body = tok.encode(text, /*parse_special=*/false);
@@ -166,7 +162,8 @@ int cmd_kld(int argc, char** argv) {
                         "KL divergence of a candidate model (e.g. a quantized copy) from a base model on a text, per\n"
                         "scored position: KL(P_base || P_candidate), with top-1 agreement and both perplexities.\n"
                         "The text is tokenized with the base model's tokenizer; chunks as for hearth perplexity.");
-  add_eval_options(opts, "model directory, given twice: -m BASE -m CANDIDATE");
+  add_eval_options(opts, "model, given twice: -m BASE (a directory with tokenizer.json) -m CANDIDATE (a directory "
+                         "or .gguf file)");
   EvalFlags f;
   if (!parse_eval_flags(opts, argc, argv, 2, f)) return 0;
   const std::string text = read_text(f.text_file);

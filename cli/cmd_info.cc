@@ -27,7 +27,7 @@ std::string human(double v, const char* unit) {
 
 int cmd_info(int argc, char** argv) {
   cxxopts::Options opts(argv[0], "Print a model's configuration and its parameter and byte counts by kind.");
-  opts.add_options()("m,model", "model directory", cxxopts::value<std::string>())
+  opts.add_options()("m,model", "model directory (config.json + safetensors) or .gguf file", cxxopts::value<std::string>())
       ("t,threads", "threads for --repack (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("h,help", "show this help");
   add_repack_option(opts);

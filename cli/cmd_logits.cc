@@ -40,7 +40,7 @@ std::vector<int32_t> parse_tokens(const std::string& s) {
 int cmd_logits(int argc, char** argv) {
   cxxopts::Options opts(argv[0], "Run the forward pass on token ids; write float32 little-endian logits [tokens][vocab].");
   opts.add_options()
-      ("m,model", "model directory (config.json + safetensors)", cxxopts::value<std::string>())
+      ("m,model", "model directory (config.json + safetensors) or .gguf file", cxxopts::value<std::string>())
       ("tokens", "comma-separated token ids, e.g. 0,17,923", cxxopts::value<std::string>())
       ("o,output", "output file for the logits", cxxopts::value<std::string>())
       ("decode", "feed the tokens one at a time through the decode path")

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_tokenizer.h"
 #include "engine/chat_template.h"
 #include "engine/tokenizer.h"
 
@@ -20,14 +21,17 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// -m names a model directory (its tokenizer.json) or a tokenizer.json itself.
+// -m names a model directory (its tokenizer.json), a tokenizer.json itself, or a .gguf
+// file (the tokenizer in its metadata).
 Tokenizer load_tokenizer(const std::string& arg) {
   fs::path p = arg;
   if (fs::is_directory(p)) {
     p /= "tokenizer.json";
     if (!fs::exists(p)) throw std::runtime_error("model directory '" + arg + "' has no tokenizer.json");
   } else if (!fs::exists(p)) {
-    throw std::runtime_error("'" + arg + "' does not exist (expected a model directory or a tokenizer.json)");
+    throw std::runtime_error("'" + arg + "' does not exist (expected a model directory, a tokenizer.json or a .gguf file)");
+  } else if (is_gguf_file(p)) {
+    return gguf_file_tokenizer(p, "give -m a tokenizer.json instead");
   }
   return Tokenizer::load(p);
 }
@@ -41,7 +45,8 @@ std::string read_stdin() {
 cxxopts::Options options(const char* prog, const char* what) {
   cxxopts::Options opts(prog, what);
   opts.add_options()
-      ("m,model", "model directory (with tokenizer.json) or a tokenizer.json", cxxopts::value<std::string>())
+      ("m,model", "model directory (with tokenizer.json), a tokenizer.json, or a .gguf file (its tokenizer)",
+       cxxopts::value<std::string>())
       ("h,help", "show this help");
   return opts;
 }

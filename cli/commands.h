@@ -13,5 +13,6 @@ int cmd_generate(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
 int cmd_kld(int argc, char** argv);
+int cmd_quantize(int argc, char** argv);
 
 }  // namespace hearth::cli

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "cli/model_tokenizer.h"
 #include "engine/repack.h"
 
 namespace hearth::cli {
@@ -24,7 +25,7 @@ void on_sigint(int) { g_interrupted.store(true); }
 
 void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) {
   opts.add_options()
-      ("m,model", "model directory (config.json, safetensors, tokenizer.json)", cxxopts::value<std::string>())
+      ("m,model", "model directory (config.json, safetensors, tokenizer.json) or .gguf file", cxxopts::value<std::string>())
       ("n,max-tokens", "generate at most N tokens", cxxopts::value<int64_t>()->default_value(std::to_string(default_max_tokens)))
       ("temp", "temperature (0: greedy)", cxxopts::value<double>()->default_value("1.0"))
       ("top-p", "keep the smallest set of most probable tokens with mass >= P (1: off)", cxxopts::value<double>()->default_value("0.95"))
@@ -37,6 +38,8 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
       ("no-thinking", "chat template in non-thinking mode (answer without reasoning)")
       ("ctx", "context limit in tokens (default: the model's max_position_embeddings)", cxxopts::value<int64_t>()->default_value("0"))
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
+      ("tokenizer", "the tokenizer.json to use (default: MODEL/tokenizer.json, or the tokenizer inside a .gguf model)",
+       cxxopts::value<std::string>(), "FILE")
       ("h,help", "show this help");
   add_repack_option(opts);
 }
@@ -63,6 +66,7 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
   GenerationFlags f;
   if (!args.count("model")) throw std::invalid_argument("--model is required (see --help)");
   f.model_dir = args["model"].as<std::string>();
+  if (args.count("tokenizer")) f.tokenizer = args["tokenizer"].as<std::string>();
   GenerateRequest& r = f.request;
   r.max_tokens = args["max-tokens"].as<int64_t>();
   if (r.max_tokens < 1) throw std::invalid_argument("--max-tokens: must be at least 1");
@@ -100,13 +104,9 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
 }
 
 std::unique_ptr<Session> open_session(const GenerationFlags& flags) {
-  namespace fs = std::filesystem;
-  const fs::path tok_path = fs::path(flags.model_dir) / "tokenizer.json";
-  std::error_code ec;
-  if (!fs::is_regular_file(tok_path, ec))
-    throw std::runtime_error(tok_path.string() + " not found: text generation needs the model's tokenizer "
-                             "(hearth synth --tokenizer FILE adds one to a synthetic model)");
-  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir, flags.load), Tokenizer::load(tok_path), nullptr});
+  // The tokenizer first: its errors come before a long model load.
+  Tokenizer tok = load_model_tokenizer(flags.model_dir, flags.tokenizer);
+  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir, flags.load), std::move(tok), nullptr});
   const int64_t max_ctx = s->model.config().max_position_embeddings;
   if (flags.context > max_ctx)
     throw std::invalid_argument("--ctx " + std::to_string(flags.context) + " exceeds the model's context of " +

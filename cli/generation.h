@@ -21,7 +21,8 @@ namespace hearth::cli {
 enum class ReasoningMode { kShow, kHide, kSeparate };
 
 struct GenerationFlags {
-  std::string model_dir;
+  std::string model_dir;  // -m: a model directory or a .gguf file
+  std::string tokenizer;  // --tokenizer: a tokenizer.json replacing the model's own
   ModelLoadOptions load;  // --repack (its threads: -t)
   GenerateRequest request;
   ReasoningMode reasoning = ReasoningMode::kShow;
@@ -31,7 +32,7 @@ struct GenerationFlags {
 };
 
 // -m, -n, --temp, --top-p, --top-k, --min-p, --seed, --stop, --reasoning, --no-thinking, --ctx, -t,
-// --repack.
+// --repack, --tokenizer.
 void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens);
 // Throws std::invalid_argument with the flag's name on a bad value.
 GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args);
@@ -41,7 +42,8 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args);
 void add_repack_option(cxxopts::Options& opts);
 ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int threads);
 
-// The model, its tokenizer (MODEL/tokenizer.json) and a generator over both.
+// The model, its tokenizer (--tokenizer, MODEL/tokenizer.json, or a .gguf model's own) and
+// a generator over both.
 struct Session {
   Model model;
   Tokenizer tokenizer;

@@ -26,6 +26,7 @@ const Command kCommands[] = {
     {"chat", "chat with a model interactively (multi-turn, Ctrl-C stops an answer)", hearth::cli::cmd_chat},
     {"perplexity", "perplexity of a model on a text (chunks of --ctx tokens)", hearth::cli::cmd_perplexity},
     {"kld", "KL divergence and top-1 agreement of a candidate model against a base model", hearth::cli::cmd_kld},
+    {"quantize", "write a model as a GGUF file (presets, MoE splits, per-tensor overrides)", hearth::cli::cmd_quantize},
 };
 
 void usage(std::FILE* out) {

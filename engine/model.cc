@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "engine/gguf_model.h"
 #include "engine/repack.h"
 #include "offload/thread_pool.h"
 #include "quant/numbers.h"
@@ -86,11 +87,9 @@ ParamCounts ModelFootprint::total() const {
   return t;
 }
 
-Model Model::load(const std::string& dir, const ModelLoadOptions& options) {
-  namespace fs = std::filesystem;
-  if (!fs::is_directory(dir)) throw std::runtime_error("model directory '" + dir + "' does not exist");
-  ModelConfig config = ModelConfig::load(fs::path(dir) / "config.json");
-  return Model(std::move(config), WeightStore::open(dir), options);
+Model Model::load(const std::string& path, const ModelLoadOptions& options) {
+  OpenCheckpoint ck = open_checkpoint(path);  // a Hugging Face directory or a GGUF file
+  return Model(std::move(ck.config), std::move(ck.store), options);
 }
 
 Model::Model(ModelConfig config, WeightStore store, const ModelLoadOptions& options)

@@ -86,8 +86,10 @@ struct RepackSummary {
 
 class Model {
  public:
-  // Loads config.json and the safetensors of `dir`. The store is kept alive by the model.
-  static Model load(const std::string& dir, const ModelLoadOptions& options = {});
+  // Loads a Hugging Face directory (config.json + safetensors) or a GGUF file (a regular
+  // file named *.gguf or starting with the GGUF magic; engine/gguf_model.h). The store is
+  // kept alive by the model.
+  static Model load(const std::string& path, const ModelLoadOptions& options = {});
   Model(ModelConfig config, WeightStore store, const ModelLoadOptions& options = {});
 
   const ModelConfig& config() const { return config_; }

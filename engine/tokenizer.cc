@@ -20,6 +20,7 @@
 #include <limits>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 #include <unordered_map>
 
 #include <nlohmann/json.hpp>
@@ -104,15 +105,29 @@ size_t append_sanitized(std::string& out, const std::string& bytes, bool final) 
 // bytes_to_unicode(): printable bytes map to themselves, the other 68 to U+0100.. in order.
 struct ByteAlphabet {
   int16_t byte_of[512];  // code point -> byte, -1 if not in the alphabet
+  uint16_t cp_of[256];   // byte -> code point
   ByteAlphabet() {
     std::fill(std::begin(byte_of), std::end(byte_of), int16_t(-1));
     int extra = 0;
     for (int b = 0; b < 256; ++b) {
       const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
-      byte_of[printable ? b : 256 + extra++] = int16_t(b);
+      cp_of[b] = uint16_t(printable ? b : 256 + extra++);
+      byte_of[cp_of[b]] = int16_t(b);
     }
   }
 };
+
+// Spells bytes in the byte alphabet (code points below 512: one or two UTF-8 bytes each).
+std::string bytes_to_alphabet(const ByteAlphabet& a, std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (unsigned char b : bytes) {
+    const unsigned cp = a.cp_of[b];
+    if (cp < 0x80) out += char(cp);
+    else out += char(0xC0 | (cp >> 6)), out += char(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
 
 // Decodes a vocab key written in the byte alphabet; false if it is not such a string.
 bool alphabet_to_bytes(const ByteAlphabet& a, std::string_view key, std::string& out) {
@@ -169,6 +184,14 @@ class PairTable {
       if (s.key == k) return &s.hit;
       if (s.key == kEmpty) return nullptr;
     }
+  }
+  // Every pair as (rank, left, right), in no particular order.
+  std::vector<std::tuple<uint32_t, int32_t, int32_t>> entries() const {
+    std::vector<std::tuple<uint32_t, int32_t, int32_t>> out;
+    for (size_t i = 0; slots_ && i <= mask_; ++i)
+      if (slots_[i].key != kEmpty)
+        out.emplace_back(slots_[i].hit.rank, int32_t(slots_[i].key >> 32), int32_t(uint32_t(slots_[i].key)));
+    return out;
   }
 
  private:
@@ -506,10 +529,13 @@ class TokenizerJsonReader final : public json::json_sax_t {
 
 struct Tokenizer::Impl {
   std::filesystem::path file;
+  std::string tokens_key, added_key, merges_key, splits_key;  // for parts()
   // Every id's bytes: blob[offset[id], offset[id + 1]).
   std::string blob;
   std::vector<uint32_t> offset;
-  std::vector<uint8_t> special;
+  std::vector<TokenizerParts::Kind> kind;
+  std::vector<uint8_t> special, normalized;
+  std::vector<std::string> split_sources;  // the regexes as the parts gave them
   std::unordered_map<std::string, int32_t> by_text;  // vocab key / added content -> id
   int32_t byte_id[256];
   PairTable merges;
@@ -711,10 +737,6 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 
 Tokenizer Tokenizer::load(const std::filesystem::path& path) {
-  auto impl = std::make_unique<Impl>();
-  Impl& t = *impl;
-  t.file = path;
-
   TokenizerJsonReader reader;
   {
     std::string raw;
@@ -745,7 +767,11 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     if (!empty_seq) fail(path, "only an empty normalizer is supported");
   }
 
-  // Vocab: ids -> bytes (the keys are in the GPT-2 byte alphabet).
+  TokenizerParts parts;
+  parts.file = path;
+
+  // Vocab: id -> key (in the GPT-2 byte alphabet; special tokens sit there as plain text,
+  // and an added token must cover them).
   if (!reader.has_vocab) fail(path, "missing model.vocab (an object of token -> id)");
   if (!reader.vocab_error.empty()) fail(path, reader.vocab_error);
   if (reader.vocab.empty()) fail(path, "model.vocab is empty");
@@ -764,52 +790,13 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     else max_id = std::max(max_id, id);
   if (added_json && added_json->is_array())
     for (const json& a : *added_json) check_id(need(path, a, "id", "added_tokens[]"), "added_tokens[]");
-  const size_t count = size_t(max_id + 1);
-  std::vector<std::string> bytes(count);
-  std::vector<uint8_t> defined(count, 0), is_added(count, 0);
-  t.special.assign(count, 0);
-  t.by_text.reserve(count * 2);
-  const ByteAlphabet alphabet;
-  std::string buf;
-  std::vector<int32_t> plain;  // vocab ids whose key is not in the byte alphabet
-  for (const auto& [key, id64] : reader.vocab) {
-    const int32_t id = int32_t(id64);
-    if (defined[size_t(id)]) fail(path, "model.vocab: id " + std::to_string(id) + " is used twice");
-    defined[size_t(id)] = 1;
-    if (alphabet_to_bytes(alphabet, key, buf)) {
-      bytes[size_t(id)] = buf;
-    } else {
-      // Special tokens sit in the vocab as plain text; an added token must cover them.
-      bytes[size_t(id)] = key;
-      plain.push_back(id);
-    }
-    t.by_text.emplace(key, id);
-  }
-  std::fill(std::begin(t.byte_id), std::end(t.byte_id), -1);
-  for (int b = 0; b < 256; ++b) {
-    std::string key;
-    for (int cp = 0; cp < 512; ++cp)
-      if (alphabet.byte_of[cp] == b) {
-        if (cp < 0x80) key += char(cp);
-        else key += char(0xC0 | (cp >> 6)), key += char(0x80 | (cp & 0x3F));
-      }
-    auto it = t.by_text.find(key);
-    if (it == t.by_text.end()) fail(path, "model.vocab has no token for byte " + std::to_string(b));
-    t.byte_id[b] = it->second;
-  }
-
-  // Merges: "a b" strings (or [a, b] pairs in newer files); rank = position.
-  if (!reader.has_merges) fail(path, "missing model.merges (an array of merges)");
-  if (!reader.merges_error.empty()) fail(path, reader.merges_error);
-  t.merges.reserve(reader.merges.size());
-  std::string joined;
-  for (size_t r = 0; r < reader.merges.size(); ++r) {
-    const auto& [left, right] = reader.merges[r];
-    joined.assign(left).append(right);
-    auto a = t.by_text.find(left), b = t.by_text.find(right), c = t.by_text.find(joined);
-    if (a == t.by_text.end() || b == t.by_text.end() || c == t.by_text.end())
-      fail(path, "model.merges[" + std::to_string(r) + "] uses a token that is not in model.vocab");
-    t.merges.insert(a->second, b->second, uint32_t(r), c->second);  // a repeated pair keeps its first rank
+  auto& tokens = parts.tokens;
+  tokens.resize(size_t(max_id + 1));
+  for (auto& [key, id64] : reader.vocab) {
+    TokenizerParts::Token& t = tokens[size_t(id64)];
+    if (t.kind != TokenizerParts::Kind::kUnused) fail(path, "model.vocab: id " + std::to_string(id64) + " is used twice");
+    t.text = std::move(key);
+    t.kind = TokenizerParts::Kind::kVocab;
   }
 
   // Added tokens: matched in the raw text; their bytes are their content.
@@ -820,37 +807,22 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
       if (!content.is_string() || content.get_ref<const std::string&>().empty())
         fail(path, "added_tokens[] id " + std::to_string(id) + ": content must be a non-empty string");
       const std::string& text = content.get_ref<const std::string&>();
-      try {
-        check_utf8(text);
-      } catch (const std::exception&) {
-        fail(path, "added_tokens[] id " + std::to_string(id) + ": content is not UTF-8");
-      }
       for (const char* flag : {"lstrip", "rstrip", "single_word"})
         if (a.value(flag, false)) fail(path, "added token '" + text + "': " + flag + " is not supported");
-      if (defined[size_t(id)] && bytes[size_t(id)] != text)
+      TokenizerParts::Token& t = tokens[size_t(id)];
+      if (t.kind == TokenizerParts::Kind::kVocab && t.text != text)
         fail(path, "added token '" + text + "' reuses id " + std::to_string(id) + " of a different vocab token");
-      defined[size_t(id)] = 1;
-      is_added[size_t(id)] = 1;
-      bytes[size_t(id)] = text;
-      t.special[size_t(id)] = a.value("special", false) ? 1 : 0;
-      t.by_text[text] = id;
-      (a.value("normalized", false) ? t.added_normalized : t.added_raw).add(text, id);
+      t = TokenizerParts::Token{text, TokenizerParts::Kind::kAdded, a.value("special", false), a.value("normalized", false)};
     }
   }
-  for (int32_t id : plain)
-    if (!is_added[size_t(id)])
-      fail(path, "model.vocab key '" + bytes[size_t(id)] + "' is not in the byte-level alphabet");
-  for (size_t id = 0; id < count; ++id)
-    if (!defined[id]) fail(path, "id " + std::to_string(id) + " has no token (the ids must be contiguous)");
-  t.offset.resize(count + 1);
-  size_t total = 0;
-  for (size_t id = 0; id < count; ++id) total += bytes[id].size();
-  t.blob.reserve(total);
-  for (size_t id = 0; id < count; ++id) {
-    t.offset[id] = uint32_t(t.blob.size());
-    t.blob += bytes[id];
-  }
-  t.offset[count] = uint32_t(t.blob.size());
+  for (size_t id = 0; id < tokens.size(); ++id)
+    if (tokens[id].kind == TokenizerParts::Kind::kUnused)
+      fail(path, "id " + std::to_string(id) + " has no token (the ids must be contiguous)");
+
+  // Merges: "a b" strings (or [a, b] pairs in newer files); rank = position.
+  if (!reader.has_merges) fail(path, "missing model.merges (an array of merges)");
+  if (!reader.merges_error.empty()) fail(path, reader.merges_error);
+  parts.merges = std::move(reader.merges);
 
   // Pre-tokenizer: Split(regex, Isolated)* then ByteLevel without its own regex.
   const json& pre = need(path, j, "pre_tokenizer", "tokenizer");
@@ -873,7 +845,90 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     const json& pat = need(path, s, "pattern", where.c_str());
     if (!pat.is_object() || !pat.contains("Regex") || !pat["Regex"].is_string())
       fail(path, where + ": pattern must be a Regex");
-    const std::string pattern = onig_to_pcre2(pat["Regex"].get<std::string>());
+    parts.splits.push_back(pat["Regex"].get<std::string>());
+  }
+  return build(std::move(parts));
+}
+
+Tokenizer Tokenizer::build(TokenizerParts parts) {
+  using Kind = TokenizerParts::Kind;
+  auto impl = std::make_unique<Impl>();
+  Impl& t = *impl;
+  const std::filesystem::path& path = parts.file;
+  t.file = path;
+  t.tokens_key = parts.tokens_key;
+  t.added_key = parts.added_key;
+  t.merges_key = parts.merges_key;
+  t.splits_key = parts.splits_key;
+  const std::string& tokens_key = parts.tokens_key;
+
+  // Tokens: id -> bytes (vocab keys are in the byte alphabet, added tokens are their content).
+  const size_t count = parts.tokens.size();
+  if (count == 0) fail(path, tokens_key + " is empty");
+  if (count > (size_t(1) << 24)) fail(path, tokens_key + " has " + std::to_string(count) + " tokens, more than hearth takes");
+  t.kind.resize(count);
+  t.special.assign(count, 0);
+  t.normalized.assign(count, 0);
+  t.offset.resize(count + 1);
+  size_t total = 0;
+  for (const auto& tok : parts.tokens) total += tok.text.size();
+  t.blob.reserve(total);
+  t.by_text.reserve(count * 2);
+  const ByteAlphabet alphabet;
+  std::string buf;
+  for (size_t id = 0; id < count; ++id) {
+    TokenizerParts::Token& tok = parts.tokens[id];
+    t.offset[id] = uint32_t(t.blob.size());
+    t.kind[id] = tok.kind;
+    if (tok.kind == Kind::kUnused) continue;
+    auto where = [&] { return tokens_key + " id " + std::to_string(id); };
+    if (tok.text.empty()) fail(path, where() + " is an empty token");
+    if (tok.kind == Kind::kVocab) {
+      if (!alphabet_to_bytes(alphabet, tok.text, buf))
+        fail(path, where() + " ('" + tok.text + "') is not in the byte-level alphabet");
+      t.blob += buf;
+    } else {
+      try {
+        check_utf8(tok.text);
+      } catch (const std::exception&) {
+        fail(path, parts.added_key + " id " + std::to_string(id) + ": content is not UTF-8");
+      }
+      t.blob += tok.text;
+      t.special[id] = tok.special;
+      t.normalized[id] = tok.normalized;
+      (tok.normalized ? t.added_normalized : t.added_raw).add(tok.text, int32_t(id));
+    }
+    if (t.blob.size() > std::numeric_limits<uint32_t>::max()) fail(path, tokens_key + " holds more than 4 GiB of text");
+    const auto [it, fresh] = t.by_text.emplace(std::move(tok.text), int32_t(id));
+    if (!fresh) fail(path, tokens_key + ": token '" + it->first + "' is at ids " + std::to_string(it->second) + " and " + std::to_string(id));
+  }
+  t.offset[count] = uint32_t(t.blob.size());
+
+  // The token of every single byte: where BPE starts.
+  std::fill(std::begin(t.byte_id), std::end(t.byte_id), -1);
+  for (int b = 0; b < 256; ++b) {
+    auto it = t.by_text.find(bytes_to_alphabet(alphabet, std::string(1, char(b))));
+    if (it == t.by_text.end() || t.kind[size_t(it->second)] != Kind::kVocab)
+      fail(path, tokens_key + " has no token for byte " + std::to_string(b));
+    t.byte_id[b] = it->second;
+  }
+
+  // Merges: rank = position.
+  t.merges.reserve(parts.merges.size());
+  std::string joined;
+  for (size_t r = 0; r < parts.merges.size(); ++r) {
+    const auto& [left, right] = parts.merges[r];
+    joined.assign(left).append(right);
+    auto a = t.by_text.find(left), b = t.by_text.find(right), c = t.by_text.find(joined);
+    const std::string* missing = a == t.by_text.end() ? &left : b == t.by_text.end() ? &right : c == t.by_text.end() ? &joined : nullptr;
+    if (missing)
+      fail(path, parts.merges_key + "[" + std::to_string(r) + "] uses a token that is not in " + tokens_key + ": '" + *missing + "'");
+    t.merges.insert(a->second, b->second, uint32_t(r), c->second);  // a repeated pair keeps its first rank
+  }
+
+  // Pre-tokenizer regexes.
+  for (size_t k = 0; k < parts.splits.size(); ++k) {
+    const std::string pattern = onig_to_pcre2(parts.splits[k]);
     int err = 0;
     PCRE2_SIZE err_at = 0;
     pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
@@ -881,16 +936,55 @@ Tokenizer Tokenizer::load(const std::filesystem::path& path) {
     if (!code) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(err, msg, sizeof msg);
-      fail(path, where + ": regex does not compile at offset " + std::to_string(err_at) + ": " +
-                     reinterpret_cast<const char*>(msg));
+      fail(path, parts.splits_key + " step " + std::to_string(k) + ": regex does not compile at offset " +
+                     std::to_string(err_at) + ": " + reinterpret_cast<const char*>(msg));
     }
     const bool jit = pcre2_jit_compile(code, PCRE2_JIT_COMPLETE) == 0;
     t.splits.push_back(Regex{code, jit});
   }
+  t.split_sources = std::move(parts.splits);
 
-  t.bos = t.by_text.count("<｜begin▁of▁sentence｜>") ? t.by_text["<｜begin▁of▁sentence｜>"] : -1;
-  t.eos = t.by_text.count("<｜end▁of▁sentence｜>") ? t.by_text["<｜end▁of▁sentence｜>"] : -1;
+  auto marker = [&](int32_t given, std::string_view text, const char* what) {
+    if (given < 0) {
+      auto it = t.by_text.find(std::string(text));
+      return it == t.by_text.end() ? -1 : it->second;
+    }
+    if (size_t(given) >= count || t.kind[size_t(given)] == Kind::kUnused)
+      fail(path, std::string(what) + " id " + std::to_string(given) + " is not a token");
+    return given;
+  };
+  t.bos = marker(parts.bos, "<｜begin▁of▁sentence｜>", "BOS");
+  t.eos = marker(parts.eos, "<｜end▁of▁sentence｜>", "EOS");
   return Tokenizer(std::move(impl));
+}
+
+TokenizerParts Tokenizer::parts() const {
+  const Impl& t = *impl_;
+  TokenizerParts p;
+  p.file = t.file;
+  p.tokens_key = t.tokens_key;
+  p.added_key = t.added_key;
+  p.merges_key = t.merges_key;
+  p.splits_key = t.splits_key;
+  const ByteAlphabet alphabet;
+  const int32_t n = int32_t(t.size());
+  p.tokens.resize(size_t(n));
+  for (int32_t id = 0; id < n; ++id) {
+    TokenizerParts::Token& tok = p.tokens[size_t(id)];
+    tok.kind = t.kind[size_t(id)];
+    if (tok.kind == TokenizerParts::Kind::kVocab) tok.text = bytes_to_alphabet(alphabet, t.bytes(id));
+    else if (tok.kind == TokenizerParts::Kind::kAdded) tok.text = std::string(t.bytes(id));
+    tok.special = t.special[size_t(id)];
+    tok.normalized = t.normalized[size_t(id)];
+  }
+  auto entries = t.merges.entries();
+  std::sort(entries.begin(), entries.end());
+  p.merges.reserve(entries.size());
+  for (const auto& [rank, a, b] : entries) p.merges.emplace_back(p.tokens[size_t(a)].text, p.tokens[size_t(b)].text);
+  p.splits = t.split_sources;
+  p.bos = t.bos;
+  p.eos = t.eos;
+  return p;
 }
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special) const {

@@ -1,4 +1,5 @@
-// Byte-level BPE tokenizer read from a Hugging Face tokenizer.json (DeepSeek-V3/V3.2).
+// Byte-level BPE tokenizer (DeepSeek-V3/V3.2) read from a Hugging Face tokenizer.json or
+// built from the parts another file carries (a GGUF file: engine/gguf_tokenizer.h).
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -6,14 +7,48 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace hearth {
+
+// What a byte-level BPE tokenizer is made of, whichever file described it: a Hugging Face
+// tokenizer.json (Tokenizer::load) or a GGUF file's tokenizer.ggml.* metadata
+// (engine/gguf_tokenizer.h). Tokenizer::build makes the tokenizer; parts() gives them back.
+struct TokenizerParts {
+  enum class Kind : uint8_t {
+    kUnused,  // no token: never produced, decodes to nothing (GGUF "[PAD…]" padding)
+    kVocab,   // a BPE token, spelled in the GPT-2 byte-level alphabet ("Ġthe" for " the")
+    kAdded,   // matched whole in the raw text before BPE; spelled as its content ("<｜User｜>")
+  };
+  struct Token {
+    std::string text;
+    Kind kind = Kind::kUnused;
+    bool special = false;     // kAdded: Hugging Face's "special" / GGUF CONTROL
+    bool normalized = false;  // kAdded: matched only in the gaps the others leave
+  };
+  std::vector<Token> tokens;                                // index = id
+  std::vector<std::pair<std::string, std::string>> merges;  // by rank, as token texts
+  std::vector<std::string> splits;  // pre-tokenizer: Split(regex, Isolated) in order, Oniguruma syntax
+  int32_t bos = -1, eos = -1;       // -1: the token spelled <｜begin▁of▁sentence｜> / <｜end▁of▁sentence｜>
+
+  // Where the parts came from: every error names the file and the key at fault.
+  std::filesystem::path file;
+  std::string tokens_key = "model.vocab", added_key = "added_tokens", merges_key = "model.merges",
+              splits_key = "pre_tokenizer";
+};
 
 class Tokenizer {
  public:
   // Throws std::runtime_error naming the file on anything it cannot use.
   static Tokenizer load(const std::filesystem::path& tokenizer_json);
+  // The one construction path of every loader. Throws std::runtime_error naming
+  // parts.file and the key: a token not in the byte-level alphabet, an empty or repeated
+  // token text, a byte without a token, a merge naming an unknown token, a bad regex.
+  static Tokenizer build(TokenizerParts parts);
+  // The parts back (ids past the last token are not included; a merge repeated in the
+  // source appears once, at its first rank).
+  TokenizerParts parts() const;
   ~Tokenizer();
   Tokenizer(Tokenizer&&) noexcept;
   Tokenizer& operator=(Tokenizer&&) noexcept;

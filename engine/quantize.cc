@@ -1,0 +1,200 @@
+#include "engine/quantize.h"
+
+#include <algorithm>
+#include <chrono>
+#include <stdexcept>
+#include <vector>
+
+#include "engine/gguf.h"
+#include "engine/gguf_tokenizer.h"
+#include "engine/tokenizer.h"
+#include "offload/thread_pool.h"
+#include "quant/block_formats.h"
+
+namespace hearth {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+bool is_k_quant(DType t) { return dtype_block_elems(t) == kQK_K; }
+
+std::string type_text(DType t) { return std::string(dtype_name(t)); }
+
+// The name a file gets without --name: the model directory's or the file's stem.
+std::string default_name(const fs::path& input) {
+  fs::path p = input;
+  if (!p.has_filename()) p = p.parent_path();  // "dir/"
+  return p.stem().string();
+}
+
+}  // namespace
+
+DType default_tensor_type(const GgufExportTensor& t, DType type) {
+  if (t.dims.size() == 1 || t.kind == GgufTensorKind::kRouter || t.name.ends_with(".indexer.proj.weight"))
+    return DType::F32;
+  const int64_t n = t.row_elems();
+  if (n % dtype_block_elems(type) == 0) return type;
+  if (is_k_quant(type) && n % dtype_block_elems(DType::Q8_0) == 0) return DType::Q8_0;
+  return DType::F16;
+}
+
+std::function<DType(const GgufExportTensor&)> uniform_type_for(DType type) {
+  return [type](const GgufExportTensor& t) { return default_tensor_type(t, type); };
+}
+
+uint32_t llama_file_type(DType t) {
+  switch (t) {
+    case DType::F32: return 0;
+    case DType::F16: return 1;
+    case DType::Q4_0: return 2;
+    case DType::Q8_0: return 7;
+    case DType::Q2_K: return 10;
+    case DType::Q3_K: return 11;
+    case DType::Q4_K: return 14;
+    case DType::Q5_K: return 16;
+    case DType::Q6_K: return 18;
+    case DType::Q4_1: return 3;
+    case DType::Q5_0: return 8;
+    case DType::Q5_1: return 9;
+    case DType::IQ4_NL: return 25;
+    case DType::IQ4_XS: return 30;
+    case DType::BF16: return 32;
+    case DType::F8_E4M3: break;
+  }
+  throw std::invalid_argument("GGUF has no file type for " + type_text(t));
+}
+
+// The tokenizer travels with the model, so llama.cpp (and hearth without a tokenizer.json)
+// can run the file: a GGUF input's tokenizer.* keys are copied as they are; a Hugging Face
+// directory's tokenizer.json (+ tokenizer_config.json: chat template, pad token) is
+// written as llama.cpp's converter writes it. Returns where it came from ("" if none).
+static std::string add_tokenizer_metadata(GgufWriter& w, const fs::path& input, const OpenCheckpoint& ck) {
+  if (ck.gguf) {
+    const GgufFile src(input);
+    bool any = false;
+    for (const GgufKeyValue& kv : src.metadata())
+      if (kv.key.starts_with("tokenizer.")) w.add(kv.key, kv.value), any = true;
+    return any ? input.string() : std::string();
+  }
+  const fs::path json = input / "tokenizer.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(json, ec)) return {};
+  const Tokenizer tok = Tokenizer::load(json);
+  GgufTokenizerExtras extras;
+  const fs::path config = input / "tokenizer_config.json";
+  if (fs::is_regular_file(config, ec)) extras = tokenizer_config_extras(config, tok);
+  extras.vocab_size = ck.config.vocab_size;
+  add_gguf_tokenizer(w, tok, extras);
+  return json.string();
+}
+
+QuantizeResult quantize_model(const QuantizeOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
+  if (o.output.empty()) throw std::runtime_error("quantize: no output file given");
+  std::error_code ec;
+  if (fs::exists(o.output, ec) && fs::exists(o.input, ec) && fs::equivalent(o.input, o.output, ec))
+    throw std::runtime_error("quantize: output '" + o.output.string() + "' is the input");
+  if (fs::is_directory(o.output, ec))
+    throw std::runtime_error("quantize: output '" + o.output.string() + "' is a directory");
+
+  const OpenCheckpoint ck = open_checkpoint(o.input);
+  const std::vector<GgufExportTensor> plan =
+      plan_gguf_export(ck.config, ck.store, GgufExportOptions{.split_kv_b = o.split_kv_b});
+  const auto type_for = o.type_for ? o.type_for : uniform_type_for(DType::Q8_0);
+
+  // Every type is chosen and checked before the file is created.
+  std::vector<const BlockFormat*> formats;
+  QuantizeResult res;
+  res.config = ck.config;
+  std::map<DType, uint64_t> bytes_by_type;
+  uint64_t in_total = 0, out_total = 0;
+  for (const GgufExportTensor& t : plan) {
+    const DType d = type_for(t);
+    const BlockFormat* f = block_format_of(d);
+    if (!f) throw std::runtime_error("tensor '" + t.name + "': GGUF cannot hold " + type_text(d));
+    if (t.row_elems() % f->block_elems != 0)
+      throw std::runtime_error("tensor '" + t.name + "': rows of " + std::to_string(t.row_elems()) +
+                                  " values are not a whole number of " + type_text(d) + " blocks (" +
+                                  std::to_string(f->block_elems) + ")");
+    formats.push_back(f);
+    const uint64_t bytes = uint64_t(f->row_bytes(t.row_elems()) * t.rows());
+    in_total += t.source_bytes;
+    out_total += bytes;
+    QuantizeTypeCount& n = res.by_type[d];
+    ++n.tensors;
+    n.bytes += bytes;
+    if (t.dims.size() > 1) bytes_by_type[d] += bytes;
+  }
+  res.tensors = int64_t(plan.size());
+  res.tensor_bytes = out_total;
+  if (o.file_type) {
+    res.file_type = *o.file_type;
+  } else {  // the type holding most of the matrices' bytes
+    DType main = DType::F32;
+    uint64_t best = 0;
+    for (const auto& [d, b] : bytes_by_type)
+      if (b > best) best = b, main = d;
+    res.file_type = llama_file_type(main);
+  }
+
+  GgufWriter w(o.output);
+  add_gguf_model_metadata(w, ck.config, o.name.empty() ? default_name(o.input) : o.name);
+  res.tokenizer = add_tokenizer_metadata(w, o.input, ck);
+  w.add("general.file_type", GgufValue(res.file_type));
+  w.add("general.quantization_version", GgufValue(uint32_t(2)));
+  for (size_t i = 0; i < plan.size(); ++i) w.add_tensor(plan[i].name, formats[i]->type, plan[i].dims);
+
+  ThreadPool pool(o.threads);
+  QuantizeProgress p;
+  p.tensor_count = int64_t(plan.size());
+  p.bytes_in_total = in_total;
+  p.bytes_out_total = out_total;
+  std::vector<float> rows;
+  std::vector<uint8_t> packed;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const GgufExportTensor& t = plan[i];
+    const BlockFormat& f = *formats[i];
+    const int64_t n = t.row_elems(), total = t.rows(), rb = f.row_bytes(n);
+    const int64_t per_expert = t.layout == GgufLayout::kExperts ? t.dims[1] : total;
+    const int64_t chunk = std::max<int64_t>(1, o.chunk_bytes / int64_t(n * sizeof(float)));
+    p.tensor = &t;
+    p.type = *dtype_of(f.type);
+    p.tensor_index = int64_t(i);
+    const uint64_t in_before = p.bytes_in_done;
+    for (int64_t r0 = 0; r0 < total || (total == 0 && r0 == 0); r0 += chunk) {
+      if (o.cancel && o.cancel->load()) throw std::runtime_error("quantize: cancelled");
+      const int64_t cn = std::min(chunk, total - r0);
+      rows.resize(size_t(cn * n));
+      packed.resize(size_t(cn * rb));
+      // Importance vectors of the experts this chunk touches, fetched on this thread.
+      std::vector<const float*> imp;
+      const int64_t e0 = r0 / per_expert, e1 = cn > 0 ? (r0 + cn - 1) / per_expert : e0;
+      if (o.importance)
+        for (int64_t e = e0; e <= e1; ++e)
+          imp.push_back(o.importance(t.name, t.layout == GgufLayout::kExperts ? e : -1, n));
+      pool.parallel_for(
+          cn,
+          [&](int64_t a, int64_t b) {
+            t.rows(r0 + a, b - a, rows.data() + a * n);
+            for (int64_t r = a; r < b; ++r) {
+              const float* im = imp.empty() ? nullptr : imp[size_t((r0 + r) / per_expert - e0)];
+              f.quantize_row(rows.data() + r * n, packed.data() + r * rb, n, im);
+            }
+          },
+          8);
+      w.write(t.name, packed.data(), uint64_t(cn * rb));
+      p.bytes_out_done += uint64_t(cn * rb);
+      p.bytes_in_done = in_before + (total ? t.source_bytes * uint64_t(r0 + cn) / uint64_t(total) : t.source_bytes);
+      if (o.progress) o.progress(p);
+      if (total == 0) break;
+    }
+  }
+  if (o.cancel && o.cancel->load()) throw std::runtime_error("quantize: cancelled");
+  w.finish();
+  res.file_bytes = fs::file_size(o.output);
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return res;
+}
+
+}  // namespace hearth
