@@ -160,12 +160,16 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     ctx.rope.apply_interleaved(kpe, pos);
   }
 
-  IndexerQueries iq;
-  if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data());
   std::vector<std::vector<int32_t>> picked(static_cast<size_t>(T));
-  for (int64_t r = 0; r < T; ++r) picked[size_t(r)] = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr, r);
+  {
+    ScopedPhase phase(A.has_indexer ? ctx.probes.profiler : nullptr, Phase::kIndexer);
+    IndexerQueries iq;
+    if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data());
+    for (int64_t r = 0; r < T; ++r) picked[size_t(r)] = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr, r);
+  }
 
   std::vector<float> attn(static_cast<size_t>(T * nh * vd));
+  std::vector<int32_t> absorbed;  // rows that take the weight-absorbed path, all chunks together
   for (size_t ci = 0; ci < ctx.chunks.size(); ++ci) {
     const int64_t first = ctx.chunk_first_row[ci], n = int64_t(ctx.chunks[ci].tokens.size());
     if (n == 0) continue;
@@ -178,66 +182,90 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     const int64_t nk = int64_t(keys.size());
     const bool expand_fits = nk * nh * kvb_stride * int64_t(sizeof(float)) <= kMaxExpandedBytes;
     const bool prefill = ctx.path == AttentionPath::kPrefill || (ctx.path == AttentionPath::kAuto && n > 1 && expand_fits);
-    if (prefill) {
-      // Expand per-head keys (nope part) and values of those positions: one GEMM.
-      const int64_t end = ctx.chunk_start_pos[ci] + n;
-      std::vector<int32_t> slot(static_cast<size_t>(end), -1);
-      std::vector<float> lat(static_cast<size_t>(nk * kvr)), kvb(static_cast<size_t>(nk * nh * kvb_stride));
-      for (int64_t i = 0; i < nk; ++i) {
-        slot[size_t(keys[size_t(i)])] = int32_t(i);
-        std::copy_n(ctx.cache.latent(layer, seq, keys[size_t(i)]), kvr, lat.data() + i * kvr);
-      }
-      linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
-      ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
-        std::vector<float> sc;
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t r = first + i / nh, h = i % nh;
-          const float* qh = q.data() + (r * nh + h) * qk;
-          const std::vector<int32_t>& pk = picked[size_t(r)];
-          sc.resize(pk.size());
-          for (size_t j = 0; j < pk.size(); ++j) {
-            const int64_t s = pk[j];
-            const float* kh = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
-            sc[j] = (dot(qh, kh, nope) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
-          }
-          softmax_inplace(sc.data(), int64_t(sc.size()));
-          float* o = attn.data() + (r * nh + h) * vd;
-          std::fill(o, o + vd, 0.0f);
-          for (size_t j = 0; j < pk.size(); ++j) {
-            const float* vh = kvb.data() + (int64_t(slot[size_t(pk[j])]) * nh + h) * kvb_stride + nope;
-            for (int64_t d = 0; d < vd; ++d) o[d] += sc[j] * vh[d];
-          }
+    if (!prefill) {
+      for (int64_t r = first; r < first + n; ++r) absorbed.push_back(int32_t(r));
+      continue;
+    }
+    // Expand per-head keys (nope part) and values of those positions: one GEMM.
+    const int64_t end = ctx.chunk_start_pos[ci] + n;
+    std::vector<int32_t> slot(static_cast<size_t>(end), -1);
+    std::vector<float> lat(static_cast<size_t>(nk * kvr)), kvb(static_cast<size_t>(nk * nh * kvb_stride));
+    for (int64_t i = 0; i < nk; ++i) {
+      slot[size_t(keys[size_t(i)])] = int32_t(i);
+      std::copy_n(ctx.cache.latent(layer, seq, keys[size_t(i)]), kvr, lat.data() + i * kvr);
+    }
+    linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
+    ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
+      std::vector<float> sc;
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t r = first + i / nh, h = i % nh;
+        const float* qh = q.data() + (r * nh + h) * qk;
+        const std::vector<int32_t>& pk = picked[size_t(r)];
+        sc.resize(pk.size());
+        for (size_t j = 0; j < pk.size(); ++j) {
+          const int64_t s = pk[j];
+          const float* kh = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
+          sc[j] = (dot(qh, kh, nope) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
         }
-      });
-    } else {
-      // Weight-absorbed: q_lat = W_uk(h)^T q_nope; score = q_lat . latent + q_pe . k_pe;
-      // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist.
-      ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
-        std::vector<float> qlat(static_cast<size_t>(kvr)), olat(static_cast<size_t>(kvr)), sc, band(static_cast<size_t>(nh * kvb_stride));
-        for (int64_t i = i0; i < i1; ++i) {
-          const int64_t r = first + i / nh, h = i % nh;
+        softmax_inplace(sc.data(), int64_t(sc.size()));
+        float* o = attn.data() + (r * nh + h) * vd;
+        std::fill(o, o + vd, 0.0f);
+        for (size_t j = 0; j < pk.size(); ++j) {
+          const float* vh = kvb.data() + (int64_t(slot[size_t(pk[j])]) * nh + h) * kvb_stride + nope;
+          for (int64_t d = 0; d < vd; ++d) o[d] += sc[j] * vh[d];
+        }
+      }
+    });
+  }
+
+  if (!absorbed.empty()) {
+    // Weight-absorbed: q_lat = W_uk(h)^T q_nope; score = q_lat . latent + q_pe . k_pe;
+    // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist. One work item
+    // per head covers every absorbed row of the step (all sequences of a batched decode),
+    // so each head's kv_b band is decoded and read once per step, not once per token.
+    const int64_t R = int64_t(absorbed.size());
+    const bool slice_ok = A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale || (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
+    ctx.pool.parallel_for(nh, [&](int64_t h0, int64_t h1) {
+      std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(R * kvr)), olat(static_cast<size_t>(R * kvr)), sc;
+      std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
+      ActivationRows olat_rows;
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t t = 0; t < R; ++t)
+          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
+        std::fill(qlat.begin(), qlat.end(), 0.0f);
+        matmul_t_accumulate_rows(A.kv_b, h * kvb_stride, nope, qn.data(), nope, R, qlat.data(), kvr, 0, kvr);
+        for (int64_t t = 0; t < R; ++t) {
+          const int64_t r = absorbed[size_t(t)];
+          const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
           const float* qh = q.data() + (r * nh + h) * qk;
-          std::fill(qlat.begin(), qlat.end(), 0.0f);
-          matmul_t_accumulate(A.kv_b, h * kvb_stride, nope, qh, qlat.data(), 0, kvr);
+          const float* ql = qlat.data() + t * kvr;
           const std::vector<int32_t>& pk = picked[size_t(r)];
           sc.resize(pk.size());
           for (size_t j = 0; j < pk.size(); ++j) {
             const int64_t s = pk[j];
-            sc[j] = (dot(qlat.data(), ctx.cache.latent(layer, seq, s), kvr) +
-                     dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+            sc[j] = (dot(ql, ctx.cache.latent(layer, seq, s), kvr) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
           }
           softmax_inplace(sc.data(), int64_t(sc.size()));
-          std::fill(olat.begin(), olat.end(), 0.0f);
+          float* ol = olat.data() + t * kvr;
+          std::fill(ol, ol + kvr, 0.0f);
           for (size_t j = 0; j < pk.size(); ++j) {
             const float* lt = ctx.cache.latent(layer, seq, pk[j]);
-            for (int64_t d = 0; d < kvr; ++d) olat[size_t(d)] += sc[j] * lt[d];
+            for (int64_t d = 0; d < kvr; ++d) ol[d] += sc[j] * lt[d];
           }
-          const int64_t v0 = h * kvb_stride + nope;
-          matmul_rows(A.kv_b, olat.data(), kvr, 1, band.data(), 0, v0, v0 + vd);
-          std::copy_n(band.data() + v0, vd, attn.data() + (r * nh + h) * vd);
         }
-      });
-    }
+        const int64_t v0 = h * kvb_stride + nope;
+        if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
+          const WeightMatrix wv = row_slice(A.kv_b, v0, v0 + vd);
+          olat_rows.prepare(wv.dtype, olat.data(), kvr, R, kvr);
+          matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
+          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+        } else {
+          const int64_t ld = nh * kvb_stride;
+          matmul_rows(A.kv_b, olat.data(), kvr, R, ov.data(), ld, v0, v0 + vd);
+          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+        }
+      }
+    });
   }
   linear(ctx.pool, A.o, attn.data(), T, out);
 }

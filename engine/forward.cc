@@ -13,7 +13,7 @@ Forward::Forward(const Model& model, ThreadPool& pool) : model_(model), pool_(po
 void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, float* logits,
                    AttentionPath path, bool last_only) {
   const ModelConfig& c = model_.config();
-  StepContext ctx{c, pool_, cache, rope_, path, batch, {}, {}, {}, {}};
+  StepContext ctx{c, pool_, cache, rope_, path, batch, {}, {}, {}, {}, probes_};
   for (size_t i = 0; i < batch.size(); ++i) {
     const SequenceChunk& ch = batch[i];
     const int64_t start = cache.length(ch.seq);
@@ -44,16 +44,24 @@ void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, floa
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const Layer& L = model_.layers[size_t(l)];
     for (int64_t r = 0; r < T; ++r) rms_norm(x.data() + r * H, L.attn_norm.data(), H, c.rms_norm_eps, h.data() + r * H);
-    attention_forward(ctx, l, L.attn, h.data(), y.data());
+    {
+      ScopedPhase phase(probes_.profiler, Phase::kAttention);
+      attention_forward(ctx, l, L.attn, h.data(), y.data());
+    }
     for (int64_t i = 0; i < T * H; ++i) x[size_t(i)] += y[size_t(i)];
     for (int64_t r = 0; r < T; ++r) rms_norm(x.data() + r * H, L.ffn_norm.data(), H, c.rms_norm_eps, h.data() + r * H);
-    if (L.is_moe) moe_forward(ctx, L.moe, h.data(), y.data());
-    else mlp_forward(pool_, L.dense, h.data(), T, y.data());
+    if (L.is_moe) {
+      moe_forward(ctx, L.moe, h.data(), y.data());  // marks router, routed and shared experts
+    } else {
+      ScopedPhase phase(probes_.profiler, Phase::kDenseMlp);
+      mlp_forward(pool_, L.dense, h.data(), T, y.data());
+    }
     for (int64_t i = 0; i < T * H; ++i) x[size_t(i)] += y[size_t(i)];
   }
 
   if (!logits) return;
   // Final norm and head, on every row or on each chunk's last row.
+  ScopedPhase phase(probes_.profiler, Phase::kHead);
   std::vector<int64_t> rows;
   for (size_t i = 0; i < batch.size(); ++i) {
     const int64_t first = ctx.chunk_first_row[i], n = int64_t(batch[i].tokens.size());

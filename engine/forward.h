@@ -6,6 +6,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/profile.h"
 #include "engine/rope.h"
 #include "offload/thread_pool.h"
 
@@ -37,10 +38,16 @@ class Forward {
 
   const Model& model() const { return model_; }
 
+  // Where later steps report their phase times and expert reads (engine/profile.h);
+  // the pointed-to objects must outlive those steps. Default: none.
+  void set_probes(const StepProbes& probes) { probes_ = probes; }
+  const StepProbes& probes() const { return probes_; }
+
  private:
   const Model& model_;
   ThreadPool& pool_;
   Rope rope_;
+  StepProbes probes_;
 };
 
 }  // namespace hearth

@@ -20,6 +20,7 @@ struct StepContext {
   std::vector<int64_t> chunk_start_pos;  // cache length of each chunk's sequence before the step
   std::vector<int32_t> row_chunk;
   std::vector<int64_t> row_pos;
+  StepProbes probes;  // optional phase timer and expert-read counter
   int64_t rows() const { return int64_t(row_pos.size()); }
 };
 

@@ -3,18 +3,15 @@
 #include <cmath>
 #include <numeric>
 
+#include "engine/experts.h"
 #include "engine/layers.h"
 #include "engine/ops.h"
+#include "engine/read_bytes.h"
 
 namespace hearth {
 
 void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out) {
-  const int64_t inter = mlp.gate.rows;
-  std::vector<float> g(static_cast<size_t>(rows * inter)), u(static_cast<size_t>(rows * inter));
-  linear(pool, mlp.gate, x, rows, g.data());
-  linear(pool, mlp.up, x, rows, u.data());
-  for (size_t i = 0; i < g.size(); ++i) g[i] = silu(g[i]) * u[i];
-  linear(pool, mlp.down, g.data(), rows, out);
+  mlp_rows(pool, mlp, x, rows, out);
 }
 
 Routing route_token(const ModelConfig& c, const float* logits, const std::vector<float>& bias) {
@@ -70,35 +67,51 @@ Routing route_token(const ModelConfig& c, const float* logits, const std::vector
 void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* out) {
   const ModelConfig& c = ctx.config;
   const int64_t T = ctx.rows(), H = c.hidden_size, E = c.n_routed_experts;
-  std::vector<float> logits(static_cast<size_t>(T * E));
-  linear(ctx.pool, moe.router, x, T, logits.data());
-
+  Profiler* prof = ctx.probes.profiler;
   // Group the batch's tokens by expert so each expert's weights are read once per step.
-  std::vector<std::vector<std::pair<int64_t, float>>> by_expert(static_cast<size_t>(E));
-  for (int64_t r = 0; r < T; ++r) {
-    const Routing route = route_token(c, logits.data() + r * E, moe.router_bias);
-    for (size_t i = 0; i < route.experts.size(); ++i) by_expert[size_t(route.experts[i])].push_back({r, route.weights[i]});
+  // The lists are reused from step to step (their capacity kept): no allocation per step.
+  static thread_local std::vector<ExpertWork> by_expert;
+  by_expert.resize(size_t(E));
+  for (int64_t e = 0; e < E; ++e) {
+    by_expert[size_t(e)].mlp = &moe.experts[size_t(e)];
+    by_expert[size_t(e)].rows.clear();
+    by_expert[size_t(e)].weights.clear();
+  }
+  {
+    ScopedPhase phase(prof, Phase::kRouter);
+    std::vector<float> logits(static_cast<size_t>(T * E));
+    linear(ctx.pool, moe.router, x, T, logits.data());
+    for (int64_t r = 0; r < T; ++r) {
+      const Routing route = route_token(c, logits.data() + r * E, moe.router_bias);
+      for (size_t i = 0; i < route.experts.size(); ++i) {
+        ExpertWork& w = by_expert[size_t(route.experts[i])];
+        w.rows.push_back(int32_t(r));
+        w.weights.push_back(route.weights[i]);
+      }
+    }
+  }
+  if (ExpertUsage* usage = ctx.probes.experts) {
+    int64_t hit = 0, bytes = 0;
+    for (int64_t e = 0; e < E; ++e)
+      if (!by_expert[size_t(e)].rows.empty()) {
+        ++hit;
+        bytes += mlp_read_bytes(moe.experts[size_t(e)]);
+      }
+    usage->record(hit, bytes);
   }
 
   std::fill(out, out + T * H, 0.0f);
-  std::vector<float> xe, ye;
-  for (int64_t e = 0; e < E; ++e) {
-    const auto& rows = by_expert[size_t(e)];
-    if (rows.empty()) continue;
-    const int64_t n = int64_t(rows.size());
-    xe.resize(static_cast<size_t>(n * H));
-    ye.resize(static_cast<size_t>(n * H));
-    for (int64_t i = 0; i < n; ++i) std::copy_n(x + rows[size_t(i)].first * H, H, xe.data() + i * H);
-    mlp_forward(ctx.pool, moe.experts[size_t(e)], xe.data(), n, ye.data());
-    for (int64_t i = 0; i < n; ++i) {
-      float* o = out + rows[size_t(i)].first * H;
-      const float w = rows[size_t(i)].second;
-      for (int64_t d = 0; d < H; ++d) o[d] += w * ye[size_t(i * H + d)];
-    }
+  {
+    // Every expert hit in the step: one parallel region for all gates and ups, one for
+    // all downs (engine/experts.h), then the weighted sum in expert order.
+    ScopedPhase phase(prof, Phase::kRoutedExperts);
+    experts_accumulate(ctx.pool, by_expert, x, H, out);
   }
   if (moe.has_shared) {
-    ye.resize(static_cast<size_t>(T * H));
-    mlp_forward(ctx.pool, moe.shared, x, T, ye.data());
+    ScopedPhase phase(prof, Phase::kSharedExperts);
+    static thread_local std::vector<float> ye;
+    if (ye.size() < size_t(T * H)) ye.resize(size_t(T * H));
+    mlp_rows(ctx.pool, moe.shared, x, T, ye.data());
     for (int64_t i = 0; i < T * H; ++i) out[i] += ye[size_t(i)];
   }
 }

@@ -83,11 +83,29 @@ const char* kBenchPreset = R"({
   "num_nextn_predict_layers": 0
 })";
 
+// The real DeepSeek-V3.2 shape (deepseek-ai/DeepSeek-V3.2-Exp's config.json): 61 layers
+// (the first 3 dense), hidden 7168, 128 heads, 256 experts top-8, the 64-head indexer,
+// one MTP layer. 671 B parameters plus the MTP layer: only ever built in memory
+// (`hearth bench --synthetic v32-full`), where the RAM check refuses it on small machines.
+const char* kV32FullPreset = R"({
+  "architectures": ["DeepseekV32ForCausalLM"], "model_type": "deepseek_v32",
+  "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+  "num_hidden_layers": 61, "first_k_dense_replace": 3, "num_attention_heads": 128, "num_key_value_heads": 128,
+  "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+  "n_routed_experts": 256, "num_experts_per_tok": 8, "n_group": 8, "topk_group": 4,
+  "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
+  "num_nextn_predict_layers": 1
+})";
+
 struct Preset {
   const char* name;
   const char* json;
+  bool memory_only;  // too large to write out: only built in memory
 };
-const Preset kPresets[] = {{"tiny", kTinyPreset}, {"small", kSmallPreset}, {"bench", kBenchPreset}};
+const Preset kPresets[] = {{"tiny", kTinyPreset, false},
+                           {"small", kSmallPreset, false},
+                           {"bench", kBenchPreset, false},
+                           {"v32-full", kV32FullPreset, true}};
 
 // ---------------------------------------------------------------------------------------
 // Counter-based random numbers: element i of a tensor is a pure function of
@@ -119,25 +137,16 @@ inline float normal_at(uint64_t ts, uint64_t i) {
 // ---------------------------------------------------------------------------------------
 // The checkpoint plan
 
-// One generated unit: a tensor, and for FP8 weights its block scales, written right after.
-struct Item {
-  TensorSpec w;
-  bool fp8 = false;
-  TensorSpec scale;
-  float mean = 0.0f, std = 1.0f;
-  uint64_t bytes() const { return w.nbytes() + (fp8 ? scale.nbytes() : 0); }
-};
-
 class Planner {
  public:
   explicit Planner(const ModelConfig& c) : c_(c) {}
 
-  std::vector<Item> plan() {
+  std::vector<SynthTensor> plan() {
     const int64_t h = c_.hidden_size;
     bf16("model.embed_tokens.weight", {c_.vocab_size, h}, 0.0f, 1.0f);
     for (int64_t i = 0; i < c_.num_hidden_layers; ++i) layer(i);
     norm("model.norm.weight", h);
-    if (!c_.tie_word_embeddings) bf16("lm_head.weight", {c_.vocab_size, h}, 0.0f, inv_sqrt(h));
+    if (!c_.tie_word_embeddings) bf16("lm_head.weight", {c_.vocab_size, h}, 0.0f, kHeadGain * inv_sqrt(h));
     for (int64_t k = 0; k < c_.num_nextn_predict_layers; ++k) {
       const int64_t i = c_.num_hidden_layers + k;
       const std::string p = "model.layers." + std::to_string(i) + ".";
@@ -146,7 +155,7 @@ class Planner {
       norm(p + "hnorm.weight", h);
       bf16(p + "eh_proj.weight", {h, 2 * h}, 0.0f, inv_sqrt(2 * h));
       norm(p + "shared_head.norm.weight", h);
-      bf16(p + "shared_head.head.weight", {c_.vocab_size, h}, 0.0f, inv_sqrt(h));
+      bf16(p + "shared_head.head.weight", {c_.vocab_size, h}, 0.0f, kHeadGain * inv_sqrt(h));
       bf16(p + "embed_tokens.weight", {c_.vocab_size, h}, 0.0f, 1.0f);
     }
     return std::move(items_);
@@ -155,9 +164,20 @@ class Planner {
  private:
   static float inv_sqrt(int64_t n) { return float(1.0 / std::sqrt(double(n))); }
 
+  // Conditioning, so the random network behaves like a trained one where it matters for
+  // measuring quantization: each layer adds a small update to the residual stream (the
+  // projections that write into it, o_proj and down_proj, are scaled down), so a routing
+  // or key-selection flip caused by rounding moves the output a little instead of
+  // replacing it; and the head makes peaked next-token distributions (logits with a
+  // spread of a few units) instead of near-uniform ones whose argmax any noise flips.
+  // Without this, KL divergence between two quantizations of the same synthetic model
+  // measures chaos, not quantization error.
+  static constexpr float kResidualWriteGain = 0.1f;
+  static constexpr float kHeadGain = 4.0f;
+
   void add(std::string name, DType dt, std::vector<int64_t> shape, float mean, float std) {
-    Item it;
-    it.w = TensorSpec{std::move(name), dt, std::move(shape)};
+    SynthTensor it;
+    it.weight = TensorSpec{std::move(name), dt, std::move(shape)};
     it.mean = mean;
     it.std = std;
     items_.push_back(std::move(it));
@@ -168,23 +188,23 @@ class Planner {
   void norm(std::string name, int64_t n) { bf16(std::move(name), {n}, 1.0f, 0.1f); }
   // A linear layer's weight [rows, cols]: FP8 with 128x128 block scales when the config
   // is FP8-quantized, BF16 otherwise.
-  void linear(const std::string& prefix, int64_t rows, int64_t cols) {
+  void linear(const std::string& prefix, int64_t rows, int64_t cols, float gain = 1.0f) {
     if (!c_.quantization.present) {
-      bf16(prefix + ".weight", {rows, cols}, 0.0f, inv_sqrt(cols));
+      bf16(prefix + ".weight", {rows, cols}, 0.0f, gain * inv_sqrt(cols));
       return;
     }
     const int64_t br = c_.quantization.block_rows, bc = c_.quantization.block_cols;
-    Item it;
-    it.w = TensorSpec{prefix + ".weight", DType::F8_E4M3, {rows, cols}};
+    SynthTensor it;
+    it.weight = TensorSpec{prefix + ".weight", DType::F8_E4M3, {rows, cols}};
     it.fp8 = true;
     it.scale = TensorSpec{prefix + ".weight_scale_inv", DType::F32, {(rows + br - 1) / br, (cols + bc - 1) / bc}};
-    it.std = inv_sqrt(cols);
+    it.std = gain * inv_sqrt(cols);
     items_.push_back(std::move(it));
   }
   void mlp(const std::string& prefix, int64_t inter) {
     linear(prefix + "gate_proj", inter, c_.hidden_size);
     linear(prefix + "up_proj", inter, c_.hidden_size);
-    linear(prefix + "down_proj", c_.hidden_size, inter);
+    linear(prefix + "down_proj", c_.hidden_size, inter, kResidualWriteGain);
   }
   void layer(int64_t i) {
     const ModelConfig& c = c_;
@@ -199,7 +219,7 @@ class Planner {
     linear(a + "kv_a_proj_with_mqa", c.kv_lora_rank + c.qk_rope_head_dim, h);
     norm(a + "kv_a_layernorm.weight", c.kv_lora_rank);
     linear(a + "kv_b_proj", c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
-    linear(a + "o_proj", h, c.num_attention_heads * c.v_head_dim);
+    linear(a + "o_proj", h, c.num_attention_heads * c.v_head_dim, kResidualWriteGain);
     if (c.has_indexer()) {
       linear(a + "indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
       linear(a + "indexer.wk", c.index_head_dim, h);
@@ -219,7 +239,7 @@ class Planner {
   }
 
   const ModelConfig& c_;
-  std::vector<Item> items_;
+  std::vector<SynthTensor> items_;
 };
 
 // ---------------------------------------------------------------------------------------
@@ -242,54 +262,9 @@ inline float block_scale(float amax, bool ue8m0) {
 }
 
 // Fills `out` with the item's bytes: the tensor, then (FP8) its scales.
-void generate(const Item& it, uint64_t seed, bool ue8m0, ThreadPool& pool, uint8_t* out) {
-  const uint64_t ts = tensor_seed(seed, it.w.name);
-  const float mean = it.mean, sd = it.std;
-  if (!it.fp8) {
-    const int64_t n = int64_t(it.w.nbytes() / dtype_size(it.w.dtype));
-    const bool f32 = it.w.dtype == DType::F32;
-    pool.parallel_for(n, [&](int64_t b, int64_t e) {
-      if (f32) {
-        float* o = reinterpret_cast<float*>(out);
-        for (int64_t i = b; i < e; ++i) o[i] = mean + sd * normal_at(ts, uint64_t(i));
-      } else {
-        uint16_t* o = reinterpret_cast<uint16_t*>(out);
-        for (int64_t i = b; i < e; ++i) o[i] = f32_to_bf16(mean + sd * normal_at(ts, uint64_t(i)));
-      }
-    });
-    return;
-  }
-  const int64_t rows = it.w.shape[0], cols = it.w.shape[1];
-  const int64_t br = 128, bc = 128;
-  const int64_t nbr = it.scale.shape[0], nbc = it.scale.shape[1];
-  uint8_t* q = out;
-  float* scales = reinterpret_cast<float*>(out + it.w.nbytes());
-  pool.parallel_for(nbr, [&](int64_t rb0, int64_t rb1) {
-    std::vector<float> block(size_t(br * bc));
-    for (int64_t rb = rb0; rb < rb1; ++rb) {
-      const int64_t r0 = rb * br, r1 = std::min(rows, r0 + br);
-      for (int64_t cb = 0; cb < nbc; ++cb) {
-        const int64_t c0 = cb * bc, c1 = std::min(cols, c0 + bc), w = c1 - c0;
-        float amax = 0.0f;
-        for (int64_t r = r0; r < r1; ++r) {
-          float* dst = block.data() + (r - r0) * w;
-          const uint64_t base = uint64_t(r * cols + c0);
-          for (int64_t k = 0; k < w; ++k) {
-            const float v = sd * normal_at(ts, base + uint64_t(k));
-            dst[k] = v;
-            amax = std::max(amax, std::fabs(v));
-          }
-        }
-        const float s = block_scale(amax, ue8m0);
-        scales[rb * nbc + cb] = s;
-        for (int64_t r = r0; r < r1; ++r) {
-          const float* src = block.data() + (r - r0) * w;
-          uint8_t* dst = q + r * cols + c0;
-          for (int64_t k = 0; k < w; ++k) dst[k] = f32_to_fp8_e4m3(src[k] / s);
-        }
-      }
-    }
-  });
+void generate(const SynthTensor& it, uint64_t seed, bool ue8m0, ThreadPool& pool, uint8_t* out) {
+  synth_generate_rows(it, seed, ue8m0, pool, 0, it.rows(), out,
+                      it.fp8 ? reinterpret_cast<float*>(out + it.weight.nbytes()) : nullptr);
 }
 
 std::string shard_name(int index, int count) {
@@ -326,8 +301,22 @@ void write_text(const fs::path& path, const std::string& text) {
 
 std::vector<std::string> synth_preset_names() {
   std::vector<std::string> names;
-  for (const Preset& p : kPresets) names.push_back(p.name);
+  for (const Preset& p : kPresets)
+    if (!p.memory_only) names.push_back(p.name);
   return names;
+}
+
+std::vector<std::string> synth_memory_preset_names() {
+  std::vector<std::string> names;
+  for (const Preset& p : kPresets)
+    if (p.memory_only) names.push_back(p.name);
+  return names;
+}
+
+bool synth_preset_is_memory_only(const std::string& name) {
+  for (const Preset& p : kPresets)
+    if (name == p.name) return p.memory_only;
+  return false;
 }
 
 json synth_preset_config(const std::string& name) {
@@ -337,9 +326,12 @@ json synth_preset_config(const std::string& name) {
       j.merge_patch(json::parse(p.json));
       return j;
     }
-  std::string known;
-  for (const Preset& p : kPresets) known += std::string(known.empty() ? "" : ", ") + p.name;
-  throw std::runtime_error("unknown preset '" + name + "' (known presets: " + known + ")");
+  std::string known, memory;
+  for (const Preset& p : kPresets) {
+    std::string& list = p.memory_only ? memory : known;
+    list += std::string(list.empty() ? "" : ", ") + p.name;
+  }
+  throw std::runtime_error("unknown preset '" + name + "' (known presets: " + known + "; in memory only, for hearth bench --synthetic: " + memory + ")");
 }
 
 void apply_config_overrides(json& config, const std::vector<std::string>& sets) {
@@ -378,11 +370,75 @@ json synth_config_json(const std::string& preset, const std::vector<std::string>
 
 std::vector<TensorSpec> checkpoint_tensor_specs(const ModelConfig& config) {
   std::vector<TensorSpec> specs;
-  for (Item& it : Planner(config).plan()) {
-    specs.push_back(std::move(it.w));
+  for (SynthTensor& it : synth_tensor_plan(config)) {
+    specs.push_back(std::move(it.weight));
     if (it.fp8) specs.push_back(std::move(it.scale));
   }
   return specs;
+}
+
+uint64_t SynthTensor::bytes() const { return weight.nbytes() + (fp8 ? scale.nbytes() : 0); }
+
+int64_t SynthTensor::rows() const { return weight.shape.empty() ? 1 : weight.shape[0]; }
+
+std::vector<SynthTensor> synth_tensor_plan(const ModelConfig& config) { return Planner(config).plan(); }
+
+void synth_generate_rows(const SynthTensor& it, uint64_t seed, bool ue8m0, ThreadPool& pool, int64_t row0,
+                         int64_t row1, void* weight_rows, float* scale_rows) {
+  const int64_t rows = it.rows();
+  const int64_t cols = it.weight.shape.size() > 1 ? it.weight.shape[1] : 1;
+  constexpr int64_t br = 128, bc = 128;  // the FP8 block (Planner writes 128x128 scales)
+  if (row0 < 0 || row1 > rows || row0 > row1 || (it.fp8 && (row0 % br != 0 || (row1 % br != 0 && row1 != rows))))
+    throw std::invalid_argument("synth: rows [" + std::to_string(row0) + ", " + std::to_string(row1) +
+                                ") of '" + it.weight.name + "' are not whole blocks of its " + std::to_string(rows) +
+                                " rows");
+  const uint64_t ts = tensor_seed(seed, it.weight.name);
+  const float mean = it.mean, sd = it.std;
+  if (!it.fp8) {
+    // Element i of the tensor is normal_at(ts, i), whichever rows are asked for.
+    const int64_t first = row0 * cols, n = (row1 - row0) * cols;
+    const bool f32 = it.weight.dtype == DType::F32;
+    pool.parallel_for(n, [&](int64_t b, int64_t e) {
+      if (f32) {
+        float* o = static_cast<float*>(weight_rows);
+        for (int64_t i = b; i < e; ++i) o[i] = mean + sd * normal_at(ts, uint64_t(first + i));
+      } else {
+        uint16_t* o = static_cast<uint16_t*>(weight_rows);
+        for (int64_t i = b; i < e; ++i) o[i] = f32_to_bf16(mean + sd * normal_at(ts, uint64_t(first + i)));
+      }
+    });
+    return;
+  }
+  const int64_t nbc = it.scale.shape[1];
+  const int64_t rb_first = row0 / br, nrb = (row1 - row0 + br - 1) / br;
+  uint8_t* q = static_cast<uint8_t*>(weight_rows);  // row row0 at q
+  pool.parallel_for(nrb, [&](int64_t i0, int64_t i1) {
+    std::vector<float> block(size_t(br * bc));
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t rb = rb_first + i;
+      const int64_t r0 = rb * br, r1 = std::min(rows, r0 + br);
+      for (int64_t cb = 0; cb < nbc; ++cb) {
+        const int64_t c0 = cb * bc, c1 = std::min(cols, c0 + bc), w = c1 - c0;
+        float amax = 0.0f;
+        for (int64_t r = r0; r < r1; ++r) {
+          float* dst = block.data() + (r - r0) * w;
+          const uint64_t base = uint64_t(r * cols + c0);
+          for (int64_t k = 0; k < w; ++k) {
+            const float v = sd * normal_at(ts, base + uint64_t(k));
+            dst[k] = v;
+            amax = std::max(amax, std::fabs(v));
+          }
+        }
+        const float s = block_scale(amax, ue8m0);
+        scale_rows[i * nbc + cb] = s;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* src = block.data() + (r - r0) * w;
+          uint8_t* dst = q + (r - row0) * cols + c0;
+          for (int64_t k = 0; k < w; ++k) dst[k] = f32_to_fp8_e4m3(src[k] / s);
+        }
+      }
+    }
+  });
 }
 
 int64_t tokenizer_id_count(const fs::path& path) {
@@ -415,6 +471,9 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   if (o.out_dir.empty()) throw std::runtime_error("no output directory given");
   if (o.shard_size == 0) throw std::runtime_error("shard size must be positive");
+  if (synth_preset_is_memory_only(o.preset))
+    throw std::runtime_error("preset '" + o.preset + "' is only built in memory (hearth bench --synthetic " + o.preset +
+                             "): its checkpoint would not fit a disk");
   json config_json = synth_config_json(o.preset, o.sets);
   if (!o.tokenizer.empty()) {
     const int64_t ids = tokenizer_id_count(o.tokenizer);
@@ -437,7 +496,7 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
   ThreadPool pool(o.threads);
 
   // Plan: tensors in file order, grouped into shards (a weight and its scales stay together).
-  const std::vector<Item> items = Planner(c).plan();
+  const std::vector<SynthTensor> items = synth_tensor_plan(c);
   std::vector<std::vector<size_t>> shards;
   uint64_t cur = 0, largest = 0;
   for (size_t i = 0; i < items.size(); ++i) {
@@ -489,8 +548,8 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
       const std::string fname = shard_name(int(s), int(shards.size()));
       std::vector<TensorSpec> specs;
       for (size_t i : shards[s]) {
-        specs.push_back(items[i].w);
-        weight_map[items[i].w.name] = fname;
+        specs.push_back(items[i].weight);
+        weight_map[items[i].weight.name] = fname;
         if (items[i].fp8) {
           specs.push_back(items[i].scale);
           weight_map[items[i].scale.name] = fname;
@@ -501,13 +560,13 @@ SynthResult synthesize_checkpoint(const SynthOptions& o) {
         // Generate the next tensor while the previous one is being written.
         std::future<void> pending;
         for (size_t i : shards[s]) {
-          const Item& it = items[i];
+          const SynthTensor& it = items[i];
           uint8_t* data = bufs[cur_buf].get(std::max<uint64_t>(it.bytes(), 1));
           generate(it, o.seed, ue8m0, pool, data);
           if (pending.valid()) pending.get();
           pending = std::async(std::launch::async, [&writer, &it, data] {
-            writer.write(it.w.name, data, it.w.nbytes());
-            if (it.fp8) writer.write(it.scale.name, data + it.w.nbytes(), it.scale.nbytes());
+            writer.write(it.weight.name, data, it.weight.nbytes());
+            if (it.fp8) writer.write(it.scale.name, data + it.weight.nbytes(), it.scale.nbytes());
           });
           cur_buf ^= 1;
           done_tensors += it.fp8 ? 2 : 1;

@@ -4,7 +4,10 @@
 // benchmarks that need a model of a given shape without downloading one.
 //
 // The values are numerically sane (linear weights with std ~1/sqrt(fan_in), norm weights
-// near 1, embeddings with std ~1), so activations neither explode nor vanish. Every
+// near 1, embeddings with std ~1), so activations neither explode nor vanish, and
+// conditioned like a trained network's where quantization measurements need it (the
+// projections into the residual stream scaled down, a head that makes peaked
+// distributions: see synth.cc). Every
 // tensor's values depend only on (seed, tensor name): the same seed and configuration give
 // byte-identical files whatever the thread count.
 #pragma once
@@ -18,12 +21,18 @@
 
 #include "engine/config.h"
 #include "engine/safetensors_writer.h"
+#include "offload/thread_pool.h"
 
 namespace hearth {
 
-// "tiny", "small", "bench".
+// The presets `hearth synth` writes: "tiny", "small", "bench".
 std::vector<std::string> synth_preset_names();
-// The HF config.json of a preset; throws naming the known presets for an unknown name.
+// Presets only ever built in memory (`hearth bench --synthetic`): "v32-full", the real
+// DeepSeek-V3.2 shape (671 B parameters + indexer + 1 MTP layer), far too large to write.
+std::vector<std::string> synth_memory_preset_names();
+bool synth_preset_is_memory_only(const std::string& name);
+// The HF config.json of a preset (either list); throws naming the known presets for an
+// unknown name.
 //   tiny:  the shape of tests/data/tiny-v32 (deepseek_v32, hidden 256, 4 layers + 1 MTP).
 //   small: deepseek_v32, hidden 1024, 8 layers, 32 experts.
 //   bench: deepseek_v3, hidden 2048, 12 layers, 64 experts top-8, vocab 129280, YaRN and
@@ -46,6 +55,27 @@ nlohmann::json synth_config_json(const std::string& preset, const std::vector<st
 // layers, final norm, lm_head, then the MTP layers), with HF names, dtypes and shapes.
 // FP8 weights are followed by their "weight_scale_inv" F32 block scales.
 std::vector<TensorSpec> checkpoint_tensor_specs(const ModelConfig& config);
+
+// One generated unit of a synthetic checkpoint: a tensor and, for an FP8 weight, its
+// block scales (stored right after it). Its values are a pure function of (seed, name,
+// element index), so a writer and an in-memory builder produce the same bytes.
+struct SynthTensor {
+  TensorSpec weight;
+  bool fp8 = false;
+  TensorSpec scale;  // FP8 only: "...weight_scale_inv", F32 [ceil(rows/128)][ceil(cols/128)]
+  float mean = 0.0f, std = 1.0f;
+  uint64_t bytes() const;  // weight + scales
+  int64_t rows() const;    // shape[0] (a 1-D tensor's rows are its elements)
+};
+// The units in file order (what checkpoint_tensor_specs flattens).
+std::vector<SynthTensor> synth_tensor_plan(const ModelConfig& config);
+// Generates rows [row0, row1) of `t` into weight_rows (row row0 first, in t's dtype) and,
+// for FP8, the scale rows [row0/128, ceil(row1/128)) into scale_rows; so whole tensors
+// can be produced a band at a time. For FP8, row0 and row1 must fall on 128-row block
+// boundaries (row1 may be the last row); std::invalid_argument otherwise. ue8m0: scales
+// rounded up to powers of two (the config's scale_fmt). Work is split over `pool`.
+void synth_generate_rows(const SynthTensor& t, uint64_t seed, bool ue8m0, ThreadPool& pool, int64_t row0,
+                         int64_t row1, void* weight_rows, float* scale_rows);
 
 struct SynthOptions {
   std::filesystem::path out_dir;  // must not exist, or be an empty directory
@@ -77,6 +107,7 @@ struct SynthResult {
 
 // Writes the checkpoint into a temporary sibling directory and renames it to out_dir at
 // the end, so a failed or interrupted run never leaves a directory that looks complete.
+// Memory-only presets are refused.
 SynthResult synthesize_checkpoint(const SynthOptions& options);
 
 }  // namespace hearth

@@ -1,0 +1,111 @@
+// Throughput measurement in the manner of llama-bench, with a memory-wall analysis:
+// how fast prefill and decode run, and how close decode comes to the speed at which the
+// machine can stream the weights a step must read.
+//
+// Tests (names as llama-bench writes them):
+//   pp<P>        one sequence, P prompt tokens in one step; tokens/s
+//   tg<N>        one sequence, N single-token decode steps, each sampled (argmax); tokens/s
+//   tg<N>@b<B>   B sequences decoding together, one token each per step; aggregate tokens/s
+//   ...@d<D>     the cache first holds D tokens (filled untimed) before the test
+// Tokens are deterministic pseudo-random ids. Each test repeats `reps` times, each from a
+// fresh cache; results are mean ± sample standard deviation.
+//
+// Memory wall: a decode step reads every always-active weight (attention, indexer, dense
+// MLPs, shared experts, routers, head, one embedding row per token) plus the routed
+// experts the batch's tokens were sent to, each distinct expert once, counted from the
+// real routing of the timed steps. wall t/s = bandwidth / bytes per step × batch; the
+// efficiency is the measured t/s over that.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "engine/model.h"
+#include "engine/profile.h"
+#include "offload/bandwidth.h"
+#include "offload/thread_pool.h"
+
+namespace hearth {
+
+struct BenchOptions {
+  std::vector<int64_t> prompts = {512};  // a pp test per entry
+  std::vector<int64_t> gens = {128};     // a tg test per entry and batch
+  std::vector<int64_t> batches = {1};
+  std::vector<int64_t> depths = {0};
+  int reps = 3;
+  bool profile = false;         // per-phase times of the decode tests
+  uint64_t token_seed = 0x5eed;
+  uint64_t bandwidth_bytes = 0;  // buffer for the bandwidth measurement (0: the default)
+  std::function<void(const std::string&)> progress;  // one line per test repetition
+};
+
+// Throws std::invalid_argument naming the option for empty lists, values below 1 (0 is
+// allowed in prompts, gens and depths: the test is skipped / no prefill), reps < 1, or
+// no test at all.
+void validate(const BenchOptions& options);
+
+// Bytes of weights a decode step reads whatever the routing, by kind (FP8 scales
+// included; norm vectors as the float copies the forward pass reads).
+struct ActiveBytes {
+  int64_t attention = 0, indexer = 0, dense_mlp = 0, shared_experts = 0, router = 0, head = 0, norms = 0;
+  int64_t embedding_row = 0;  // per token
+  int64_t per_step(int64_t batch) const;
+};
+
+struct BenchModelInfo {
+  std::string name;
+  int64_t weight_bytes = 0;  // every weight the forward pass uses (the MTP layer is not)
+  int64_t params = 0;
+  std::string quant;         // the format holding the most weight bytes
+  int threads = 0;
+  ActiveBytes active;
+  int64_t moe_layers = 0, experts_per_layer = 0, experts_per_token = 0;
+};
+BenchModelInfo describe_model(const Model& model, const std::string& name, int threads);
+
+struct BenchResult {
+  std::string name;  // "pp512", "tg128@b4@d16384"
+  bool decode = false;
+  int64_t tokens = 0;  // P or N
+  int64_t batch = 1, depth = 0;
+  std::vector<double> tok_s;  // per repetition
+  double mean = 0, sd = 0;
+  // Decode tests only.
+  double experts_per_layer = 0;      // distinct routed experts per MoE layer per step
+  double routed_bytes_per_step = 0;  // their weight bytes, summed over the MoE layers
+  double active_bytes_per_step = 0;  // the always-active weights (ActiveBytes::per_step)
+  double bytes_per_step() const { return routed_bytes_per_step + active_bytes_per_step; }
+  double wall_tok_s = 0;             // bandwidth / bytes_per_step * batch
+  double efficiency = 0;             // mean / wall_tok_s
+  // With BenchOptions::profile: seconds per phase summed over the timed steps (sampling
+  // included), and the tokens they produced.
+  std::optional<std::array<double, kPhaseCount>> phase_seconds;
+  int64_t profiled_tokens = 0;
+};
+
+struct BenchReport {
+  BenchModelInfo model;
+  BandwidthResult bandwidth;
+  std::vector<BenchResult> results;
+};
+
+// Measures the bandwidth with `pool`'s threads, then runs every test.
+BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& model_name, const BenchOptions& options);
+
+// Lines about the machine and the bytes per token, then a pasteable markdown table (and,
+// with profiles, a second table of ms per token and % by phase).
+std::string bench_markdown(const BenchReport& report);
+nlohmann::json bench_json(const BenchReport& report);
+
+// The test names run_bench produces for these options, in order.
+std::vector<std::string> bench_test_names(const BenchOptions& options);
+
+// The most tokens the cache holds at once across the tests (for memory estimates).
+int64_t bench_max_cached_tokens(const BenchOptions& options);
+
+}  // namespace hearth

@@ -1,0 +1,175 @@
+#include "engine/experts.h"
+
+#include <algorithm>
+#include <atomic>
+#include <type_traits>
+
+#include "engine/ops.h"
+#include "quant/weight_matrix.h"
+
+namespace hearth {
+
+namespace {
+
+// Weight bytes one work item streams: big enough that handing items out costs nothing
+// next to reading them, small enough that the last items balance the threads.
+constexpr int64_t kItemBytes = int64_t(128) << 10;
+
+int64_t rows_per_item(const WeightMatrix& w, int64_t matrices) {
+  const int64_t per_row = std::max<int64_t>(1, w.bytes() / std::max<int64_t>(1, w.rows)) * matrices;
+  return std::max<int64_t>(8, (kItemBytes / per_row) & ~int64_t(7));
+}
+
+struct Slot {
+  const Mlp* mlp;
+  const int32_t* pick;  // rows of x (nullptr: rows 0..n-1)
+  int64_t n;
+  size_t gate_in, up_in;  // indices into Scratch::x_rows
+  size_t h_off;           // [n][inter] in Scratch::h and Scratch::u
+  float* y;               // [n][hidden]
+};
+
+struct Item {
+  int32_t slot;
+  int32_t r0, r1;
+};
+
+// Reused from call to call on the thread that drives the step: nothing is allocated
+// once the buffers have grown to the largest step seen.
+struct Scratch {
+  std::vector<ActivationRows> x_rows;  // x prepared for each distinct activation format
+  size_t x_used = 0;
+  std::vector<ActivationRows> h_rows;  // per slot: SiLU(gate) * up prepared for down
+  std::vector<Slot> slots;
+  std::vector<Item> up_items, down_items;
+  std::vector<float> h, u, y;
+};
+
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+size_t prepared_x(Scratch& s, const WeightMatrix& w, const float* x, int64_t T) {
+  for (size_t i = 0; i < s.x_used; ++i)
+    if (s.x_rows[i].fits(w)) return i;
+  if (s.x_rows.size() <= s.x_used) s.x_rows.resize(s.x_used + 1);
+  s.x_rows[s.x_used].prepare(w.dtype, x, w.cols, T, w.cols);
+  return s.x_used++;
+}
+
+// Runs fn(item) for every item, items handed out in order to whichever thread is free.
+template <class Fn>
+void for_items(ThreadPool& pool, int64_t count, Fn&& fn) {
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    int64_t count;
+    std::remove_reference_t<Fn>* fn;
+  } shared{{0}, count, &fn};
+  // One captured pointer: fits std::function's small buffer, so no allocation per region.
+  pool.parallel_for(pool.size(), [sh = &shared](int64_t, int64_t) {
+    for (int64_t i; (i = sh->next.fetch_add(1, std::memory_order_relaxed)) < sh->count;) (*sh->fn)(i);
+  });
+}
+
+// The two regions over s.slots (already filled, with T rows of x behind them).
+void run_slots(ThreadPool& pool, Scratch& s) {
+  s.up_items.clear();
+  s.down_items.clear();
+  size_t h_total = 0;
+  for (size_t k = 0; k < s.slots.size(); ++k) {
+    Slot& sl = s.slots[k];
+    const Mlp& m = *sl.mlp;
+    sl.h_off = h_total;
+    h_total += size_t(sl.n * m.gate.rows);
+    const int64_t ru = rows_per_item(m.gate, 2), rd = rows_per_item(m.down, 1);
+    for (int64_t r = 0; r < m.gate.rows; r += ru)
+      s.up_items.push_back({int32_t(k), int32_t(r), int32_t(std::min(m.gate.rows, r + ru))});
+    for (int64_t r = 0; r < m.down.rows; r += rd)
+      s.down_items.push_back({int32_t(k), int32_t(r), int32_t(std::min(m.down.rows, r + rd))});
+  }
+  if (s.h.size() < h_total) {
+    s.h.resize(h_total);
+    s.u.resize(h_total);
+  }
+
+  for_items(pool, int64_t(s.up_items.size()), [&](int64_t i) {
+    const Item& it = s.up_items[size_t(i)];
+    const Slot& sl = s.slots[size_t(it.slot)];
+    const Mlp& m = *sl.mlp;
+    const int64_t inter = m.gate.rows;
+    float* h = s.h.data() + sl.h_off;
+    float* u = s.u.data() + sl.h_off;
+    matmul_rows(m.gate, s.x_rows[sl.gate_in], sl.pick, sl.n, h, inter, it.r0, it.r1);
+    matmul_rows(m.up, s.x_rows[sl.up_in], sl.pick, sl.n, u, inter, it.r0, it.r1);
+    for (int64_t t = 0; t < sl.n; ++t)
+      for (int64_t r = it.r0; r < it.r1; ++r) h[t * inter + r] = silu(h[t * inter + r]) * u[t * inter + r];
+  });
+
+  // Down's input, quantized once per row; in parallel only when there is enough of it.
+  if (s.h_rows.size() < s.slots.size()) s.h_rows.resize(s.slots.size());
+  auto prepare_h = [&](int64_t k) {
+    const Slot& sl = s.slots[size_t(k)];
+    const int64_t inter = sl.mlp->gate.rows;
+    s.h_rows[size_t(k)].prepare(sl.mlp->down.dtype, s.h.data() + sl.h_off, inter, sl.n, inter);
+  };
+  if (h_total >= size_t(16 * 1024)) for_items(pool, int64_t(s.slots.size()), prepare_h);
+  else for (size_t k = 0; k < s.slots.size(); ++k) prepare_h(int64_t(k));
+
+  for_items(pool, int64_t(s.down_items.size()), [&](int64_t i) {
+    const Item& it = s.down_items[size_t(i)];
+    const Slot& sl = s.slots[size_t(it.slot)];
+    matmul_rows(sl.mlp->down, s.h_rows[size_t(it.slot)], nullptr, sl.n, sl.y, sl.mlp->down.rows, it.r0, it.r1);
+  });
+}
+
+}  // namespace
+
+void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
+                        float* out) {
+  Scratch& s = scratch();
+  s.slots.clear();
+  s.x_used = 0;
+  int64_t T = 0, y_total = 0;
+  for (const ExpertWork& e : experts) {
+    if (e.rows.empty()) continue;
+    T = std::max<int64_t>(T, e.rows.back() + 1);
+    y_total += int64_t(e.rows.size()) * hidden;
+  }
+  if (y_total == 0) return;
+  if (s.y.size() < size_t(y_total)) s.y.resize(size_t(y_total));
+  int64_t y_off = 0;
+  for (const ExpertWork& e : experts) {
+    if (e.rows.empty()) continue;
+    const int64_t n = int64_t(e.rows.size());
+    const size_t gi = prepared_x(s, e.mlp->gate, x, T), ui = prepared_x(s, e.mlp->up, x, T);
+    s.slots.push_back({e.mlp, e.rows.data(), n, gi, ui, 0, s.y.data() + y_off});
+    y_off += n * hidden;
+  }
+  run_slots(pool, s);
+
+  // The weighted sum, in list order (the order a per-expert loop would add in).
+  size_t k = 0;
+  for (const ExpertWork& e : experts) {
+    if (e.rows.empty()) continue;
+    const float* y = s.slots[k++].y;
+    for (size_t i = 0; i < e.rows.size(); ++i) {
+      float* o = out + int64_t(e.rows[i]) * hidden;
+      const float w = e.weights[i];
+      const float* yi = y + int64_t(i) * hidden;
+      for (int64_t d = 0; d < hidden; ++d) o[d] += w * yi[d];
+    }
+  }
+}
+
+void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out) {
+  if (rows <= 0) return;
+  Scratch& s = scratch();
+  s.slots.clear();
+  s.x_used = 0;
+  const size_t gi = prepared_x(s, mlp.gate, x, rows), ui = prepared_x(s, mlp.up, x, rows);
+  s.slots.push_back({&mlp, nullptr, rows, gi, ui, 0, out});
+  run_slots(pool, s);
+}
+
+}  // namespace hearth

@@ -1,0 +1,35 @@
+// Runs several SiLU-gated MLPs (the experts a MoE step hit, or one dense MLP) over their
+// rows of one activation batch as two parallel regions: one for the gate and up
+// projections of every expert, one for every down projection.
+//
+// Each expert's input rows are quantized once per call (not once per projection and
+// thread), gate and up are computed in the same work item so SiLU(gate) * up is formed
+// without a second pass, and the work items (expert, block of output rows) are handed
+// out dynamically so each thread streams whole weight blocks and a thread slowed by
+// the machine does not hold the others back. Every output element is one dot product
+// computed exactly as linear() computes it, so results are bit-identical to running
+// linear() three times per expert, whatever the thread count.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/model.h"
+#include "offload/thread_pool.h"
+
+namespace hearth {
+
+struct ExpertWork {
+  const Mlp* mlp = nullptr;
+  std::vector<int32_t> rows;   // rows of x this expert sees, ascending
+  std::vector<float> weights;  // the weight of its output in each of those rows
+};
+
+// out[r] += sum over experts, in list order, of weight * mlp(x[r]) for each routed row r.
+// x and out are [T][hidden]; hidden = each mlp's gate.cols = down.rows.
+void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
+                        float* out);
+
+// out = mlp(x) for `rows` rows (a dense MLP or the shared expert); the same work split.
+void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out);
+
+}  // namespace hearth

@@ -1,0 +1,177 @@
+// hearth bench through the CLI: the table, the JSON, the profile, the RAM refusal and
+// the flag errors. No timing thresholds: only that numbers are there and positive.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/synth.h"
+#include "support/scratch.h"
+
+using hearth::testing::CliRun;
+using hearth::testing::run_hearth;
+using hearth::testing::TempDir;
+
+namespace {
+
+// The markdown table's rows by test name: every cell, trimmed.
+std::map<std::string, std::vector<std::string>> table_rows(const std::string& md) {
+  std::map<std::string, std::vector<std::string>> rows;
+  std::istringstream in(md);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("| ", 0) != 0 || line.find("---") != std::string::npos) continue;
+    std::vector<std::string> cells;
+    size_t pos = 1;
+    while (pos < line.size()) {
+      const size_t bar = line.find('|', pos);
+      if (bar == std::string::npos) break;
+      std::string cell = line.substr(pos, bar - pos);
+      cell.erase(0, cell.find_first_not_of(' '));
+      cell.erase(cell.find_last_not_of(' ') + 1);
+      cells.push_back(cell);
+      pos = bar + 1;
+    }
+    if (cells.size() >= 7 && cells[0] != "model") rows[cells[5]] = cells;
+  }
+  return rows;
+}
+
+// Options that keep the runs short.
+const std::string kQuick = " -p 16 -n 4 --batch 1,2 -r 1 -t 2";
+
+}  // namespace
+
+TEST_CASE("cli bench: the tiny synthetic preset gives a table with every test and positive numbers") {
+  const CliRun r = run_hearth("bench --synthetic tiny" + kQuick);
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("read bandwidth: ") != std::string::npos);
+  CHECK(r.out.find("always active: ") != std::string::npos);
+  const auto rows = table_rows(r.out);
+  for (const std::string name : {"pp16", "tg4", "tg4@b2"}) {
+    CAPTURE(name);
+    REQUIRE(rows.count(name) == 1);
+    const std::vector<std::string>& c = rows.at(name);
+    REQUIRE(c.size() == 10);
+    CHECK(c[0] == "tiny (synthetic)");
+    CHECK(c[1].find("GiB") != std::string::npos);
+    CHECK(c[3] == "F8_E4M3");
+    CHECK(c[4] == "2");
+    CHECK(std::atof(c[6].c_str()) > 0);  // "mean ± sd"
+    CHECK(c[6].find(" ± ") != std::string::npos);
+    if (name == "pp16") {
+      CHECK(c[7] == "-");
+    } else {
+      CHECK(std::atof(c[7].c_str()) > 0);  // MB/step
+      CHECK(std::atof(c[8].c_str()) > 0);  // wall t/s
+      CHECK(std::atof(c[9].c_str()) > 0);  // efficiency %
+    }
+  }
+  CHECK(rows.size() == 3);
+  CHECK(r.out.find("per-phase") == std::string::npos);  // no --profile
+}
+
+TEST_CASE("cli bench: -o json has the model, the bandwidth and every test's fields") {
+  const CliRun r = run_hearth("bench --synthetic tiny --type q8_0 -o json" + kQuick);
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  CHECK(j["model"]["name"] == "tiny (synthetic)");
+  CHECK(j["model"]["quant"] == "Q8_0");
+  CHECK(j["model"]["params"].get<int64_t>() > 0);
+  CHECK(j["model"]["size_bytes"].get<int64_t>() > 0);
+  CHECK(j["model"]["always_active_bytes"]["head"].get<int64_t>() > 0);
+  CHECK(j["bandwidth"]["bytes_per_second"].get<double>() > 0);
+  CHECK(j["bandwidth"]["threads"] == 2);
+  REQUIRE(j["tests"].size() == 3);
+  std::vector<std::string> names;
+  for (const auto& t : j["tests"]) {
+    names.push_back(t["name"]);
+    CHECK(t["mean"].get<double>() > 0);
+    CHECK(t["tok_s"].size() == 1);
+    if (t["kind"] == "tg") {
+      CHECK(t["bytes_per_step"].get<double>() ==
+            doctest::Approx(t["routed_bytes_per_step"].get<double>() + t["always_active_bytes_per_step"].get<double>()));
+      CHECK(t["experts_per_layer"].get<double>() >= 4);
+      CHECK(t["wall_tok_s"].get<double>() > 0);
+      CHECK(t["efficiency"].get<double>() > 0);
+      CHECK_FALSE(t.contains("profile"));
+    } else {
+      CHECK_FALSE(t.contains("wall_tok_s"));
+    }
+  }
+  CHECK(names == std::vector<std::string>{"pp16", "tg4", "tg4@b2"});
+}
+
+TEST_CASE("cli bench: --profile adds the per-phase table and --depth the @d tests") {
+  const CliRun r = run_hearth("bench --synthetic tiny --profile -p 0 -n 3 --depth 10 -r 1 -t 1");
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  CHECK(table_rows(r.out).count("tg3@d10") == 1);
+  CHECK(r.out.find("per-phase") != std::string::npos);
+  for (const char* phase : {"| attention (MLA) |", "| indexer |", "| router |", "| routed experts |", "| shared experts |",
+                            "| dense MLP |", "| head |", "| sampling |", "| other |", "| total |"})
+    CHECK_MESSAGE(r.out.find(phase) != std::string::npos, phase);
+  const CliRun j = run_hearth("bench --synthetic tiny --profile -p 0 -n 3 -r 1 -t 1 -o json");
+  REQUIRE(j.code == 0);
+  const nlohmann::json p = nlohmann::json::parse(j.out)["tests"][0]["profile"];
+  double percent = 0;
+  for (const auto& [k, v] : p["percent"].items()) percent += v.get<double>();
+  CHECK(percent == doctest::Approx(100.0));
+  CHECK(p["total_ms_per_token"].get<double>() > 0);
+}
+
+TEST_CASE("cli bench: a model directory") {
+  TempDir tmp("hearth-bench-m");
+  hearth::SynthOptions so;
+  so.out_dir = tmp.path / "tinymodel";
+  so.log = nullptr;
+  hearth::synthesize_checkpoint(so);
+  const CliRun r = run_hearth("bench -m " + so.out_dir.string() + " --repack q8_0 -p 8 -n 2 -r 1 -t 1");
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  const auto rows = table_rows(r.out);
+  REQUIRE(rows.count("tg2") == 1);
+  CHECK(rows.at("tg2")[0] == "tinymodel");
+  CHECK(rows.at("tg2")[3] == "Q8_0");
+}
+
+TEST_CASE("cli bench: v32-full in f32 is refused before anything is allocated") {
+  const CliRun r = run_hearth("bench --synthetic v32-full --type f32 -p 16 -n 4 -r 1");
+  INFO(r.all());
+  CHECK(r.code != 0);
+  CHECK(r.out.empty());
+  CHECK(r.err.find("synthetic v32-full model in F32") != std::string::npos);
+  CHECK(r.err.find("GiB of weights, ") != std::string::npos);
+  CHECK(r.err.find(", but only ") != std::string::npos);
+  CHECK(r.err.find("building") == std::string::npos);  // no tensor was generated
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+}
+
+TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"bench", "exactly one of --model and --synthetic"},
+      {"bench --synthetic tiny -m x", "exactly one of --model and --synthetic"},
+      {"bench --synthetic tiny --batch 1,x", "--batch: '1,x' is not a comma-separated list"},
+      {"bench --synthetic tiny --batch 0", "--batch: 0 is below 1"},
+      {"bench --synthetic tiny -r 0", "-r/--repetitions"},
+      {"bench --synthetic tiny -p 0 -n 0", "no test to run"},
+      {"bench --synthetic tiny -o csv", "--output: 'csv'"},
+      {"bench --synthetic tiny --type q9", "--type: 'q9' is not a repack type"},
+      {"bench --synthetic huge", "unknown preset 'huge'"},
+      {"bench -m /nonexistent --type q8_0", "--type applies to --synthetic models only"},
+      {"bench --synthetic tiny --set vocab_size", "--set 'vocab_size': expected KEY=JSON"},
+  };
+  for (const auto& [args, message] : cases) {
+    CAPTURE(args);
+    const CliRun r = run_hearth(args);
+    CHECK(r.code != 0);
+    CHECK_MESSAGE(r.err.find(message) != std::string::npos, r.err);
+    CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  }
+}
