@@ -34,12 +34,6 @@ std::string human_bytes(double v) {
   return buf;
 }
 
-std::string dims_text(const std::vector<int64_t>& d) {
-  std::string s = "[";
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + "]";
-}
-
 // Restores the previous SIGINT action when the command ends, however it ends.
 struct SigintScope {
   struct sigaction old {};

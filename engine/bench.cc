@@ -333,7 +333,7 @@ std::string bench_markdown(const BenchReport& rep) {
            r.name + " | " + fmt("%.2f", r.mean) + " ± " + fmt("%.2f", r.sd) + " |";
     if (any_decode) {
       if (r.decode)
-        out += " " + mb(r.bytes_per_step()) + " | " + fmt("%.2f", r.wall_tok_s) + " | " + fmt("%.1f", 100 * r.efficiency) + "% |";
+        out += ' ' + mb(r.bytes_per_step()) + " | " + fmt("%.2f", r.wall_tok_s) + " | " + fmt("%.1f", 100 * r.efficiency) + "% |";
       else
         out += " - | - | - |";
     }
@@ -359,7 +359,7 @@ std::string bench_markdown(const BenchReport& rep) {
       for (const BenchResult* r : profiled) {
         const double s = p < kPhaseCount ? (*r->phase_seconds)[size_t(p)] : total(*r);
         const double t = total(*r);
-        out += " " + fmt("%.3f", 1e3 * s / double(r->profiled_tokens)) + " | " + fmt("%.1f", t > 0 ? 100 * s / t : 0) + " |";
+        out += ' ' + fmt("%.3f", 1e3 * s / double(r->profiled_tokens)) + " | " + fmt("%.1f", t > 0 ? 100 * s / t : 0) + " |";
       }
       out += "\n";
     }
