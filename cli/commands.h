@@ -14,6 +14,7 @@ int cmd_chat(int argc, char** argv);
 int cmd_perplexity(int argc, char** argv);
 int cmd_kld(int argc, char** argv);
 int cmd_quantize(int argc, char** argv);
+int cmd_imatrix(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 
 }  // namespace hearth::cli

@@ -27,6 +27,7 @@ const Command kCommands[] = {
     {"perplexity", "perplexity of a model on a text (chunks of --ctx tokens)", hearth::cli::cmd_perplexity},
     {"kld", "KL divergence and top-1 agreement of a candidate model against a base model", hearth::cli::cmd_kld},
     {"quantize", "write a model as a GGUF file (presets, MoE splits, per-tensor overrides)", hearth::cli::cmd_quantize},
+    {"imatrix", "collect an importance matrix from a text (for quantize --imatrix)", hearth::cli::cmd_imatrix},
     {"bench", "throughput like llama-bench (pp, tg, batched tg) against the memory wall", hearth::cli::cmd_bench},
 };
 

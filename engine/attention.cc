@@ -40,6 +40,9 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
   iq.heads = nh;
   iq.dim = D;
   std::vector<float> q(static_cast<size_t>(T * nh * D)), k(static_cast<size_t>(T * D)), w(static_cast<size_t>(T * nh));
+  observe_rows(ctx.probes, ix.wq_b, qr, T, c.q_lora_rank);
+  observe_rows(ctx.probes, ix.wk, x, T, c.hidden_size);
+  observe_rows(ctx.probes, ix.weights_proj, x, T, c.hidden_size);
   linear(ctx.pool, ix.wq_b, qr, T, q.data());
   linear(ctx.pool, ix.wk, x, T, k.data());
   linear(ctx.pool, ix.weights_proj, x, T, w.data());
@@ -143,11 +146,14 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
 
   // Queries: q = q_b(RMSNorm(q_a(x))), rope part rotated (adjacent pairs).
   std::vector<float> qr(static_cast<size_t>(T * c.q_lora_rank)), q(static_cast<size_t>(T * nh * qk)), kv(static_cast<size_t>(T * (kvr + rope)));
+  observe_rows(ctx.probes, A.q_a, x, T, c.hidden_size);
   linear(ctx.pool, A.q_a, x, T, qr.data());
   for (int64_t r = 0; r < T; ++r)
     rms_norm(qr.data() + r * c.q_lora_rank, A.q_a_norm.data(), c.q_lora_rank, c.rms_norm_eps, qr.data() + r * c.q_lora_rank);
+  observe_rows(ctx.probes, A.q_b, qr.data(), T, c.q_lora_rank);
   linear(ctx.pool, A.q_b, qr.data(), T, q.data());
   // Keys/values: one shared latent per token, normalized, plus one shared rope key.
+  observe_rows(ctx.probes, A.kv_a, x, T, c.hidden_size);
   linear(ctx.pool, A.kv_a, x, T, kv.data());
   for (int64_t r = 0; r < T; ++r) {
     const int64_t pos = ctx.row_pos[size_t(r)];
@@ -194,6 +200,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
       slot[size_t(keys[size_t(i)])] = int32_t(i);
       std::copy_n(ctx.cache.latent(layer, seq, keys[size_t(i)]), kvr, lat.data() + i * kvr);
     }
+    observe_rows(ctx.probes, A.kv_b, lat.data(), nk, kvr);
     linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
     ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
       std::vector<float> sc;
@@ -267,6 +274,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
       }
     });
   }
+  observe_rows(ctx.probes, A.o, attn.data(), T, nh * vd);
   linear(ctx.pool, A.o, attn.data(), T, out);
 }
 

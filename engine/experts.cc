@@ -73,7 +73,7 @@ void for_items(ThreadPool& pool, int64_t count, Fn&& fn) {
 }
 
 // The two regions over s.slots (already filled, with T rows of x behind them).
-void run_slots(ThreadPool& pool, Scratch& s) {
+void run_slots(ThreadPool& pool, Scratch& s, const ActivationObserver* observe) {
   s.up_items.clear();
   s.down_items.clear();
   size_t h_total = 0;
@@ -106,6 +106,10 @@ void run_slots(ThreadPool& pool, Scratch& s) {
       for (int64_t r = it.r0; r < it.r1; ++r) h[t * inter + r] = silu(h[t * inter + r]) * u[t * inter + r];
   });
 
+  if (observe)
+    for (const Slot& sl : s.slots)
+      (*observe)(&sl.mlp->down, s.h.data() + sl.h_off, sl.n, sl.mlp->gate.rows);
+
   // Down's input, quantized once per row; in parallel only when there is enough of it.
   if (s.h_rows.size() < s.slots.size()) s.h_rows.resize(s.slots.size());
   auto prepare_h = [&](int64_t k) {
@@ -126,7 +130,7 @@ void run_slots(ThreadPool& pool, Scratch& s) {
 }  // namespace
 
 void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
-                        float* out) {
+                        float* out, const ActivationObserver* observe) {
   Scratch& s = scratch();
   s.slots.clear();
   s.x_used = 0;
@@ -142,11 +146,16 @@ void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts
   for (const ExpertWork& e : experts) {
     if (e.rows.empty()) continue;
     const int64_t n = int64_t(e.rows.size());
+    if (observe)
+      for (int32_t r : e.rows) {
+        (*observe)(&e.mlp->gate, x + int64_t(r) * hidden, 1, hidden);
+        (*observe)(&e.mlp->up, x + int64_t(r) * hidden, 1, hidden);
+      }
     const size_t gi = prepared_x(s, e.mlp->gate, x, T), ui = prepared_x(s, e.mlp->up, x, T);
     s.slots.push_back({e.mlp, e.rows.data(), n, gi, ui, 0, s.y.data() + y_off});
     y_off += n * hidden;
   }
-  run_slots(pool, s);
+  run_slots(pool, s, observe);
 
   // The weighted sum, in list order (the order a per-expert loop would add in).
   size_t k = 0;
@@ -162,14 +171,19 @@ void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts
   }
 }
 
-void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out) {
+void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,
+              const ActivationObserver* observe) {
   if (rows <= 0) return;
+  if (observe) {
+    (*observe)(&mlp.gate, x, rows, mlp.gate.cols);
+    (*observe)(&mlp.up, x, rows, mlp.up.cols);
+  }
   Scratch& s = scratch();
   s.slots.clear();
   s.x_used = 0;
   const size_t gi = prepared_x(s, mlp.gate, x, rows), ui = prepared_x(s, mlp.up, x, rows);
   s.slots.push_back({&mlp, nullptr, rows, gi, ui, 0, out});
-  run_slots(pool, s);
+  run_slots(pool, s, observe);
 }
 
 }  // namespace hearth

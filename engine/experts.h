@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/model.h"
+#include "engine/profile.h"
 #include "offload/thread_pool.h"
 
 namespace hearth {
@@ -26,10 +27,13 @@ struct ExpertWork {
 
 // out[r] += sum over experts, in list order, of weight * mlp(x[r]) for each routed row r.
 // x and out are [T][hidden]; hidden = each mlp's gate.cols = down.rows.
+// observe (optional): sees each expert's gate/up input rows and its down input (the
+// hidden SiLU(gate) * up rows) before they are multiplied (engine/profile.h).
 void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
-                        float* out);
+                        float* out, const ActivationObserver* observe = nullptr);
 
 // out = mlp(x) for `rows` rows (a dense MLP or the shared expert); the same work split.
-void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out);
+void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,
+              const ActivationObserver* observe = nullptr);
 
 }  // namespace hearth

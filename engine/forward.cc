@@ -54,7 +54,7 @@ void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, floa
       moe_forward(ctx, L.moe, h.data(), y.data());  // marks router, routed and shared experts
     } else {
       ScopedPhase phase(probes_.profiler, Phase::kDenseMlp);
-      mlp_forward(pool_, L.dense, h.data(), T, y.data());
+      mlp_forward(pool_, L.dense, h.data(), T, y.data(), probes_.activations);
     }
     for (int64_t i = 0; i < T * H; ++i) x[size_t(i)] += y[size_t(i)];
   }
@@ -71,6 +71,7 @@ void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, floa
   }
   for (size_t i = 0; i < rows.size(); ++i)
     rms_norm(x.data() + rows[i] * H, model_.final_norm.data(), H, c.rms_norm_eps, h.data() + int64_t(i) * H);
+  observe_rows(probes_, model_.lm_head, h.data(), int64_t(rows.size()), H);
   linear(pool_, model_.lm_head, h.data(), int64_t(rows.size()), logits);
 }
 

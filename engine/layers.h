@@ -27,7 +27,8 @@ struct StepContext {
 // x: [rows][hidden] normalized input; out: [rows][hidden]. Also writes this layer's
 // cache entries for the new positions.
 void attention_forward(const StepContext& ctx, int64_t layer, const Attention& attn, const float* x, float* out);
-void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out);
+void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,
+                 const ActivationObserver* observe = nullptr);
 void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* out);
 
 // Expert choice for one token (exposed for tests): indices and weights of the

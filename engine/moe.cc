@@ -10,8 +10,9 @@
 
 namespace hearth {
 
-void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out) {
-  mlp_rows(pool, mlp, x, rows, out);
+void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,
+                 const ActivationObserver* observe) {
+  mlp_rows(pool, mlp, x, rows, out, observe);
 }
 
 Routing route_token(const ModelConfig& c, const float* logits, const std::vector<float>& bias) {
@@ -80,6 +81,7 @@ void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* 
   {
     ScopedPhase phase(prof, Phase::kRouter);
     std::vector<float> logits(static_cast<size_t>(T * E));
+    observe_rows(ctx.probes, moe.router, x, T, H);
     linear(ctx.pool, moe.router, x, T, logits.data());
     for (int64_t r = 0; r < T; ++r) {
       const Routing route = route_token(c, logits.data() + r * E, moe.router_bias);
@@ -105,13 +107,13 @@ void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* 
     // Every expert hit in the step: one parallel region for all gates and ups, one for
     // all downs (engine/experts.h), then the weighted sum in expert order.
     ScopedPhase phase(prof, Phase::kRoutedExperts);
-    experts_accumulate(ctx.pool, by_expert, x, H, out);
+    experts_accumulate(ctx.pool, by_expert, x, H, out, ctx.probes.activations);
   }
   if (moe.has_shared) {
     ScopedPhase phase(prof, Phase::kSharedExperts);
     static thread_local std::vector<float> ye;
     if (ye.size() < size_t(T * H)) ye.resize(size_t(T * H));
-    mlp_rows(ctx.pool, moe.shared, x, T, ye.data());
+    mlp_rows(ctx.pool, moe.shared, x, T, ye.data(), ctx.probes.activations);
     for (int64_t i = 0; i < T * H; ++i) out[i] += ye[size_t(i)];
   }
 }

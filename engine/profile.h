@@ -11,10 +11,13 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string_view>
 #include <vector>
 
 namespace hearth {
+
+struct WeightMatrix;
 
 enum class Phase : int {
   kAttention,      // MLA: projections, rope, cache writes, scores, output projection
@@ -91,10 +94,25 @@ struct ExpertUsage {
   void reset() { *this = ExpertUsage{}; }
 };
 
+// Sees the float input rows of a weight product before it runs: `rows` rows of
+// w->cols values, row i at x + i * ld. Called on the thread that drives the step (never
+// inside a parallel region), for attention's q_a, q_b, kv_a, kv_b (prefill path only:
+// its rows are the cached latents of the chunk's keys), o, the indexer's wq_b, wk and
+// weights_proj, the MoE router, dense and shared MLPs, every routed expert's gate/up
+// (the token rows routed to it) and down (its hidden rows), and lm_head. Used to collect
+// importance matrices (hearth imatrix).
+using ActivationObserver = std::function<void(const WeightMatrix* w, const float* x, int64_t rows, int64_t ld)>;
+
 // The probes a Forward reports to (all optional).
 struct StepProbes {
   Profiler* profiler = nullptr;
   ExpertUsage* experts = nullptr;
+  const ActivationObserver* activations = nullptr;
 };
+
+// Reports x to the activation observer, if there is one.
+inline void observe_rows(const StepProbes& p, const WeightMatrix& w, const float* x, int64_t rows, int64_t ld) {
+  if (p.activations && rows > 0) (*p.activations)(&w, x, rows, ld);
+}
 
 }  // namespace hearth
