@@ -1,4 +1,4 @@
-// dot_bench [--mb M] [--gb G] [--cols N] [--reps R]
+// dot_bench [--mb M] [--gb G] [--cols N] [--reps R] [--tokens T]
 // Single-threaded. For every block format with an AVX2 dot product, streams rows of N
 // columns (default 7168, DeepSeek-V3's hidden size) totalling M MiB of weights (default
 // 64, well beyond the caches) through the scalar vec_dot and through vec_dot_avx2 against
@@ -6,6 +6,10 @@
 // weight bytes streamed. First it measures the machine's single-thread read bandwidth: an
 // AVX2 streaming sum over a G GiB buffer (default 1), best of R passes. Each kernel's
 // column "% bw" is its GB/s over that bandwidth.
+// Last, the batched product (prefill, batched decode, a MoE expert's tokens): T
+// activation rows (default 16) against 8 MiB of weights, one weight row at a time, with
+// the one-row kernel per token and with the four-row tiles (quant/dot_tiles.h) where the
+// format has them, in GMAC/s (weight values times tokens per second).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -19,6 +23,7 @@
 #include <vector>
 
 #include "quant/block_formats.h"
+#include "quant/dot_tiles.h"
 #include "quant/weight_matrix.h"
 
 using namespace hearth;
@@ -59,18 +64,68 @@ uint64_t stream_sum_scalar(const uint64_t* p, size_t n) {
   return s0 + s1 + s2 + s3;
 }
 
+// GMAC/s of T activation rows against 8 MiB of one format's weights: the one-row kernel
+// per (weight row, token) against matmul_rows, which takes four tokens per tile.
+void batched(int64_t cols, int64_t tokens, int reps) {
+  std::printf("\nbatched product, %lld activation rows, single thread (GMAC/s)\n", static_cast<long long>(tokens));
+  std::printf("%-6s %7s %12s %12s %8s\n", "format", "rows", "one-row", "tiled", "speedup");
+  std::mt19937 rng(2);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (const BlockFormat& f : block_formats()) {
+    if (!f.vec_dot_avx2 || best_isa() != KernelIsa::kAvx2) continue;
+    const auto dt = dtype_of(f.type);
+    if (!dt) continue;
+    const int64_t row_bytes = f.row_bytes(cols);
+    const int64_t rows = std::max<int64_t>(4, (int64_t(8) << 20) / row_bytes);
+    std::vector<float> seed_rows(size_t(cols) * 8);
+    for (float& v : seed_rows) v = gauss(rng);
+    std::vector<uint8_t> seed(size_t(row_bytes) * 8), w(size_t(row_bytes * rows));
+    f.quantize_row(seed_rows.data(), seed.data(), cols * 8, nullptr);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(w.data() + r * row_bytes, seed.data() + (r % 8) * row_bytes, size_t(row_bytes));
+    const WeightMatrix m{*dt, rows, cols, w.data()};
+    std::vector<float> x(size_t(cols * tokens)), y(size_t(rows * tokens));
+    for (float& v : x) v = gauss(rng);
+    ActivationRows a;
+    a.prepare(*dt, x.data(), cols, tokens, cols);
+    const BlockFormat& act = block_format(f.vec_dot_type);
+    std::vector<uint8_t> q(size_t(act.row_bytes(cols) * tokens));
+    for (int64_t t = 0; t < tokens; ++t)
+      act.quantize_row(x.data() + t * cols, q.data() + t * act.row_bytes(cols), cols, nullptr);
+    auto best_of = [&](auto&& fn) {
+      double best = 1e30;
+      for (int r = 0; r < reps; ++r) {
+        const double t0 = now();
+        fn();
+        best = std::min(best, now() - t0);
+      }
+      return double(rows * cols * tokens) / best / 1e9;
+    };
+    const double one = best_of([&] {
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t t = 0; t < tokens; ++t)
+          y[size_t(t * rows + r)] = f.vec_dot_avx2(w.data() + r * row_bytes, q.data() + t * act.row_bytes(cols), cols);
+    });
+    const double tiled = best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows); });
+    std::printf("%-6s %7lld %12.2f %12.2f %7.2fx%s\n", std::string(f.name).c_str(), static_cast<long long>(rows), one,
+                tiled, tiled / one, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
+  }
+}
+
 int run(int argc, char** argv) {
   double mb = 64, gb = 1;
   int64_t cols = 7168;
   int reps = 3;
+  int64_t tokens = 16;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--mb") mb = std::atof(argv[i + 1]);
     else if (k == "--gb") gb = std::atof(argv[i + 1]);
     else if (k == "--cols") cols = std::atoll(argv[i + 1]);
     else if (k == "--reps") reps = std::max(1, std::atoi(argv[i + 1]));
+    else if (k == "--tokens") tokens = std::max<int64_t>(1, std::atoll(argv[i + 1]));
     else {
-      std::fprintf(stderr, "usage: %s [--mb M] [--gb G] [--cols N] [--reps R]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--mb M] [--gb G] [--cols N] [--reps R] [--tokens T]\n", argv[0]);
       return 2;
     }
   }
@@ -157,6 +212,7 @@ int run(int argc, char** argv) {
                 static_cast<long long>(rows), gs, 100 * gs / bw, gv, 100 * gv / bw, gv / gs,
                 double(rs), double(rv));
   }
+  batched(cols, tokens, reps);
   return 0;
 }
 

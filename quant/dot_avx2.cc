@@ -21,54 +21,14 @@
 
 #include "quant/block_formats.h"
 #include "quant/kquants.h"
+#include "quant/avx2_blocks.h"
 
 namespace hearth::dot_avx2 {
 
 namespace {
 
 using kquants::require_whole_blocks;
-
-#define HEARTH_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-HEARTH_AVX2 inline float half(uint16_t h) { return _cvtsh_ss(h); }
-
-HEARTH_AVX2 inline __m256i load256(const void* p) {
-  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
-}
-HEARTH_AVX2 inline __m128i load128(const void* p) {
-  return _mm_loadu_si128(static_cast<const __m128i*>(p));
-}
-
-HEARTH_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// vpshufb mask that broadcasts 16-bit word k of each 128-bit lane across that lane.
-HEARTH_AVX2 inline __m256i word_mask(int k) { return _mm256_set1_epi16(short(0x0202 * k + 0x0100)); }
-// vpshufb mask that broadcasts word k across the low lane and word k + 1 across the high
-// lane (for 16-value sub-blocks: a 32-byte vpmaddubsw result holds two of them).
-HEARTH_AVX2 inline __m256i word_pair_mask(int k) {
-  return _mm256_set_m128i(_mm_set1_epi16(short(0x0202 * (k + 1) + 0x0100)),
-                          _mm_set1_epi16(short(0x0202 * k + 0x0100)));
-}
-
-// Sixteen int16 scales (one per 16-value sub-block, sub-blocks 8c..8c+7 of chunk c)
-// broadcast so that vpshufb with word_pair_mask(2g) yields those of sub-blocks 8c + 2g
-// (low lane) and 8c + 2g + 1 (high lane).
-HEARTH_AVX2 inline __m256i chunk_scales(__m256i scales16, int c) {
-  const __m128i half8 = c == 0 ? _mm256_castsi256_si128(scales16) : _mm256_extracti128_si256(scales16, 1);
-  return _mm256_broadcastsi128_si256(half8);
-}
-
-// Moves bit `from` of every byte of v to bit `to` (other bits: garbage, mask afterwards).
-HEARTH_AVX2 inline __m256i move_bit(__m256i v, int from, int to) {
-  if (from > to) return _mm256_srli_epi16(v, from - to);
-  if (from < to) return _mm256_slli_epi16(v, to - from);
-  return v;
-}
+using namespace avx2;
 
 // ---- Q8_0 · Q8_0 ---------------------------------------------------------------
 // Both operands may be -128, so no vpmaddubsw sign trick: sign-extend to int16 and
@@ -202,20 +162,6 @@ HEARTH_AVX2 inline float dot_affine_blocks(const Block* x, const BlockQ8_0* y, i
 }
 
 // ---- K-quant scales ----------------------------------------------------------------
-
-// Q4_K / Q5_K: the eight 6-bit scales and eight 6-bit mins as bytes (scale j / min j in
-// byte j). Bytes 0..3 hold scales 0..3 (low 6 bits) and bytes 4..7 mins 0..3; bytes
-// 8..11 the low nibbles of scales / mins 4..7; bits 6..7 of bytes 0..7 their top bits.
-inline void unpack_scale_min(const uint8_t s[kKScaleBytes], uint64_t& sc, uint64_t& m) {
-  uint32_t a[3];
-  std::memcpy(a, s, sizeof a);
-  const uint32_t sc_lo = a[0] & 0x3f3f3f3fu;
-  const uint32_t m_lo = a[1] & 0x3f3f3f3fu;
-  const uint32_t sc_hi = (a[2] & 0x0f0f0f0fu) | ((a[0] >> 2) & 0x30303030u);
-  const uint32_t m_hi = ((a[2] >> 4) & 0x0f0f0f0fu) | ((a[1] >> 2) & 0x30303030u);
-  sc = sc_lo | uint64_t(sc_hi) << 32;
-  m = m_lo | uint64_t(m_hi) << 32;
-}
 
 // Q3_K: the sixteen scales, 32 already subtracted, as int8. Low nibbles: bytes 0..7 (low
 // halves for scales 0..7, high halves for 8..15); top 2 bits: bit pair j / 4 of byte

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "quant/block_formats.h"
+#include "quant/dot_tiles.h"
 #include "quant/numbers.h"
 
 namespace hearth {
@@ -239,6 +240,27 @@ T* scratch(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
+// y[t * ldy + r] = row r . activation row (pick ? pick[t] : t), for r in [r0, r1): each
+// weight row is read once for all n rows, four at a time through the format's tile
+// kernel where it has one (bit-identical to the one-row kernel), the rest one by one.
+void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, VecDot4Fn dot4, const char* q,
+                    int64_t act_row, const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t stride = f.row_bytes(w.cols);
+  const char* row = block_row(w, f, r0);
+  auto act = [&](int64_t t) { return q + (pick ? pick[t] : t) * act_row; };
+  for (int64_t r = r0; r < r1; ++r, row += stride) {
+    int64_t t = 0;
+    if (dot4)
+      for (; t + 4 <= n; t += 4) {
+        const void* a[4] = {act(t), act(t + 1), act(t + 2), act(t + 3)};
+        float out[4];
+        dot4(row, a, w.cols, out);
+        for (int k = 0; k < 4; ++k) y[(t + k) * ldy + r] = out[k];
+      }
+    for (; t < n; ++t) y[t * ldy + r] = dot(row, act(t), w.cols);
+  }
+}
+
 void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
                         int64_t r0, int64_t r1, KernelIsa isa) {
   if (r0 >= r1 || n <= 0) return;
@@ -249,11 +271,7 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
   static thread_local std::vector<uint64_t> buf;  // 8-byte aligned for the float d of Q8_K
   auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
   for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * act_row, w.cols, nullptr);
-  const char* row = block_row(w, f, r0);
-  const int64_t stride = f.row_bytes(w.cols);
-  for (int64_t r = r0; r < r1; ++r, row += stride) {
-    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot(row, q + t * act_row, w.cols);
-  }
+  dot_rows_tiled(w, f, dot, vec_dot4_kernel(f, isa), q, act_row, nullptr, n, y, ldy, r0, r1);
 }
 
 // The same dot products on rows quantized beforehand (ActivationRows), picked by index.
@@ -269,8 +287,7 @@ void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_
     for (int64_t r = r0; r < r1; ++r, row += stride) y[r] = dot(row, a, w.cols);
     return;
   }
-  for (int64_t r = r0; r < r1; ++r, row += stride)
-    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = dot(row, q + (pick ? pick[t] : t) * act_row, w.cols);
+  dot_rows_tiled(w, f, dot, vec_dot4_kernel(f, isa), q, act_row, pick, n, y, ldy, r0, r1);
 }
 
 // Calls fn(c, values, len) for consecutive pieces covering [c0, c1) of row r, decoding

@@ -1,0 +1,159 @@
+// AVX2 four-row dot products (quant/dot_tiles.h). Each kernel mirrors its one-row
+// counterpart in quant/dot_avx2.cc step for step on the float side (same factors, same
+// accumulator per block, same final sum) and differs only in how the exact integer sums
+// are gathered: the weight unpacking is shared by the four rows.
+#include "quant/dot_tiles.h"
+
+#include "quant/avx2_blocks.h"
+#include "quant/kquants.h"
+
+namespace hearth {
+
+namespace {
+
+using kquants::require_whole_blocks;
+using namespace avx2;
+
+constexpr int kRows = 4;
+
+// ---- Q8_0 · Q8_0: block ib goes to accumulator ib & 1, as in dot_32_blocks ----------
+
+HEARTH_AVX2 void dot4_q8_0(const void* w, const void* const* a, int64_t n, float* out) {
+  require_whole_blocks(n, kQK8_0, "q8_0");
+  const auto* x = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_0* y[kRows];
+  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_0*>(a[t]);
+  __m256 acc[kRows][2];
+  for (int t = 0; t < kRows; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  const int64_t nb = n / kQK8_0;
+  for (int64_t ib = 0; ib < nb; ++ib) {
+    const __m256i x0 = _mm256_cvtepi8_epi16(load128(x[ib].qs));
+    const __m256i x1 = _mm256_cvtepi8_epi16(load128(x[ib].qs + 16));
+    const float dx = half(x[ib].d);
+    const int k = int(ib & 1);
+#pragma GCC unroll 4
+    for (int t = 0; t < kRows; ++t) {
+      const __m256i y0 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs));
+      const __m256i y1 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs + 16));
+      const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
+      acc[t][k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y[t][ib].d)), _mm256_cvtepi32_ps(s), acc[t][k]);
+    }
+  }
+  for (int t = 0; t < kRows; ++t) out[t] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
+}
+
+// ---- Q4_K and Q5_K · Q8_K (as dot_scale_min) ------------------------------------
+
+template <bool kFifthBit, class Block>
+HEARTH_AVX2 void dot4_scale_min(const void* w, const void* const* a, int64_t n, float* out) {
+  require_whole_blocks(n, kQK_K, kFifthBit ? "q5_K" : "q4_K");
+  const auto* x = static_cast<const Block*>(w);
+  const BlockQ8_K* y[kRows];
+  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
+  const __m256i low4 = _mm256_set1_epi8(15);
+  __m256 acc[kRows];
+  for (int t = 0; t < kRows; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+    const Block& b = x[ib];
+    uint64_t sc, m;
+    unpack_scale_min(b.scales, sc, m);
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc))));
+    const __m128i m8 = _mm_cvtsi64_si128(int64_t(m));
+    const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+    __m256i qh;
+    if constexpr (kFifthBit) qh = load256(b.qh);
+    __m256i sum[kRows];
+    for (int t = 0; t < kRows; ++t) sum[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 4; ++c) {
+      const __m256i q = load256(b.qs + 32 * c);
+      __m256i lo = _mm256_and_si256(q, low4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+      if constexpr (kFifthBit) {
+        const __m256i bit4 = _mm256_set1_epi8(16);
+        lo = _mm256_or_si256(lo, _mm256_and_si256(move_bit(qh, 2 * c, 4), bit4));
+        hi = _mm256_or_si256(hi, _mm256_and_si256(move_bit(qh, 2 * c + 1, 4), bit4));
+      }
+      const __m256i sc_lo = _mm256_shuffle_epi8(scales, word_mask(2 * c));
+      const __m256i sc_hi = _mm256_shuffle_epi8(scales, word_mask(2 * c + 1));
+#pragma GCC unroll 4
+      for (int t = 0; t < kRows; ++t) {
+        const __m256i p0 = _mm256_maddubs_epi16(lo, load256(y[t][ib].qs + 64 * c));
+        const __m256i p1 = _mm256_maddubs_epi16(hi, load256(y[t][ib].qs + 64 * c + 32));
+        sum[t] = _mm256_add_epi32(sum[t], _mm256_add_epi32(_mm256_madd_epi16(p0, sc_lo), _mm256_madd_epi16(p1, sc_hi)));
+      }
+    }
+    const float bd = half(b.d), bmin = half(b.dmin);
+#pragma GCC unroll 4
+    for (int t = 0; t < kRows; ++t) {
+      const __m256i summ = _mm256_madd_epi16(load256(y[t][ib].bsums), mins);
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][ib].d * bd), _mm256_cvtepi32_ps(sum[t]), acc[t]);
+      acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(y[t][ib].d * bmin), _mm256_cvtepi32_ps(summ), acc[t]);
+    }
+  }
+  for (int t = 0; t < kRows; ++t) out[t] = hsum(acc[t]);
+}
+
+// ---- Q6_K · Q8_K (as vec_dot_q6_k) ----------------------------------------------
+
+HEARTH_AVX2 void dot4_q6_k(const void* w, const void* const* a, int64_t n, float* out) {
+  require_whole_blocks(n, kQK_K, "q6_K");
+  const auto* x = static_cast<const BlockQ6_K*>(w);
+  const BlockQ8_K* y[kRows];
+  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
+  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
+  __m256 acc[kRows];
+  for (int t = 0; t < kRows; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+    const BlockQ6_K& b = x[ib];
+    const __m256i scales16 = _mm256_cvtepi8_epi16(load128(b.scales));
+    __m256i sum[kRows];
+    for (int t = 0; t < kRows; ++t) sum[t] = _mm256_setzero_si256();
+    for (int c = 0; c < 2; ++c) {
+      const __m256i sc = chunk_scales(scales16, c);
+      const __m256i ql0 = load256(b.ql + 64 * c), ql1 = load256(b.ql + 64 * c + 32);
+      const __m256i qh = load256(b.qh + 32 * c);
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, bits45)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
+      };
+      const __m256i s[4] = {
+          _mm256_shuffle_epi8(sc, word_pair_mask(0)), _mm256_shuffle_epi8(sc, word_pair_mask(2)),
+          _mm256_shuffle_epi8(sc, word_pair_mask(4)), _mm256_shuffle_epi8(sc, word_pair_mask(6))};
+#pragma GCC unroll 4
+      for (int t = 0; t < kRows; ++t) {
+        const int8_t* a8 = y[t][ib].qs + 128 * c;
+        __m256i part = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(a8)), s[0]);
+        part = _mm256_add_epi32(part, _mm256_madd_epi16(_mm256_maddubs_epi16(q[1], load256(a8 + 32)), s[1]));
+        part = _mm256_add_epi32(part, _mm256_madd_epi16(_mm256_maddubs_epi16(q[2], load256(a8 + 64)), s[2]));
+        part = _mm256_add_epi32(part, _mm256_madd_epi16(_mm256_maddubs_epi16(q[3], load256(a8 + 96)), s[3]));
+        sum[t] = _mm256_add_epi32(sum[t], part);
+      }
+    }
+    const float bd = half(b.d);
+#pragma GCC unroll 4
+    for (int t = 0; t < kRows; ++t) {
+      const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(y[t][ib].bsums), scales16), 5);
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][ib].d * bd), _mm256_cvtepi32_ps(_mm256_sub_epi32(sum[t], offset)),
+                               acc[t]);
+    }
+  }
+  for (int t = 0; t < kRows; ++t) out[t] = hsum(acc[t]);
+}
+
+}  // namespace
+
+VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa) {
+  if (isa == KernelIsa::kScalar || best_isa() != KernelIsa::kAvx2) return nullptr;
+  switch (f.type) {
+    case GgmlType::Q8_0: return dot4_q8_0;
+    case GgmlType::Q4_K: return dot4_scale_min<false, BlockQ4_K>;
+    case GgmlType::Q5_K: return dot4_scale_min<true, BlockQ5_K>;
+    case GgmlType::Q6_K: return dot4_q6_k;
+    default: return nullptr;
+  }
+}
+
+}  // namespace hearth

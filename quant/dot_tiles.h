@@ -1,0 +1,26 @@
+// Dot products of one weight row against four activation rows at once: the tile that
+// batched matmuls (prefill, batched decode, a MoE expert's tokens) are built from.
+//
+// A weight block is loaded and unpacked once and multiplied with four activation blocks,
+// so the unpacking (nibbles, fifth/high bits, sub-block scales) is paid once per four
+// tokens instead of once per token. Each out[t] is bit-identical to what the one-row
+// kernel (vec_dot_kernel) gives for a[t]: the integer sums are exact whatever their order,
+// and the float steps (block factors, FMA accumulation, the final horizontal sum) run in
+// exactly the same order per row. So a token's result never depends on which other
+// tokens share its tile: batched runs give the same tokens as one-at-a-time runs.
+#pragma once
+#include <cstdint>
+
+#include "quant/block_formats.h"
+#include "quant/weight_matrix.h"
+
+namespace hearth {
+
+// out[t] = sum_i w[i] * a[t][i] for t in 0..3 (a: four rows in the format's vec_dot_type).
+using VecDot4Fn = void (*)(const void* w_blocks, const void* const* act_blocks, int64_t n, float* out);
+
+// The four-row kernel of f for isa, nullptr where f has none (callers then use the
+// one-row kernel per row). AVX2 kernels exist for Q8_0, Q4_K, Q5_K and Q6_K.
+VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
+
+}  // namespace hearth

@@ -1,0 +1,138 @@
+// The four-row tile kernels (quant/dot_tiles.h) against the one-row AVX2 kernels, which
+// block_dot_simd_test checks against the scalar references. A tile must give every row
+// the very same float, bit for bit, so batched matmuls never change a token's result.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "quant/block_formats.h"
+#include "quant/dot_tiles.h"
+#include "quant/weight_matrix.h"
+#include "support/block_rows.h"
+
+using namespace hearth;
+using namespace hearth::testing;
+
+namespace {
+
+const GgmlType kTiled[] = {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+uint32_t bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b;
+}
+
+// Runs the tile on w against four activation rows and compares each output's bits with
+// the one-row kernel's; returns the number of rows that differ.
+int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const std::vector<uint8_t> (&a)[4],
+                    int64_t n) {
+  const VecDot4Fn dot4 = vec_dot4_kernel(f);
+  const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
+  float out[4];
+  dot4(w.data(), rows, n, out);
+  int bad = 0;
+  for (int t = 0; t < 4; ++t) {
+    const float one = f.vec_dot_avx2(w.data(), a[t].data(), n);
+    if (bits(one) != bits(out[t])) {
+      CAPTURE(f.name);
+      CAPTURE(n);
+      CAPTURE(t);
+      CAPTURE(one);
+      CAPTURE(out[t]);
+      FAIL_CHECK("tile and one-row kernel differ");
+      ++bad;
+    }
+  }
+  return bad;
+}
+
+}  // namespace
+
+TEST_CASE("dot tiles: kernel table") {
+  for (const BlockFormat& f : block_formats()) {
+    CAPTURE(f.name);
+    CHECK((vec_dot4_kernel(f, KernelIsa::kScalar) == nullptr));
+    bool tiled = false;
+    for (GgmlType t : kTiled) tiled |= f.type == t;
+    const bool expect = tiled && best_isa() == KernelIsa::kAvx2;
+    CHECK((vec_dot4_kernel(f) != nullptr) == expect);
+  }
+}
+
+TEST_CASE("dot tiles: four-row kernels equal the one-row kernel bit for bit") {
+  if (best_isa() != KernelIsa::kAvx2) {
+    MESSAGE("CPU lacks AVX2/FMA/F16C: tile kernels not tested");
+    return;
+  }
+  std::mt19937 rng(23);
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, -1};
+  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x3C00, 0x8000, -1};
+  for (GgmlType t : kTiled) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    int bad = 0, cases = 0;
+    for (int nblocks : {1, 2, 3, 8}) {
+      const int64_t n = nblocks * f.block_elems;
+      // Random blocks, several activation rows of random quants and scales.
+      for (int rep = 0; rep < 20; ++rep) {
+        const auto w = weight_row(f, nblocks, rng);
+        std::vector<uint8_t> a[4];
+        for (auto& r : a) r = act_row(f, n, rng);
+        bad += tile_mismatches(f, w, a, n);
+        ++cases;
+      }
+      // Adversarial weights against a mix of extreme, zero and random activations.
+      for (int fill : fills)
+        for (int half : halves) {
+          const auto w = weight_row(f, nblocks, rng, fill, half);
+          std::vector<uint8_t> a[4] = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
+                                       act_row(f, n, rng, 0, 1.0f), act_row(f, n, rng)};
+          bad += tile_mismatches(f, w, a, n);
+          ++cases;
+        }
+    }
+    CHECK(cases > 100);
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bit for bit") {
+  // Formats with and without a tile kernel; n covers whole tiles, remainders and n < 4.
+  const DType types[] = {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0, DType::Q3_K};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int64_t rows = 6, cols = 512;
+  for (DType dt : types) {
+    const BlockFormat& f = *block_format_of(dt);
+    CAPTURE(f.name);
+    std::vector<float> wf(size_t(rows * cols));
+    for (float& v : wf) v = g(rng);
+    std::vector<uint8_t> wq(size_t(rows * f.row_bytes(cols)));
+    for (int64_t r = 0; r < rows; ++r)
+      f.quantize_row(wf.data() + r * cols, wq.data() + r * f.row_bytes(cols), cols, nullptr);
+    const WeightMatrix w{dt, rows, cols, wq.data()};
+    for (int64_t n : {2, 4, 5, 9}) {
+      CAPTURE(n);
+      std::vector<float> x(size_t(n * cols));
+      for (float& v : x) v = g(rng);
+      std::vector<float> batched(size_t(n * rows)), single(size_t(n * rows));
+      matmul_rows(w, x.data(), cols, n, batched.data(), rows, 0, rows);
+      for (int64_t t = 0; t < n; ++t) matmul_rows(w, x.data() + t * cols, cols, 1, single.data() + t * rows, rows, 0, rows);
+      CHECK(std::memcmp(batched.data(), single.data(), batched.size() * sizeof(float)) == 0);
+
+      // The same through prepared activation rows, picked out of order.
+      ActivationRows prepared;
+      prepared.prepare(dt, x.data(), cols, n, cols);
+      std::vector<int32_t> pick(static_cast<size_t>(n));
+      for (int64_t t = 0; t < n; ++t) pick[size_t(t)] = int32_t(n - 1 - t);
+      std::vector<float> picked(size_t(n * rows));
+      matmul_rows(w, prepared, pick.data(), n, picked.data(), rows, 0, rows);
+      for (int64_t t = 0; t < n; ++t)
+        CHECK(std::memcmp(picked.data() + t * rows, single.data() + (n - 1 - t) * rows, size_t(rows) * sizeof(float)) == 0);
+    }
+  }
+}

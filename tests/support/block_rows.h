@@ -1,0 +1,96 @@
+// Test helpers: rows of weight blocks and of activation blocks in any ggml format, with
+// chosen or random quant bytes and f16 factors, for kernel-against-reference tests.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "quant/block_formats.h"
+#include "quant/numbers.h"
+
+namespace hearth::testing {
+
+// Byte offsets of a weight block's f16 factors: [0] multiplies the levels, [1] (or -1)
+// the mins (Q4_1/Q5_1: the offset m).
+struct Factors {
+  int d, dmin;
+};
+inline Factors factors(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return {int(offsetof(BlockQ8_0, d)), -1};
+    case GgmlType::Q4_0: return {int(offsetof(BlockQ4_0, d)), -1};
+    case GgmlType::Q4_1: return {int(offsetof(BlockQ4_1, d)), int(offsetof(BlockQ4_1, m))};
+    case GgmlType::Q5_0: return {int(offsetof(BlockQ5_0, d)), -1};
+    case GgmlType::Q5_1: return {int(offsetof(BlockQ5_1, d)), int(offsetof(BlockQ5_1, m))};
+    case GgmlType::IQ4_NL: return {int(offsetof(BlockIQ4_NL, d)), -1};
+    case GgmlType::IQ4_XS: return {int(offsetof(BlockIQ4_XS, d)), -1};
+    case GgmlType::Q2_K: return {int(offsetof(BlockQ2_K, d)), int(offsetof(BlockQ2_K, dmin))};
+    case GgmlType::Q3_K: return {int(offsetof(BlockQ3_K, d)), -1};
+    case GgmlType::Q4_K: return {int(offsetof(BlockQ4_K, d)), int(offsetof(BlockQ4_K, dmin))};
+    case GgmlType::Q5_K: return {int(offsetof(BlockQ5_K, d)), int(offsetof(BlockQ5_K, dmin))};
+    case GgmlType::Q6_K: return {int(offsetof(BlockQ6_K, d)), -1};
+    default: return {-1, -1};
+  }
+}
+
+inline void put_half(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
+
+inline uint16_t finite_half(std::mt19937& rng) {
+  uint16_t h = uint16_t(rng());
+  if (((h >> 10) & 31) == 31) h = uint16_t(h & ~0x4000);
+  return h;
+}
+
+// A row of nblocks weight blocks: quant bytes from `fill` (random where fill < 0), every
+// f16 factor from `half` (random finite where half < 0).
+inline std::vector<uint8_t> weight_row(const BlockFormat& f, int nblocks, std::mt19937& rng, int fill = -1,
+                                int half = -1) {
+  std::vector<uint8_t> b(size_t(nblocks * f.block_bytes));
+  for (uint8_t& v : b) v = fill < 0 ? uint8_t(rng()) : uint8_t(fill);
+  const Factors fa = factors(f.type);
+  for (int ib = 0; ib < nblocks; ++ib) {
+    uint8_t* blk = b.data() + ib * f.block_bytes;
+    for (int off : {fa.d, fa.dmin})
+      if (off >= 0) put_half(blk + off, half < 0 ? finite_half(rng) : uint16_t(half));
+  }
+  return b;
+}
+
+// Activations in f's vec_dot_type: quants from `quant` (random in -128..127 where
+// quant == kRandom), scales from `scale` (random where NaN); Q8_K bsums filled in.
+inline constexpr int kRandom = 1000;
+inline std::vector<uint8_t> act_row(const BlockFormat& f, int64_t n, std::mt19937& rng, int quant = kRandom,
+                             float scale = NAN) {
+  const BlockFormat& act = block_format(f.vec_dot_type);
+  std::vector<uint8_t> b(size_t(act.row_bytes(n)));
+  auto q = [&] { return int8_t(quant == kRandom ? int(rng() % 256) - 128 : quant); };
+  if (act.type == GgmlType::Q8_0) {
+    auto* blk = reinterpret_cast<BlockQ8_0*>(b.data());
+    for (int64_t ib = 0; ib < n / kQK8_0; ++ib) {
+      blk[ib].d = std::isnan(scale) ? finite_half(rng) : f32_to_f16(scale);
+      for (int8_t& v : blk[ib].qs) v = q();
+    }
+  } else {
+    REQUIRE(act.type == GgmlType::Q8_K);
+    auto* blk = reinterpret_cast<BlockQ8_K*>(b.data());
+    for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
+      blk[ib].d = std::isnan(scale)
+                      ? float(std::ldexp(double(rng() % 2000) - 1000.0, int(rng() % 40) - 30))
+                      : scale;
+      for (int8_t& v : blk[ib].qs) v = q();
+      for (int j = 0; j < kQK_K / 16; ++j) {
+        int s = 0;
+        for (int i = 0; i < 16; ++i) s += blk[ib].qs[16 * j + i];
+        blk[ib].bsums[j] = int16_t(s);
+      }
+    }
+  }
+  return b;
+}
+
+}  // namespace hearth::testing
