@@ -10,6 +10,8 @@
 // activation rows (default 16) against 8 MiB of weights, one weight row at a time, with
 // the one-row kernel per token and with the four-row tiles (quant/dot_tiles.h) where the
 // format has them, in GMAC/s (weight values times tokens per second).
+// And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
+// one activation row), in GB/s of weights.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -109,6 +111,38 @@ void batched(int64_t cols, int64_t tokens, int reps) {
     const double tiled = best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows); });
     std::printf("%-6s %7lld %12.2f %12.2f %7.2fx%s\n", std::string(f.name).c_str(), static_cast<long long>(rows), one,
                 tiled, tiled / one, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
+  }
+}
+
+// matmul_t_accumulate over 8 MiB of each format (what absorbed MLA does per head with
+// kv_b's key band), one activation row, in GB/s of weights.
+void transposed(int64_t cols, int reps, double bw) {
+  std::printf("\ntransposed product (absorbed MLA), one activation row, single thread\n");
+  std::printf("%-6s %7s %10s %6s\n", "format", "rows", "GB/s", "% bw");
+  std::mt19937 rng(3);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (const BlockFormat& f : block_formats()) {
+    const auto dt = dtype_of(f.type);
+    if (!dt || f.block_elems == 1 || !f.vec_dot_avx2) continue;
+    const int64_t row_bytes = f.row_bytes(cols);
+    const int64_t rows = std::max<int64_t>(4, (int64_t(8) << 20) / row_bytes);
+    std::vector<float> seed_rows(size_t(cols) * 8);
+    for (float& v : seed_rows) v = gauss(rng);
+    std::vector<uint8_t> seed(size_t(row_bytes) * 8), w(size_t(row_bytes * rows));
+    f.quantize_row(seed_rows.data(), seed.data(), cols * 8, nullptr);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(w.data() + r * row_bytes, seed.data() + (r % 8) * row_bytes, size_t(row_bytes));
+    const WeightMatrix m{*dt, rows, cols, w.data()};
+    std::vector<float> x(static_cast<size_t>(rows)), y(static_cast<size_t>(cols), 0.0f);
+    for (float& v : x) v = gauss(rng);
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const double t0 = now();
+      matmul_t_accumulate(m, 0, rows, x.data(), y.data(), 0, cols);
+      best = std::min(best, now() - t0);
+    }
+    const double gbs = double(row_bytes * rows) / best / 1e9;
+    std::printf("%-6s %7lld %10.2f %5.1f%%\n", std::string(f.name).c_str(), static_cast<long long>(rows), gbs, 100 * gbs / bw);
   }
 }
 
@@ -213,6 +247,7 @@ int run(int argc, char** argv) {
                 double(rs), double(rv));
   }
   batched(cols, tokens, reps);
+  transposed(cols, reps, bw);
   return 0;
 }
 

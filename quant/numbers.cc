@@ -5,21 +5,6 @@
 
 namespace hearth {
 
-float f16_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t man = h & 0x3ffu;
-  float v;
-  if (exp == 0) {
-    v = std::ldexp(float(man), -24);
-  } else if (exp == 31) {
-    v = man ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-  } else {
-    v = std::ldexp(float(man | 0x400u), int(exp) - 25);
-  }
-  return std::bit_cast<float>(std::bit_cast<uint32_t>(v) | sign);
-}
-
 uint16_t f32_to_f16(float f) {
   const uint32_t u = std::bit_cast<uint32_t>(f);
   const uint16_t sign = uint16_t((u >> 16) & 0x8000u);

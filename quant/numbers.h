@@ -18,7 +18,17 @@ inline uint16_t f32_to_bf16(float f) {
   return uint16_t(u >> 16);
 }
 
-float f16_to_f32(uint16_t h);
+// Exact for every half value: normal ones by moving the fields (rebias the exponent by
+// 127 - 15), subnormal ones as man * 2^-24 (one exact multiply), inf kept, NaN made quiet.
+// Inline and branch-light: the block dequantizers call it once per block.
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  if (exp - 1u < 30u) return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+  if (exp == 0) return std::bit_cast<float>(std::bit_cast<uint32_t>(float(man) * 0x1p-24f) | sign);
+  return std::bit_cast<float>(sign | (man ? 0x7fc00000u : 0x7f800000u));
+}
 uint16_t f32_to_f16(float f);  // round-to-nearest-even, overflow to inf
 
 // FP8 e4m3fn (OCP "E4M3FN"): 1 sign, 4 exponent (bias 7), 3 mantissa bits,

@@ -305,8 +305,9 @@ void for_each_block_piece(const WeightMatrix& w, int64_t r, int64_t c0, int64_t 
   }
 }
 
-// Q8_0 and Q4_K blocks decoded with AVX2 to exactly the values their scalar
-// dequantizers give: int8 -> float is exact and d * q (Q8_0), step * q - offset (Q4_K)
+// Q8_0, Q4_K and Q6_K blocks decoded with AVX2 to exactly the values their scalar
+// dequantizers give: int8 -> float is exact and d * q (Q8_0), step * q - offset (Q4_K),
+// step * (q - 32) (Q6_K)
 // are single roundings done the same way (no FMA here, so no contraction either).
 #define HEARTH_AVX2_NOFMA __attribute__((target("avx2")))
 
@@ -342,33 +343,135 @@ HEARTH_AVX2_NOFMA void decode_q4_k_avx2(const BlockQ4_K& b, float* out) {
   }
 }
 
+// Q6_K: levels (6 bits: a nibble of ql and two bits of qh, minus 32) in the order the
+// scalar dequantizer writes them, each 16-value sub-block times d * scale, one multiply.
+HEARTH_AVX2_NOFMA void decode_q6_k_avx2(const BlockQ6_K& b, float* out) {
+  const float d = f16_to_f32(b.d);
+  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
+  alignas(32) uint8_t lv[4][32];
+  for (int c = 0; c < 2; ++c) {  // values 128c .. 128c + 127
+    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * c));
+    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * c + 32));
+    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * c));
+    const __m256i q[4] = {
+        _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
+        _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, bits45)),
+        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
+    };
+    for (int g = 0; g < 4; ++g) _mm256_store_si256(reinterpret_cast<__m256i*>(lv[g]), q[g]);
+    for (int g = 0; g < 4; ++g)
+      for (int s8 = 0; s8 < 32; s8 += 8) {
+        const int i = 128 * c + 32 * g + s8;
+        const __m256 step = _mm256_set1_ps(d * float(b.scales[i / 16]));
+        const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(lv[g] + s8));
+        const __m256i v = _mm256_sub_epi32(_mm256_cvtepu8_epi32(q8), _mm256_set1_epi32(32));
+        _mm256_store_ps(out + i, _mm256_mul_ps(step, _mm256_cvtepi32_ps(v)));
+      }
+  }
+}
+
 // Decodes block b of row r (be values) into out (32-byte aligned).
 inline void decode_block(const WeightMatrix& w, const BlockFormat& f, const char* row, int64_t b, float* out,
                          bool avx2) {
   const char* blk = row + b * f.block_bytes;
   if (avx2 && w.dtype == DType::Q8_0) return decode_q8_0_avx2(*reinterpret_cast<const BlockQ8_0*>(blk), out);
   if (avx2 && w.dtype == DType::Q4_K) return decode_q4_k_avx2(*reinterpret_cast<const BlockQ4_K*>(blk), out);
+  if (avx2 && w.dtype == DType::Q6_K) return decode_q6_k_avx2(*reinterpret_cast<const BlockQ6_K*>(blk), out);
   f.dequantize_row(blk, out, f.block_elems);
+}
+
+// y[j] += x[k] * v[k][j] for k = 0..m-1 in that order, j < len: each element gets the
+// same multiply-then-add steps as the scalar loop (no FMA), so the result is bit-identical
+// to it; the m weight rows share one load and store of y.
+HEARTH_AVX2_NOFMA void add_scaled_rows_avx2(float* y, const float* x, const float* const* v, int m, int64_t len) {
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    __m256 acc = _mm256_loadu_ps(y + j);
+    for (int k = 0; k < m; ++k) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(x[k]), _mm256_loadu_ps(v[k] + j)));
+    _mm256_storeu_ps(y + j, acc);
+  }
+  for (; j < len; ++j)
+    for (int k = 0; k < m; ++k) y[j] += x[k] * v[k][j];
+}
+
+void add_scaled_rows_scalar(float* y, const float* x, const float* const* v, int m, int64_t len) {
+  for (int k = 0; k < m; ++k)
+    for (int64_t j = 0; j < len; ++j) y[j] += x[k] * v[k][j];
+}
+
+// The one-row Q8_0 case of the above without the staging buffer (absorbed MLA decode):
+// whole blocks b of m rows, each value decoded as decode_q8_0_avx2 does (int8 to float,
+// times d) and added to y in row order, so the result is the same to the bit.
+#define HEARTH_AVX2_F16C_NOFMA __attribute__((target("avx2,f16c")))
+
+template <int M>
+HEARTH_AVX2_F16C_NOFMA inline void add_scaled_q8_0_blocks(float* y, const float* x, const BlockQ8_0* const* rows, int64_t b) {
+  __m256 d[M], xv[M];
+  for (int k = 0; k < M; ++k) {
+    d[k] = _mm256_set1_ps(_cvtsh_ss(rows[k][b].d));
+    xv[k] = _mm256_set1_ps(x[k]);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < kQK8_0; j += 8) {
+    __m256 acc = _mm256_loadu_ps(y + j);
+    for (int k = 0; k < M; ++k) {
+      const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[k][b].qs + j));
+      const __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d[k]);
+      acc = _mm256_add_ps(acc, _mm256_mul_ps(xv[k], v));
+    }
+    _mm256_storeu_ps(y + j, acc);
+  }
+}
+
+HEARTH_AVX2_F16C_NOFMA void add_scaled_q8_0_blocks_avx2(float* y, const float* x, const BlockQ8_0* const* rows, int m,
+                                                   int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) switch (m) {
+      case 4: add_scaled_q8_0_blocks<4>(y + b * kQK8_0, x, rows, b); break;
+      case 3: add_scaled_q8_0_blocks<3>(y + b * kQK8_0, x, rows, b); break;
+      case 2: add_scaled_q8_0_blocks<2>(y + b * kQK8_0, x, rows, b); break;
+      default: add_scaled_q8_0_blocks<1>(y + b * kQK8_0, x, rows, b); break;
+    }
 }
 
 void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, int64_t ldx,
                           int64_t n, float* y, int64_t ldy, int64_t c0, int64_t c1, KernelIsa isa) {
   const BlockFormat& f = *block_format_of(w.dtype);
-  const int64_t be = f.block_elems;
+  const int64_t be = f.block_elems, stride = f.row_bytes(w.cols);
   const bool avx2 = resolve(isa) == KernelIsa::kAvx2;
-  alignas(32) float tmp[kQK_K];
-  for (int64_t i = 0; i < nrows; ++i) {
-    const char* row = block_row(w, f, row0 + i);
-    for (int64_t b = c0 / be; b * be < c1; ++b) {
-      decode_block(w, f, row, b, tmp, avx2);
+  const bool fused_q8_0 = avx2 && n == 1 && w.dtype == DType::Q8_0;
+  // Up to four weight rows at a time: their blocks are decoded once and each y element
+  // takes their products in row order, exactly as row after row would.
+  constexpr int kGroup = 4;
+  alignas(32) float tmp[kGroup][kQK_K];
+  for (int64_t i = 0; i < nrows; i += kGroup) {
+    const int m = int(std::min<int64_t>(kGroup, nrows - i));
+    const char* rows[kGroup];
+    for (int k = 0; k < m; ++k) rows[k] = block_row(w, f, row0 + i) + k * stride;
+    auto decode_and_add = [&](int64_t b) {
       const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
-      const float* v = tmp + (lo - b * be);
+      for (int k = 0; k < m; ++k) decode_block(w, f, rows[k], b, tmp[k], avx2);
+      const float* v[kGroup];
+      for (int k = 0; k < m; ++k) v[k] = tmp[k] + (lo - b * be);
       for (int64_t t = 0; t < n; ++t) {
-        const float xi = x[t * ldx + i];
+        float xs[kGroup];
+        for (int k = 0; k < m; ++k) xs[k] = x[t * ldx + i + k];
         float* yt = y + t * ldy + lo;
-        for (int64_t j = 0; j < hi - lo; ++j) yt[j] += xi * v[j];
+        if (avx2) add_scaled_rows_avx2(yt, xs, v, m, hi - lo);
+        else add_scaled_rows_scalar(yt, xs, v, m, hi - lo);
+      }
+    };
+    int64_t b = c0 / be;
+    if (fused_q8_0) {  // the whole blocks inside [c0, c1) in one call; partial ones below
+      const int64_t first = (c0 + be - 1) / be, last = c1 / be;
+      if (first < last) {
+        for (; b < first; ++b) decode_and_add(b);
+        add_scaled_q8_0_blocks_avx2(y, x + i, reinterpret_cast<const BlockQ8_0* const*>(rows), m, first, last);
+        b = last;
       }
     }
+    for (; b * be < c1; ++b) decode_and_add(b);
   }
 }
 

@@ -5,10 +5,12 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "quant/block_formats.h"
@@ -152,10 +154,27 @@ TEST_CASE("weight matrix prepared: the AVX2 transposed product decodes blocks ex
     const Weight wt = make(dt, rows, cols, rng);
     std::vector<float> x(static_cast<size_t>(2 * rows));
     for (float& v : x) v = g(rng);
-    std::vector<float> ys(static_cast<size_t>(2 * cols), 0.25f), ya = ys;
-    matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), rows, 2, ys.data(), cols, 0, cols, KernelIsa::kScalar);
-    matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), rows, 2, ya.data(), cols, 0, cols, KernelIsa::kAvx2);
-    CHECK(ys == ya);
+    // One and two activation rows (one: the fused Q8_0 decode path), rows in groups of
+    // four and a remainder, whole and partial column ranges.
+    for (int64_t n : {1, 2})
+      for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, cols}, {40, cols - 70}}) {
+        CAPTURE(n);
+        CAPTURE(c0);
+        std::vector<float> ys(static_cast<size_t>(2 * cols), 0.25f), ya = ys;
+        matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), rows, n, ys.data(), cols, c0, c1, KernelIsa::kScalar);
+        matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), rows, n, ya.data(), cols, c0, c1, KernelIsa::kAvx2);
+        CHECK(ys == ya);
+        // And each row's sum against a double-precision reference of the decoded weights.
+        std::vector<float> dec(static_cast<size_t>(cols));
+        for (int64_t c = c0; c < c1; ++c) {
+          double ref = 0.25;
+          for (int64_t r = 0; r < rows; ++r) {
+            dequantize_row(wt.w, r, c, c + 1, dec.data());
+            ref += double(x[size_t(r)]) * dec[0];
+          }
+          CHECK(std::fabs(double(ya[size_t(c)]) - ref) <= 1e-4 * (1 + std::fabs(ref)));
+        }
+      }
   }
 }
 
