@@ -10,6 +10,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "engine/index_scores.h"
 #include "engine/layers.h"
 #include "engine/ops.h"
 #include "quant/numbers.h"
@@ -87,21 +88,18 @@ std::vector<int32_t> select_positions(const StepContext& ctx, int64_t layer, con
   const int64_t nh = iq->heads, D = iq->dim;
   const float* q = iq->q.data() + r * nh * D;
   const float* w = iq->weight.data() + r * nh;
-  const float* lut = fp8_e4m3_table();
   std::vector<float> score(static_cast<size_t>(n));
   ctx.pool.parallel_for(n, [&](int64_t s0, int64_t s1) {
-    float k[512];
-    for (int64_t s = s0; s < s1; ++s) {
-      const uint8_t* kc = ctx.cache.index_key(layer, seq, s);
-      for (int64_t d = 0; d < D; ++d) k[d] = lut[kc[d]];
-      float total = 0.0f;
-      for (int64_t h = 0; h < nh; ++h) {
-        const float* qh = q + h * D;
-        float dot = 0.0f;
-        for (int64_t d = 0; d < D; ++d) dot += qh[d] * k[d];
-        total += w[h] * std::max(dot, 0.0f);
+    constexpr int64_t kBatch = 64;  // positions gathered per index_scores call
+    const uint8_t* keys[kBatch];
+    float scales[kBatch];
+    for (int64_t b = s0; b < s1; b += kBatch) {
+      const int64_t m = std::min(kBatch, s1 - b);
+      for (int64_t j = 0; j < m; ++j) {
+        keys[j] = ctx.cache.index_key(layer, seq, b + j);
+        scales[j] = *ctx.cache.index_scale(layer, seq, b + j);
       }
-      score[size_t(s)] = total * *ctx.cache.index_scale(layer, seq, s);
+      index_scores(q, w, nh, D, keys, scales, m, score.data() + b);
     }
   }, 16);
   // Highest scores first; ties go to the earlier position.

@@ -1,0 +1,26 @@
+// The DSA lightning indexer's scores: how much one query wants each cached position.
+//
+//   score_s = scale_s * sum_h w_h * max(q_h . k_s, 0)
+//
+// with q_h the query's FP8-rounded head vectors (decoded to float), k_s the cached FP8
+// key of position s and scale_s its power-of-two block scale. This is the only part of
+// sparse attention whose work grows with the context (every cached position is scored;
+// attention itself then reads only index_topk of them), so it has an AVX2 kernel.
+//
+// The AVX2 kernel scores eight positions at once, one per lane, and gives each lane the
+// very same sequence of float operations as the scalar reference (multiply, then add,
+// dimension by dimension and head by head; no FMA), so both produce identical bits and the
+// positions picked never depend on the instruction set.
+#pragma once
+#include <cstdint>
+
+#include "quant/weight_matrix.h"  // KernelIsa
+
+namespace hearth {
+
+// out[i] = score of the key at keys[i] (dim FP8 e4m3 codes) with scale key_scales[i], for
+// i < n; q: [heads][dim], w: [heads]. dim <= 512.
+void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* const* keys,
+                  const float* key_scales, int64_t n, float* out, KernelIsa isa = KernelIsa::kAuto);
+
+}  // namespace hearth
