@@ -16,5 +16,7 @@ int cmd_kld(int argc, char** argv);
 int cmd_quantize(int argc, char** argv);
 int cmd_imatrix(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_prove(int argc, char** argv);
+int cmd_serve(int argc, char** argv);
 
 }  // namespace hearth::cli

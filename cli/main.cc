@@ -29,6 +29,8 @@ const Command kCommands[] = {
     {"quantize", "write a model as a GGUF file (presets, MoE splits, per-tensor overrides)", hearth::cli::cmd_quantize},
     {"imatrix", "collect an importance matrix from a text (for quantize --imatrix)", hearth::cli::cmd_imatrix},
     {"bench", "throughput like llama-bench (pp, tg, batched tg) against the memory wall", hearth::cli::cmd_bench},
+    {"prove", "prove a statement: generate, verify and refine proofs (DeepSeekMath-V2's loop, resumable)", hearth::cli::cmd_prove},
+    {"serve", "an OpenAI-compatible HTTP server (chat, completions, streaming) over batched generation", hearth::cli::cmd_serve},
 };
 
 void usage(std::FILE* out) {

@@ -135,6 +135,11 @@ float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
+int64_t prefill_path_positions(const ModelConfig& c) {
+  const int64_t per_key = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * int64_t(sizeof(float));
+  return kMaxExpandedBytes / per_key;
+}
+
 void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A, const float* x, float* out) {
   const ModelConfig& c = ctx.config;
   const int64_t T = ctx.rows(), nh = c.num_attention_heads;
@@ -185,7 +190,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     const int64_t nk = int64_t(keys.size());
     const bool expand_fits = nk * nh * kvb_stride * int64_t(sizeof(float)) <= kMaxExpandedBytes;
-    const bool prefill = ctx.path == AttentionPath::kPrefill || (ctx.path == AttentionPath::kAuto && n > 1 && expand_fits);
+    const AttentionPath path = ctx.chunks[ci].path != AttentionPath::kAuto ? ctx.chunks[ci].path : ctx.path;
+    const bool prefill = path == AttentionPath::kPrefill || (path == AttentionPath::kAuto && n > 1 && expand_fits);
     if (!prefill) {
       for (int64_t r = first; r < first + n; ++r) absorbed.push_back(int32_t(r));
       continue;

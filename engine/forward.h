@@ -24,7 +24,15 @@ enum class AttentionPath {
 struct SequenceChunk {
   SeqId seq;
   std::span<const int32_t> tokens;
+  // This chunk's attention path; kAuto: the step's. Lets one step run prompt chunks on
+  // the expanded path and decode tokens on the absorbed one (the batch scheduler pins
+  // each position's path so its results do not depend on how a prompt was chunked).
+  AttentionPath path = AttentionPath::kAuto;
 };
+
+// Cache positions below which the expanded (prefill) path stays within its memory cap
+// for any chunk: a chunk ending at or before this position may be pinned to kPrefill.
+int64_t prefill_path_positions(const ModelConfig& config);
 
 class Forward {
  public:

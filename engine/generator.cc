@@ -4,6 +4,8 @@
 #include <chrono>
 #include <stdexcept>
 
+#include "engine/stop_filter.h"
+
 namespace hearth {
 
 namespace {
@@ -11,54 +13,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// Emits generated text, holding back any tail that may still grow into a stop string.
-class StopFilter {
- public:
-  StopFilter(const std::vector<std::string>& stops, std::string& text, const Generator::TextSink& sink)
-      : stops_(stops), text_(text), sink_(sink) {}
-
-  // Appends `piece`; returns true when a stop string completed (the text is cut before it).
-  bool push(std::string_view piece) {
-    text_ += piece;
-    if (stops_.empty()) {
-      emit(text_.size());
-      return false;
-    }
-    // A match cannot start before `emitted_`: everything earlier was released only once
-    // no stop string could begin there.
-    size_t first = std::string::npos;
-    for (const std::string& s : stops_) {
-      const size_t at = text_.find(s, emitted_);
-      if (at != std::string::npos) first = std::min(first, at);
-    }
-    if (first != std::string::npos) {
-      text_.resize(first);
-      emit(first);
-      return true;
-    }
-    size_t hold = 0;
-    for (const std::string& s : stops_)
-      for (size_t k = std::min(s.size() - 1, text_.size() - emitted_); k > hold; --k)
-        if (std::string_view(text_).substr(text_.size() - k) == std::string_view(s).substr(0, k)) {
-          hold = k;
-          break;
-        }
-    emit(text_.size() - hold);
-    return false;
-  }
-  void finish() { emit(text_.size()); }
-
- private:
-  void emit(size_t upto) {
-    if (upto > emitted_ && sink_) sink_(std::string_view(text_).substr(emitted_, upto - emitted_));
-    emitted_ = std::max(emitted_, upto);
-  }
-  const std::vector<std::string>& stops_;
-  std::string& text_;
-  const Generator::TextSink& sink_;
-  size_t emitted_ = 0;
-};
 
 }  // namespace
 

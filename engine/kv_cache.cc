@@ -1,5 +1,6 @@
 #include "engine/kv_cache.h"
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -27,9 +28,33 @@ SeqId KvCache::add_sequence() {
   return SeqId(seqs_.size() - 1);
 }
 
+KvCache::Sequence& KvCache::live(SeqId s) {
+  if (s < 0 || size_t(s) >= seqs_.size() || !seqs_[size_t(s)].live)
+    throw std::logic_error("KvCache: sequence " + std::to_string(s) + " is not live");
+  return seqs_[size_t(s)];
+}
+
+const KvCache::Sequence& KvCache::live(SeqId s) const { return const_cast<KvCache*>(this)->live(s); }
+
+bool KvCache::is_live(SeqId s) const { return s >= 0 && size_t(s) < seqs_.size() && seqs_[size_t(s)].live; }
+
+SeqId KvCache::fork(SeqId parent, int64_t length) {
+  const Sequence& p = live(parent);
+  if (length < 0 || length > p.length)
+    throw std::out_of_range("KvCache: cannot fork " + std::to_string(length) + " positions of sequence " +
+                            std::to_string(parent) + " of length " + std::to_string(p.length));
+  const size_t shared = size_t((length + page_tokens_ - 1) / page_tokens_);
+  std::vector<int32_t> pages(p.pages.begin(), p.pages.begin() + ptrdiff_t(shared));
+  for (int32_t page : pages) ++refs_[size_t(page)];
+  const SeqId child = add_sequence();  // may reallocate seqs_: `p` is not used past here
+  seqs_[size_t(child)].length = length;
+  seqs_[size_t(child)].pages = std::move(pages);
+  return child;
+}
+
 void KvCache::remove_sequence(SeqId s) {
   Sequence& q = seqs_.at(static_cast<size_t>(s));
-  for (int32_t p : q.pages) free_pages_.push_back(p);
+  for (int32_t p : q.pages) release_page(p);
   q = Sequence{};
 }
 
@@ -39,36 +64,84 @@ int32_t KvCache::allocate_page() {
   if (!free_pages_.empty()) {
     const int32_t p = free_pages_.back();
     free_pages_.pop_back();
+    refs_[size_t(p)] = 1;
     return p;
   }
   const int64_t bytes = page_tokens_ * layers_ * token_bytes_;
   pages_.emplace_back(new uint8_t[size_t(bytes)]());
+  refs_.push_back(1);
   return int32_t(pages_.size() - 1);
 }
 
+void KvCache::release_page(int32_t page) {
+  if (--refs_[size_t(page)] == 0) free_pages_.push_back(page);
+}
+
+void KvCache::set_page_limit(int64_t pages) {
+  if (pages < 0) throw std::invalid_argument("KvCache: the page limit must not be negative, got " + std::to_string(pages));
+  page_limit_ = pages;
+}
+
+int64_t KvCache::pages_needed(SeqId s, int64_t new_length) const {
+  const Sequence& q = live(s);
+  if (new_length <= q.length) return 0;
+  const int64_t need = (new_length + page_tokens_ - 1) / page_tokens_;
+  int64_t n = std::max<int64_t>(0, need - int64_t(q.pages.size()));
+  // The page that position `length` falls in is written: a shared one is copied first.
+  if (q.length % page_tokens_ != 0 && refs_[size_t(q.pages[size_t(q.length / page_tokens_)])] > 1) ++n;
+  return n;
+}
+
 void KvCache::extend(SeqId s, int64_t new_length) {
-  Sequence& q = seqs_.at(static_cast<size_t>(s));
-  if (!q.live) throw std::logic_error("KvCache: sequence " + std::to_string(s) + " is not live");
+  Sequence& q = live(s);
+  if (new_length < q.length)
+    throw std::out_of_range("KvCache: cannot extend sequence " + std::to_string(s) + " of length " +
+                            std::to_string(q.length) + " to " + std::to_string(new_length) + " (truncate shortens)");
+  if (new_length == q.length) return;
+  const int64_t n = pages_needed(s, new_length);
+  if (page_limit_ > 0 && pages_in_use() + n > page_limit_)
+    throw std::length_error("KvCache: extending sequence " + std::to_string(s) + " to " + std::to_string(new_length) +
+                            " positions needs " + std::to_string(n) + " more pages, past the limit of " +
+                            std::to_string(page_limit_) + " (" + std::to_string(pages_in_use()) + " in use)");
+  if (q.length % page_tokens_ != 0) {
+    int32_t& page = q.pages[size_t(q.length / page_tokens_)];
+    if (refs_[size_t(page)] > 1) {
+      const int32_t copy = allocate_page();
+      std::copy_n(pages_[size_t(page)].get(), size_t(page_tokens_ * layers_ * token_bytes_), pages_[size_t(copy)].get());
+      release_page(page);
+      page = copy;
+      ++pages_copied_;
+    }
+  }
   const int64_t need = (new_length + page_tokens_ - 1) / page_tokens_;
   while (int64_t(q.pages.size()) < need) q.pages.push_back(allocate_page());
   q.length = new_length;
 }
 
 void KvCache::truncate(SeqId s, int64_t new_length) {
-  Sequence& q = seqs_.at(static_cast<size_t>(s));
-  if (!q.live) throw std::logic_error("KvCache: sequence " + std::to_string(s) + " is not live");
+  Sequence& q = live(s);
   if (new_length < 0 || new_length > q.length)
     throw std::out_of_range("KvCache: cannot truncate sequence " + std::to_string(s) + " of length " +
                             std::to_string(q.length) + " to " + std::to_string(new_length));
   const size_t need = size_t((new_length + page_tokens_ - 1) / page_tokens_);
   while (q.pages.size() > need) {
-    free_pages_.push_back(q.pages.back());
+    release_page(q.pages.back());
     q.pages.pop_back();
   }
   q.length = new_length;
 }
 
 int64_t KvCache::pages_in_use() const { return int64_t(pages_.size() - free_pages_.size()); }
+
+const std::vector<int32_t>& KvCache::page_table(SeqId s) const { return live(s).pages; }
+
+int32_t KvCache::page_refs(int32_t page) const { return refs_.at(size_t(page)); }
+
+int64_t KvCache::pages_shared() const {
+  int64_t n = 0;
+  for (int32_t r : refs_) n += r > 1;
+  return n;
+}
 
 uint8_t* KvCache::slot(int64_t layer, SeqId s, int64_t pos, int64_t offset) {
   const Sequence& q = seqs_[size_t(s)];

@@ -7,7 +7,14 @@
 //
 // Storage is split into fixed-size pages of `page_tokens` positions (all layers of
 // those positions in one page); each sequence owns a page table. This lets sequences of
-// different lengths share one pool, and later lets forks share prefix pages.
+// different lengths share one pool, and lets forks share prefix pages.
+//
+// Sharing: fork() makes a sequence that references its parent's pages for a prefix
+// (pages count their references). Positions are only ever written at or past a
+// sequence's length, right after extend(); extend() first copies the page it will write
+// into when another sequence still references it (copy-on-write), so a fork never
+// changes what its parent or a sibling reads. A page returns to the pool when its last
+// reference goes (remove_sequence, truncate).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -24,10 +31,16 @@ class KvCache {
   KvCache(const ModelConfig& c, int64_t page_tokens = 64);
 
   SeqId add_sequence();
+  // A new sequence of `length` positions (0 <= length <= the parent's) that shares the
+  // parent's pages covering [0, length) instead of copying them.
+  SeqId fork(SeqId parent, int64_t length);
   void remove_sequence(SeqId s);
+  bool is_live(SeqId s) const;
   int64_t length(SeqId s) const;
   // Makes room for positions [length, new_length) and sets the length (the forward pass
-  // fills those positions in the same step).
+  // fills those positions in the same step). Copies the page holding position `length`
+  // first when another sequence shares it. Throws std::length_error (and changes
+  // nothing) when that would take the pool past the page limit.
   void extend(SeqId s, int64_t new_length);
   // Forgets positions [new_length, length) (new_length <= length); pages wholly past the
   // new end go back to the pool. The next step continues at new_length.
@@ -43,7 +56,22 @@ class KvCache {
   const float* index_scale(int64_t layer, SeqId s, int64_t pos) const { return const_cast<KvCache*>(this)->index_scale(layer, s, pos); }
 
   int64_t bytes_per_token() const { return token_bytes_ * layers_; }
-  int64_t pages_in_use() const;
+  int64_t page_tokens() const { return page_tokens_; }
+  int64_t page_bytes() const { return page_tokens_ * bytes_per_token(); }
+  int64_t pages_in_use() const;  // distinct pages referenced by some sequence
+
+  // At most `pages` pages in use at once (0: no limit, the default).
+  void set_page_limit(int64_t pages);
+  int64_t page_limit() const { return page_limit_; }
+  // Pages extend(s, new_length) would take from the pool: new pages plus the
+  // copy-on-write copy, if any.
+  int64_t pages_needed(SeqId s, int64_t new_length) const;
+
+  // Sharing, for accounting and tests.
+  const std::vector<int32_t>& page_table(SeqId s) const;  // page ids, position / page_tokens -> page
+  int32_t page_refs(int32_t page) const;                   // sequences referencing the page
+  int64_t pages_shared() const;                            // pages referenced more than once
+  int64_t pages_copied() const { return pages_copied_; }   // copy-on-write copies so far
 
  private:
   struct Sequence {
@@ -52,13 +80,18 @@ class KvCache {
     std::vector<int32_t> pages;
   };
   uint8_t* slot(int64_t layer, SeqId s, int64_t pos, int64_t offset);
+  Sequence& live(SeqId s);
+  const Sequence& live(SeqId s) const;
   int32_t allocate_page();
+  void release_page(int32_t page);
 
   int64_t layers_, page_tokens_;
   int64_t latent_off_, rope_off_, ikey_off_, iscale_off_, token_bytes_;
   std::vector<std::unique_ptr<uint8_t[]>> pages_;
+  std::vector<int32_t> refs_;  // per page; 0: in free_pages_
   std::vector<int32_t> free_pages_;
   std::vector<Sequence> seqs_;
+  int64_t page_limit_ = 0, pages_copied_ = 0;
 };
 
 }  // namespace hearth

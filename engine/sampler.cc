@@ -22,6 +22,7 @@ Sampler::Sampler(const SamplingParams& params, int64_t candidates)
     : params_(params), candidates_(candidates), rng_(params.seed) {
   params_.validate();
   if (candidates_ <= 0) throw std::invalid_argument("Sampler: no candidate token ids");
+  rng_.discard(params_.skip);
 }
 
 double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }

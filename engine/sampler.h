@@ -22,6 +22,10 @@ struct SamplingParams {
   int64_t top_k = 0;         // 0 disables
   double min_p = 0.0;        // [0, 1]; 0 disables
   uint64_t seed = 0;
+  // Random draws to discard after seeding. A non-greedy sample draws once per token, so a
+  // sample that already has k tokens continues its own random stream with skip = k
+  // (hearth prove resumes partial samples this way).
+  uint64_t skip = 0;
 
   // Throws std::invalid_argument naming the field on a value out of range.
   void validate() const;
