@@ -13,6 +13,7 @@
 #include "engine/index_scores.h"
 #include "engine/layers.h"
 #include "engine/ops.h"
+#include "engine/vec_ops.h"
 #include "quant/numbers.h"
 
 namespace hearth {
@@ -127,11 +128,6 @@ void softmax_inplace(float* s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
-float dot(const float* a, const float* b, int64_t n) {
-  float acc = 0.0f;
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
-}
 
 }  // namespace
 
@@ -216,14 +212,14 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
         for (size_t j = 0; j < pk.size(); ++j) {
           const int64_t s = pk[j];
           const float* kh = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
-          sc[j] = (dot(qh, kh, nope) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+          sc[j] = (dot_f32(qh, kh, nope) + dot_f32(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
         }
         softmax_inplace(sc.data(), int64_t(sc.size()));
         float* o = attn.data() + (r * nh + h) * vd;
         std::fill(o, o + vd, 0.0f);
         for (size_t j = 0; j < pk.size(); ++j) {
           const float* vh = kvb.data() + (int64_t(slot[size_t(pk[j])]) * nh + h) * kvb_stride + nope;
-          for (int64_t d = 0; d < vd; ++d) o[d] += sc[j] * vh[d];
+          axpy_f32(sc[j], vh, o, vd);
         }
       }
     });
@@ -254,14 +250,13 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           sc.resize(pk.size());
           for (size_t j = 0; j < pk.size(); ++j) {
             const int64_t s = pk[j];
-            sc[j] = (dot(ql, ctx.cache.latent(layer, seq, s), kvr) + dot(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+            sc[j] = (dot_f32(ql, ctx.cache.latent(layer, seq, s), kvr) + dot_f32(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
           }
           softmax_inplace(sc.data(), int64_t(sc.size()));
           float* ol = olat.data() + t * kvr;
           std::fill(ol, ol + kvr, 0.0f);
           for (size_t j = 0; j < pk.size(); ++j) {
-            const float* lt = ctx.cache.latent(layer, seq, pk[j]);
-            for (int64_t d = 0; d < kvr; ++d) ol[d] += sc[j] * lt[d];
+            axpy_f32(sc[j], ctx.cache.latent(layer, seq, pk[j]), ol, kvr);
           }
         }
         const int64_t v0 = h * kvb_stride + nope;
