@@ -66,6 +66,20 @@ uint64_t stream_sum_scalar(const uint64_t* p, size_t n) {
   return s0 + s1 + s2 + s3;
 }
 
+// rows x cols weights in format f (8 MiB in all): eight random rows quantized once and
+// repeated (quantizing the whole matrix would take longer than the benchmark).
+std::vector<uint8_t> eight_mib_of_weights(const BlockFormat& f, int64_t cols, int64_t rows, std::mt19937& rng) {
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  const int64_t row_bytes = f.row_bytes(cols);
+  std::vector<float> seed_rows(size_t(cols) * 8);
+  for (float& v : seed_rows) v = gauss(rng);
+  std::vector<uint8_t> seed(size_t(row_bytes) * 8), w(size_t(row_bytes * rows));
+  f.quantize_row(seed_rows.data(), seed.data(), cols * 8, nullptr);
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(w.data() + r * row_bytes, seed.data() + (r % 8) * row_bytes, size_t(row_bytes));
+  return w;
+}
+
 // GMAC/s of T activation rows against 8 MiB of one format's weights: the one-row kernel
 // per (weight row, token) against matmul_rows, which takes four tokens per tile.
 void batched(int64_t cols, int64_t tokens, int reps) {
@@ -79,12 +93,7 @@ void batched(int64_t cols, int64_t tokens, int reps) {
     if (!dt) continue;
     const int64_t row_bytes = f.row_bytes(cols);
     const int64_t rows = std::max<int64_t>(4, (int64_t(8) << 20) / row_bytes);
-    std::vector<float> seed_rows(size_t(cols) * 8);
-    for (float& v : seed_rows) v = gauss(rng);
-    std::vector<uint8_t> seed(size_t(row_bytes) * 8), w(size_t(row_bytes * rows));
-    f.quantize_row(seed_rows.data(), seed.data(), cols * 8, nullptr);
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(w.data() + r * row_bytes, seed.data() + (r % 8) * row_bytes, size_t(row_bytes));
+    const std::vector<uint8_t> w = eight_mib_of_weights(f, cols, rows, rng);
     const WeightMatrix m{*dt, rows, cols, w.data()};
     std::vector<float> x(size_t(cols * tokens)), y(size_t(rows * tokens));
     for (float& v : x) v = gauss(rng);
@@ -126,12 +135,7 @@ void transposed(int64_t cols, int reps, double bw) {
     if (!dt || f.block_elems == 1 || !f.vec_dot_avx2) continue;
     const int64_t row_bytes = f.row_bytes(cols);
     const int64_t rows = std::max<int64_t>(4, (int64_t(8) << 20) / row_bytes);
-    std::vector<float> seed_rows(size_t(cols) * 8);
-    for (float& v : seed_rows) v = gauss(rng);
-    std::vector<uint8_t> seed(size_t(row_bytes) * 8), w(size_t(row_bytes * rows));
-    f.quantize_row(seed_rows.data(), seed.data(), cols * 8, nullptr);
-    for (int64_t r = 0; r < rows; ++r)
-      std::memcpy(w.data() + r * row_bytes, seed.data() + (r % 8) * row_bytes, size_t(row_bytes));
+    const std::vector<uint8_t> w = eight_mib_of_weights(f, cols, rows, rng);
     const WeightMatrix m{*dt, rows, cols, w.data()};
     std::vector<float> x(static_cast<size_t>(rows)), y(static_cast<size_t>(cols), 0.0f);
     for (float& v : x) v = gauss(rng);

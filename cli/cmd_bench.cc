@@ -72,6 +72,8 @@ int cmd_bench(int argc, char** argv) {
       ("n,n-gen", "tokens of the tg tests (comma-separated; 0: none)", cxxopts::value<std::string>()->default_value("128"))
       ("batch", "sequences decoding together in the tg tests (comma-separated)", cxxopts::value<std::string>()->default_value("1"))
       ("depth", "tokens already in the cache before each test (comma-separated)", cxxopts::value<std::string>()->default_value("0"))
+      ("depth-fill", "how --depth fills the cache: prefill (run the tokens) or random (write random cache entries: the same decode work, no long prefill)",
+       cxxopts::value<std::string>()->default_value("prefill"))
       ("r,repetitions", "repetitions of each test", cxxopts::value<int>()->default_value("3"))
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("o,output", "md (a markdown table) or json", cxxopts::value<std::string>()->default_value("md"))
@@ -98,6 +100,9 @@ int cmd_bench(int argc, char** argv) {
   bo.depths = parse_list("--depth", args["depth"].as<std::string>());
   bo.reps = args["repetitions"].as<int>();
   bo.profile = args.count("profile") > 0;
+  const std::string fill = args["depth-fill"].as<std::string>();
+  if (fill != "prefill" && fill != "random") throw std::invalid_argument("--depth-fill: '" + fill + "' is not prefill or random");
+  bo.random_depth = fill == "random";
   validate(bo);
   const std::string output = args["output"].as<std::string>();
   if (output != "md" && output != "json") throw std::invalid_argument("--output: '" + output + "' is not md or json");

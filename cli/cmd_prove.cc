@@ -227,6 +227,14 @@ int cmd_prove(int argc, char** argv) {
   }
   std::printf("%s", proof_summary_table(res).c_str());
   std::fflush(stdout);
+  // What batching and prefix sharing saved: prompt tokens submitted versus run.
+  const SchedulerStats st = scheduler.stats();
+  std::fprintf(stderr,
+               "hearth prove: prompt tokens %lld, prefilled %lld, shared from other samples' caches %lld (%.1f%%); "
+               "%lld tokens generated in %lld batched steps\n",
+               (long long)st.prompt_tokens, (long long)st.prefilled_tokens, (long long)st.shared_prefix_tokens,
+               st.prompt_tokens > 0 ? 100.0 * double(st.shared_prefix_tokens) / double(st.prompt_tokens) : 0.0,
+               (long long)st.decoded_tokens, (long long)st.steps);
   std::fprintf(stderr, "hearth prove: best proof in %s, every sample in %s\n", (out_dir / "best.md").string().c_str(),
                (out_dir / "pool.jsonl").string().c_str());
   return 0;

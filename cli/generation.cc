@@ -1,5 +1,6 @@
 #include "cli/generation.h"
 
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -9,6 +10,7 @@
 
 #include "cli/model_tokenizer.h"
 #include "engine/repack.h"
+#include "engine/utf8.h"
 
 namespace hearth::cli {
 
@@ -116,23 +118,9 @@ std::unique_ptr<Session> open_session(const GenerationFlags& flags) {
 }
 
 void check_utf8(std::string_view s, const std::string& what) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t len = 0;
-    uint32_t cp = 0, min = 0;
-    if (c < 0x80) len = 1, cp = c;
-    else if ((c & 0xE0) == 0xC0) len = 2, cp = c & 0x1F, min = 0x80;
-    else if ((c & 0xF0) == 0xE0) len = 3, cp = c & 0x0F, min = 0x800;
-    else if ((c & 0xF8) == 0xF0) len = 4, cp = c & 0x07, min = 0x10000;
-    bool ok = len > 0 && i + len <= s.size();
-    for (size_t k = 1; ok && k < len; ++k) {
-      const unsigned char d = static_cast<unsigned char>(s[i + k]);
-      ok = (d & 0xC0) == 0x80;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    if (ok && len > 1) ok = cp >= min && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
-    if (!ok) throw std::invalid_argument(what + " is not valid UTF-8 (byte offset " + std::to_string(i) + ")");
+  for (size_t i = 0; i < s.size();) {
+    const size_t len = utf8_sequence_length(s, i);
+    if (!len) throw std::invalid_argument(what + " is not valid UTF-8 (byte offset " + std::to_string(i) + ")");
     i += len;
   }
 }

@@ -5,12 +5,14 @@
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <span>
 #include <stdexcept>
 
 #include "engine/eval.h"
 #include "engine/forward.h"
 #include "engine/kv_cache.h"
+#include "engine/ops.h"
 #include "engine/read_bytes.h"
 
 namespace hearth {
@@ -43,7 +45,28 @@ class TokenSource {
 
 // Fills each sequence's cache with `depth` tokens (untimed), one sequence and one
 // prefill chunk per step, so the activations stay those of a 512-token prompt.
-void fill_depth(Forward& fwd, KvCache& cache, const std::vector<SeqId>& seqs, int64_t depth, TokenSource& tokens) {
+void fill_depth(Forward& fwd, KvCache& cache, const std::vector<SeqId>& seqs, int64_t depth, TokenSource& tokens,
+                bool random) {
+  if (random) {  // cache entries shaped like real ones: unit-RMS latents and keys
+    const ModelConfig& c = fwd.model().config();
+    std::mt19937_64 rng(tokens.take(1)[0]);
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> key(static_cast<size_t>(std::max<int64_t>(c.index_head_dim, 1)));
+    for (const SeqId s : seqs) {
+      const int64_t from = cache.length(s);
+      cache.extend(s, from + depth);
+      for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
+        for (int64_t pos = from; pos < from + depth; ++pos) {
+          for (float* p = cache.latent(layer, s, pos), *e = p + c.kv_lora_rank; p < e; ++p) *p = g(rng);
+          for (float* p = cache.rope_key(layer, s, pos), *e = p + c.qk_rope_head_dim; p < e; ++p) *p = g(rng);
+          if (c.has_indexer()) {
+            for (float& v : key) v = g(rng);
+            *cache.index_scale(layer, s, pos) = quantize_fp8_block_pow2(key.data(), c.index_head_dim, cache.index_key(layer, s, pos));
+          }
+        }
+    }
+    return;
+  }
   constexpr int64_t kChunk = 512;
   for (const SeqId s : seqs)
     for (int64_t done = 0; done < depth; done += kChunk) {
@@ -249,7 +272,7 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
       KvCache cache(c);
       std::vector<SeqId> seqs;
       for (int64_t b = 0; b < t.batch; ++b) seqs.push_back(cache.add_sequence());
-      fill_depth(fwd, cache, seqs, t.depth, tokens);
+      fill_depth(fwd, cache, seqs, t.depth, tokens, o.random_depth);
       std::vector<float> logits(static_cast<size_t>(t.batch * V));
       if (!t.decode) {
         const std::vector<int32_t> prompt = tokens.take(t.tokens);

@@ -39,6 +39,11 @@ struct BenchOptions {
   std::vector<int64_t> depths = {0};
   int reps = 3;
   bool profile = false;         // per-phase times of the decode tests
+  // Depth filled by writing random cache entries (latents, rope keys, indexer keys with
+  // their scales) instead of prefilling tokens: a decode step at depth D does the same
+  // work either way (every cached position is scored by the indexer; attention reads
+  // index_topk of them), and prefilling 16K tokens takes a long time on a small machine.
+  bool random_depth = false;
   uint64_t token_seed = 0x5eed;
   uint64_t bandwidth_bytes = 0;  // buffer for the bandwidth measurement (0: the default)
   std::function<void(const std::string&)> progress;  // one line per test repetition

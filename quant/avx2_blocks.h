@@ -66,4 +66,34 @@ inline void unpack_scale_min(const uint8_t s[kKScaleBytes], uint64_t& sc, uint64
   m = m_lo | uint64_t(m_hi) << 32;
 }
 
+
+// Q4_K / Q5_K: the 64 levels of chunk c (values 64c .. 64c + 63) as bytes, low nibbles
+// (values 64c .. +31) in lo and high nibbles (64c + 32 .. +63) in hi, with the fifth bit
+// from qh (bits 2c and 2c + 1 of each byte) when kFifthBit.
+template <bool kFifthBit>
+HEARTH_AVX2 inline void scale_min_levels(const uint8_t* qs, __m256i qh, int c, __m256i& lo, __m256i& hi) {
+  const __m256i low4 = _mm256_set1_epi8(15);
+  const __m256i q = load256(qs + 32 * c);
+  lo = _mm256_and_si256(q, low4);
+  hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+  if constexpr (kFifthBit) {
+    const __m256i bit4 = _mm256_set1_epi8(16);
+    lo = _mm256_or_si256(lo, _mm256_and_si256(move_bit(qh, 2 * c, 4), bit4));
+    hi = _mm256_or_si256(hi, _mm256_and_si256(move_bit(qh, 2 * c + 1, 4), bit4));
+  }
+}
+
+// Q6_K: the 128 levels (0..63, offset 32 not yet taken off) of half c of a block, as four
+// 32-byte groups: q[g] holds values 128c + 32g .. + 31.
+HEARTH_AVX2 inline void q6_levels(const uint8_t* ql, const uint8_t* qh_bytes, int c, __m256i q[4]) {
+  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
+  const __m256i ql0 = load256(ql + 64 * c), ql1 = load256(ql + 64 * c + 32);
+  const __m256i qh = load256(qh_bytes + 32 * c);
+  q[0] = _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45));
+  q[1] = _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45));
+  q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, bits45));
+  q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
+}
+
 }  // namespace hearth::avx2

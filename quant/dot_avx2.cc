@@ -183,7 +183,6 @@ HEARTH_AVX2 inline __m128i unpack_q3_scales(const uint8_t s[kKScaleBytes]) {
 
 template <bool kFifthBit, class Block>
 HEARTH_AVX2 inline float dot_scale_min(const Block* x, const BlockQ8_K* y, int64_t nb) {
-  const __m256i low4 = _mm256_set1_epi8(15);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t ib = 0; ib < nb; ++ib) {
     const Block& b = x[ib];
@@ -195,19 +194,13 @@ HEARTH_AVX2 inline float dot_scale_min(const Block* x, const BlockQ8_K* y, int64
     const __m128i m8 = _mm_cvtsi64_si128(int64_t(m));
     const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));  // m0 m0 m1 m1 ...
     const __m256i summ = _mm256_madd_epi16(load256(a.bsums), mins);
-    __m256i qh;
+    __m256i qh = _mm256_setzero_si256();
     if constexpr (kFifthBit) qh = load256(b.qh);
     __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
 #pragma GCC unroll 4
     for (int c = 0; c < 4; ++c) {
-      const __m256i q = load256(b.qs + 32 * c);
-      __m256i lo = _mm256_and_si256(q, low4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-      if constexpr (kFifthBit) {
-        const __m256i bit4 = _mm256_set1_epi8(16);
-        lo = _mm256_or_si256(lo, _mm256_and_si256(move_bit(qh, 2 * c, 4), bit4));
-        hi = _mm256_or_si256(hi, _mm256_and_si256(move_bit(qh, 2 * c + 1, 4), bit4));
-      }
+      __m256i lo, hi;
+      scale_min_levels<kFifthBit>(b.qs, qh, c, lo, hi);
       const __m256i p0 = _mm256_maddubs_epi16(lo, load256(a.qs + 64 * c));
       const __m256i p1 = _mm256_maddubs_epi16(hi, load256(a.qs + 64 * c + 32));
       sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(p0, _mm256_shuffle_epi8(scales, word_mask(2 * c))));
@@ -309,7 +302,6 @@ HEARTH_AVX2 float vec_dot_q6_k(const void* w, const void* a, int64_t n) {
   require_whole_blocks(n, kQK_K, "q6_K");
   const BlockQ6_K* x = static_cast<const BlockQ6_K*>(w);
   const BlockQ8_K* y = static_cast<const BlockQ8_K*>(a);
-  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
     const BlockQ6_K& b = x[ib];
@@ -320,16 +312,9 @@ HEARTH_AVX2 float vec_dot_q6_k(const void* w, const void* a, int64_t n) {
 #pragma GCC unroll 2
     for (int c = 0; c < 2; ++c) {
       const __m256i sc = chunk_scales(scales16, c);
-      const __m256i ql0 = load256(b.ql + 64 * c), ql1 = load256(b.ql + 64 * c + 32);
-      const __m256i qh = load256(b.qh + 32 * c);
-      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, low4),
-                                         _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45));
-      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(ql1, low4),
-                                         _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45));
-      const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
-                                         _mm256_and_si256(qh, bits45));
-      const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                                         _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45));
+      __m256i q[4];
+      q6_levels(b.ql, b.qh, c, q);
+      const __m256i q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
       const int8_t* a8 = q8.qs + 128 * c;
       const __m256i p0 = _mm256_maddubs_epi16(q0, load256(a8));
       const __m256i p1 = _mm256_maddubs_epi16(q1, load256(a8 + 32));

@@ -50,7 +50,6 @@ HEARTH_AVX2 void dot4_scale_min(const void* w, const void* const* a, int64_t n, 
   const auto* x = static_cast<const Block*>(w);
   const BlockQ8_K* y[kRows];
   for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
-  const __m256i low4 = _mm256_set1_epi8(15);
   __m256 acc[kRows];
   for (int t = 0; t < kRows; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
@@ -60,19 +59,13 @@ HEARTH_AVX2 void dot4_scale_min(const void* w, const void* const* a, int64_t n, 
     const __m256i scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(int64_t(sc))));
     const __m128i m8 = _mm_cvtsi64_si128(int64_t(m));
     const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-    __m256i qh;
+    __m256i qh = _mm256_setzero_si256();
     if constexpr (kFifthBit) qh = load256(b.qh);
     __m256i sum[kRows];
     for (int t = 0; t < kRows; ++t) sum[t] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
-      const __m256i q = load256(b.qs + 32 * c);
-      __m256i lo = _mm256_and_si256(q, low4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
-      if constexpr (kFifthBit) {
-        const __m256i bit4 = _mm256_set1_epi8(16);
-        lo = _mm256_or_si256(lo, _mm256_and_si256(move_bit(qh, 2 * c, 4), bit4));
-        hi = _mm256_or_si256(hi, _mm256_and_si256(move_bit(qh, 2 * c + 1, 4), bit4));
-      }
+      __m256i lo, hi;
+      scale_min_levels<kFifthBit>(b.qs, qh, c, lo, hi);
       const __m256i sc_lo = _mm256_shuffle_epi8(scales, word_mask(2 * c));
       const __m256i sc_hi = _mm256_shuffle_epi8(scales, word_mask(2 * c + 1));
 #pragma GCC unroll 4
@@ -100,7 +93,6 @@ HEARTH_AVX2 void dot4_q6_k(const void* w, const void* const* a, int64_t n, float
   const auto* x = static_cast<const BlockQ6_K*>(w);
   const BlockQ8_K* y[kRows];
   for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
-  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
   __m256 acc[kRows];
   for (int t = 0; t < kRows; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
@@ -110,15 +102,8 @@ HEARTH_AVX2 void dot4_q6_k(const void* w, const void* const* a, int64_t n, float
     for (int t = 0; t < kRows; ++t) sum[t] = _mm256_setzero_si256();
     for (int c = 0; c < 2; ++c) {
       const __m256i sc = chunk_scales(scales16, c);
-      const __m256i ql0 = load256(b.ql + 64 * c), ql1 = load256(b.ql + 64 * c + 32);
-      const __m256i qh = load256(b.qh + 32 * c);
-      const __m256i q[4] = {
-          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
-          _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, bits45)),
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                          _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
-      };
+      __m256i q[4];
+      q6_levels(b.ql, b.qh, c, q);
       const __m256i s[4] = {
           _mm256_shuffle_epi8(sc, word_pair_mask(0)), _mm256_shuffle_epi8(sc, word_pair_mask(2)),
           _mm256_shuffle_epi8(sc, word_pair_mask(4)), _mm256_shuffle_epi8(sc, word_pair_mask(6))};

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "quant/avx2_blocks.h"
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
 #include "quant/numbers.h"
@@ -347,19 +348,10 @@ HEARTH_AVX2_NOFMA void decode_q4_k_avx2(const BlockQ4_K& b, float* out) {
 // scalar dequantizer writes them, each 16-value sub-block times d * scale, one multiply.
 HEARTH_AVX2_NOFMA void decode_q6_k_avx2(const BlockQ6_K& b, float* out) {
   const float d = f16_to_f32(b.d);
-  const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
   alignas(32) uint8_t lv[4][32];
   for (int c = 0; c < 2; ++c) {  // values 128c .. 128c + 127
-    const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * c));
-    const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.ql + 64 * c + 32));
-    const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * c));
-    const __m256i q[4] = {
-        _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), bits45)),
-        _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), bits45)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4), _mm256_and_si256(qh, bits45)),
-        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
-                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), bits45)),
-    };
+    __m256i q[4];
+    avx2::q6_levels(b.ql, b.qh, c, q);
     for (int g = 0; g < 4; ++g) _mm256_store_si256(reinterpret_cast<__m256i*>(lv[g]), q[g]);
     for (int g = 0; g < 4; ++g)
       for (int s8 = 0; s8 < 32; s8 += 8) {

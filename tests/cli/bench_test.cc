@@ -117,6 +117,12 @@ TEST_CASE("cli bench: --profile adds the per-phase table and --depth the @d test
   for (const char* phase : {"| attention (MLA) |", "| indexer |", "| router |", "| routed experts |", "| shared experts |",
                             "| dense MLP |", "| head |", "| sampling |", "| other |", "| total |"})
     CHECK_MESSAGE(r.out.find(phase) != std::string::npos, phase);
+  // The same depth written as random cache entries (tiny has the V3.2 indexer, so its
+  // FP8 keys and scales are filled too): the decode test runs on top of them.
+  const CliRun rnd = run_hearth("bench --synthetic tiny -p 0 -n 3 --depth 40 --depth-fill random -r 1 -t 1");
+  INFO(rnd.all());
+  REQUIRE(rnd.code == 0);
+  CHECK(table_rows(rnd.out).count("tg3@d40") == 1);
   const CliRun j = run_hearth("bench --synthetic tiny --profile -p 0 -n 3 -r 1 -t 1 -o json");
   REQUIRE(j.code == 0);
   const nlohmann::json p = nlohmann::json::parse(j.out)["tests"][0]["profile"];
@@ -166,6 +172,7 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
       {"bench --synthetic huge", "unknown preset 'huge'"},
       {"bench -m /nonexistent --type q8_0", "--type applies to --synthetic models only"},
       {"bench --synthetic tiny --set vocab_size", "--set 'vocab_size': expected KEY=JSON"},
+      {"bench --synthetic tiny --depth 8 --depth-fill zeros", "--depth-fill: 'zeros' is not prefill or random"},
   };
   for (const auto& [args, message] : cases) {
     CAPTURE(args);

@@ -20,12 +20,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/proof_pool_map.h"
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
 extern char** environ;
 
 namespace fs = std::filesystem;
+using hearth::testing::pool_map;
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
 using hearth::testing::slurp;
@@ -59,20 +61,6 @@ std::string prove_args(const TempDir& d, const fs::path& out, const std::string&
 std::string resume_args(const TempDir& d, const fs::path& out) {
   return "prove -m " + model() + " --out '" + out.string() + "' --resume -t 2 --kv-budget 256 --templates '" +
          short_templates(d).string() + "'";
-}
-
-std::map<std::string, nlohmann::json> pool_map(const fs::path& dir) {
-  std::map<std::string, nlohmann::json> out;
-  std::ifstream f(dir / "pool.jsonl");
-  std::string line;
-  while (std::getline(f, line)) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    j.erase("seconds");
-    const std::string id = j["id"];
-    REQUIRE_MESSAGE(!out.count(id), "sample ", id, " twice in the pool");
-    out[id] = j;
-  }
-  return out;
 }
 
 void check_one_line_error(const CliRun& r, std::initializer_list<std::string> parts) {
@@ -143,6 +131,18 @@ TEST_CASE("prove cli: a whole run, then resumed runs that must keep its settings
   CHECK(r.out.find("r1.g0") != std::string::npos);
   CHECK(r.err.find("round 2/2") != std::string::npos);
   CHECK(r.err.find("best.md") != std::string::npos);
+  {
+    // The 4 samples of a round and the 4 verifications of a proof share their prompts.
+    const std::string key = "shared from other samples' caches ";
+    const size_t at = r.err.find(key);
+    REQUIRE(at != std::string::npos);
+    const long long shared = std::stoll(r.err.substr(at + key.size()));
+    const size_t pt = r.err.find("prompt tokens ");
+    REQUIRE(pt != std::string::npos);
+    const long long prompt = std::stoll(r.err.substr(pt + 14));
+    CHECK(shared > 0);
+    CHECK(shared < prompt);
+  }
   const auto pool = pool_map(out);
   check_pool_structure(pool);
   for (const char* f : {"run.json", "pool.jsonl", "journal.json", "summary.json", "best.md"})

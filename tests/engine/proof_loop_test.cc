@@ -15,6 +15,7 @@
 #include "engine/proof_loop.h"
 #include "engine/proof_parse.h"
 #include "support/fake_proof_runner.h"
+#include "support/proof_pool_map.h"
 #include "support/scratch.h"
 
 using namespace hearth;
@@ -22,6 +23,7 @@ using hearth::testing::FakeProofRunner;
 using hearth::testing::slurp;
 using hearth::testing::TempDir;
 namespace fs = std::filesystem;
+using hearth::testing::pool_map;
 
 namespace {
 
@@ -36,21 +38,6 @@ ProofLoopOptions options(int n, int v, int r) {
   o.seed = 11;
   o.journal_interval = 0.05;
   return o;
-}
-
-// The pool as id -> record, without the wall-clock field.
-std::map<std::string, nlohmann::json> pool_map(const fs::path& dir) {
-  std::map<std::string, nlohmann::json> out;
-  std::ifstream f(dir / "pool.jsonl");
-  std::string line;
-  while (std::getline(f, line)) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    j.erase("seconds");
-    const std::string id = j["id"];
-    REQUIRE_MESSAGE(!out.count(id), "sample ", id, " twice in the pool");
-    out[id] = j;
-  }
-  return out;
 }
 
 int count_kind(const std::map<std::string, nlohmann::json>& pool, const std::string& kind, int round = 0) {

@@ -16,12 +16,14 @@
 #include "engine/batch_scheduler.h"
 #include "engine/proof_loop.h"
 #include "engine/proof_runner_scheduler.h"
+#include "support/proof_pool_map.h"
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
 using namespace hearth;
 using hearth::testing::TempDir;
 namespace fs = std::filesystem;
+using hearth::testing::pool_map;
 
 namespace {
 
@@ -51,20 +53,6 @@ SampleJob job(std::vector<int32_t> prompt, uint64_t seed, int64_t max_tokens) {
 
 void run_jobs(SampleRunner& r, std::vector<SampleJob>& jobs) {
   r.run(jobs, {}, [] { return false; });
-}
-
-std::map<std::string, nlohmann::json> pool_map(const fs::path& dir) {
-  std::map<std::string, nlohmann::json> out;
-  std::ifstream f(dir / "pool.jsonl");
-  std::string line;
-  while (std::getline(f, line)) {
-    nlohmann::json j = nlohmann::json::parse(line);
-    j.erase("seconds");
-    const std::string id = j["id"];
-    REQUIRE_MESSAGE(!out.count(id), "sample ", id, " twice in the pool");
-    out[id] = j;
-  }
-  return out;
 }
 
 ProofLoopOptions loop_options() {
