@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,9 +21,9 @@
 
 #include "support/proof_pool_map.h"
 #include "support/scratch.h"
+#include "support/spawn.h"
 #include "support/tiny_chat_model.h"
 
-extern char** environ;
 
 namespace fs = std::filesystem;
 using hearth::testing::pool_map;
@@ -207,17 +206,7 @@ TEST_CASE("prove cli: Ctrl-C stops cleanly and says how to resume") {
                                    "--verifications", "2", "--rounds", "1", "--max-tokens", "32", "--no-thinking",
                                    "--temperature", "0", "-t", "2", "--parallel", "2", "--kv-budget", "256", "--templates",
                                    short_templates(d).string(), "--out", out.string()};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = -1;
-  REQUIRE(posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), environ) == 0);
-  posix_spawn_file_actions_destroy(&fa);
+  const pid_t pid = hearth::testing::spawn_with_stderr(args, err);
   // Interrupt once the first samples are in the pool.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(40);
   const auto finished_lines = [&] {  // complete lines only: the child may be writing one

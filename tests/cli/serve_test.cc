@@ -4,7 +4,6 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,10 +25,10 @@
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "support/scratch.h"
+#include "support/spawn.h"
 #include "support/sse.h"
 #include "support/tiny_chat_model.h"
 
-extern char** environ;
 
 namespace {
 
@@ -51,17 +50,7 @@ class ServeProcess {
                                      "--port",       "0",      "-t",    "1",
                                      "--ctx",        std::to_string(kCtx)};
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int rc = posix_spawn(&pid_, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    REQUIRE_MESSAGE(rc == 0, "cannot start ", args[0]);
+    pid_ = hearth::testing::spawn_with_stderr(args, log_);
     // The port is on stderr once the server listens.
     const std::string marker = "listening on http://127.0.0.1:";
     const auto deadline = Clock::now() + std::chrono::seconds(60);

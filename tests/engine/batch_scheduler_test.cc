@@ -22,17 +22,7 @@ using namespace hearth;
 
 namespace {
 
-struct Fixture {
-  Model model = Model::load(testing::tiny_chat_model_dir().string());
-  Tokenizer tok = Tokenizer::load(testing::tiny_chat_model_dir() / "tokenizer.json");
-
-  std::vector<int32_t> prompt(const std::string& text) const {
-    std::vector<int32_t> ids{tok.bos_id()};
-    const auto body = tok.encode(text);
-    ids.insert(ids.end(), body.begin(), body.end());
-    return ids;
-  }
-};
+using Fixture = testing::TinyChat;
 
 const char* kLongText =
     "In the middle of the night the old lighthouse keeper climbed the spiral stairs once more, counting each of the "

@@ -8,8 +8,11 @@
 #include <filesystem>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "engine/model.h"
 #include "engine/synth.h"
+#include "engine/tokenizer.h"
 
 namespace hearth::testing {
 
@@ -45,5 +48,18 @@ inline std::filesystem::path tiny_chat_model_dir() {
   }();
   return dir;
 }
+
+// The tiny model loaded with its tokenizer, and prompts as BOS + the encoded text.
+struct TinyChat {
+  Model model = Model::load(tiny_chat_model_dir().string());
+  Tokenizer tok = Tokenizer::load(tiny_chat_model_dir() / "tokenizer.json");
+
+  std::vector<int32_t> prompt(const std::string& text) const {
+    std::vector<int32_t> ids{tok.bos_id()};
+    const auto body = tok.encode(text);
+    ids.insert(ids.end(), body.begin(), body.end());
+    return ids;
+  }
+};
 
 }  // namespace hearth::testing
