@@ -227,63 +227,47 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
 
   if (!absorbed.empty()) {
     // Weight-absorbed: q_lat = W_uk(h)^T q_nope; score = q_lat . latent + q_pe . k_pe;
-    // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist. Three passes:
-    // (1) per head, q_lat of every absorbed row of the step (all sequences of a batched
-    // decode), so each head's kv_b band is decoded and read once per step; (2) per row,
-    // the scores and the weighted latent sum with the heads innermost, so each picked
-    // latent (2 KB) is read once for all heads instead of once per head, the part that
-    // grows with index_topk; (3) per head, the value band applied to the latent sums.
+    // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist. One work item
+    // per head covers every absorbed row of the step (all sequences of a batched decode),
+    // so each head's kv_b band is decoded and read once per step, not once per token.
     const int64_t R = int64_t(absorbed.size());
     const bool slice_ok = A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale || (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
-    std::vector<float> qlat(static_cast<size_t>(R * nh * kvr), 0.0f), olat(static_cast<size_t>(R * nh * kvr), 0.0f);
     ctx.pool.parallel_for(nh, [&](int64_t h0, int64_t h1) {
-      std::vector<float> qn(static_cast<size_t>(R * nope));
-      for (int64_t h = h0; h < h1; ++h) {
-        for (int64_t t = 0; t < R; ++t)
-          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
-        matmul_t_accumulate_rows(A.kv_b, h * kvb_stride, nope, qn.data(), nope, R, qlat.data() + h * kvr, nh * kvr, 0, kvr);
-      }
-    });
-    for (int64_t t = 0; t < R; ++t) {
-      const int64_t r = absorbed[size_t(t)];
-      const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
-      const std::vector<int32_t>& pk = picked[size_t(r)];
-      const int64_t P = int64_t(pk.size());
-      const float* ql = qlat.data() + t * nh * kvr;
-      std::vector<float> sc(static_cast<size_t>(nh * P));  // [head][position]
-      ctx.pool.parallel_for(P, [&](int64_t j0, int64_t j1) {
-        for (int64_t j = j0; j < j1; ++j) {
-          const float* lt = ctx.cache.latent(layer, seq, pk[size_t(j)]);
-          const float* kpe = ctx.cache.rope_key(layer, seq, pk[size_t(j)]);
-          for (int64_t h = 0; h < nh; ++h)
-            sc[size_t(h * P + j)] = (dot_f32(ql + h * kvr, lt, kvr) + dot_f32(q.data() + (r * nh + h) * qk + nope, kpe, rope)) * scale;
-        }
-      }, 16);
-      for (int64_t h = 0; h < nh; ++h) softmax_inplace(sc.data() + h * P, P);
-      // The weighted sums, split by latent columns: every thread reads each picked latent's
-      // columns once and adds them into all heads.
-      float* ol = olat.data() + t * nh * kvr;
-      ctx.pool.parallel_for((kvr + 7) / 8, [&](int64_t c0, int64_t c1) {
-        const int64_t lo = c0 * 8, hi = std::min(kvr, c1 * 8);
-        for (int64_t j = 0; j < P; ++j) {
-          const float* lt = ctx.cache.latent(layer, seq, pk[size_t(j)]);
-          for (int64_t h = 0; h < nh; ++h) axpy_f32(sc[size_t(h * P + j)], lt + lo, ol + h * kvr + lo, hi - lo);
-        }
-      }, 8);
-    }
-    ctx.pool.parallel_for(nh, [&](int64_t h0, int64_t h1) {
+      std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(R * kvr)), olat(static_cast<size_t>(R * kvr)), sc;
       std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
       ActivationRows olat_rows;
       for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t t = 0; t < R; ++t)
+          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
+        std::fill(qlat.begin(), qlat.end(), 0.0f);
+        matmul_t_accumulate_rows(A.kv_b, h * kvb_stride, nope, qn.data(), nope, R, qlat.data(), kvr, 0, kvr);
+        for (int64_t t = 0; t < R; ++t) {
+          const int64_t r = absorbed[size_t(t)];
+          const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+          const float* qh = q.data() + (r * nh + h) * qk;
+          const float* ql = qlat.data() + t * kvr;
+          const std::vector<int32_t>& pk = picked[size_t(r)];
+          sc.resize(pk.size());
+          for (size_t j = 0; j < pk.size(); ++j) {
+            const int64_t s = pk[j];
+            sc[j] = (dot_f32(ql, ctx.cache.latent(layer, seq, s), kvr) + dot_f32(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+          }
+          softmax_inplace(sc.data(), int64_t(sc.size()));
+          float* ol = olat.data() + t * kvr;
+          std::fill(ol, ol + kvr, 0.0f);
+          for (size_t j = 0; j < pk.size(); ++j) {
+            axpy_f32(sc[j], ctx.cache.latent(layer, seq, pk[j]), ol, kvr);
+          }
+        }
         const int64_t v0 = h * kvb_stride + nope;
         if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
           const WeightMatrix wv = row_slice(A.kv_b, v0, v0 + vd);
-          olat_rows.prepare(wv.dtype, olat.data() + h * kvr, nh * kvr, R, kvr);
+          olat_rows.prepare(wv.dtype, olat.data(), kvr, R, kvr);
           matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
           for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
         } else {
           const int64_t ld = nh * kvb_stride;
-          matmul_rows(A.kv_b, olat.data() + h * kvr, nh * kvr, R, ov.data(), ld, v0, v0 + vd);
+          matmul_rows(A.kv_b, olat.data(), kvr, R, ov.data(), ld, v0, v0 + vd);
           for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
         }
       }
