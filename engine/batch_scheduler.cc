@@ -470,23 +470,11 @@ std::vector<RequestId> BatchScheduler::submit(std::vector<int32_t> prompt, const
                                               RequestCallbacks callbacks, int64_t generated_from) {
   Impl& s = *impl_;
   if (n < 1) throw std::invalid_argument("the number of samples must be at least 1, got " + std::to_string(n));
-  request.sampling.validate();
-  if (request.max_tokens < 1)
-    throw std::invalid_argument("the token budget must be at least 1, got " + std::to_string(request.max_tokens));
-  for (const std::string& stop : request.stop)
-    if (stop.empty()) throw std::invalid_argument("a stop string must not be empty");
-  if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it has no tokens)");
+  validate_generation(prompt, request, s.context, s.model.config().vocab_size);
   const int64_t len = int64_t(prompt.size());
   if (generated_from > len)
     throw std::invalid_argument("generated_from " + std::to_string(generated_from) + " is past the prompt's " +
                                 std::to_string(len) + " tokens");
-  if (len > s.context)
-    throw std::invalid_argument("the prompt has " + std::to_string(len) + " tokens but the context holds only " +
-                                std::to_string(s.context));
-  const int64_t V = s.model.config().vocab_size;
-  for (int32_t id : prompt)
-    if (id < 0 || id >= V)
-      throw std::invalid_argument("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
   // The last sampled token is never fed back: the cache holds at most prompt + max_tokens - 1.
   const int64_t max_len = std::min(len + request.max_tokens - 1, s.context);
   const int64_t pages = ceil_div(max_len, s.cache.page_tokens());

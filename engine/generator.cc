@@ -1,20 +1,13 @@
 #include "engine/generator.h"
 
 #include <algorithm>
-#include <chrono>
+#include <optional>
 #include <stdexcept>
+#include <string>
 
-#include "engine/stop_filter.h"
+#include "engine/token_stream.h"
 
 namespace hearth {
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-}  // namespace
 
 const char* stop_reason_name(StopReason r) {
   switch (r) {
@@ -50,25 +43,24 @@ void Generator::reset() {
   cached_.clear();
 }
 
-GenerationResult Generator::generate(std::span<const int32_t> prompt, const GenerateRequest& req,
-                                     const TextSink& on_text, const std::atomic<bool>* cancel) {
-  const auto t0 = Clock::now();
+void validate_generation(std::span<const int32_t> prompt, const GenerateRequest& req, int64_t context, int64_t vocab) {
   req.sampling.validate();
   if (req.max_tokens < 1) throw std::invalid_argument("the token budget must be at least 1, got " + std::to_string(req.max_tokens));
   for (const std::string& s : req.stop)
     if (s.empty()) throw std::invalid_argument("a stop string must not be empty");
   if (prompt.empty()) throw std::invalid_argument("the prompt is empty (it has no tokens)");
-  if (int64_t(prompt.size()) > context_)
+  if (int64_t(prompt.size()) > context)
     throw std::invalid_argument("the prompt has " + std::to_string(prompt.size()) + " tokens but the context holds only " +
-                                std::to_string(context_));
-  const int64_t V = model_.config().vocab_size;
+                                std::to_string(context));
   for (int32_t id : prompt)
-    if (id < 0 || id >= V)
-      throw std::invalid_argument("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    if (id < 0 || id >= vocab)
+      throw std::invalid_argument("prompt token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+}
 
-  GenerationResult res;
-  GenerationStats& st = res.stats;
-  st.prompt_tokens = int64_t(prompt.size());
+GenerationResult Generator::generate(std::span<const int32_t> prompt, const GenerateRequest& req,
+                                     const TextSink& on_text, const std::atomic<bool>* cancel) {
+  validate_generation(prompt, req, context_, model_.config().vocab_size);
+  TokenStream stream(tok_, req, int64_t(prompt.size()));  // the clock starts here
   Sampler sampler(req.sampling, tok_.size());
 
   // Reuse the cached prefix; at least the prompt's last token is run to get its logits.
@@ -77,7 +69,6 @@ GenerationResult Generator::generate(std::span<const int32_t> prompt, const Gene
   keep = std::min(keep, prompt.size() - 1);
   cache_.truncate(seq_, int64_t(keep));
   cached_.resize(keep);
-  st.reused_tokens = int64_t(keep);
 
   auto run = [&](std::span<const int32_t> ids) {
     try {
@@ -89,55 +80,24 @@ GenerationResult Generator::generate(std::span<const int32_t> prompt, const Gene
     cached_.insert(cached_.end(), ids.begin(), ids.end());
   };
 
-  const auto t_prefill = Clock::now();
+  stream.admitted(int64_t(keep));
   run(prompt.subspan(keep));
-  StreamDecoder decoder(tok_);
-  StopFilter filter(req.stop, res.text, on_text);
-  const int32_t eos = tok_.eos_id();
-  Clock::time_point t_decode{};
-  bool stopped = false;
+  std::string text;
+  const auto emit = [&] {
+    if (on_text && !text.empty()) on_text(text);
+  };
   for (;;) {
     if (cancel && cancel->load()) {
-      st.stop = StopReason::kCancelled;
-      break;
+      stream.abort(&text);  // what was held back is still shown
+      emit();
+      return stream.finish(StopReason::kCancelled);
     }
     const int32_t tok = sampler.sample(logits_);
-    res.tokens.push_back(tok);
-    if (res.tokens.size() == 1) {
-      st.prefill_seconds = seconds_since(t_prefill);
-      st.ttft_seconds = seconds_since(t0);
-      t_decode = Clock::now();
-    }
-    if (req.stop_at_eos && tok == eos) {
-      st.stop = StopReason::kEos;
-      break;
-    }
-    if (filter.push(decoder.push(tok))) {
-      st.stop = StopReason::kStopString;
-      stopped = true;
-      break;
-    }
-    if (int64_t(res.tokens.size()) >= req.max_tokens) {
-      st.stop = StopReason::kMaxTokens;
-      break;
-    }
-    if (int64_t(cached_.size()) >= context_) {
-      st.stop = StopReason::kContextFull;
-      break;
-    }
+    const std::optional<StopReason> stop = stream.push(tok, int64_t(cached_.size()), context_, text);
+    emit();
+    if (stop) return stream.finish(*stop);
     run(std::span<const int32_t>(&tok, 1));
   }
-  if (!stopped && !filter.push(decoder.flush())) filter.finish();
-
-  st.generated_tokens = int64_t(res.tokens.size());
-  if (st.generated_tokens == 0) st.prefill_seconds = seconds_since(t_prefill);  // cancelled before the first token
-  const double prefilled = double(prompt.size() - keep);
-  st.prefill_tok_s = st.prefill_seconds > 0 ? prefilled / st.prefill_seconds : 0;
-  if (st.generated_tokens > 1) {
-    st.decode_seconds = seconds_since(t_decode);
-    st.decode_tok_s = st.decode_seconds > 0 ? double(st.generated_tokens - 1) / st.decode_seconds : 0;
-  }
-  return res;
 }
 
 }  // namespace hearth

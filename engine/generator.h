@@ -57,6 +57,13 @@ struct GenerationResult {
   GenerationStats stats;
 };
 
+// The checks every generation request gets (the Generator's and the batch scheduler's):
+// std::invalid_argument naming what is wrong for bad sampling parameters, a token budget
+// below 1, an empty stop string, an empty prompt, a prompt longer than `context`, or ids
+// outside [0, vocab).
+void validate_generation(std::span<const int32_t> prompt, const GenerateRequest& request, int64_t context,
+                         int64_t vocab);
+
 class Generator {
  public:
   using TextSink = std::function<void(std::string_view)>;

@@ -48,10 +48,13 @@ std::optional<StopReason> TokenStream::push(int32_t token, int64_t cached, int64
   return stop;
 }
 
-void TokenStream::abort() {
-  if (flushed_) return;
-  flushed_ = true;
-  if (!filter_.push(decoder_.flush())) filter_.finish();
+void TokenStream::abort(std::string* released) {
+  released_.clear();
+  if (!flushed_) {
+    flushed_ = true;
+    if (!filter_.push(decoder_.flush())) filter_.finish();
+  }
+  if (released) released->swap(released_);
 }
 
 GenerationResult TokenStream::finish(StopReason stop) {

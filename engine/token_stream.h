@@ -1,4 +1,4 @@
-// One request's output as its tokens are sampled, for the batch scheduler: the text to
+// One request's output as its tokens are sampled, for the Generator and the batch scheduler: the text to
 // stream with each token, the stop checks in the Generator's order (EOS, stop string,
 // token budget, context), and the request's GenerationStats.
 #pragma once
@@ -31,9 +31,10 @@ class TokenStream {
   // receives the text to stream with it (all of what is left when generation ends).
   std::optional<StopReason> push(int32_t token, int64_t cached, int64_t context, std::string& released);
 
-  // Ends the request early (cancel or failure): text still held back joins the result
-  // without being streamed.
-  void abort();
+  // Ends the request early (cancel or failure): text still held back joins the result;
+  // it is streamed only through `released` when given (the Generator shows it, the
+  // scheduler does not).
+  void abort(std::string* released = nullptr);
 
   // The result, stats filled (`stop` as given).
   GenerationResult finish(StopReason stop);
