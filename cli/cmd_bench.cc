@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "cli/offload_flags.h"
 #include "engine/bench.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
@@ -80,6 +81,7 @@ int cmd_bench(int argc, char** argv) {
       ("profile", "also time each phase of a decode step (attention, indexer, router, experts, head, ...)")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
@@ -149,6 +151,14 @@ int cmd_bench(int argc, char** argv) {
     label = model_label(dir);
   }
 
+  std::unique_ptr<Offload> offload;
+  if (auto oo = parse_offload_flags(args, threads, bench_max_cached_tokens(bo) + 64)) {
+    oo->batch = *std::max_element(bo.batches.begin(), bo.batches.end());
+    offload = Offload::create(*model, *oo);
+    bo.offload = &offload->forward();
+    bo.device = offload->summary();
+    bo.device_label = oo->device + " " + offload->experts_label();
+  }
   ThreadPool pool(threads);
   bo.progress = [](const std::string& line) {
     std::fprintf(stderr, "hearth bench: %s\n", line.c_str());

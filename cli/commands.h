@@ -18,5 +18,7 @@ int cmd_imatrix(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_prove(int argc, char** argv);
 int cmd_serve(int argc, char** argv);
+int cmd_plan(int argc, char** argv);
+int cmd_profile_experts(int argc, char** argv);
 
 }  // namespace hearth::cli

@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "cli/model_tokenizer.h"
+#include "cli/offload_flags.h"
 #include "engine/repack.h"
 #include "engine/utf8.h"
 
@@ -44,6 +45,7 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
        cxxopts::value<std::string>(), "FILE")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_offload_options(opts);
 }
 
 void add_repack_option(cxxopts::Options& opts) {
@@ -101,6 +103,7 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
   f.threads = args["threads"].as<int>();
   if (f.threads < 0 || f.threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   f.load = parse_load_options(args, f.threads);
+  f.offload = parse_offload_flags(args, f.threads, f.context);
   if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
   return f;
 }
@@ -108,12 +111,18 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
 std::unique_ptr<Session> open_session(const GenerationFlags& flags) {
   // The tokenizer first: its errors come before a long model load.
   Tokenizer tok = load_model_tokenizer(flags.model_dir, flags.tokenizer);
-  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir, flags.load), std::move(tok), nullptr});
+  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir, flags.load), std::move(tok), nullptr, nullptr});
   const int64_t max_ctx = s->model.config().max_position_embeddings;
   if (flags.context > max_ctx)
     throw std::invalid_argument("--ctx " + std::to_string(flags.context) + " exceeds the model's context of " +
                                 std::to_string(max_ctx) + " tokens");
-  s->generator = std::make_unique<Generator>(s->model, s->tokenizer, GeneratorOptions{flags.threads, flags.context});
+  GeneratorOptions go{flags.threads, flags.context};
+  if (flags.offload) {
+    s->offload = Offload::create(s->model, *flags.offload);
+    std::fprintf(stderr, "%s\n", s->offload->summary().c_str());
+    go.offload = &s->offload->forward();
+  }
+  s->generator = std::make_unique<Generator>(s->model, s->tokenizer, go);
   return s;
 }
 

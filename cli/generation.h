@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "engine/chat_template.h"
 #include "engine/generator.h"
 #include "engine/model.h"
+#include "engine/offload_setup.h"
 #include "engine/tokenizer.h"
 
 namespace hearth::cli {
@@ -29,6 +31,7 @@ struct GenerationFlags {
   bool thinking = true;
   int64_t context = 0;  // 0: the model's
   int threads = 0;
+  std::optional<OffloadOptions> offload;  // --offload and its flags (cli/offload_flags.h)
 };
 
 // -m, -n, --temp, --top-p, --top-k, --min-p, --seed, --stop, --reasoning, --no-thinking, --ctx, -t,
@@ -47,6 +50,7 @@ ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int thread
 struct Session {
   Model model;
   Tokenizer tokenizer;
+  std::unique_ptr<Offload> offload;  // before the generator: it outlives the generator's steps
   std::unique_ptr<Generator> generator;
 };
 std::unique_ptr<Session> open_session(const GenerationFlags& flags);

@@ -31,6 +31,8 @@ const Command kCommands[] = {
     {"bench", "throughput like llama-bench (pp, tg, batched tg) against the memory wall", hearth::cli::cmd_bench},
     {"prove", "prove a statement: generate, verify and refine proofs (DeepSeekMath-V2's loop, resumable)", hearth::cli::cmd_prove},
     {"serve", "an OpenAI-compatible HTTP server (chat, completions, streaming) over batched generation", hearth::cli::cmd_serve},
+    {"plan", "plan what a GPU of a given size holds (--gpu-mem, --place) and its throughput roofline", hearth::cli::cmd_plan},
+    {"profile-experts", "count how often each routed expert is chosen on a text (for plan --profile)", hearth::cli::cmd_profile_experts},
 };
 
 void usage(std::FILE* out) {

@@ -11,6 +11,7 @@
 
 #include "engine/eval.h"
 #include "engine/forward.h"
+#include "engine/offload_forward.h"
 #include "engine/kv_cache.h"
 #include "engine/ops.h"
 #include "engine/read_bytes.h"
@@ -244,6 +245,14 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   report.bandwidth = measure_read_bandwidth(pool, o.bandwidth_bytes);
 
   Forward fwd(model, pool);
+  if (o.offload) {
+    if (o.random_depth && !o.offload->device().simulated())
+      throw std::invalid_argument("--depth-fill random writes the host's cache only: use --depth-fill prefill with --offload cuda");
+    if (o.profile) throw std::invalid_argument("--profile times the CPU path's phases: use --trace with --offload");
+    fwd.set_offload(o.offload);
+    report.device = o.device;
+    report.device_short = o.device_label.empty() ? "offload" : o.device_label;
+  }
   const int64_t V = c.vocab_size;
   {
     // Warm-up (untimed): threads awake, buffers allocated, first pages touched.
@@ -335,25 +344,29 @@ std::string bench_markdown(const BenchReport& rep) {
          ", shared experts " + mb(double(a.shared_experts)) + ", router " + mb(double(a.router)) + ", head " +
          mb(double(a.head)) + ", norms " + mb(double(a.norms)) + ") + " + fmt("%.0f", double(a.embedding_row)) +
          " B embedding row per token\n";
+  // Offloaded, the CPU's memory wall says nothing about the step (the device reads the
+  // resident weights), so the wall columns are left out.
+  const bool dev = !rep.device.empty();
   bool any_decode = false;
   for (const BenchResult& r : rep.results) {
-    if (!r.decode) continue;
+    if (!r.decode || dev) continue;
     any_decode = true;
     out += r.name + ": " + fmt("%.2f", r.experts_per_layer) + " of " + std::to_string(m.experts_per_layer) +
            " experts per MoE layer per step (x" + std::to_string(m.moe_layers) + " layers) -> routed " +
            mb(r.routed_bytes_per_step) + " MB + always active " + mb(r.active_bytes_per_step) + " MB = " +
            mb(r.bytes_per_step()) + " MB/step, " + mb(r.bytes_per_step() / double(r.batch)) + " MB/token\n";
   }
-  out += "\n| model | size | params | quant | threads | test | t/s |";
+  if (dev) out += rep.device + "\n";
+  out += std::string("\n| model | size | params | quant | threads | ") + (dev ? "device | " : "") + "test | t/s |";
   if (any_decode) out += " MB/step | wall t/s | efficiency |";
-  out += "\n| --- | ---: | ---: | --- | ---: | --- | ---: |";
+  out += std::string("\n| --- | ---: | ---: | --- | ---: | ") + (dev ? "--- | " : "") + "--- | ---: |";
   if (any_decode) out += " ---: | ---: | ---: |";
   out += "\n";
   const std::string size = fmt("%.2f GiB", double(m.weight_bytes) / double(uint64_t(1) << 30));
   const std::string params = fmt("%.2f B", double(m.params) / 1e9);
   for (const BenchResult& r : rep.results) {
     out += "| " + m.name + " | " + size + " | " + params + " | " + m.quant + " | " + std::to_string(m.threads) + " | " +
-           r.name + " | " + fmt("%.2f", r.mean) + " ± " + fmt("%.2f", r.sd) + " |";
+           (dev ? rep.device_short + " | " : std::string()) + r.name + " | " + fmt("%.2f", r.mean) + " ± " + fmt("%.2f", r.sd) + " |";
     if (any_decode) {
       if (r.decode)
         out += ' ' + mb(r.bytes_per_step()) + " | " + fmt("%.2f", r.wall_tok_s) + " | " + fmt("%.1f", 100 * r.efficiency) + "% |";
@@ -395,6 +408,7 @@ nlohmann::json bench_json(const BenchReport& rep) {
   const BenchModelInfo& m = rep.model;
   const ActiveBytes& a = m.active;
   json j;
+  if (!rep.device.empty()) j["device"] = rep.device;
   j["model"] = {{"name", m.name},
                 {"size_bytes", m.weight_bytes},
                 {"size_gib", double(m.weight_bytes) / double(uint64_t(1) << 30)},

@@ -32,6 +32,8 @@
 
 namespace hearth {
 
+class OffloadForward;
+
 struct BenchOptions {
   std::vector<int64_t> prompts = {512};  // a pp test per entry
   std::vector<int64_t> gens = {128};     // a tg test per entry and batch
@@ -47,6 +49,10 @@ struct BenchOptions {
   uint64_t token_seed = 0x5eed;
   uint64_t bandwidth_bytes = 0;  // buffer for the bandwidth measurement (0: the default)
   std::function<void(const std::string&)> progress;  // one line per test repetition
+  // Run the tests offloaded (engine/offload_forward.h); `device` names it in the report.
+  OffloadForward* offload = nullptr;
+  std::string device;        // a line: device, resident bytes and experts
+  std::string device_label;  // the table's device column, e.g. "cuda 41/64"
 };
 
 // Throws std::invalid_argument naming the option for empty lists, values below 1 (0 is
@@ -97,6 +103,8 @@ struct BenchReport {
   BenchModelInfo model;
   BandwidthResult bandwidth;
   std::vector<BenchResult> results;
+  std::string device;  // the offload device and what it holds; empty: CPU only
+  std::string device_short;
 };
 
 // Measures the bandwidth with `pool`'s threads, then runs every test.

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "engine/layers.h"
+#include "engine/offload_forward.h"
 #include "engine/ops.h"
 
 namespace hearth {
@@ -12,6 +13,10 @@ Forward::Forward(const Model& model, ThreadPool& pool) : model_(model), pool_(po
 
 void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, float* logits,
                    AttentionPath path, bool last_only) {
+  if (offload_) {
+    offload_->step(cache, batch, logits, path, last_only);
+    return;
+  }
   const ModelConfig& c = model_.config();
   StepContext ctx{c, pool_, cache, rope_, path, batch, {}, {}, {}, {}, probes_};
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -51,7 +56,7 @@ void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, floa
     for (int64_t i = 0; i < T * H; ++i) x[size_t(i)] += y[size_t(i)];
     for (int64_t r = 0; r < T; ++r) rms_norm(x.data() + r * H, L.ffn_norm.data(), H, c.rms_norm_eps, h.data() + r * H);
     if (L.is_moe) {
-      moe_forward(ctx, L.moe, h.data(), y.data());  // marks router, routed and shared experts
+      moe_forward(ctx, l, L.moe, h.data(), y.data());  // marks router, routed and shared experts
     } else {
       ScopedPhase phase(probes_.profiler, Phase::kDenseMlp);
       mlp_forward(pool_, L.dense, h.data(), T, y.data(), probes_.activations);

@@ -34,6 +34,8 @@ struct SequenceChunk {
 // for any chunk: a chunk ending at or before this position may be pinned to kPrefill.
 int64_t prefill_path_positions(const ModelConfig& config);
 
+class OffloadForward;
+
 class Forward {
  public:
   Forward(const Model& model, ThreadPool& pool);
@@ -46,6 +48,12 @@ class Forward {
 
   const Model& model() const { return model_; }
 
+  // Sends every later step to an accelerator split (engine/offload_forward.h) instead of
+  // the CPU; nullptr returns to the CPU. The pointed-to object must outlive those steps.
+  // Phase probes are not reported while offloaded (the device has its own trace).
+  void set_offload(OffloadForward* offload) { offload_ = offload; }
+  OffloadForward* offload() const { return offload_; }
+
   // Where later steps report their phase times and expert reads (engine/profile.h);
   // the pointed-to objects must outlive those steps. Default: none.
   void set_probes(const StepProbes& probes) { probes_ = probes; }
@@ -56,6 +64,7 @@ class Forward {
   ThreadPool& pool_;
   Rope rope_;
   StepProbes probes_;
+  OffloadForward* offload_ = nullptr;
 };
 
 }  // namespace hearth

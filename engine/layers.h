@@ -29,7 +29,8 @@ struct StepContext {
 void attention_forward(const StepContext& ctx, int64_t layer, const Attention& attn, const float* x, float* out);
 void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,
                  const ActivationObserver* observe = nullptr);
-void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* out);
+// `layer` indexes the model's layers (for the per-expert counts of StepProbes).
+void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const float* x, float* out);
 
 // Expert choice for one token (exposed for tests): indices and weights of the
 // num_experts_per_tok experts, following DeepSeek-V3's group-limited routing.

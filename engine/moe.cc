@@ -65,7 +65,7 @@ Routing route_token(const ModelConfig& c, const float* logits, const std::vector
   return r;
 }
 
-void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* out) {
+void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const float* x, float* out) {
   const ModelConfig& c = ctx.config;
   const int64_t T = ctx.rows(), H = c.hidden_size, E = c.n_routed_experts;
   Profiler* prof = ctx.probes.profiler;
@@ -91,6 +91,16 @@ void moe_forward(const StepContext& ctx, const Moe& moe, const float* x, float* 
         w.weights.push_back(route.weights[i]);
       }
     }
+  }
+  if (ExpertCounts* counts = ctx.probes.expert_counts) {
+    if (counts->hits.size() <= size_t(layer)) counts->hits.resize(size_t(layer) + 1);
+    std::vector<int64_t>& hits = counts->hits[size_t(layer)];
+    hits.resize(size_t(E), 0);
+    for (int64_t e = 0; e < E; ++e) hits[size_t(e)] += int64_t(by_expert[size_t(e)].rows.size());
+    // Every token passes every MoE layer: count the step's tokens once, at the first.
+    int64_t first_moe = 0;
+    while (first_moe < c.num_hidden_layers && !c.is_moe_layer(first_moe)) ++first_moe;
+    if (layer == first_moe) counts->tokens += T;
   }
   if (ExpertUsage* usage = ctx.probes.experts) {
     int64_t hit = 0, bytes = 0;

@@ -94,6 +94,17 @@ struct ExpertUsage {
   void reset() { *this = ExpertUsage{}; }
 };
 
+// How many tokens each routed expert was chosen by: hits[layer][expert] (rows of dense
+// layers stay empty; a MoE layer's row is sized on first use), over `tokens` tokens (each
+// step's tokens counted once, at the first MoE layer). hits[l][e] / tokens is the
+// fraction of tokens routed to e; a layer's fractions sum to num_experts_per_tok.
+// Used to collect expert profiles for placement (hearth profile-experts).
+struct ExpertCounts {
+  std::vector<std::vector<int64_t>> hits;
+  int64_t tokens = 0;
+  void reset() { *this = ExpertCounts{}; }
+};
+
 // Sees the float input rows of a weight product before it runs: `rows` rows of
 // w->cols values, row i at x + i * ld. Called on the thread that drives the step (never
 // inside a parallel region), for attention's q_a, q_b, kv_a, kv_b (prefill path only:
@@ -108,6 +119,7 @@ struct StepProbes {
   Profiler* profiler = nullptr;
   ExpertUsage* experts = nullptr;
   const ActivationObserver* activations = nullptr;
+  ExpertCounts* expert_counts = nullptr;
 };
 
 // Reports x to the activation observer, if there is one.

@@ -1,0 +1,65 @@
+#include "cli/offload_flags.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "offload/byte_size.h"
+
+namespace hearth::cli {
+
+void add_offload_options(cxxopts::Options& opts) {
+  opts.add_options("offload")
+      ("offload", "run attention, shared experts and the hottest routed experts on a device: cuda or sim (simulated)",
+       cxxopts::value<std::string>(), "DEVICE")
+      ("gpu-mem", "device memory the placement may use, e.g. 24G (default: the device's free memory less a reserve)",
+       cxxopts::value<std::string>(), "SIZE")
+      ("place", "put the items whose name matches REGEX on the gpu or the cpu (repeatable; see hearth plan)",
+       cxxopts::value<std::vector<std::string>>(), "REGEX=gpu|cpu")
+      ("expert-profile", "rank routed experts by this profile (hearth profile-experts) when filling the device",
+       cxxopts::value<std::string>(), "FILE")
+      ("trace", "write a Chrome trace (chrome://tracing, Perfetto) of the device's copies and kernels", cxxopts::value<std::string>(),
+       "FILE")
+      ("sim-link", "--offload sim: the simulated host<->device link in GB/s", cxxopts::value<double>()->default_value("25"))
+      ("stream-rows", "stream a layer's non-resident experts to the device for chunks of at least N rows "
+       "(default: when the cost model says it is faster than the CPU)", cxxopts::value<int64_t>()->default_value("0"));
+}
+
+std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& args, int threads, int64_t ctx) {
+  if (!args.count("offload")) {
+    for (const char* f : {"gpu-mem", "place", "expert-profile", "trace"})
+      if (args.count(f)) throw std::invalid_argument(std::string("--") + f + " needs --offload cuda|sim");
+    return std::nullopt;
+  }
+  OffloadOptions o;
+  o.device = args["offload"].as<std::string>();
+  if (o.device != "cuda" && o.device != "sim")
+    throw std::invalid_argument("--offload: unknown device '" + o.device + "' (expected cuda or sim)");
+  if (args.count("gpu-mem")) {
+    try {
+      o.gpu_mem = parse_byte_size(args["gpu-mem"].as<std::string>());
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(std::string("--gpu-mem: ") + e.what());
+    }
+    if (o.gpu_mem == 0) throw std::invalid_argument("--gpu-mem: must be more than 0 with --offload");
+  }
+  if (args.count("place")) o.place = args["place"].as<std::vector<std::string>>();
+  for (const std::string& p : o.place) {
+    try {
+      (void)parse_place_override(p);
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(std::string("--place: ") + e.what());
+    }
+  }
+  if (args.count("expert-profile")) o.expert_profile = args["expert-profile"].as<std::string>();
+  if (args.count("trace")) o.trace_file = args["trace"].as<std::string>();
+  o.sim.link_gbps = args["sim-link"].as<double>();
+  if (!(o.sim.link_gbps > 0)) throw std::invalid_argument("--sim-link: must be a positive GB/s figure");
+  o.tuning.force_stream_rows = args["stream-rows"].as<int64_t>();
+  if (o.tuning.force_stream_rows < 0) throw std::invalid_argument("--stream-rows: must be 0 or more");
+  o.tuning.link_gbps = o.sim.link_gbps;
+  o.threads = threads;
+  o.ctx = ctx > 0 ? ctx : 4096;
+  return o;
+}
+
+}  // namespace hearth::cli

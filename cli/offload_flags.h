@@ -1,0 +1,17 @@
+// The flags that put part of the model on an accelerator, shared by generate, chat, bench:
+// --offload cuda|sim, --gpu-mem SIZE, --place REGEX=gpu|cpu (repeatable), --expert-profile
+// FILE, --trace FILE, --sim-link GBPS, --stream-rows N.
+#pragma once
+#include <cxxopts.hpp>
+#include <optional>
+
+#include "engine/offload_setup.h"
+
+namespace hearth::cli {
+
+void add_offload_options(cxxopts::Options& opts);
+// nullopt without --offload. Throws std::invalid_argument naming the flag on a bad value
+// (and for offload flags given without --offload).
+std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& args, int threads, int64_t ctx);
+
+}  // namespace hearth::cli
