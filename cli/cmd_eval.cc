@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/text_input.h"
 #include "cli/generation.h"
 #include "cli/model_tokenizer.h"
 #include "engine/eval.h"
@@ -71,26 +72,13 @@ bool parse_eval_flags(cxxopts::Options& opts, int argc, char** argv, size_t n_mo
   return true;
 }
 
-std::string read_text(const std::string& path) {
-  if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin.rdbuf()), {});
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("cannot read text file '" + path + "'");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read text file '" + path + "'");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // BOS, then the text as plain text (special-token markers in it are not parsed), as
 // llama.cpp tokenizes its perplexity input. Sets the softmax to the tokenizer's ids.
 std::vector<int32_t> tokenize_text(const std::string& model_dir, const std::string& text, EvalFlags& f) {
   // A directory's tokenizer.json, or a .gguf model's own tokenizer.
   const Tokenizer tok = load_model_tokenizer(model_dir, "", "the text is tokenized with the (base) model's tokenizer");
-  std::vector<int32_t> ids;
-  if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
-  const std::vector<int32_t> body = tok.encode(text, /*parse_special=*/false);
-  ids.insert(ids.end(), body.begin(), body.end());
+  std::vector<int32_t> ids = text_token_ids(tok, text);
   if (int64_t(ids.size()) < f.eval.ctx)
     throw std::invalid_argument("the text has " + std::to_string(ids.size()) + " tokens (BOS included), fewer than one chunk of --ctx " +
                                 std::to_string(f.eval.ctx) + " tokens");
@@ -128,7 +116,7 @@ int cmd_perplexity(int argc, char** argv) {
   add_eval_options(opts, "model directory (config.json, safetensors, tokenizer.json)");
   EvalFlags f;
   if (!parse_eval_flags(opts, argc, argv, 1, f)) return 0;
-  const std::string text = read_text(f.text_file);
+  const std::string text = read_text_file(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
   const Model model = Model::load(f.models[0], f.load);
@@ -166,7 +154,7 @@ int cmd_kld(int argc, char** argv) {
                          "or .gguf file)");
   EvalFlags f;
   if (!parse_eval_flags(opts, argc, argv, 2, f)) return 0;
-  const std::string text = read_text(f.text_file);
+  const std::string text = read_text_file(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
   const Model base = Model::load(f.models[0]);

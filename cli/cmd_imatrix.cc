@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/text_input.h"
 #include "cli/model_tokenizer.h"
 #include "engine/eval.h"
 #include "engine/forward.h"
@@ -84,15 +85,6 @@ TargetMap weight_targets(const Model& model) {
   return map;
 }
 
-std::string read_text_file(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("cannot read text file '" + path + "'");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read text file '" + path + "'");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 }  // namespace
 
@@ -101,43 +93,19 @@ int cmd_imatrix(int argc, char** argv) {
                         "Collect an importance matrix (per weight, the mean x^2 of each input column over the text's\n"
                         "tokens) in llama.cpp's GGUF imatrix format, for hearth quantize --imatrix. Chunks as for\n"
                         "hearth perplexity: --ctx tokens each (BOS first), each run from an empty cache.");
-  opts.add_options()
-      ("m,model", "model directory (config.json, safetensors, tokenizer.json) or .gguf file", cxxopts::value<std::string>())
-      ("f,file", "the calibration text, UTF-8", cxxopts::value<std::string>())
-      ("o,output", "the imatrix file to write (GGUF)", cxxopts::value<std::string>())
-      ("ctx", "tokens per chunk", cxxopts::value<int64_t>()->default_value("512"))
-      ("chunks", "use at most N chunks (0: every whole chunk of the text)", cxxopts::value<int64_t>()->default_value("0"))
-      ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
-      ("h,help", "show this help");
+  add_text_pass_options(opts, "the calibration text, UTF-8", "the imatrix file to write (GGUF)");
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;
   }
-  if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
-  for (const char* req : {"model", "file", "output"})
-    if (!args.count(req)) throw std::invalid_argument(std::string("--") + req + " is required (see --help)");
-  const std::string model_path = args["model"].as<std::string>(), text_path = args["file"].as<std::string>(),
-                    out_path = args["output"].as<std::string>();
-  EvalOptions eo;
-  eo.ctx = args["ctx"].as<int64_t>();
-  if (eo.ctx < 3) throw std::invalid_argument("--ctx: must be at least 3");
-  eo.max_chunks = args["chunks"].as<int64_t>();
-  if (eo.max_chunks < 0) throw std::invalid_argument("--chunks: must be >= 0 (0: all)");
-  const int threads = args["threads"].as<int>();
-  if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
-
-  // BOS, then the text as plain text, as for perplexity.
-  const std::string text = read_text_file(text_path);
-  const Tokenizer tok = load_model_tokenizer(model_path, "", "the text is tokenized with the model's tokenizer");
-  std::vector<int32_t> ids;
-  if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
-  const std::vector<int32_t> body = tok.encode(text, /*parse_special=*/false);
-  ids.insert(ids.end(), body.begin(), body.end());
-  const int64_t chunks = eval_chunk_count(int64_t(ids.size()), eo);
-  if (chunks == 0)
-    throw std::invalid_argument("the text has " + std::to_string(ids.size()) +
-                                " tokens (BOS included), fewer than one chunk of --ctx " + std::to_string(eo.ctx));
+  const TextPassFlags f = parse_text_pass_flags(args);
+  const std::string &model_path = f.model, &text_path = f.text, &out_path = f.output;
+  const EvalOptions& eo = f.eval;
+  const int threads = f.threads;
+  const TextChunks text = text_pass_chunks(f);
+  const std::vector<int32_t>& ids = text.ids;
+  const int64_t chunks = text.count;
 
   const Model model = Model::load(model_path);
   if (eo.ctx > model.config().max_position_embeddings)
@@ -161,10 +129,8 @@ int cmd_imatrix(int argc, char** argv) {
   std::fprintf(stderr, "%zu tokens: %lld chunk%s of %lld tokens\n", ids.size(), (long long)chunks, chunks == 1 ? "" : "s",
                (long long)eo.ctx);
   std::vector<float> logits(size_t(eo.ctx * model.config().vocab_size));
-  std::vector<int32_t> chunk(size_t(eo.ctx));
   for (int64_t c = 0; c < chunks; ++c) {
-    std::copy_n(ids.begin() + c * eo.ctx, eo.ctx, chunk.begin());
-    if (tok.bos_id() >= 0) chunk[0] = tok.bos_id();
+    const std::vector<int32_t> chunk = text.chunk(c);
     KvCache cache(model.config());
     const SeqId seq = cache.add_sequence();
     fwd.step(cache, {{seq, chunk}}, logits.data(), AttentionPath::kAuto, /*last_only=*/false);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/text_input.h"
 #include "cli/model_tokenizer.h"
 #include "engine/eval.h"
 #include "engine/forward.h"
@@ -24,60 +25,25 @@
 
 namespace hearth::cli {
 
-namespace {
-
-std::string read_text(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("-f: cannot read text file '" + path + "'");
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw std::runtime_error("-f: cannot read text file '" + path + "'");
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
 
 int cmd_profile_experts(int argc, char** argv) {
   cxxopts::Options opts(argv[0],
                         "Count how often each routed expert is chosen on a text and write the frequencies (per layer\n"
                         "and expert, the fraction of tokens routed there) as JSON, for hearth plan --profile. Chunks\n"
                         "as for hearth perplexity: --ctx tokens each (BOS first), each run from an empty cache.");
-  opts.add_options()
-      ("m,model", "model directory (config.json, safetensors, tokenizer.json) or .gguf file", cxxopts::value<std::string>())
-      ("f,file", "the text, UTF-8", cxxopts::value<std::string>())
-      ("o,output", "the profile to write (JSON; written to OUTPUT.tmp, then renamed)", cxxopts::value<std::string>())
-      ("ctx", "tokens per chunk", cxxopts::value<int64_t>()->default_value("512"))
-      ("chunks", "use at most N chunks (0: every whole chunk of the text)", cxxopts::value<int64_t>()->default_value("0"))
-      ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
-      ("h,help", "show this help");
+  add_text_pass_options(opts, "the text, UTF-8", "the profile to write (JSON; written to OUTPUT.tmp, then renamed)");
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;
   }
-  if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
-  for (const char* req : {"model", "file", "output"})
-    if (!args.count(req)) throw std::invalid_argument(std::string("--") + req + " is required (see --help)");
-  const std::string model_path = args["model"].as<std::string>(), out_path = args["output"].as<std::string>();
-  EvalOptions eo;
-  eo.ctx = args["ctx"].as<int64_t>();
-  if (eo.ctx < 3) throw std::invalid_argument("--ctx: must be at least 3");
-  eo.max_chunks = args["chunks"].as<int64_t>();
-  if (eo.max_chunks < 0) throw std::invalid_argument("--chunks: must be >= 0 (0: all)");
-  const int threads = args["threads"].as<int>();
-  if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
-
-  const std::string text = read_text(args["file"].as<std::string>());
-  const Tokenizer tok = load_model_tokenizer(model_path, "", "the text is tokenized with the model's tokenizer");
-  std::vector<int32_t> ids;
-  if (tok.bos_id() >= 0) ids.push_back(tok.bos_id());
-  const std::vector<int32_t> body = tok.encode(text, /*parse_special=*/false);
-  ids.insert(ids.end(), body.begin(), body.end());
-  const int64_t chunks = eval_chunk_count(int64_t(ids.size()), eo);
-  if (chunks == 0)
-    throw std::invalid_argument("the text has " + std::to_string(ids.size()) +
-                                " tokens (BOS included), fewer than one chunk of --ctx " + std::to_string(eo.ctx));
+  const TextPassFlags f = parse_text_pass_flags(args);
+  const std::string &model_path = f.model, &out_path = f.output;
+  const EvalOptions& eo = f.eval;
+  const int threads = f.threads;
+  const TextChunks text = text_pass_chunks(f);
+  const std::vector<int32_t>& ids = text.ids;
+  const int64_t chunks = text.count;
 
   const Model model = Model::load(model_path);
   const ModelConfig& c = model.config();
@@ -94,10 +60,8 @@ int cmd_profile_experts(int argc, char** argv) {
 
   std::fprintf(stderr, "%zu tokens: %lld chunk%s of %lld tokens\n", ids.size(), (long long)chunks, chunks == 1 ? "" : "s",
                (long long)eo.ctx);
-  std::vector<int32_t> chunk(size_t(eo.ctx));
   for (int64_t i = 0; i < chunks; ++i) {
-    std::copy_n(ids.begin() + i * eo.ctx, eo.ctx, chunk.begin());
-    if (tok.bos_id() >= 0) chunk[0] = tok.bos_id();
+    const std::vector<int32_t> chunk = text.chunk(i);
     KvCache cache(c);
     const SeqId seq = cache.add_sequence();
     fwd.step(cache, {{seq, chunk}}, /*logits=*/nullptr);  // the routing is all we need: no head

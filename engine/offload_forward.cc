@@ -16,42 +16,30 @@ namespace hearth {
 
 namespace {
 
-// Device memory that grows to the largest step seen (contents not kept on growth).
-struct GrowingDeviceBuffer {
+// Device memory (or pinned host memory) that grows to the largest step seen; contents are
+// not kept on growth.
+template <bool kPinned>
+struct GrowingBuffer {
   Device* dev = nullptr;
   void* ptr = nullptr;
   int64_t bytes = 0;
   float* get(int64_t need) {
     if (need > bytes) {
-      if (ptr) dev->free(ptr);
-      ptr = nullptr;
-      ptr = dev->alloc(need);
+      release();
+      ptr = kPinned ? dev->alloc_pinned(need) : dev->alloc(need);
       bytes = need;
     }
     return static_cast<float*>(ptr);
   }
-  ~GrowingDeviceBuffer() {
-    if (ptr) dev->free(ptr);
+  void release() {
+    if (ptr) kPinned ? dev->free_pinned(ptr) : dev->free(ptr);
+    ptr = nullptr;
+    bytes = 0;
   }
+  ~GrowingBuffer() { release(); }
 };
-
-struct GrowingPinnedBuffer {
-  Device* dev = nullptr;
-  void* ptr = nullptr;
-  int64_t bytes = 0;
-  float* get(int64_t need) {
-    if (need > bytes) {
-      if (ptr) dev->free_pinned(ptr);
-      ptr = nullptr;
-      ptr = dev->alloc_pinned(need);
-      bytes = need;
-    }
-    return static_cast<float*>(ptr);
-  }
-  ~GrowingPinnedBuffer() {
-    if (ptr) dev->free_pinned(ptr);
-  }
-};
+using GrowingDeviceBuffer = GrowingBuffer<false>;
+using GrowingPinnedBuffer = GrowingBuffer<true>;
 
 }  // namespace
 

@@ -57,10 +57,7 @@ namespace {
 constexpr int64_t kPageTokens = 16;
 constexpr int64_t kMaxPages = 64;
 
-const Model& tiny_model() {
-  static const Model m = Model::load(kGoldenDir);
-  return m;
-}
+const Model& tiny_model() { return hearth::testing::golden_model(); }
 
 // The GPU, or nullptr after saying why the test is skipped.
 std::unique_ptr<Device> gpu() {

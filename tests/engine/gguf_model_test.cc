@@ -34,10 +34,7 @@ using hearth::testing::TempDir;
 
 namespace {
 
-const Model& hf_model() {
-  static const Model m = Model::load(kGoldenDir);
-  return m;
-}
+const Model& hf_model() { return hearth::testing::golden_model(); }
 
 std::function<DType(const GgufExportTensor&)> all(DType d) {
   return [d](const GgufExportTensor&) { return d; };

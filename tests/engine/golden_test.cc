@@ -19,10 +19,7 @@ using hearth::testing::kGoldenDir;
 
 namespace {
 
-const Model& tiny_model() {
-  static const Model m = Model::load(kGoldenDir);
-  return m;
-}
+const Model& tiny_model() { return hearth::testing::golden_model(); }
 
 // Runs `tokens` as one prefill chunk, or one token per step (decode), and returns all logits.
 std::vector<float> run(const Model& m, ThreadPool& pool, const std::vector<int32_t>& tokens, bool one_at_a_time,

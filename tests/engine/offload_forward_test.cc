@@ -23,10 +23,7 @@ using hearth::testing::kGoldenDir;
 
 namespace {
 
-const Model& tiny_model() {
-  static const Model m = Model::load(kGoldenDir);
-  return m;
-}
+const Model& tiny_model() { return hearth::testing::golden_model(); }
 
 std::unique_ptr<Device> fast_sim() {
   SimulatedDeviceOptions o;
@@ -36,10 +33,11 @@ std::unique_ptr<Device> fast_sim() {
   return make_simulated_device(o);
 }
 
-// All logits of `tokens`, as one chunk or one token per step, on the CPU or offloaded.
-std::vector<float> run_cpu(const Model& m, ThreadPool& pool, const std::vector<int32_t>& tokens, bool decode) {
+// All logits of `tokens`, as one chunk or one token per step, through `fwd` (a Forward
+// on the CPU or an OffloadForward: both have the same step()).
+template <class Stepper>
+std::vector<float> run_steps(Stepper& fwd, const Model& m, const std::vector<int32_t>& tokens, bool decode) {
   const int64_t V = m.config().vocab_size;
-  Forward fwd(m, pool);
   KvCache cache(m.config(), 16);
   const SeqId s = cache.add_sequence();
   std::vector<float> logits(tokens.size() * size_t(V));
@@ -50,17 +48,13 @@ std::vector<float> run_cpu(const Model& m, ThreadPool& pool, const std::vector<i
   return logits;
 }
 
+std::vector<float> run_cpu(const Model& m, ThreadPool& pool, const std::vector<int32_t>& tokens, bool decode) {
+  Forward fwd(m, pool);
+  return run_steps(fwd, m, tokens, decode);
+}
+
 std::vector<float> run_offload(OffloadForward& fwd, const std::vector<int32_t>& tokens, bool decode) {
-  const Model& m = fwd.model();
-  const int64_t V = m.config().vocab_size;
-  KvCache cache(m.config(), 16);
-  const SeqId s = cache.add_sequence();
-  std::vector<float> logits(tokens.size() * size_t(V));
-  if (!decode) fwd.step(cache, {{s, tokens}}, logits.data());
-  else
-    for (size_t i = 0; i < tokens.size(); ++i)
-      fwd.step(cache, {{s, std::span<const int32_t>(&tokens[i], 1)}}, logits.data() + i * size_t(V));
-  return logits;
+  return run_steps(fwd, fwd.model(), tokens, decode);
 }
 
 double max_diff(const std::vector<float>& a, const std::vector<float>& b) {

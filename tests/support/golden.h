@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/model.h"
+
 namespace hearth::testing {
 
 inline const std::string kGoldenDir = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
@@ -44,6 +46,12 @@ inline const std::vector<GoldenCase>& golden_cases() {
     return out;
   }();
   return cases;
+}
+
+// The golden checkpoint, loaded once per process (its weights are mapped, never copied).
+inline const Model& golden_model() {
+  static const Model m = Model::load(kGoldenDir);
+  return m;
 }
 
 }  // namespace hearth::testing
