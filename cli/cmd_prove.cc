@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/offload_flags.h"
 #include "cli/generation.h"
 #include "cli/model_tokenizer.h"
 #include "cli/progress.h"
@@ -126,6 +127,7 @@ int cmd_prove(int argc, char** argv) {
   add_repack_option(opts);
   opts.add_options("positional")("problem-file", "the problem, a Markdown or text file", cxxopts::value<std::string>());
   opts.parse_positional({"problem-file"});
+  add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help({""}).c_str());
@@ -202,6 +204,8 @@ int cmd_prove(int argc, char** argv) {
   bo.context = ctx;
   bo.kv_budget_bytes = kv_mib << 20;
   bo.max_running = parallel;
+  const std::unique_ptr<Offload> offload = make_scheduler_offload(args, model, threads, bo.kv_budget_bytes);
+  if (offload) bo.offload = &offload->forward();
   BatchScheduler scheduler(model, tok, bo);
   SchedulerSampleRunner runner(scheduler);
 

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/offload_flags.h"
 #include "cli/generation.h"
 #include "cli/http_server.h"
 #include "cli/model_tokenizer.h"
@@ -59,6 +60,7 @@ int cmd_serve(int argc, char** argv) {
        cxxopts::value<std::string>(), "FILE")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
@@ -106,6 +108,8 @@ int cmd_serve(int argc, char** argv) {
   bo.context = context;
   bo.kv_budget_bytes = kv_mib << 20;
   bo.max_running = parallel;
+  const std::unique_ptr<Offload> offload = make_scheduler_offload(args, model, threads, bo.kv_budget_bytes);
+  if (offload) bo.offload = &offload->forward();
   BatchScheduler scheduler(model, tokenizer, bo);
 
   OpenAiServer server(scheduler, so);

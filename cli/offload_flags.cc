@@ -1,8 +1,12 @@
 #include "cli/offload_flags.h"
 
+#include <algorithm>
+#include <cstdio>
 #include <stdexcept>
 #include <string>
 
+#include "engine/batch_scheduler.h"
+#include "engine/kv_cache.h"
 #include "offload/byte_size.h"
 
 namespace hearth::cli {
@@ -60,6 +64,18 @@ std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& ar
   o.threads = threads;
   o.ctx = ctx > 0 ? ctx : 4096;
   return o;
+}
+
+std::unique_ptr<Offload> make_scheduler_offload(const cxxopts::ParseResult& args, const Model& model, int threads,
+                                                int64_t kv_budget_bytes) {
+  std::optional<OffloadOptions> o = parse_offload_flags(args, threads, 0);
+  if (!o) return nullptr;
+  const int64_t budget = kv_budget_bytes > 0 ? kv_budget_bytes : default_kv_budget();
+  o->ctx = std::max<int64_t>(1, budget / KvCache(model.config()).bytes_per_token());
+  o->batch = 1;
+  std::unique_ptr<Offload> off = Offload::create(model, *o);
+  std::fprintf(stderr, "%s\n", off->summary().c_str());
+  return off;
 }
 
 }  // namespace hearth::cli

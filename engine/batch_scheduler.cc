@@ -23,14 +23,14 @@ using Clock = std::chrono::steady_clock;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+}  // namespace
+
 int64_t default_kv_budget() {
   const int64_t cap = int64_t(8) << 30;
   const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
   if (pages <= 0 || page <= 0) return cap;
   return std::min(cap, int64_t(pages) * int64_t(page) / 4);
 }
-
-}  // namespace
 
 struct BatchScheduler::Impl {
   // What the samples of one submit() share.
@@ -155,6 +155,7 @@ BatchScheduler::Impl::Impl(const Model& m, const Tokenizer& t, const BatchOption
     throw std::invalid_argument("the KV budget of " + std::to_string(budget_bytes) + " bytes is less than one cache page (" +
                                 std::to_string(cache.page_bytes()) + " bytes)");
   cache.set_page_limit(budget_pages);  // a guard: admission keeps demand within it
+  forward.set_offload(o.offload);
   counters.kv_pages_budget = budget_pages;
 }
 

@@ -47,7 +47,13 @@
 
 namespace hearth {
 
+class OffloadForward;
+
 using RequestId = int64_t;
+
+// The KV budget when BatchOptions::kv_budget_bytes is 0: 8 GiB or a quarter of the RAM,
+// whichever is less.
+int64_t default_kv_budget();
 
 struct BatchOptions {
   int threads = 0;                  // worker threads of the forward pass (0: one per physical core)
@@ -59,6 +65,7 @@ struct BatchOptions {
   int64_t page_tokens = 64;         // positions per cache page
   int64_t step_tokens = 0;          // rows of one step at most: every decode token, then prompt chunks in the rest
                                     // (at least one prompt token per step); 0: prefill_chunk + max_running
+  OffloadForward* offload = nullptr;  // run the steps offloaded (engine/offload_forward.h); must outlive the scheduler
 };
 
 struct RequestCallbacks {

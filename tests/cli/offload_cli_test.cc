@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -78,4 +80,31 @@ TEST_CASE("cli: bad offload flags get one line naming the flag") {
     CHECK(r.err.find(flag) != std::string::npos);
     CHECK(count(r.err, '\n') == 1);
   }
+}
+
+TEST_CASE("cli: prove --offload sim makes the same samples as the CPU path") {
+  // The batch scheduler (shared prompt pages, copy-on-write forks, batched decode) over
+  // the offloaded pass: a greedy round must give every sample the CPU's text.
+  TempDir d("hearth-offload-prove");
+  auto pool_texts = [](const std::filesystem::path& file) {
+    std::map<std::string, std::string> texts;
+    std::istringstream in(slurp(file));
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      texts[j.at("id").get<std::string>()] = j.at("text").get<std::string>();
+    }
+    return texts;
+  };
+  const std::string base = "prove -m " + model() +
+                           " --problem 'Show that 2 is even.' --samples 2 --verifications 1 --rounds 1 --max-tokens 8"
+                           " --no-thinking --temperature 0 -t 2 --kv-budget 64 --out '";
+  const CliRun cpu = run_hearth(base + (d.path / "cpu").string() + "'");
+  REQUIRE(cpu.code == 0);
+  const CliRun off = run_hearth(base + (d.path / "sim").string() + "' --offload sim --place 'ffn_exps\\.[0-7]$=cpu'");
+  INFO(off.err);
+  REQUIRE(off.code == 0);
+  CHECK(off.err.find("offload: simulated device") != std::string::npos);
+  const auto a = pool_texts(d.path / "cpu" / "pool.jsonl"), b = pool_texts(d.path / "sim" / "pool.jsonl");
+  CHECK(a.size() == 4);  // 2 generations, each verified once
+  CHECK(a == b);
 }
