@@ -14,6 +14,7 @@ Forward::Forward(const Model& model, ThreadPool& pool) : model_(model), pool_(po
 void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, float* logits,
                    AttentionPath path, bool last_only) {
   if (offload_) {
+    offload_->set_probes(probes_);
     offload_->step(cache, batch, logits, path, last_only);
     return;
   }

@@ -50,7 +50,8 @@ class Forward {
 
   // Sends every later step to an accelerator split (engine/offload_forward.h) instead of
   // the CPU; nullptr returns to the CPU. The pointed-to object must outlive those steps.
-  // Phase probes are not reported while offloaded (the device has its own trace).
+  // Offloaded steps report routing (ExpertUsage, ExpertCounts) but not phase times (the
+  // device has its own trace) or activations.
   void set_offload(OffloadForward* offload) { offload_ = offload; }
   OffloadForward* offload() const { return offload_; }
 

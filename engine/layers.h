@@ -32,6 +32,12 @@ void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows,
 // `layer` indexes the model's layers (for the per-expert counts of StepProbes).
 void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const float* x, float* out);
 
+// Reports one MoE layer's routing to the probes that want it (ExpertCounts, ExpertUsage):
+// rows_per_expert[e] rows of the step's `tokens` chose expert e. Shared by the CPU and
+// the offloaded pass.
+void record_routing(const StepProbes& probes, const ModelConfig& c, int64_t layer, const Moe& moe,
+                    const std::vector<int64_t>& rows_per_expert, int64_t tokens);
+
 // Expert choice for one token (exposed for tests): indices and weights of the
 // num_experts_per_tok experts, following DeepSeek-V3's group-limited routing.
 struct Routing {

@@ -65,6 +65,30 @@ Routing route_token(const ModelConfig& c, const float* logits, const std::vector
   return r;
 }
 
+void record_routing(const StepProbes& probes, const ModelConfig& c, int64_t layer, const Moe& moe,
+                    const std::vector<int64_t>& rows_per_expert, int64_t tokens) {
+  const int64_t E = int64_t(rows_per_expert.size());
+  if (ExpertCounts* counts = probes.expert_counts) {
+    if (counts->hits.size() <= size_t(layer)) counts->hits.resize(size_t(layer) + 1);
+    std::vector<int64_t>& hits = counts->hits[size_t(layer)];
+    hits.resize(size_t(E), 0);
+    for (int64_t e = 0; e < E; ++e) hits[size_t(e)] += rows_per_expert[size_t(e)];
+    // Every token passes every MoE layer: count the step's tokens once, at the first.
+    int64_t first_moe = 0;
+    while (first_moe < c.num_hidden_layers && !c.is_moe_layer(first_moe)) ++first_moe;
+    if (layer == first_moe) counts->tokens += tokens;
+  }
+  if (ExpertUsage* usage = probes.experts) {
+    int64_t hit = 0, bytes = 0;
+    for (int64_t e = 0; e < E; ++e)
+      if (rows_per_expert[size_t(e)] > 0) {
+        ++hit;
+        bytes += mlp_read_bytes(moe.experts[size_t(e)]);
+      }
+    usage->record(hit, bytes);
+  }
+}
+
 void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const float* x, float* out) {
   const ModelConfig& c = ctx.config;
   const int64_t T = ctx.rows(), H = c.hidden_size, E = c.n_routed_experts;
@@ -92,24 +116,10 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
       }
     }
   }
-  if (ExpertCounts* counts = ctx.probes.expert_counts) {
-    if (counts->hits.size() <= size_t(layer)) counts->hits.resize(size_t(layer) + 1);
-    std::vector<int64_t>& hits = counts->hits[size_t(layer)];
-    hits.resize(size_t(E), 0);
-    for (int64_t e = 0; e < E; ++e) hits[size_t(e)] += int64_t(by_expert[size_t(e)].rows.size());
-    // Every token passes every MoE layer: count the step's tokens once, at the first.
-    int64_t first_moe = 0;
-    while (first_moe < c.num_hidden_layers && !c.is_moe_layer(first_moe)) ++first_moe;
-    if (layer == first_moe) counts->tokens += T;
-  }
-  if (ExpertUsage* usage = ctx.probes.experts) {
-    int64_t hit = 0, bytes = 0;
-    for (int64_t e = 0; e < E; ++e)
-      if (!by_expert[size_t(e)].rows.empty()) {
-        ++hit;
-        bytes += mlp_read_bytes(moe.experts[size_t(e)]);
-      }
-    usage->record(hit, bytes);
+  {
+    std::vector<int64_t> rows_per_expert(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) rows_per_expert[size_t(e)] = int64_t(by_expert[size_t(e)].rows.size());
+    record_routing(ctx.probes, c, layer, moe, rows_per_expert, T);
   }
 
   std::fill(out, out + T * H, 0.0f);

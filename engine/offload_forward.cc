@@ -345,6 +345,11 @@ void OffloadForward::step(KvCache& cache, const std::vector<SequenceChunk>& batc
         ew[size_t(route.experts[i])].push_back(route.weights[i]);
       }
     }
+    {
+      std::vector<int64_t> rows_per_expert(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) rows_per_expert[size_t(e)] = int64_t(er[size_t(e)].size());
+      record_routing(probes_, c, l, L.moe, rows_per_expert, T);
+    }
     const bool streamed = layer_first_group[size_t(l)] != SIZE_MAX;
     std::vector<DeviceExpertWork>& dev_work = keep.emplace_back();
     cpu_work.clear();

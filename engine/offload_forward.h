@@ -58,6 +58,9 @@ class OffloadForward {
   void set_tuning(const OffloadTuning& t) { tuning_ = t; }
   const OffloadTuning& tuning() const { return tuning_; }
   const OffloadStepStats& last_step() const { return stats_; }
+  // The routing probes (ExpertUsage, ExpertCounts) later steps report to; phase timers and
+  // activation observers are the CPU path's only. Forward passes its own on.
+  void set_probes(const StepProbes& probes) { probes_ = probes; }
 
   // The cost model: whether a chunk of `rows` rows should stream layer `layer`'s
   // non-resident experts to the device rather than compute them on the CPU.
@@ -70,6 +73,7 @@ class OffloadForward {
   void enqueue_uploads_through(size_t g);
   OffloadTuning tuning_;
   OffloadStepStats stats_;
+  StepProbes probes_;
   std::vector<StreamedLayer> streamed_;  // per layer
   std::vector<StreamGroup> groups_;      // this step's upload groups, in the order used
   size_t groups_enqueued_ = 0;

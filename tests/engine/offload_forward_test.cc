@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/forward.h"
@@ -244,4 +245,29 @@ TEST_CASE("offload sim: a pipelined prefill overlaps expert uploads with compute
                   << o.overlapped_us << " us = " << 100 * o.fraction() << "% of the shorter");
   CHECK(o.copy_us > 0);
   CHECK(o.fraction() >= 0.8);
+}
+
+TEST_CASE("offload sim: routing probes see what the CPU path sees") {
+  const Model& m = tiny_model();
+  ThreadPool pool(2);
+  const std::vector<int32_t>& tokens = golden_cases()[0].tokens;
+  auto counted = [&](bool offloaded) {
+    ExpertCounts counts;
+    ExpertUsage usage;
+    StepProbes probes;
+    probes.expert_counts = &counts;
+    probes.experts = &usage;
+    auto dev = fast_sim();
+    auto dm = make_host_device_model(m, *dev, [](int64_t, int64_t e) { return e % 2 == 1; });
+    OffloadForward off(m, pool, *dev, *dm);
+    Forward fwd(m, pool);
+    fwd.set_probes(probes);
+    if (offloaded) fwd.set_offload(&off);
+    run_steps(fwd, m, tokens, false);
+    return std::make_tuple(counts.hits, counts.tokens, usage.distinct_experts, usage.bytes);
+  };
+  const auto cpu = counted(false), off = counted(true);
+  CHECK(std::get<1>(cpu) == int64_t(tokens.size()));
+  CHECK(std::get<2>(cpu) > 0);
+  CHECK(cpu == off);
 }
