@@ -199,14 +199,8 @@ int cmd_prove(int argc, char** argv) {
   const Tokenizer tok = load_model_tokenizer(model_path, args.count("tokenizer") ? args["tokenizer"].as<std::string>() : "");
   const Model model = Model::load(model_path, load);
   if (!resume) open_dir();
-  BatchOptions bo;
-  bo.threads = threads;
-  bo.context = ctx;
-  bo.kv_budget_bytes = kv_mib << 20;
-  bo.max_running = parallel;
-  const std::unique_ptr<Offload> offload = make_scheduler_offload(args, model, threads, bo.kv_budget_bytes);
-  if (offload) bo.offload = &offload->forward();
-  BatchScheduler scheduler(model, tok, bo);
+  const SchedulerSetup setup = scheduler_setup(args, model, threads, ctx, kv_mib << 20, parallel);
+  BatchScheduler scheduler(model, tok, setup.batch);
   SchedulerSampleRunner runner(scheduler);
 
   ProgressPrinter printer;

@@ -103,14 +103,8 @@ int cmd_serve(int argc, char** argv) {
   if (context > max_ctx)
     throw std::invalid_argument("--ctx " + std::to_string(context) + " exceeds the model's context of " +
                                 std::to_string(max_ctx) + " tokens");
-  BatchOptions bo;
-  bo.threads = threads;
-  bo.context = context;
-  bo.kv_budget_bytes = kv_mib << 20;
-  bo.max_running = parallel;
-  const std::unique_ptr<Offload> offload = make_scheduler_offload(args, model, threads, bo.kv_budget_bytes);
-  if (offload) bo.offload = &offload->forward();
-  BatchScheduler scheduler(model, tokenizer, bo);
+  const SchedulerSetup setup = scheduler_setup(args, model, threads, context, kv_mib << 20, parallel);
+  BatchScheduler scheduler(model, tokenizer, setup.batch);
 
   OpenAiServer server(scheduler, so);
   const int port = server.bind();

@@ -5,7 +5,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/batch_scheduler.h"
 #include "engine/kv_cache.h"
 #include "offload/byte_size.h"
 
@@ -66,16 +65,22 @@ std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& ar
   return o;
 }
 
-std::unique_ptr<Offload> make_scheduler_offload(const cxxopts::ParseResult& args, const Model& model, int threads,
-                                                int64_t kv_budget_bytes) {
+SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, const Model& model, int threads, int64_t context,
+                               int64_t kv_budget_bytes, int64_t max_running) {
+  SchedulerSetup s;
+  s.batch.threads = threads;
+  s.batch.context = context;
+  s.batch.kv_budget_bytes = kv_budget_bytes;
+  s.batch.max_running = max_running;
   std::optional<OffloadOptions> o = parse_offload_flags(args, threads, 0);
-  if (!o) return nullptr;
+  if (!o) return s;
   const int64_t budget = kv_budget_bytes > 0 ? kv_budget_bytes : default_kv_budget();
   o->ctx = std::max<int64_t>(1, budget / KvCache(model.config()).bytes_per_token());
   o->batch = 1;
-  std::unique_ptr<Offload> off = Offload::create(model, *o);
-  std::fprintf(stderr, "%s\n", off->summary().c_str());
-  return off;
+  s.offload = Offload::create(model, *o);
+  std::fprintf(stderr, "%s\n", s.offload->summary().c_str());
+  s.batch.offload = &s.offload->forward();
+  return s;
 }
 
 }  // namespace hearth::cli

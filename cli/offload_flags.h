@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 
+#include "engine/batch_scheduler.h"
 #include "engine/offload_setup.h"
 
 namespace hearth::cli {
@@ -15,10 +16,15 @@ void add_offload_options(cxxopts::Options& opts);
 // (and for offload flags given without --offload).
 std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& args, int threads, int64_t ctx);
 
-// For the batch scheduler's commands (prove, serve): the KV cache on the device holds the
-// scheduler's whole KV budget (kv_budget_bytes, or its default when 0), planned as one
-// sequence of that many tokens. nullptr without --offload.
-std::unique_ptr<Offload> make_scheduler_offload(const cxxopts::ParseResult& args, const Model& model, int threads,
-                                                int64_t kv_budget_bytes);
+// The batch scheduler's options for prove and serve, from their shared flags, and the
+// offload (--offload) their steps go to: the device's KV cache holds the scheduler's whole
+// KV budget (kv_budget_bytes, or its default when 0), planned as one sequence of that many
+// tokens. offload is nullptr without --offload; it must outlive the scheduler.
+struct SchedulerSetup {
+  BatchOptions batch;
+  std::unique_ptr<Offload> offload;
+};
+SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, const Model& model, int threads, int64_t context,
+                               int64_t kv_budget_bytes, int64_t max_running);
 
 }  // namespace hearth::cli

@@ -29,12 +29,9 @@ namespace hearth {
 
 // The rows of one step, in batch order, as the device needs them (host data, kept alive by
 // the caller until the step's device work has finished).
-struct StepRows {
+struct StepRows : RowLayout {
   AttentionPath path = AttentionPath::kAuto;  // the step's path (chunks may pin their own)
   std::vector<SequenceChunk> chunks;
-  std::vector<int64_t> chunk_first_row, chunk_start_pos;
-  std::vector<int32_t> row_chunk;
-  std::vector<int64_t> row_pos;
   // Per chunk: the page table of its sequence after the step's extend (page ids of the
   // host KvCache; the device keeps the same pages at the same ids).
   std::vector<std::vector<int32_t>> page_tables;
@@ -42,7 +39,6 @@ struct StepRows {
   // The host cache itself: the simulated device's model uses its pages as device pages
   // (device memory is host memory there); a real device keeps its own copy and ignores it.
   KvCache* host_cache = nullptr;
-  int64_t rows() const { return int64_t(row_pos.size()); }
 };
 
 // Routed experts the device computes in one MoE layer: for each resident expert hit by the

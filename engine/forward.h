@@ -30,6 +30,28 @@ struct SequenceChunk {
   AttentionPath path = AttentionPath::kAuto;
 };
 
+// Where the new tokens of a step go: row r of the step's activations is position
+// row_pos[r] of the sequence of chunk row_chunk[r]. The CPU pass, the offloaded pass and
+// the device models all read a step through this.
+struct RowLayout {
+  std::vector<int64_t> chunk_first_row;  // first activation row of each chunk
+  std::vector<int64_t> chunk_start_pos;  // cache length of each chunk's sequence before the step
+  std::vector<int32_t> row_chunk;
+  std::vector<int64_t> row_pos;
+  int64_t rows() const { return int64_t(row_pos.size()); }
+
+  // The batch laid out after what `cache` holds (call it before the step extends the
+  // cache). Throws std::out_of_range naming a token id outside [0, vocab).
+  static RowLayout of(const KvCache& cache, const std::vector<SequenceChunk>& batch, int64_t vocab);
+  // Row r's token id.
+  int32_t token(const std::vector<SequenceChunk>& batch, int64_t r) const {
+    const int32_t ci = row_chunk[size_t(r)];
+    return batch[size_t(ci)].tokens[size_t(row_pos[size_t(r)] - chunk_start_pos[size_t(ci)])];
+  }
+  // The rows the head reads: every row, or each non-empty chunk's last with last_only.
+  std::vector<int32_t> head_rows(const std::vector<SequenceChunk>& batch, bool last_only) const;
+};
+
 // Cache positions below which the expanded (prefill) path stays within its memory cap
 // for any chunk: a chunk ending at or before this position may be pinned to kPrefill.
 int64_t prefill_path_positions(const ModelConfig& config);

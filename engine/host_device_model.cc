@@ -73,8 +73,7 @@ class HostDeviceModel final : public DeviceModel {
     const StepRows& R = *rows_;
     const int64_t T = R.rows(), H = c.hidden_size;
     const Layer& L = layers_[size_t(layer)];
-    StepContext ctx{c, pool_, *R.host_cache, rope_, R.path, R.chunks, R.chunk_first_row,
-                    R.chunk_start_pos, R.row_chunk, R.row_pos, StepProbes{}};
+    StepContext ctx{R, c, pool_, *R.host_cache, rope_, R.path, R.chunks, StepProbes{}};
     y_.resize(size_t(T * H));
     for (int64_t r = 0; r < T; ++r) rms_norm(x + r * H, L.attn_norm.data(), H, c.rms_norm_eps, h + r * H);
     attention_forward(ctx, layer, L.attn, h, y_.data());

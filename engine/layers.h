@@ -7,21 +7,16 @@
 
 namespace hearth {
 
-// What every layer of one step needs to know about the rows it is computing.
-struct StepContext {
+// What every layer of one step needs to know about the rows it is computing (the layout
+// of the rows is the base: ctx.row_pos, ctx.rows(), ...).
+struct StepContext : RowLayout {
   const ModelConfig& config;
   ThreadPool& pool;
   KvCache& cache;
   const Rope& rope;
   AttentionPath path;
-  // Row r of the activations belongs to chunk row_chunk[r] at position row_pos[r].
   const std::vector<SequenceChunk>& chunks;
-  std::vector<int64_t> chunk_first_row;  // first activation row of each chunk
-  std::vector<int64_t> chunk_start_pos;  // cache length of each chunk's sequence before the step
-  std::vector<int32_t> row_chunk;
-  std::vector<int64_t> row_pos;
   StepProbes probes;  // optional phase timer and expert-read counter
-  int64_t rows() const { return int64_t(row_pos.size()); }
 };
 
 // x: [rows][hidden] normalized input; out: [rows][hidden]. Also writes this layer's

@@ -202,22 +202,9 @@ void OffloadForward::step(KvCache& cache, const std::vector<SequenceChunk>& batc
                           bool last_only) {
   const ModelConfig& c = model_.config();
   StepRows rows;
+  static_cast<RowLayout&>(rows) = RowLayout::of(cache, batch, c.vocab_size);
   rows.path = path;
   rows.chunks = batch;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const SequenceChunk& ch = batch[i];
-    const int64_t start = cache.length(ch.seq);
-    rows.chunk_first_row.push_back(rows.rows());
-    rows.chunk_start_pos.push_back(start);
-    for (size_t j = 0; j < ch.tokens.size(); ++j) {
-      const int32_t tok = ch.tokens[j];
-      if (tok < 0 || tok >= c.vocab_size)
-        throw std::out_of_range("token id " + std::to_string(tok) + " is outside the vocabulary [0, " +
-                                std::to_string(c.vocab_size) + ")");
-      rows.row_chunk.push_back(int32_t(i));
-      rows.row_pos.push_back(start + int64_t(j));
-    }
-  }
   // Extending may copy a shared page (copy-on-write); the device's pages must follow.
   std::vector<std::pair<int32_t, int32_t>> page_copies;
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -239,11 +226,7 @@ void OffloadForward::step(KvCache& cache, const std::vector<SequenceChunk>& batc
   float* h = b.h.get(T * H * 4);
   float* y = b.y.get(T * H * 4);
   float* x_host = b.x_host.get(T * H * 4);
-  for (int64_t r = 0; r < T; ++r) {
-    const SequenceChunk& ch = batch[size_t(rows.row_chunk[size_t(r)])];
-    const int64_t j = rows.row_pos[size_t(r)] - rows.chunk_start_pos[size_t(rows.row_chunk[size_t(r)])];
-    dequantize_row(model_.embed, ch.tokens[size_t(j)], 0, H, x_host + r * H);
-  }
+  for (int64_t r = 0; r < T; ++r) dequantize_row(model_.embed, rows.token(batch, r), 0, H, x_host + r * H);
 
   DeviceModel& dm = dm_;
   dm.begin_step(rows);
@@ -418,14 +401,7 @@ void OffloadForward::step(KvCache& cache, const std::vector<SequenceChunk>& batc
     device_.synchronize();
     return;
   }
-  std::vector<int32_t> head_rows;
-  for (size_t i = 0; i < batch.size(); ++i) {
-    const int64_t first = rows.chunk_first_row[i], n = int64_t(batch[i].tokens.size());
-    if (n == 0) continue;
-    if (last_only) head_rows.push_back(int32_t(first + n - 1));
-    else
-      for (int64_t j = 0; j < n; ++j) head_rows.push_back(int32_t(first + j));
-  }
+  const std::vector<int32_t> head_rows = rows.head_rows(batch, last_only);
   const int64_t N = int64_t(head_rows.size()), V = c.vocab_size;
   float* lg = b.logits.get(N * V * 4);
   float* lg_host = b.logits_host.get(N * V * 4);

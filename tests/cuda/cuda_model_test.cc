@@ -612,8 +612,7 @@ TEST_CASE("cuda model: one attention block equals the CPU attention across prefi
       INFO("step at " << first << " of " << count << " tokens, layer " << layer);
       // CPU: the HostDeviceModel's attention block.
       const Layer& L = m.layers[size_t(layer)];
-      StepContext ctx{c, pool, cache, rope, AttentionPath::kAuto, rows.chunks, rows.chunk_first_row,
-                      rows.chunk_start_pos, rows.row_chunk, rows.row_pos, StepProbes{}};
+      StepContext ctx{rows, c, pool, cache, rope, AttentionPath::kAuto, rows.chunks, StepProbes{}};
       std::vector<float> x = x0, h(x.size()), y(x.size());
       for (int64_t r = 0; r < T; ++r) rms_norm(x.data() + r * H, L.attn_norm.data(), H, c.rms_norm_eps, h.data() + r * H);
       attention_forward(ctx, layer, L.attn, h.data(), y.data());
