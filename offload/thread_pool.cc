@@ -1,44 +1,113 @@
 #include "offload/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <exception>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "offload/topology.h"
 
 namespace hearth {
 
-ThreadPool::ThreadPool(int threads) {
+namespace {
+
+constexpr int kDefaultSpinUs = 200;
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+int spin_budget(int threads, int requested) {
+  int us = requested;
+  if (us < 0) {
+    us = kDefaultSpinUs;
+    if (const char* env = std::getenv("HEARTH_POOL_SPIN_US")) {
+      char* end = nullptr;
+      const long v = std::strtol(env, &end, 10);
+      if (end != env && *end == '\0' && v >= 0) us = int(std::min<long>(v, 100000));
+    }
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  if (hw != 0 && unsigned(threads) > hw) us = 0;  // oversubscribed: spinning steals a worker's core
+  return us;
+}
+
+// Spins until done() or `us` microseconds have passed; true when done() held.
+template <typename Done>
+bool spin_until(int us, Done done) {
+  if (us <= 0) return done();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+  }
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int threads, int spin_us) {
   if (threads <= 0) threads = detect_topology().physical_cores;
   threads = std::max(1, threads);
+  spin_us_ = spin_budget(threads, spin_us);
   for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
   }
   start_cv_.notify_all();
   for (auto& w : workers_) w.join();
 }
 
+uint64_t ThreadPool::wait_for_job(uint64_t seen) {
+  const auto ready = [&] { return generation_.load(std::memory_order_acquire) != seen || stop_.load(std::memory_order_acquire); };
+  if (!spin_until(spin_us_, ready)) {
+    // Announce the sleep before the last check (both sequentially consistent): either the
+    // caller's bump of generation_ is seen here, or the caller sees this thread counted in
+    // sleeping_workers_ and notifies under mu_, which it can only take once we wait.
+    std::unique_lock<std::mutex> lock(mu_);
+    sleeping_workers_.fetch_add(1);
+    start_cv_.wait(lock, [&] { return generation_.load() != seen || stop_.load(); });
+    sleeping_workers_.fetch_sub(1);
+  }
+  return generation_.load(std::memory_order_acquire);
+}
+
+void ThreadPool::wait_for_workers() {
+  const auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (spin_until(spin_us_, done)) return;
+  std::unique_lock<std::mutex> lock(mu_);
+  caller_sleeping_.store(true);
+  done_cv_.wait(lock, [&] { return pending_.load() == 0; });
+  caller_sleeping_.store(false);
+}
+
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    std::pair<int64_t, int64_t> range;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-      range = ranges_[index];
-    }
-    if (range.first < range.second) (*job)(range.first, range.second);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+    seen = wait_for_job(seen);
+    if (stop_.load(std::memory_order_acquire)) return;
+    const std::pair<int64_t, int64_t> range = ranges_[size_t(index)];
+    if (range.first < range.second) (*job_)(range.first, range.second);
+    // The last worker out wakes the caller if it stopped spinning (same handshake as
+    // wait_for_job, mirrored).
+    if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
+      { std::lock_guard<std::mutex> lock(mu_); }
+      done_cv_.notify_one();
     }
   }
 }
@@ -52,11 +121,11 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     fn(0, n);
     return;
   }
-  std::vector<std::pair<int64_t, int64_t>> ranges(size(), {0, 0});
+  ranges_.assign(size_t(size()), {0, 0});
   for (int i = 0; i < threads; ++i) {
     const int64_t b = std::min(n, units * i / threads * grain);
     const int64_t e = std::min(n, units * (i + 1) / threads * grain);
-    ranges[i] = {b, e};
+    ranges_[size_t(i)] = {b, e};
   }
   // Every range runs through `guarded`, which records the first exception instead of
   // letting it escape (an exception leaving a worker thread would std::terminate).
@@ -75,25 +144,21 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
       if (!f->error) f->error = std::current_exception();
     }
   };
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_ = &guarded;
-    ranges_ = std::move(ranges);
-    pending_ = int(workers_.size());
-    ++generation_;
+  job_ = &guarded;
+  pending_.store(int(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1);  // publishes job_, ranges_ and pending_ (sequentially consistent)
+  if (sleeping_workers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    start_cv_.notify_all();
   }
-  start_cv_.notify_all();
   try {
     fn(ranges_[0].first, ranges_[0].second);
   } catch (...) {
     std::lock_guard<std::mutex> lock(failure.mu);
     failure.error = std::current_exception();  // the caller's own exception wins
   }
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return pending_ == 0; });
-    job_ = nullptr;
-  }
+  wait_for_workers();
+  job_ = nullptr;
   if (failure.error) std::rethrow_exception(failure.error);
 }
 

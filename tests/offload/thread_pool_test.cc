@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 #include "offload/thread_pool.h"
@@ -194,4 +196,37 @@ TEST_CASE("thread_pool: exceptions propagate to the caller and the pool stays us
   std::vector<int> hits;
   record(pool, 257, 1, &hits);
   CHECK(std::count(hits.begin(), hits.end(), 1) == 257);
+}
+
+TEST_CASE("thread_pool: spinning and blocking hand-offs both deliver every job") {
+  // spin 0: every hand-off goes through the condition variables; spin 1 µs: threads give
+  // up spinning mid-sequence, so some jobs find workers asleep and others awake; the
+  // default: workers stay awake between back-to-back jobs. Sleeps between some jobs push
+  // the threads into the blocking path in every mode.
+  for (int spin : {0, 1, 2000}) {
+    ThreadPool pool(3, spin);
+    CAPTURE(spin);
+    if (std::thread::hardware_concurrency() >= 3) CHECK(pool.spin_us() == spin);
+    std::atomic<int64_t> total{0};
+    int64_t want = 0;
+    for (int job = 0; job < 3000; ++job) {
+      const int64_t n = 3 + job % 7;
+      want += n * (n - 1) / 2;
+      pool.parallel_for(n, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) total += i;
+      });
+      if (job % 500 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    }
+    CHECK(total.load() == want);
+  }
+}
+
+TEST_CASE("thread_pool: never spins when it has more threads than the machine") {
+  const unsigned hw = std::thread::hardware_concurrency();
+  if (hw == 0) return;  // unknown: nothing to compare against
+  ThreadPool pool(int(hw) + 1, 500);
+  CHECK(pool.spin_us() == 0);
+  std::atomic<int64_t> total{0};
+  pool.parallel_for(1000, [&](int64_t b, int64_t e) { total += e - b; });
+  CHECK(total.load() == 1000);
 }
