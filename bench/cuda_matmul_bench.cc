@@ -1,7 +1,8 @@
 // Throughput of cuda::matmul per weight format: GB/s of weight bytes streamed for one and
 // eight activation rows (the GEMV kernel, decode), times for 24 rows (three GEMV passes)
-// and 25 (the tiled kernel, from kTiledMinRows on), and TFLOP/s for 64 rows, as a markdown
-// table. Times are the median over --reps launches, each timed by a pair of CUDA events
+// and 25 (the tiled kernel, from kTiledMinRows on), TFLOP/s for 64 rows, and TFLOP/s for
+// 128 and 512 rows (prefill) with the kernels and with GemmPolicy::kCublasBf16 (dequantize
+// to bf16 + cuBLAS, quant/cuda/gemm_policy.h), as a markdown table. Times are the median over --reps launches, each timed by a pair of CUDA events
 // (CudaDevice's trace). The launches are enqueued while the stream waits behind other
 // work, so they run back to back and the times are the kernels' own; "host us" is what one
 // cuda::matmul call (through Device::launch) costs the calling thread.
@@ -20,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "offload/device.h"
@@ -126,8 +128,13 @@ int main(int argc, char** argv) {
     const DType formats[] = {DType::F32,  DType::F16,  DType::BF16, DType::F8_E4M3, DType::Q8_0,  DType::Q4_0,
                              DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL,  DType::Q2_K,  DType::Q3_K,
                              DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS};
-    const int64_t kMaxN = 64;
+    const int64_t kMaxN = 512;
     const int64_t ns[] = {1, 8, 24, 25, 64};
+    // Prefill: (n, policy) for the TFLOP/s columns after the kernels' n = 64.
+    cuda::GemmOptions cublas;
+    cublas.policy = cuda::GemmPolicy::kCublasBf16;
+    const std::pair<int64_t, cuda::GemmOptions> prefill[] = {
+        {128, cuda::GemmOptions{}}, {128, cublas}, {512, cuda::GemmOptions{}}, {512, cublas}};
     DeviceBuffer x(*dev, kMaxN * o.cols * 4), y(*dev, kMaxN * o.rows * 4);
     const int64_t kBusy = int64_t(64) << 20;  // floats per operand of the blocking adds
     DeviceBuffer busy(*dev, 2 * kBusy * 4);
@@ -144,8 +151,9 @@ int main(int argc, char** argv) {
     dev->synchronize();
     std::printf("# cuda::matmul on %s: %lld x %lld weights, median of %lld launches\n\n", dev->name().c_str(),
                 (long long)o.rows, (long long)o.cols, (long long)o.reps);
-    std::printf("| format | weight MB | n=1 us | n=1 GB/s | n=8 us | n=8 GB/s | n=24 us | n=25 us | n=64 us | n=64 TFLOP/s | host us |\n");
-    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    std::printf("| format | weight MB | n=1 us | n=1 GB/s | n=8 us | n=8 GB/s | n=24 us | n=25 us | n=64 us | n=64 TFLOP/s | host us "
+                "| n=128 kernels TFLOP/s | n=128 cublas-bf16 TFLOP/s | n=512 kernels TFLOP/s | n=512 cublas-bf16 TFLOP/s |\n");
+    std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (DType t : formats) {
       const int64_t wbytes = o.rows * row_bytes(t, o.cols);
       const std::vector<uint8_t> host = random_weight(t, o.rows, o.cols, 0x9e3779b97f4a7c15ull + uint64_t(t));
@@ -167,13 +175,14 @@ int main(int argc, char** argv) {
         w.scale = scales.as<float>();
       }
       dev->synchronize();
-      double us[5] = {}, host_us[5] = {};
       int64_t launch = 0;
-      for (int k = 0; k < 5; ++k) {
-        const int64_t n = ns[k];
+      // Median kernel time (us) of n activation rows under `gemm`; host_us: one call's cost
+      // to the calling thread.
+      auto measure = [&](int64_t n, const cuda::GemmOptions& gemm, double& host_us) {
         auto run_once = [&](const char* label) {
           w.data = ring.as<uint8_t>() + (launch++ % copies) * stride;
-          dev->launch(0, label, [&](void* s) { cuda::matmul(w, x.as<float>(), o.cols, n, y.as<float>(), o.rows, s); });
+          dev->launch(0, label,
+                      [&](void* s) { cuda::matmul(w, x.as<float>(), o.cols, n, y.as<float>(), o.rows, s, gemm); });
         };
         for (int i = 0; i < 3; ++i) run_once("warm-up");
         dev->synchronize();
@@ -187,19 +196,28 @@ int main(int argc, char** argv) {
         dev->wait_event(0, go);
         const auto t0 = std::chrono::steady_clock::now();
         for (int64_t i = 0; i < o.reps; ++i) run_once("matmul");
-        host_us[k] = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / double(o.reps);
+        host_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / double(o.reps);
         dev->release_event(go);
         std::vector<double> times;
         for (const DeviceOp& op : dev->trace())
           if (op.kind == DeviceOp::Kind::kKernel && op.label == "matmul") times.push_back(op.end_us - op.start_us);
         dev->set_tracing(false);
-        us[k] = median(times);
+        return median(times);
+      };
+      double us[5] = {}, host_us[5] = {}, prefill_tflops[4] = {};
+      for (int k = 0; k < 5; ++k) us[k] = measure(ns[k], cuda::GemmOptions{}, host_us[k]);
+      for (int k = 0; k < 4; ++k) {
+        double unused = 0;
+        const double t_us = measure(prefill[k].first, prefill[k].second, unused);
+        prefill_tflops[k] =
+            t_us > 0 ? 2.0 * double(o.rows) * double(o.cols) * double(prefill[k].first) / (t_us * 1e6) : 0.0;
       }
       auto gbs = [&](double t_us) { return t_us > 0 ? double(wbytes) / (t_us * 1e3) : 0.0; };
       const double tflops = us[4] > 0 ? 2.0 * double(o.rows) * double(o.cols) * 64 / (us[4] * 1e6) : 0.0;
-      std::printf("| %s | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f | %.1f | %.1f | %.2f | %.1f |\n",
+      std::printf("| %s | %.1f | %.1f | %.0f | %.1f | %.0f | %.1f | %.1f | %.1f | %.2f | %.1f | %.2f | %.2f | %.2f | %.2f |\n",
                   std::string(dtype_name(t)).c_str(), double(wbytes) / 1e6, us[0], gbs(us[0]), us[1], gbs(us[1]),
-                  us[2], us[3], us[4], tflops, host_us[0]);
+                  us[2], us[3], us[4], tflops, host_us[0], prefill_tflops[0], prefill_tflops[1], prefill_tflops[2],
+                  prefill_tflops[3]);
       std::fflush(stdout);
     }
   } catch (const std::exception& e) {

@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
 #include "engine/bench.h"
 #include "engine/kv_cache.h"
@@ -81,6 +82,7 @@ int cmd_bench(int argc, char** argv) {
       ("profile", "also time each phase of a decode step (attention, indexer, router, experts, head, ...)")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_numa_option(opts);
   add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
@@ -110,6 +112,7 @@ int cmd_bench(int argc, char** argv) {
   if (output != "md" && output != "json") throw std::invalid_argument("--output: '" + output + "' is not md or json");
   const int threads = args["threads"].as<int>();
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
+  const NumaChoice numa = parse_numa_flag(args, args.count("offload") > 0);
 
   std::optional<Model> model;
   std::string label;
@@ -159,6 +162,8 @@ int cmd_bench(int argc, char** argv) {
     bo.device = offload->summary();
     bo.device_label = oo->device + " " + offload->experts_label();
   }
+  const std::unique_ptr<NumaExperts> numa_experts = shard_experts(numa, *model, threads);
+  bo.numa_experts = numa_experts.get();
   ThreadPool pool(threads);
   bo.progress = [](const std::string& line) {
     std::fprintf(stderr, "hearth bench: %s\n", line.c_str());

@@ -17,6 +17,7 @@
 #include "cli/text_input.h"
 #include "cli/generation.h"
 #include "cli/model_tokenizer.h"
+#include "cli/numa_flags.h"
 #include "engine/eval.h"
 #include "engine/model.h"
 #include "engine/tokenizer.h"
@@ -32,6 +33,7 @@ struct EvalFlags {
   int threads = 0;
   bool json = false;
   ModelLoadOptions load;  // --repack: the evaluated model (perplexity) or the candidate (kld)
+  NumaChoice numa;        // --numa
 };
 
 void add_eval_options(cxxopts::Options& opts, const char* model_help) {
@@ -44,6 +46,7 @@ void add_eval_options(cxxopts::Options& opts, const char* model_help) {
       ("json", "print one JSON object instead of the table")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_numa_option(opts);
 }
 
 // nullopt-like: returns false after printing help.
@@ -69,6 +72,7 @@ bool parse_eval_flags(cxxopts::Options& opts, int argc, char** argv, size_t n_mo
   if (f.threads < 0 || f.threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   f.json = args.count("json") > 0;
   f.load = parse_load_options(args, f.threads);
+  f.numa = parse_numa_flag(args);
   return true;
 }
 
@@ -121,6 +125,8 @@ int cmd_perplexity(int argc, char** argv) {
 
   const Model model = Model::load(f.models[0], f.load);
   check_vocab(model, f.models[0], f.eval.n_vocab);
+  const std::unique_ptr<NumaExperts> numa = shard_experts(f.numa, model, f.threads);
+  f.eval.numa_experts = {numa.get()};
   ThreadPool pool(f.threads);
   print_plan(f, ids.size());
   f.eval.progress = [](const EvalProgress& p) {
@@ -164,6 +170,9 @@ int cmd_kld(int argc, char** argv) {
                                 std::to_string(base.config().vocab_size) + " ids, '" + f.models[1] + "' has " +
                                 std::to_string(candidate.config().vocab_size));
   check_vocab(base, f.models[0], f.eval.n_vocab);
+  const std::unique_ptr<NumaExperts> base_numa = shard_experts(f.numa, base, f.threads);
+  const std::unique_ptr<NumaExperts> candidate_numa = shard_experts(f.numa, candidate, f.threads);
+  f.eval.numa_experts = {base_numa.get(), candidate_numa.get()};
   ThreadPool pool(f.threads);
   print_plan(f, ids.size());
   f.eval.progress = [](const EvalProgress& p) {

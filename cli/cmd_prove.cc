@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
 #include "cli/generation.h"
 #include "cli/model_tokenizer.h"
@@ -127,6 +128,7 @@ int cmd_prove(int argc, char** argv) {
   add_repack_option(opts);
   opts.add_options("positional")("problem-file", "the problem, a Markdown or text file", cxxopts::value<std::string>());
   opts.parse_positional({"problem-file"});
+  add_numa_option(opts);
   add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
@@ -170,6 +172,7 @@ int cmd_prove(int argc, char** argv) {
   const std::string templates_file = args.count("templates") ? args["templates"].as<std::string>() : "";
   const ProofTemplates templates = templates_file.empty() ? ProofTemplates::defaults() : ProofTemplates::load(templates_file);
   const ModelLoadOptions load = parse_load_options(args, threads);
+  (void)parse_numa_flag(args, args.count("offload") > 0);  // a bad --numa before the model loads
 
   std::set<std::string> given = {"templates"};  // the templates in use must always be the run's
   const std::pair<const char*, const char*> flag_keys[] = {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
 #include "cli/generation.h"
 #include "cli/http_server.h"
@@ -60,6 +61,7 @@ int cmd_serve(int argc, char** argv) {
        cxxopts::value<std::string>(), "FILE")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_numa_option(opts);
   add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
@@ -83,6 +85,7 @@ int cmd_serve(int argc, char** argv) {
   so.limits.max_n = in_range<int>(args, "max-n", 1, 1024, "must be between 1 and 1024");
   so.max_body = size_t(in_range<int64_t>(args, "max-body", 1, int64_t(1) << 40, "must be at least 1 byte"));
   so.http_threads = in_range<int>(args, "http-threads", 0, 65536, "must be between 0 and 65536");
+  (void)parse_numa_flag(args, args.count("offload") > 0);  // a bad --numa before the model loads
   if (so.http_threads == 0) so.http_threads = int(std::min<int64_t>(2 * parallel + 8, 65536));
   so.default_thinking = !args.count("no-thinking");
   so.model_id = model_id_of(model_path);

@@ -45,6 +45,7 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
        cxxopts::value<std::string>(), "FILE")
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_numa_option(opts);
   add_offload_options(opts);
 }
 
@@ -104,6 +105,7 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
   if (f.threads < 0 || f.threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   f.load = parse_load_options(args, f.threads);
   f.offload = parse_offload_flags(args, f.threads, f.context);
+  f.numa = parse_numa_flag(args, f.offload.has_value());
   if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
   return f;
 }
@@ -111,7 +113,8 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
 std::unique_ptr<Session> open_session(const GenerationFlags& flags) {
   // The tokenizer first: its errors come before a long model load.
   Tokenizer tok = load_model_tokenizer(flags.model_dir, flags.tokenizer);
-  std::unique_ptr<Session> s(new Session{Model::load(flags.model_dir, flags.load), std::move(tok), nullptr, nullptr});
+  std::unique_ptr<Session> s(
+      new Session{Model::load(flags.model_dir, flags.load), std::move(tok), nullptr, nullptr, nullptr});
   const int64_t max_ctx = s->model.config().max_position_embeddings;
   if (flags.context > max_ctx)
     throw std::invalid_argument("--ctx " + std::to_string(flags.context) + " exceeds the model's context of " +
@@ -122,6 +125,8 @@ std::unique_ptr<Session> open_session(const GenerationFlags& flags) {
     std::fprintf(stderr, "%s\n", s->offload->summary().c_str());
     go.offload = &s->offload->forward();
   }
+  s->numa = shard_experts(flags.numa, s->model, flags.threads);
+  go.numa_experts = s->numa.get();
   s->generator = std::make_unique<Generator>(s->model, s->tokenizer, go);
   return s;
 }

@@ -17,6 +17,7 @@
 #include "engine/model.h"
 #include "engine/offload_setup.h"
 #include "engine/tokenizer.h"
+#include "cli/numa_flags.h"
 
 namespace hearth::cli {
 
@@ -32,10 +33,11 @@ struct GenerationFlags {
   int64_t context = 0;  // 0: the model's
   int threads = 0;
   std::optional<OffloadOptions> offload;  // --offload and its flags (cli/offload_flags.h)
+  NumaChoice numa;                        // --numa (cli/numa_flags.h)
 };
 
 // -m, -n, --temp, --top-p, --top-k, --min-p, --seed, --stop, --reasoning, --no-thinking, --ctx, -t,
-// --repack, --tokenizer.
+// --repack, --tokenizer, --numa and the offload flags.
 void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens);
 // Throws std::invalid_argument with the flag's name on a bad value.
 GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args);
@@ -51,6 +53,7 @@ struct Session {
   Model model;
   Tokenizer tokenizer;
   std::unique_ptr<Offload> offload;  // before the generator: it outlives the generator's steps
+  std::unique_ptr<NumaExperts> numa;  // likewise
   std::unique_ptr<Generator> generator;
 };
 std::unique_ptr<Session> open_session(const GenerationFlags& flags);

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cli/numa_flags.h"
 #include "engine/kv_cache.h"
 #include "offload/byte_size.h"
 
@@ -24,13 +25,17 @@ void add_offload_options(cxxopts::Options& opts) {
        "FILE")
       ("sim-link", "--offload sim: the simulated host<->device link in GB/s", cxxopts::value<double>()->default_value("25"))
       ("stream-rows", "stream a layer's non-resident experts to the device for chunks of at least N rows "
-       "(default: when the cost model says it is faster than the CPU)", cxxopts::value<int64_t>()->default_value("0"));
+       "(default: when the cost model says it is faster than the CPU)", cxxopts::value<int64_t>()->default_value("0"))
+      ("cuda-gemm", "--offload cuda: multiply prefill chunks with hearth's fp32 kernels or, from 32 rows on, with cuBLAS "
+       "on bf16 copies of the weight and activations: kernels or cublas-bf16 (default kernels)",
+       cxxopts::value<std::string>(), "POLICY");
 }
 
 std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& args, int threads, int64_t ctx) {
   if (!args.count("offload")) {
     for (const char* f : {"gpu-mem", "place", "expert-profile", "trace"})
       if (args.count(f)) throw std::invalid_argument(std::string("--") + f + " needs --offload cuda|sim");
+    if (args.count("cuda-gemm")) throw std::invalid_argument("--cuda-gemm needs --offload cuda");
     return std::nullopt;
   }
   OffloadOptions o;
@@ -55,6 +60,14 @@ std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& ar
   }
   if (args.count("expert-profile")) o.expert_profile = args["expert-profile"].as<std::string>();
   if (args.count("trace")) o.trace_file = args["trace"].as<std::string>();
+  if (args.count("cuda-gemm")) {
+    const std::string v = args["cuda-gemm"].as<std::string>();
+    const std::optional<cuda::GemmPolicy> p = cuda::parse_gemm_policy(v);
+    if (!p) throw std::invalid_argument("--cuda-gemm: unknown policy '" + v + "' (expected kernels or cublas-bf16)");
+    if (!cuda_compiled()) throw std::invalid_argument("--cuda-gemm: this build has no CUDA backend");
+    if (o.device != "cuda") throw std::invalid_argument("--cuda-gemm " + v + " needs --offload cuda");
+    o.cuda_gemm.policy = *p;
+  }
   o.sim.link_gbps = args["sim-link"].as<double>();
   if (!(o.sim.link_gbps > 0)) throw std::invalid_argument("--sim-link: must be a positive GB/s figure");
   o.tuning.force_stream_rows = args["stream-rows"].as<int64_t>();
@@ -73,7 +86,12 @@ SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, const Model& mo
   s.batch.kv_budget_bytes = kv_budget_bytes;
   s.batch.max_running = max_running;
   std::optional<OffloadOptions> o = parse_offload_flags(args, threads, 0);
-  if (!o) return s;
+  if (!o) {
+    s.numa = shard_experts(parse_numa_flag(args), model, threads);
+    s.batch.numa_experts = s.numa.get();
+    return s;
+  }
+  (void)parse_numa_flag(args, true);  // rejects a topology given with --offload
   const int64_t budget = kv_budget_bytes > 0 ? kv_budget_bytes : default_kv_budget();
   o->ctx = std::max<int64_t>(1, budget / KvCache(model.config()).bytes_per_token());
   o->batch = 1;

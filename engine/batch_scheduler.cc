@@ -156,6 +156,7 @@ BatchScheduler::Impl::Impl(const Model& m, const Tokenizer& t, const BatchOption
                                 std::to_string(cache.page_bytes()) + " bytes)");
   cache.set_page_limit(budget_pages);  // a guard: admission keeps demand within it
   forward.set_offload(o.offload);
+  forward.set_numa_experts(o.numa_experts);
   counters.kv_pages_budget = budget_pages;
 }
 

@@ -66,6 +66,7 @@ struct BatchOptions {
   int64_t step_tokens = 0;          // rows of one step at most: every decode token, then prompt chunks in the rest
                                     // (at least one prompt token per step); 0: prefill_chunk + max_running
   OffloadForward* offload = nullptr;  // run the steps offloaded (engine/offload_forward.h); must outlive the scheduler
+  const NumaExperts* numa_experts = nullptr;  // routed experts sharded over NUMA nodes (engine/numa_experts.h); must outlive it
 };
 
 struct RequestCallbacks {

@@ -13,6 +13,7 @@
 #include "engine/forward.h"
 #include "engine/offload_forward.h"
 #include "engine/kv_cache.h"
+#include "engine/numa_experts.h"
 #include "engine/ops.h"
 #include "engine/read_bytes.h"
 
@@ -245,6 +246,13 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   report.bandwidth = measure_read_bandwidth(pool, o.bandwidth_bytes);
 
   Forward fwd(model, pool);
+  fwd.set_numa_experts(o.numa_experts);
+  if (o.numa_experts && !o.offload) {
+    report.numa_nodes = o.numa_experts->node_count();
+    report.numa = o.numa_experts->layout().summary() + "; " + o.numa_experts->summary();
+  } else {
+    report.numa = "routed experts not sharded over NUMA nodes";
+  }
   if (o.offload) {
     if (o.random_depth && !o.offload->device().simulated())
       throw std::invalid_argument("--depth-fill random writes the host's cache only: use --depth-fill prefill with --offload cuda");
@@ -344,6 +352,7 @@ std::string bench_markdown(const BenchReport& rep) {
          ", shared experts " + mb(double(a.shared_experts)) + ", router " + mb(double(a.router)) + ", head " +
          mb(double(a.head)) + ", norms " + mb(double(a.norms)) + ") + " + fmt("%.0f", double(a.embedding_row)) +
          " B embedding row per token\n";
+  out += "numa: " + rep.numa + "\n";
   // Offloaded, the CPU's memory wall says nothing about the step (the device reads the
   // resident weights), so the wall columns are left out.
   const bool dev = !rep.device.empty();
@@ -409,6 +418,7 @@ nlohmann::json bench_json(const BenchReport& rep) {
   const ActiveBytes& a = m.active;
   json j;
   if (!rep.device.empty()) j["device"] = rep.device;
+  j["numa"] = {{"nodes", rep.numa_nodes}, {"summary", rep.numa}};
   j["model"] = {{"name", m.name},
                 {"size_bytes", m.weight_bytes},
                 {"size_gib", double(m.weight_bytes) / double(uint64_t(1) << 30)},

@@ -33,6 +33,7 @@
 namespace hearth {
 
 class OffloadForward;
+class NumaExperts;
 
 struct BenchOptions {
   std::vector<int64_t> prompts = {512};  // a pp test per entry
@@ -51,6 +52,9 @@ struct BenchOptions {
   std::function<void(const std::string&)> progress;  // one line per test repetition
   // Run the tests offloaded (engine/offload_forward.h); `device` names it in the report.
   OffloadForward* offload = nullptr;
+  // Run the CPU tests with the routed experts sharded over NUMA nodes
+  // (engine/numa_experts.h); its summary heads the report.
+  const NumaExperts* numa_experts = nullptr;
   std::string device;        // a line: device, resident bytes and experts
   std::string device_label;  // the table's device column, e.g. "cuda 41/64"
 };
@@ -105,6 +109,8 @@ struct BenchReport {
   std::vector<BenchResult> results;
   std::string device;  // the offload device and what it holds; empty: CPU only
   std::string device_short;
+  int numa_nodes = 1;  // nodes the routed experts are sharded over (1: not sharded)
+  std::string numa;    // a line: the NUMA layout and the experts' split, or that there is none
 };
 
 // Measures the bandwidth with `pool`'s threads, then runs every test.

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "engine/kv_cache.h"
+#include "engine/numa_experts.h"
 
 namespace hearth {
 
@@ -115,6 +116,8 @@ class ChunkRunner {
     std::vector<std::unique_ptr<KvCache>> caches;
     for (const Model* m : models_) {
       forwards.push_back(std::make_unique<Forward>(*m, pool_));
+      for (const NumaExperts* n : o_.numa_experts)
+        if (n && &n->model() == m) forwards.back()->set_numa_experts(n);
       caches.push_back(std::make_unique<KvCache>(m->config()));
     }
     std::vector<int32_t> chunk(ctx);

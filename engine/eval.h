@@ -61,6 +61,9 @@ struct EvalOptions {
   int64_t n_vocab = 0;      // ids in the softmax, [0, n_vocab); 0: the model's vocab_size
   int32_t bos = -1;         // >= 0: replaces the first token of each chunk
   std::function<void(const EvalProgress&)> progress;  // after each chunk
+  // Routed experts sharded over NUMA nodes (engine/numa_experts.h): each model's steps
+  // use the entry built from it, if any.
+  std::vector<const NumaExperts*> numa_experts;
 };
 
 // Whole chunks the tokens make, capped by max_chunks. Throws std::invalid_argument for

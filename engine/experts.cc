@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "engine/ops.h"
@@ -129,8 +131,12 @@ void run_slots(ThreadPool& pool, Scratch& s, const ActivationObserver* observe) 
 
 }  // namespace
 
-void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
-                        float* out, const ActivationObserver* observe) {
+namespace {
+
+// experts_accumulate with expert i's weights given by mlp_of(i).
+template <class MlpOf>
+void accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, MlpOf&& mlp_of, const float* x,
+                int64_t hidden, float* out, const ActivationObserver* observe) {
   Scratch& s = scratch();
   s.slots.clear();
   s.x_used = 0;
@@ -143,16 +149,18 @@ void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts
   if (y_total == 0) return;
   if (s.y.size() < size_t(y_total)) s.y.resize(size_t(y_total));
   int64_t y_off = 0;
-  for (const ExpertWork& e : experts) {
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const ExpertWork& e = experts[i];
     if (e.rows.empty()) continue;
+    const Mlp& m = mlp_of(i);
     const int64_t n = int64_t(e.rows.size());
     if (observe)
       for (int32_t r : e.rows) {
-        (*observe)(&e.mlp->gate, x + int64_t(r) * hidden, 1, hidden);
-        (*observe)(&e.mlp->up, x + int64_t(r) * hidden, 1, hidden);
+        (*observe)(&m.gate, x + int64_t(r) * hidden, 1, hidden);
+        (*observe)(&m.up, x + int64_t(r) * hidden, 1, hidden);
       }
-    const size_t gi = prepared_x(s, e.mlp->gate, x, T), ui = prepared_x(s, e.mlp->up, x, T);
-    s.slots.push_back({e.mlp, e.rows.data(), n, gi, ui, 0, s.y.data() + y_off});
+    const size_t gi = prepared_x(s, m.gate, x, T), ui = prepared_x(s, m.up, x, T);
+    s.slots.push_back({&m, e.rows.data(), n, gi, ui, 0, s.y.data() + y_off});
     y_off += n * hidden;
   }
   run_slots(pool, s, observe);
@@ -169,6 +177,21 @@ void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts
       for (int64_t d = 0; d < hidden; ++d) o[d] += w * yi[d];
     }
   }
+}
+
+}  // namespace
+
+void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
+                        float* out, const ActivationObserver* observe) {
+  accumulate(pool, experts, [&](size_t i) -> const Mlp& { return *experts[i].mlp; }, x, hidden, out, observe);
+}
+
+void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, std::span<const Mlp> weights,
+                        const float* x, int64_t hidden, float* out, const ActivationObserver* observe) {
+  if (weights.size() != experts.size())
+    throw std::invalid_argument("experts_accumulate: " + std::to_string(weights.size()) + " weight sets for " +
+                                std::to_string(experts.size()) + " experts");
+  accumulate(pool, experts, [&](size_t i) -> const Mlp& { return weights[i]; }, x, hidden, out, observe);
 }
 
 void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,

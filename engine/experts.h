@@ -11,6 +11,7 @@
 // linear() three times per expert, whatever the thread count.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "engine/model.h"
@@ -31,6 +32,14 @@ struct ExpertWork {
 // hidden SiLU(gate) * up rows) before they are multiplied (engine/profile.h).
 void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, const float* x, int64_t hidden,
                         float* out, const ActivationObserver* observe = nullptr);
+
+// The same with other weights for the same experts: experts[i]'s rows go through
+// weights[i] instead of *experts[i].mlp (which is not read), e.g. one NUMA node's slices
+// of the experts (engine/expert_shards.h: gate and up [slice][hidden], down
+// [hidden][slice]), whose outputs are partial sums of the experts' outputs.
+// weights.size() must equal experts.size(); only the entries of experts with rows are read.
+void experts_accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, std::span<const Mlp> weights,
+                        const float* x, int64_t hidden, float* out, const ActivationObserver* observe = nullptr);
 
 // out = mlp(x) for `rows` rows (a dense MLP or the shared expert); the same work split.
 void mlp_rows(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,

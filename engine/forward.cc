@@ -4,6 +4,7 @@
 #include <string>
 
 #include "engine/layers.h"
+#include "engine/numa_experts.h"
 #include "engine/offload_forward.h"
 #include "engine/ops.h"
 
@@ -42,6 +43,12 @@ std::vector<int32_t> RowLayout::head_rows(const std::vector<SequenceChunk>& batc
 
 Forward::Forward(const Model& model, ThreadPool& pool) : model_(model), pool_(pool), rope_(model.config()) {}
 
+void Forward::set_numa_experts(const NumaExperts* experts) {
+  if (experts && &experts->model() != &model_)
+    throw std::invalid_argument("Forward: the NUMA expert shards were built from another model");
+  numa_experts_ = experts;
+}
+
 void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, float* logits,
                    AttentionPath path, bool last_only) {
   if (offload_) {
@@ -50,7 +57,7 @@ void Forward::step(KvCache& cache, const std::vector<SequenceChunk>& batch, floa
     return;
   }
   const ModelConfig& c = model_.config();
-  StepContext ctx{RowLayout::of(cache, batch, c.vocab_size), c, pool_, cache, rope_, path, batch, probes_};
+  StepContext ctx{RowLayout::of(cache, batch, c.vocab_size), c, pool_, cache, rope_, path, batch, probes_, numa_experts_};
   for (size_t i = 0; i < batch.size(); ++i)
     cache.extend(batch[i].seq, ctx.chunk_start_pos[i] + int64_t(batch[i].tokens.size()));
   const int64_t T = ctx.rows(), H = c.hidden_size;

@@ -57,6 +57,7 @@ struct RowLayout {
 int64_t prefill_path_positions(const ModelConfig& config);
 
 class OffloadForward;
+class NumaExperts;
 
 class Forward {
  public:
@@ -77,6 +78,14 @@ class Forward {
   void set_offload(OffloadForward* offload) { offload_ = offload; }
   OffloadForward* offload() const { return offload_; }
 
+  // Runs the routed experts of later CPU steps from their NUMA-node shards
+  // (engine/numa_experts.h, built from this model); nullptr: from the model's weights on
+  // the pool. Steps with an activation observer (imatrix) always use the model's weights.
+  // The pointed-to object must outlive those steps.
+  // std::invalid_argument for shards of another model.
+  void set_numa_experts(const NumaExperts* experts);
+  const NumaExperts* numa_experts() const { return numa_experts_; }
+
   // Where later steps report their phase times and expert reads (engine/profile.h);
   // the pointed-to objects must outlive those steps. Default: none.
   void set_probes(const StepProbes& probes) { probes_ = probes; }
@@ -88,6 +97,7 @@ class Forward {
   Rope rope_;
   StepProbes probes_;
   OffloadForward* offload_ = nullptr;
+  const NumaExperts* numa_experts_ = nullptr;
 };
 
 }  // namespace hearth

@@ -30,6 +30,7 @@ Generator::Generator(const Model& model, const Tokenizer& tokenizer, const Gener
       seq_(cache_.add_sequence()),
       logits_(size_t(model.config().vocab_size)) {
   forward_.set_offload(options.offload);
+  forward_.set_numa_experts(options.numa_experts);
   if (options.context < 0) throw std::invalid_argument("context must be positive, got " + std::to_string(options.context));
   if (context_ <= 0) throw std::invalid_argument("the model declares no context length (max_position_embeddings)");
   if (tok_.size() > model.config().vocab_size)

@@ -28,6 +28,7 @@ struct GeneratorOptions {
   int threads = 0;      // worker threads (0: one per physical core)
   int64_t context = 0;  // positions a sequence may hold; 0: the model's max_position_embeddings
   OffloadForward* offload = nullptr;  // run steps offloaded (engine/offload_forward.h); must outlive the generator
+  const NumaExperts* numa_experts = nullptr;  // routed experts sharded over NUMA nodes (engine/numa_experts.h); must outlive it
 };
 
 struct GenerateRequest {

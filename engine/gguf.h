@@ -189,6 +189,7 @@ class GgufFile {
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
   uint64_t data_offset() const { return data_offset_; }  // where the data section starts
+  const MappedFile& mapping() const { return *file_; }  // the whole file, read-only
 
   // Metadata in file order.
   const std::vector<GgufKeyValue>& metadata() const { return kv_; }

@@ -17,6 +17,9 @@ struct StepContext : RowLayout {
   AttentionPath path;
   const std::vector<SequenceChunk>& chunks;
   StepProbes probes;  // optional phase timer and expert-read counter
+  // Routed experts sharded over NUMA nodes (engine/numa_experts.h); nullptr: run them
+  // from the model's own weights on `pool`.
+  const NumaExperts* numa_experts = nullptr;
 };
 
 // x: [rows][hidden] normalized input; out: [rows][hidden]. Also writes this layer's

@@ -5,6 +5,7 @@
 
 #include "engine/experts.h"
 #include "engine/layers.h"
+#include "engine/numa_experts.h"
 #include "engine/ops.h"
 #include "engine/read_bytes.h"
 
@@ -125,9 +126,15 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
   std::fill(out, out + T * H, 0.0f);
   {
     // Every expert hit in the step: one parallel region for all gates and ups, one for
-    // all downs (engine/experts.h), then the weighted sum in expert order.
+    // all downs (engine/experts.h), then the weighted sum in expert order. Sharded over
+    // NUMA nodes, every node does that over its slices and the nodes' partial sums are
+    // added. An activation observer (imatrix) sees the whole experts' inputs, so it runs
+    // on the model's own weights.
     ScopedPhase phase(prof, Phase::kRoutedExperts);
-    experts_accumulate(ctx.pool, by_expert, x, H, out, ctx.probes.activations);
+    if (ctx.numa_experts && !ctx.probes.activations)
+      ctx.numa_experts->accumulate(layer, by_expert, x, out);
+    else
+      experts_accumulate(ctx.pool, by_expert, x, H, out, ctx.probes.activations);
   }
   if (moe.has_shared) {
     ScopedPhase phase(prof, Phase::kSharedExperts);

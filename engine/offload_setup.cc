@@ -37,6 +37,9 @@ std::unique_ptr<Offload> Offload::create(const Model& model, const OffloadOption
   const ModelConfig& c = model.config();
   std::unique_ptr<Offload> off(new Offload());
   off->options_ = o;
+  if (o.device != "cuda" && o.cuda_gemm.policy != cuda::GemmPolicy::kKernels)
+    throw std::invalid_argument(std::string("--cuda-gemm ") + cuda::gemm_policy_name(o.cuda_gemm.policy) +
+                                " needs --offload cuda");
   if (o.device == "cuda") off->device_ = make_cuda_device();
   else if (o.device == "sim") off->device_ = make_simulated_device(o.sim);
   else throw std::invalid_argument("--offload: unknown device '" + o.device + "' (expected cuda or sim)");
@@ -74,7 +77,7 @@ std::unique_ptr<Offload> Offload::create(const Model& model, const OffloadOption
 #if HEARTH_HAVE_CUDA
     const int64_t page_tokens = 64;
     const int64_t max_pages = (o.ctx + page_tokens - 1) / page_tokens * o.batch + 2 * o.batch;
-    off->dm_ = make_cuda_device_model(model, dev, resident, max_pages);
+    off->dm_ = make_cuda_device_model(model, dev, resident, max_pages, o.cuda_gemm);
 #endif
   } else {
     off->dm_ = make_host_device_model(model, dev, resident);
@@ -104,7 +107,11 @@ Offload::~Offload() {
 
 std::string Offload::summary() const {
   return "offload: " + device_->name() + ", " + format_bytes(double(dm_->weight_bytes())) + " of weights resident, " +
-         std::to_string(experts_resident_) + "/" + std::to_string(experts_total_) + " routed experts on the device";
+         std::to_string(experts_resident_) + "/" + std::to_string(experts_total_) + " routed experts on the device" +
+         (options_.cuda_gemm.policy == cuda::GemmPolicy::kKernels
+              ? std::string()
+              : std::string(", ") + cuda::gemm_policy_name(options_.cuda_gemm.policy) + " GEMMs from " +
+                    std::to_string(options_.cuda_gemm.min_rows) + " rows");
 }
 
 std::string Offload::write_trace() {

@@ -12,6 +12,7 @@
 #include "offload/device.h"
 #include "offload/placement.h"
 #include "offload/sim_device.h"
+#include "quant/cuda/gemm_policy.h"
 
 namespace hearth {
 
@@ -24,6 +25,9 @@ struct OffloadOptions {
   int threads = 0;             // CPU expert threads (0: one per physical core)
   SimulatedDeviceOptions sim;  // --offload sim
   OffloadTuning tuning;
+  // --offload cuda: how the device multiplies many activation rows (--cuda-gemm); fixed
+  // when the device model is made.
+  cuda::GemmOptions cuda_gemm;
   std::string trace_file;      // Chrome trace of the device's copies and kernels, written at the end
 };
 

@@ -143,9 +143,9 @@ struct AttnGroup {
 class CudaDeviceModel final : public DeviceModel {
  public:
   CudaDeviceModel(const Model& model, Device& device, std::function<bool(int64_t, int64_t)> resident,
-                  int64_t max_pages)
+                  int64_t max_pages, const cuda::GemmOptions& gemm)
       : model_(model), c_(model.config()), device_(device), rope_(model.config()), max_pages_(max_pages),
-        arena_(device) {
+        gemm_(gemm), arena_(device) {
     if (device.simulated()) throw std::invalid_argument("make_cuda_device_model: the device is not a CUDA GPU");
     if (max_pages <= 0) throw std::invalid_argument("make_cuda_device_model: max_pages must be positive");
     int ordinal = 0;
@@ -299,14 +299,14 @@ class CudaDeviceModel final : public DeviceModel {
     if (T == 0) return;
 
     cuda::rms_norm(x, H, L.attn_norm, T, H, eps, h, H, ns);
-    cuda::matmul(L.q_a, h, H, T, qr_.as<float>(), QL, ns);
+    cuda::matmul(L.q_a, h, H, T, qr_.as<float>(), QL, ns, gemm_);
     cuda::rms_norm(qr_.as<float>(), QL, L.q_a_norm, T, QL, eps, qr_.as<float>(), QL, ns);
-    cuda::matmul(L.q_b, qr_.as<float>(), QL, T, q_.as<float>(), NH * QK, ns);
-    cuda::matmul(L.kv_a, h, H, T, kva_.as<float>(), KVW, ns);
+    cuda::matmul(L.q_b, qr_.as<float>(), QL, T, q_.as<float>(), NH * QK, ns, gemm_);
+    cuda::matmul(L.kv_a, h, H, T, kva_.as<float>(), KVW, ns, gemm_);
     cuda_mla::mla_cache_write(kv_, tables_, layer, T, shape_, q_.as<float>(), kva_.as<float>(), L.kv_a_norm, eps, ns);
 
     const int64_t IH = c_.index_n_heads, ID = c_.index_head_dim, topk = c_.index_topk;
-    if (L.has_indexer) {
+    if (L.has_indexer) {  // fp32 kernels whatever gemm_ says (see gemm_)
       cuda::matmul(L.wq_b, qr_.as<float>(), QL, T, iq_.as<float>(), IH * ID, ns);
       cuda::matmul(L.wk, h, H, T, ik_.as<float>(), ID, ns);
       cuda::matmul(L.wproj, h, H, T, iw_.as<float>(), IH, ns);
@@ -328,7 +328,7 @@ class CudaDeviceModel final : public DeviceModel {
       cuda_mla::absorbed_attention(kv_, tables_, layer, g.r0, g.rows, shape_, q_.as<float>(), L.kv_b, picked,
                                    L.has_indexer ? topk : 0, scale, attn_.as<float>(), sm_count_, ns);
     }
-    cuda::matmul(L.o, attn_.as<float>(), NH * shape_.v, T, yattn_.as<float>(), H, ns);
+    cuda::matmul(L.o, attn_.as<float>(), NH * shape_.v, T, yattn_.as<float>(), H, ns, gemm_);
     cuda::add(x, yattn_.as<float>(), T * H, ns);
     cuda::rms_norm(x, H, L.ffn_norm, T, H, eps, h, H, ns);
     mark(s);
@@ -404,7 +404,7 @@ class CudaDeviceModel final : public DeviceModel {
     float* hn = hn_.as<float>();
     cuda::gather_rows(x, H, idx, n, H, hn, H, ns);
     cuda::rms_norm(hn, H, final_norm_, n, H, float(c_.rms_norm_eps), hn, H, ns);
-    cuda::matmul(lm_head_, hn, H, n, logits, c_.vocab_size, ns);
+    cuda::matmul(lm_head_, hn, H, n, logits, c_.vocab_size, ns, gemm_);
     mark(s);
   }
 
@@ -579,10 +579,10 @@ class CudaDeviceModel final : public DeviceModel {
   // out[n][hidden] = down(silu(gate(x)) * up(x)) for n rows of x.
   void run_mlp(const Mlp& m, const float* x, int64_t n, float* out, void* ns) {
     const int64_t H = c_.hidden_size, I = m.gate.rows;
-    cuda::matmul(m.gate, x, H, n, gate_.as<float>(), I, ns);
-    cuda::matmul(m.up, x, H, n, up_.as<float>(), I, ns);
+    cuda::matmul(m.gate, x, H, n, gate_.as<float>(), I, ns, gemm_);
+    cuda::matmul(m.up, x, H, n, up_.as<float>(), I, ns, gemm_);
     cuda::silu_mul(gate_.as<float>(), up_.as<float>(), n * I, gate_.as<float>(), ns);
-    cuda::matmul(m.down, gate_.as<float>(), I, n, out, H, ns);
+    cuda::matmul(m.down, gate_.as<float>(), I, n, out, H, ns, gemm_);
   }
 
   // y[row] += weight * mlps[i](h[row]) for every (row, weight) of work[i], i in order.
@@ -651,6 +651,10 @@ class CudaDeviceModel final : public DeviceModel {
   Device& device_;
   Rope rope_;
   int64_t max_pages_;
+  // The projections' GEMM policy. The router and the indexer's projections always take the
+  // fp32 kernels: their outputs choose experts and cached positions (top-k), where the bf16
+  // rounding of the cuBLAS path would flip near-ties, and they are a few percent of the FLOPs.
+  cuda::GemmOptions gemm_;
   int sm_count_ = 1;
   cuda_mla::MlaShape shape_;
   float head_scale_ = 1.0f;
@@ -688,8 +692,8 @@ class CudaDeviceModel final : public DeviceModel {
 
 std::unique_ptr<DeviceModel> make_cuda_device_model(const Model& model, Device& device,
                                                     std::function<bool(int64_t layer, int64_t expert)> resident,
-                                                    int64_t max_pages) {
-  return std::make_unique<CudaDeviceModel>(model, device, std::move(resident), max_pages);
+                                                    int64_t max_pages, const cuda::GemmOptions& gemm) {
+  return std::make_unique<CudaDeviceModel>(model, device, std::move(resident), max_pages, gemm);
 }
 
 }  // namespace hearth

@@ -17,6 +17,7 @@
 
 #include "engine/device_model.h"
 #include "offload/device.h"
+#include "quant/cuda/gemm_policy.h"
 
 namespace hearth {
 
@@ -27,9 +28,11 @@ namespace hearth {
 // ids must stay below it); the device pages are allocated at the first step, when the
 // page size is known. Throws std::runtime_error naming the step on any CUDA failure,
 // std::invalid_argument naming the tensor for a weight format the kernels do not take,
-// DeviceOutOfMemory when the weights do not fit.
+// DeviceOutOfMemory when the weights do not fit. `gemm`: how the projections and MLPs
+// multiply many rows (quant/cuda/gemm_policy.h; the router and the indexer's projections
+// always take the fp32 kernels).
 std::unique_ptr<DeviceModel> make_cuda_device_model(const Model& model, Device& device,
                                                     std::function<bool(int64_t layer, int64_t expert)> resident,
-                                                    int64_t max_pages);
+                                                    int64_t max_pages, const cuda::GemmOptions& gemm = {});
 
 }  // namespace hearth

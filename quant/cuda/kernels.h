@@ -11,6 +11,7 @@
 #pragma once
 #include <cstdint>
 
+#include "quant/cuda/gemm_policy.h"
 #include "quant/weight_matrix.h"
 
 namespace hearth::cuda {
@@ -23,10 +24,25 @@ bool matmul_supports(DType t);
 // int8 dot products only by float rounding. Throws std::invalid_argument naming the
 // format when it is not supported.
 void matmul(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, void* stream);
+// The same under a GEMM policy (quant/cuda/gemm_policy.h); the overload above is
+// GemmOptions{} (the kernels). The cuBLAS path uses one cuBLAS handle per thread and
+// device (made at its first use, bound to `stream` for each call) and takes its bf16
+// scratch and cuBLAS's workspace from the device's stream-ordered pool (cudaMallocAsync
+// on `stream`; the pool's release threshold is raised to 256 MiB, so that memory stays
+// mapped between calls). CUDA and cuBLAS failures throw std::runtime_error naming the step.
+void matmul(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, void* stream,
+            const GemmOptions& gemm);
+// How many cuda::matmul calls took the cuBLAS path so far (all threads): lets tests and
+// benchmarks see which path ran.
+int64_t cublas_gemm_calls();
 
 // out[r] = dequantized row r of w (float, [rows][cols]): to build float/bf16 copies of
 // small weights on the device (e.g. kv_b for absorbed attention).
 void dequantize(const WeightMatrix& w, float* out, void* stream);
+// The same rounded to bf16 (round to nearest even, as f32_to_bf16 in quant/numbers.h):
+// row r at out_bf16 + r * ldo (2-byte elements), ldo >= cols and a multiple of 8, out_bf16
+// 16-byte aligned. What the cuBLAS path multiplies.
+void dequantize_bf16(const WeightMatrix& w, void* out_bf16, int64_t ldo, void* stream);
 
 // out[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * weight, rows of `dim` (out may alias x).
 void rms_norm(const float* x, int64_t ldx, const float* weight, int64_t rows, int64_t dim, float eps, float* out,

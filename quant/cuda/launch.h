@@ -1,9 +1,11 @@
 // Internal to quant/cuda: the per-family entry points that instantiate the kernels of
 // matmul_kernels.cuh (one .cu per family, so a parallel build compiles them side by side).
-// Each returns false when the dtype is not one of its family's.
+// Each returns false when the dtype is not one of its family's. Also the cuBLAS path.
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "quant/cuda/gemm_policy.h"
 #include "quant/cuda/matmul_kernels.cuh"
 #include "quant/dtype.h"
 
@@ -16,5 +18,13 @@ bool matmul_kquants(DType t, const MatmulArgs& a, cudaStream_t s);  // Q2_K .. Q
 bool dequantize_float(DType t, const MatmulArgs& a, float* out, cudaStream_t s);
 bool dequantize_legacy(DType t, const MatmulArgs& a, float* out, cudaStream_t s);
 bool dequantize_kquants(DType t, const MatmulArgs& a, float* out, cudaStream_t s);
+
+// Rows to out + r * ldo as bf16 (ldo % 8 == 0, out 16-byte aligned).
+bool dequantize_bf16_float(DType t, const MatmulArgs& a, __nv_bfloat16* out, int64_t ldo, cudaStream_t s);
+bool dequantize_bf16_legacy(DType t, const MatmulArgs& a, __nv_bfloat16* out, int64_t ldo, cudaStream_t s);
+bool dequantize_bf16_kquants(DType t, const MatmulArgs& a, __nv_bfloat16* out, int64_t ldo, cudaStream_t s);
+
+// The cuBLAS path of cuda::matmul (gemm_cublas.cu): a.x .. a.ldy set, a.n >= 1.
+void matmul_cublas_bf16(DType t, const MatmulArgs& a, const GemmOptions& gemm, cudaStream_t s);
 
 }  // namespace hearth::cuda

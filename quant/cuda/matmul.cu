@@ -1,6 +1,9 @@
-// cuda::matmul, cuda::dequantize and cuda::matmul_supports (quant/cuda/kernels.h): argument
-// checks, the warps-per-row choice, and dispatch to the format families (launch.h).
+// cuda::matmul, cuda::dequantize(_bf16) and cuda::matmul_supports (quant/cuda/kernels.h):
+// argument checks, the GEMM policy, the warps-per-row choice, and dispatch to the format
+// families and the cuBLAS path (launch.h).
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -85,6 +88,11 @@ bool matmul_supports(DType t) {
 }
 
 void matmul(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, void* stream) {
+  matmul(w, x, ldx, n, y, ldy, stream, GemmOptions{});
+}
+
+void matmul(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy, void* stream,
+            const GemmOptions& gemm) {
   MatmulArgs a = weight_args(w, "cuda::matmul");
   if (n < 0) throw std::invalid_argument("cuda::matmul: negative row count " + std::to_string(n));
   if (n == 0 || w.rows == 0) return;
@@ -98,8 +106,12 @@ void matmul(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float
   a.n = n;
   a.y = y;
   a.ldy = ldy;
-  choose_gemv_shape(w.rows, a);
   const auto s = static_cast<cudaStream_t>(stream);
+  if (gemm.policy == GemmPolicy::kCublasBf16 && n >= std::max<int64_t>(1, gemm.min_rows) && w.cols > 0) {
+    matmul_cublas_bf16(w.dtype, a, gemm, s);
+    return;
+  }
+  choose_gemv_shape(w.rows, a);
   if (!matmul_float(w.dtype, a, s) && !matmul_legacy(w.dtype, a, s) && !matmul_kquants(w.dtype, a, s))
     throw std::invalid_argument("cuda::matmul: no kernel for " + name_of(w.dtype));
 }
@@ -112,6 +124,22 @@ void dequantize(const WeightMatrix& w, float* out, void* stream) {
   if (!dequantize_float(w.dtype, a, out, s) && !dequantize_legacy(w.dtype, a, out, s) &&
       !dequantize_kquants(w.dtype, a, out, s))
     throw std::invalid_argument("cuda::dequantize: no kernel for " + name_of(w.dtype));
+}
+
+void dequantize_bf16(const WeightMatrix& w, void* out_bf16, int64_t ldo, void* stream) {
+  const MatmulArgs a = weight_args(w, "cuda::dequantize_bf16");
+  if (w.rows == 0 || w.cols == 0) return;
+  if (!out_bf16) throw std::invalid_argument("cuda::dequantize_bf16: null output pointer");
+  if (ldo < w.cols || ldo % 8 != 0)
+    throw std::invalid_argument("cuda::dequantize_bf16: ldo " + std::to_string(ldo) + " is not a multiple of 8 >= cols " +
+                                std::to_string(w.cols));
+  if (reinterpret_cast<uintptr_t>(out_bf16) % 16 != 0)
+    throw std::invalid_argument("cuda::dequantize_bf16: output not 16-byte aligned");
+  auto* out = static_cast<__nv_bfloat16*>(out_bf16);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (!dequantize_bf16_float(w.dtype, a, out, ldo, s) && !dequantize_bf16_legacy(w.dtype, a, out, ldo, s) &&
+      !dequantize_bf16_kquants(w.dtype, a, out, ldo, s))
+    throw std::invalid_argument("cuda::dequantize_bf16: no kernel for " + name_of(w.dtype));
 }
 
 }  // namespace hearth::cuda

@@ -18,8 +18,10 @@
 // - gemv_elements<F, NT>: float formats whose rows are not whole groups of 8 (odd cols,
 //   FP8 scale blocks not a multiple of 8) or whose data is misaligned: one value per lane,
 //   byte loads. A fallback that tests reach; checkpoints never need it.
-// - dequantize_groups / dequantize_elements: the same decoders writing floats.
+// - dequantize_groups / dequantize_elements: the same decoders writing floats, or bf16 for
+//   the cuBLAS path (gemm_cublas.cu).
 #pragma once
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -271,8 +273,24 @@ __global__ void __launch_bounds__(kTileThreads) gemm_tiled(MatmulArgs a) {
   }
 }
 
-template <class F, int A>
-__global__ void dequantize_groups(MatmulArgs a, float* out) {
+// Decoded values stored as float (exactly) or as bf16 (rounded to nearest even).
+__device__ __forceinline__ void store_value(float* o, float v) { *o = v; }
+__device__ __forceinline__ void store_value(__nv_bfloat16* o, float v) { *o = __float2bfloat16_rn(v); }
+__device__ __forceinline__ void store8(float* o, const float v[8]) {
+#pragma unroll
+  for (int m = 0; m < 8; ++m) o[m] = v[m];
+}
+// o 16-byte aligned (the host guarantees it for bf16 output: ldo % 8 == 0): one store.
+__device__ __forceinline__ void store8(__nv_bfloat16* o, const float v[8]) {
+  alignas(16) __nv_bfloat162 h[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(v[2 * i], v[2 * i + 1]);
+  *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(h);
+}
+
+// Row r of the weight to out + r * ldo.
+template <class F, int A, class Out>
+__global__ void dequantize_groups(MatmulArgs a, Out* out, int64_t ldo) {
   constexpr int kGroupsPerBlock = F::kQK / 8;
   const int64_t groups = a.cols / 8, total = a.rows * groups;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
@@ -284,20 +302,18 @@ __global__ void dequantize_groups(MatmulArgs a, float* out) {
 #pragma unroll
       for (int m = 0; m < 8; ++m) v[m] = __fmul_rn(v[m], s);
     }
-    float* o = out + r * a.cols + 8 * g;
-#pragma unroll
-    for (int m = 0; m < 8; ++m) o[m] = v[m];
+    store8(out + r * ldo + 8 * g, v);
   }
 }
 
-template <class F>
-__global__ void dequantize_elements(MatmulArgs a, float* out) {
+template <class F, class Out>
+__global__ void dequantize_elements(MatmulArgs a, Out* out, int64_t ldo) {
   const int64_t total = a.rows * a.cols;
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = e / a.cols, c = e % a.cols;
     float v = F::decode1(a.w + r * a.row_bytes, c);
     if (a.scale) v = __fmul_rn(v, __ldg(a.scale + (r / a.block) * a.scale_cols + c / a.block));
-    out[e] = v;
+    store_value(out + r * ldo + c, v);
   }
 }
 
@@ -395,18 +411,19 @@ void run_matmul(const MatmulArgs& a, cudaStream_t s) {
   }
 }
 
-template <class F>
-void run_dequantize(const MatmulArgs& a, float* out, cudaStream_t s) {
+// Out is float or __nv_bfloat16; row r goes to out + r * ldo.
+template <class F, class Out>
+void run_dequantize(const MatmulArgs& a, Out* out, int64_t ldo, cudaStream_t s) {
   const Path path = choose_path<F>(a);
   constexpr int kThreads = 256;
   if (path == Path::kElements) {
     if constexpr (F::kElement) {
-      dequantize_elements<F><<<grid_1d(a.rows * a.cols, kThreads), kThreads, 0, s>>>(a, out);
+      dequantize_elements<F, Out><<<grid_1d(a.rows * a.cols, kThreads), kThreads, 0, s>>>(a, out, ldo);
     }
   } else {
     const unsigned grid = grid_1d(a.rows * (a.cols / 8), kThreads);
-    if (path == Path::kGroups) dequantize_groups<F, F::kAlign><<<grid, kThreads, 0, s>>>(a, out);
-    else if constexpr (!F::kElement) dequantize_groups<F, 1><<<grid, kThreads, 0, s>>>(a, out);
+    if (path == Path::kGroups) dequantize_groups<F, F::kAlign, Out><<<grid, kThreads, 0, s>>>(a, out, ldo);
+    else if constexpr (!F::kElement) dequantize_groups<F, 1, Out><<<grid, kThreads, 0, s>>>(a, out, ldo);
   }
   check_launch("launching dequantize");
 }

@@ -25,7 +25,11 @@ bool matmul_kquants(DType t, const MatmulArgs& a, cudaStream_t s) {
 }
 
 bool dequantize_kquants(DType t, const MatmulArgs& a, float* out, cudaStream_t s) {
-  return with_format(t, [&](auto f) { run_dequantize<decltype(f)>(a, out, s); });
+  return with_format(t, [&](auto f) { run_dequantize<decltype(f)>(a, out, a.cols, s); });
+}
+
+bool dequantize_bf16_kquants(DType t, const MatmulArgs& a, __nv_bfloat16* out, int64_t ldo, cudaStream_t s) {
+  return with_format(t, [&](auto f) { run_dequantize<decltype(f)>(a, out, ldo, s); });
 }
 
 }  // namespace hearth::cuda

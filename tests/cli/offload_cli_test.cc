@@ -73,6 +73,9 @@ TEST_CASE("cli: bad offload flags get one line naming the flag") {
            {"--gpu-mem 1G", "--gpu-mem"},
            {"--offload sim --gpu-mem 1K", "GPU budget"},
            {"--offload sim --expert-profile /nonexistent/p.json", "/nonexistent/p.json"},
+           {"--offload sim --cuda-gemm fast", "--cuda-gemm"},         // not a policy
+           {"--offload sim --cuda-gemm cublas-bf16", "--cuda-gemm"},  // only for --offload cuda
+           {"--cuda-gemm kernels", "--cuda-gemm"},                    // without --offload
        }) {
     INFO(args);
     const CliRun r = run_hearth(base + args);

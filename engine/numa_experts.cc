@@ -1,0 +1,194 @@
+#include "engine/numa_experts.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <stdexcept>
+
+namespace hearth {
+
+namespace {
+
+std::string gib(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f GiB", double(bytes) / double(1ll << 30));
+  return buf;
+}
+
+bool same_split(const ExpertShardPlan& a, const ExpertShardPlan& b) {
+  if (a.slices.size() != b.slices.size()) return false;
+  for (size_t i = 0; i < a.slices.size(); ++i)
+    if (a.slices[i].node != b.slices[i].node || a.slices[i].begin != b.slices[i].begin ||
+        a.slices[i].end != b.slices[i].end)
+      return false;
+  return true;
+}
+
+}  // namespace
+
+std::vector<int> split_threads(int total, const NumaLayout& layout) {
+  const int n = layout.node_count();
+  std::vector<int> out(size_t(n), 1);
+  if (total <= 0) {
+    for (int i = 0; i < n; ++i) out[size_t(i)] = std::max(1, layout.nodes()[size_t(i)].cores());
+    return out;
+  }
+  const int64_t cores = std::max(1, layout.total_cores());
+  int64_t cumulative = 0, prev = 0;
+  for (int i = 0; i < n; ++i) {
+    cumulative += layout.nodes()[size_t(i)].cores();
+    const int64_t edge = (2 * int64_t(total) * cumulative + cores) / (2 * cores);  // round half up
+    out[size_t(i)] = int(std::max<int64_t>(1, edge - prev));
+    prev = std::max(prev, edge);
+  }
+  return out;
+}
+
+NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vector<int> threads_per_node)
+    : model_(model), layout_(layout), threads_(std::move(threads_per_node)) {
+  const int N = layout_.node_count();
+  if (N < 2)
+    throw std::invalid_argument("NUMA expert shards need at least two NUMA nodes (the layout has " +
+                                std::to_string(N) + ")");
+  if (int(threads_.size()) != N)
+    throw std::invalid_argument("NUMA expert shards: " + std::to_string(threads_.size()) + " thread counts for " +
+                                std::to_string(N) + " NUMA nodes");
+  for (int i = 0; i < N; ++i)
+    if (threads_[size_t(i)] <= 0) threads_[size_t(i)] = std::max(1, layout_.nodes()[size_t(i)].cores());
+
+  // Plan every MoE layer and lay each node's slices out back to back in one buffer.
+  const size_t L = model_.layers.size();
+  layers_.resize(L);
+  std::vector<std::vector<std::vector<int64_t>>> offset(L);  // [layer][node][expert]
+  std::vector<int64_t> total(size_t(N), 0);
+  for (size_t l = 0; l < L; ++l) {
+    const Layer& layer = model_.layers[l];
+    if (!layer.is_moe || layer.moe.experts.empty()) continue;
+    LayerShards& ls = layers_[l];
+    ls.plan = plan_expert_shards(layer.moe.experts[0], layout_);
+    ls.nodes.resize(size_t(N));
+    offset[l].assign(size_t(N), std::vector<int64_t>(layer.moe.experts.size(), 0));
+    for (int k = 0; k < N; ++k)
+      for (size_t e = 0; e < layer.moe.experts.size(); ++e) {
+        offset[l][size_t(k)][e] = total[size_t(k)];
+        total[size_t(k)] += expert_shard_bytes(layer.moe.experts[e], ls.plan, k);  // checks every expert's shape
+      }
+  }
+
+  workers_ = std::make_unique<NodeWorkers>(layout_, threads_);
+  buffers_.resize(size_t(N));
+  partial_.resize(size_t(N));
+  // Each node allocates and fills its own buffer from its own threads: where the OS
+  // would not bind the memory, the copy's first touch still puts every page there.
+  workers_->run_on_every_node([&](int k, ThreadPool& pool) {
+    buffers_[size_t(k)] = NodeBuffer(layout_, k, size_t(total[size_t(k)]));
+    for (size_t l = 0; l < L; ++l) {
+      LayerShards& ls = layers_[l];
+      if (ls.nodes.empty() || !ls.plan.slice_of(k)) continue;
+      const std::vector<Mlp>& experts = model_.layers[l].moe.experts;
+      std::vector<Mlp>& shards = ls.nodes[size_t(k)];
+      shards.resize(experts.size());
+      pool.parallel_for(int64_t(experts.size()), [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const ExpertShard s = shard_expert(experts[size_t(i)], ls.plan, k, buffers_[size_t(k)], offset[l][size_t(k)][size_t(i)]);
+          shards[size_t(i)] = Mlp{s.gate, s.up, s.down};
+        }
+      });
+    }
+  });
+}
+
+NumaExperts::~NumaExperts() = default;
+
+const ExpertShardPlan* NumaExperts::plan(int64_t layer) const {
+  if (layer < 0 || size_t(layer) >= layers_.size() || layers_[size_t(layer)].nodes.empty()) return nullptr;
+  return &layers_[size_t(layer)].plan;
+}
+
+int64_t NumaExperts::node_bytes(int node) const { return int64_t(buffers_.at(size_t(node)).size()); }
+
+std::string NumaExperts::summary() const {
+  const ExpertShardPlan* first = nullptr;
+  bool differ = false;
+  for (size_t l = 0; l < layers_.size(); ++l)
+    if (const ExpertShardPlan* p = plan(int64_t(l))) {
+      if (!first) first = p;
+      else if (!same_split(*first, *p)) differ = true;
+    }
+  std::string s = "routed experts split over " + std::to_string(node_count()) + " NUMA nodes";
+  if (!first) return s + " (the model has no routed experts)";
+  s += " (intermediate " + std::to_string(first->inter) + "):";
+  for (int k = 0; k < node_count(); ++k) {
+    s += k ? ", node " : " node ";
+    s += std::to_string(k);
+    if (const ExpertSlice* sl = first->slice_of(k)) {
+      s += " [";
+      s += std::to_string(sl->begin);
+      s += ", ";
+      s += std::to_string(sl->end);
+      s += ")";
+    } else {
+      s += " no slice";
+    }
+    s += ' ';
+    s += std::to_string(threads_[size_t(k)]);
+    s += threads_[size_t(k)] == 1 ? " thread " : " threads ";
+    s += gib(node_bytes(k));
+  }
+  if (differ) s += " (layers differ)";
+  return s;
+}
+
+void NumaExperts::accumulate(int64_t layer, const std::vector<ExpertWork>& work, const float* x, float* out) const {
+  const ExpertShardPlan* p = plan(layer);
+  if (!p) throw std::invalid_argument("NUMA expert shards: layer " + std::to_string(layer) + " has no routed experts");
+  const LayerShards& ls = layers_[size_t(layer)];
+  const int64_t H = p->hidden;
+  int64_t T = 0;
+  for (const ExpertWork& w : work)
+    if (!w.rows.empty()) T = std::max<int64_t>(T, w.rows.back() + 1);
+  if (T == 0) return;
+
+  std::lock_guard<std::mutex> lock(mu_);
+  workers_->run_on_every_node([&](int k, ThreadPool& pool) {
+    const std::vector<Mlp>& shards = ls.nodes[size_t(k)];
+    if (shards.empty()) return;
+    std::vector<float>& part = partial_[size_t(k)];
+    if (part.size() < size_t(T * H)) part.resize(size_t(T * H));
+    std::fill(part.begin(), part.begin() + T * H, 0.0f);
+    experts_accumulate(pool, work, shards, x, H, part.data());
+  });
+  for (int k = 0; k < node_count(); ++k) {
+    if (ls.nodes[size_t(k)].empty()) continue;
+    const float* part = partial_[size_t(k)].data();
+    for (int64_t i = 0; i < T * H; ++i) out[i] += part[i];
+  }
+}
+
+int64_t NumaExperts::release_originals() {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  int64_t released = 0;
+  // The data only: FP8 block scales are a few KiB per matrix.
+  auto release = [&](const WeightMatrix& w) {
+    const int64_t n = w.bytes();
+    if (!w.data || n <= 0 || !model_.store().in_file_mapping(w.data, uint64_t(n))) return;
+    // Whole pages inside the range only: a neighbour's bytes on a shared page stay.
+    const uintptr_t p = reinterpret_cast<uintptr_t>(w.data);
+    const uintptr_t b = (p + page - 1) / page * page, e = (p + uintptr_t(n)) / page * page;
+    if (e > b && madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED) == 0) released += int64_t(e - b);
+  };
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (layers_[l].nodes.empty()) continue;
+    for (const Mlp& m : model_.layers[l].moe.experts) {
+      release(m.gate);
+      release(m.up);
+      release(m.down);
+    }
+  }
+  return released;
+}
+
+}  // namespace hearth
