@@ -17,6 +17,7 @@
 
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
+using hearth::testing::count_lines;
 using hearth::testing::run_hearth;
 using hearth::testing::TempDir;
 
@@ -37,12 +38,6 @@ struct TextFile {
     std::ofstream(path, std::ios::binary) << text;
   }
 };
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
 
 void check_one_line_error(const CliRun& r, const std::string& needle) {
   INFO(r.all());

@@ -22,6 +22,7 @@
 
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
+using hearth::testing::count_lines;
 using hearth::testing::run_hearth;
 using hearth::testing::slurp;
 using hearth::testing::TempDir;
@@ -29,12 +30,6 @@ using hearth::testing::TempDir;
 namespace {
 
 std::string model() { return hearth::testing::tiny_chat_model_dir().string(); }
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
 
 // A `hearth chat` child on a pseudo-terminal; every wait is bounded.
 class PtySession {

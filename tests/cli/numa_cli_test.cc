@@ -10,17 +10,12 @@
 #include "support/tiny_chat_model.h"
 
 using hearth::testing::CliRun;
+using hearth::testing::count_lines;
 using hearth::testing::run_hearth;
 
 namespace {
 
 std::string model() { return hearth::testing::tiny_chat_model_dir().string(); }
-
-int count_lines(const std::string& s) {
-  int n = 0;
-  for (char c : s) n += c == '\n';
-  return n;
-}
 
 }  // namespace
 

@@ -29,12 +29,15 @@
 #include "quant/numbers.h"
 #include "quant/weight_matrix.h"
 #include "support/cuda.h"
+#include "support/cuda_weights.h"
 #if HEARTH_HAVE_CUDA
 #include "quant/cuda/kernels.h"
 #endif
 
 using namespace hearth;
 using hearth::testing::cuda_device_or_skip;
+using hearth::testing::DeviceWeight;
+using hearth::testing::HostWeight;
 
 TEST_CASE("cuda gemm policy names parse back") {
   for (cuda::GemmPolicy p : {cuda::GemmPolicy::kKernels, cuda::GemmPolicy::kCublasBf16})
@@ -54,74 +57,41 @@ float bf16_round(float v) { return bf16_to_f32(f32_to_bf16(v)); }
 
 // A weight in its stored layout on the host, from gaussian values (block formats through
 // the CPU quantizer; FP8 with random power-of-two-ish block scales).
-struct HostWeight {
-  DType dtype = DType::F32;
-  int64_t rows = 0, cols = 0, block = 128;
-  std::vector<uint8_t> bytes;
-  std::vector<float> scale;
-
-  HostWeight(DType t, int64_t r, int64_t c, int64_t blk, std::mt19937& rng) : dtype(t), rows(r), cols(c), block(blk) {
-    const int64_t rb = row_bytes(t, c);
-    bytes.assign(size_t(rows * rb), 0);
-    std::normal_distribution<float> g(0.0f, 1.0f);
-    std::vector<float> src(static_cast<size_t>(cols));
-    for (int64_t i = 0; i < rows; ++i) {
-      const float offset = i % 3 == 0 ? 0.3f : 0.0f;  // some one-signed-ish rows: the mins matter
-      for (float& v : src) v = g(rng) * (0.5f + float(i % 5) * 0.25f) + offset;
-      uint8_t* dst = bytes.data() + i * rb;
-      switch (t) {
-        case DType::F32: std::memcpy(dst, src.data(), size_t(rb)); break;
-        case DType::BF16:
-          for (int64_t k = 0; k < cols; ++k) {
-            const uint16_t h = f32_to_bf16(src[size_t(k)]);
-            std::memcpy(dst + 2 * k, &h, 2);
-          }
-          break;
-        case DType::F8_E4M3:
-          for (int64_t k = 0; k < cols; ++k) dst[k] = f32_to_fp8_e4m3(src[size_t(k)] * 64.0f);
-          break;
-        default: block_format_of(t)->quantize_row(src.data(), dst, cols, nullptr); break;
-      }
-    }
-    if (t == DType::F8_E4M3) {
-      const int64_t count = ((rows + block - 1) / block) * ((cols + block - 1) / block);
-      std::uniform_real_distribution<float> u(0.5f, 1.0f);
-      for (int64_t i = 0; i < count; ++i) scale.push_back(std::ldexp(u(rng), -6 - int(rng() % 3)));
+HostWeight gaussian_weight(DType t, int64_t rows, int64_t cols, int64_t block, std::mt19937& rng) {
+  HostWeight w;
+  w.dtype = t;
+  w.rows = rows;
+  w.cols = cols;
+  w.block = block;
+  const int64_t rb = row_bytes(t, cols);
+  w.bytes.assign(size_t(rows * rb), 0);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> src(static_cast<size_t>(cols));
+  for (int64_t i = 0; i < rows; ++i) {
+    const float offset = i % 3 == 0 ? 0.3f : 0.0f;  // some one-signed-ish rows: the mins matter
+    for (float& v : src) v = g(rng) * (0.5f + float(i % 5) * 0.25f) + offset;
+    uint8_t* dst = w.bytes.data() + i * rb;
+    switch (t) {
+      case DType::F32: std::memcpy(dst, src.data(), size_t(rb)); break;
+      case DType::BF16:
+        for (int64_t k = 0; k < cols; ++k) {
+          const uint16_t h = f32_to_bf16(src[size_t(k)]);
+          std::memcpy(dst + 2 * k, &h, 2);
+        }
+        break;
+      case DType::F8_E4M3:
+        for (int64_t k = 0; k < cols; ++k) dst[k] = f32_to_fp8_e4m3(src[size_t(k)] * 64.0f);
+        break;
+      default: block_format_of(t)->quantize_row(src.data(), dst, cols, nullptr); break;
     }
   }
-  WeightMatrix view() const {
-    WeightMatrix w;
-    w.dtype = dtype;
-    w.rows = rows;
-    w.cols = cols;
-    w.data = bytes.data();
-    w.block = block;
-    w.scale = dtype == DType::F8_E4M3 ? scale.data() : nullptr;
-    return w;
+  if (t == DType::F8_E4M3) {
+    const int64_t count = ((rows + block - 1) / block) * ((cols + block - 1) / block);
+    std::uniform_real_distribution<float> u(0.5f, 1.0f);
+    for (int64_t i = 0; i < count; ++i) w.scale.push_back(std::ldexp(u(rng), -6 - int(rng() % 3)));
   }
-  std::vector<float> dequantized() const {
-    std::vector<float> out(size_t(rows * cols));
-    const WeightMatrix w = view();
-    for (int64_t r = 0; r < rows; ++r) dequantize_row(w, r, 0, cols, out.data() + r * cols);
-    return out;
-  }
-};
-
-// The weight on the device, its data `offset` bytes past an aligned address.
-struct DeviceWeight {
-  DeviceBuffer data, scale;
-  WeightMatrix view;
-  DeviceWeight(Device& dev, const HostWeight& w, int64_t offset) {
-    data = testing::upload(dev, w.bytes, offset);
-    view = w.view();
-    view.data = data.as<uint8_t>() + offset;
-    view.scale = nullptr;
-    if (w.dtype == DType::F8_E4M3) {
-      scale = testing::upload(dev, w.scale);
-      view.scale = scale.as<float>();
-    }
-  }
-};
+  return w;
+}
 
 void check_dequantize_bf16(Device& dev, const HostWeight& w, const std::vector<float>& deq, const DeviceWeight& dw) {
   const int64_t ldo = round_up(w.cols, 8) + 8;
@@ -224,7 +194,7 @@ void check_shape(Device& dev, const Shape& sh) {
   CAPTURE(sh.block);
   CAPTURE(sh.offset);
   std::mt19937 rng(777 + int(sh.dtype) + int(sh.cols));
-  const HostWeight w(sh.dtype, sh.rows, sh.cols, sh.block, rng);
+  const HostWeight w = gaussian_weight(sh.dtype, sh.rows, sh.cols, sh.block, rng);
   const std::vector<float> deq = w.dequantized();
   const DeviceWeight dw(dev, w, sh.offset);
   check_dequantize_bf16(dev, w, deq, dw);

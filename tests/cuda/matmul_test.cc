@@ -32,12 +32,15 @@
 #include "quant/weight_matrix.h"
 #include "support/block_rows.h"
 #include "support/cuda.h"
+#include "support/cuda_weights.h"
 #if HEARTH_HAVE_CUDA
 #include "quant/cuda/kernels.h"
 #endif
 
 using namespace hearth;
 using hearth::testing::cuda_device_or_skip;
+using hearth::testing::DeviceWeight;
+using hearth::testing::HostWeight;
 
 namespace {
 
@@ -45,31 +48,6 @@ constexpr DType kFloatTypes[] = {DType::F32, DType::F16, DType::BF16, DType::F8_
 constexpr DType kLegacyTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL};
 constexpr DType kKQuantTypes[] = {DType::Q2_K, DType::Q3_K, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::IQ4_XS};
 
-// A weight in its stored layout on the host.
-struct HostWeight {
-  DType dtype = DType::F32;
-  int64_t rows = 0, cols = 0, block = 128;
-  std::vector<uint8_t> bytes;  // rows * row_bytes(dtype, cols)
-  std::vector<float> scale;    // FP8: [ceil(rows / block)][ceil(cols / block)]
-
-  int64_t row_bytes() const { return hearth::row_bytes(dtype, cols); }
-  WeightMatrix view() const {
-    WeightMatrix w;
-    w.dtype = dtype;
-    w.rows = rows;
-    w.cols = cols;
-    w.data = bytes.data();
-    w.block = block;
-    w.scale = dtype == DType::F8_E4M3 ? scale.data() : nullptr;
-    return w;
-  }
-  std::vector<float> dequantized() const {
-    std::vector<float> out(size_t(rows * cols));
-    const WeightMatrix w = view();
-    for (int64_t r = 0; r < rows; ++r) dequantize_row(w, r, 0, cols, out.data() + r * cols);
-    return out;
-  }
-};
 
 #if HEARTH_HAVE_CUDA  // the helpers below serve the CUDA checks only
 
@@ -155,21 +133,6 @@ HostWeight make_weight(DType t, int64_t rows, int64_t cols, std::mt19937& rng, i
   return w;
 }
 
-// The weight on the device, its data `offset` bytes past an aligned address.
-struct DeviceWeight {
-  DeviceBuffer data, scale;
-  WeightMatrix view;
-  DeviceWeight(Device& dev, const HostWeight& w, int64_t offset) {
-    data = testing::upload(dev, w.bytes, offset);
-    view = w.view();
-    view.data = data.as<uint8_t>() + offset;
-    view.scale = nullptr;
-    if (w.dtype == DType::F8_E4M3) {
-      scale = testing::upload(dev, w.scale);
-      view.scale = scale.as<float>();
-    }
-  }
-};
 
 // cuda::matmul of w with n activation rows (row stride cols + x_pad, NaN padding) into
 // rows of stride rows + 3, against the double-precision reference.

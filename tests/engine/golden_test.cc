@@ -38,26 +38,6 @@ std::vector<float> run(const Model& m, ThreadPool& pool, const std::vector<int32
   return logits;
 }
 
-void compare(const std::vector<float>& got, const GoldenCase& g, int64_t V) {
-  const int64_t n = int64_t(g.tokens.size());
-  double worst = 0.0;
-  int argmax_mismatch = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    const float* a = got.data() + t * V;
-    const float* b = g.logits.data() + t * V;
-    int64_t ia = 0, ib = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      worst = std::max(worst, double(std::fabs(a[v] - b[v])));
-      if (a[v] > a[ia]) ia = v;
-      if (b[v] > b[ib]) ib = v;
-    }
-    argmax_mismatch += ia != ib;
-  }
-  CHECK(worst <= 1e-3);
-  CHECK(argmax_mismatch == 0);
-  MESSAGE("tokens=" << n << " max|dlogit|=" << worst);
-}
-
 }  // namespace
 
 TEST_CASE("golden tiny-v32: prefill and decode paths match the reference logits") {
@@ -68,8 +48,8 @@ TEST_CASE("golden tiny-v32: prefill and decode paths match the reference logits"
     ThreadPool pool(threads);
     for (const GoldenCase& g : cases) {
       INFO("threads=" << threads << " tokens=" << g.tokens.size());
-      compare(run(m, pool, g.tokens, false, AttentionPath::kAuto), g, m.config().vocab_size);
-      compare(run(m, pool, g.tokens, true, AttentionPath::kAuto), g, m.config().vocab_size);
+      check_golden_logits(run(m, pool, g.tokens, false, AttentionPath::kAuto), g, m.config().vocab_size);
+      check_golden_logits(run(m, pool, g.tokens, true, AttentionPath::kAuto), g, m.config().vocab_size);
     }
   }
 }
@@ -79,8 +59,8 @@ TEST_CASE("golden tiny-v32: forced attention forms agree - absorbed prefill and 
   const auto& cases = golden_cases();
   ThreadPool pool(2);
   const GoldenCase& g = cases[3];  // 64 tokens: sparse selection active
-  compare(run(m, pool, g.tokens, false, AttentionPath::kDecode), g, m.config().vocab_size);
-  compare(run(m, pool, g.tokens, true, AttentionPath::kPrefill), g, m.config().vocab_size);
+  check_golden_logits(run(m, pool, g.tokens, false, AttentionPath::kDecode), g, m.config().vocab_size);
+  check_golden_logits(run(m, pool, g.tokens, true, AttentionPath::kPrefill), g, m.config().vocab_size);
 }
 
 TEST_CASE("golden tiny-v32: several sequences of different lengths in one batch") {
@@ -111,8 +91,8 @@ TEST_CASE("golden tiny-v32: several sequences of different lengths in one batch"
   fwd.step(cache, {{sa, ta.subspan(44)}}, la.data() + 44 * V);
   CHECK(cache.length(sa) == 64);
   CHECK(cache.length(sb) == 24);
-  compare(la, a, V);
-  compare(lb, b, V);
+  check_golden_logits(la, a, V);
+  check_golden_logits(lb, b, V);
 }
 
 TEST_CASE("golden tiny-v32: the indexer's sparse selection is what the reference did") {

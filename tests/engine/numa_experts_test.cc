@@ -124,25 +124,6 @@ std::vector<float> run_logits(const Model& m, ThreadPool& pool, const NumaExpert
   return logits;
 }
 
-// As tests/engine/golden_test.cc: within 1e-3 of the reference, same argmax everywhere.
-void compare_golden(const std::vector<float>& got, const GoldenCase& g, int64_t V) {
-  double worst = 0.0;
-  int argmax_mismatch = 0;
-  for (size_t t = 0; t < g.tokens.size(); ++t) {
-    const float* a = got.data() + t * size_t(V);
-    const float* b = g.logits.data() + t * size_t(V);
-    int64_t ia = 0, ib = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      worst = std::max(worst, double(std::fabs(a[v] - b[v])));
-      if (a[v] > a[ia]) ia = v;
-      if (b[v] > b[ib]) ib = v;
-    }
-    argmax_mismatch += ia != ib;
-  }
-  CHECK(worst <= 1e-3);
-  CHECK(argmax_mismatch == 0);
-}
-
 }  // namespace
 
 TEST_CASE("numa experts: threads split over nodes by their cores") {
@@ -254,9 +235,9 @@ TEST_CASE("numa experts: golden logits through a Forward sharded over 2 nodes") 
     INFO(n.summary());
     for (const GoldenCase& g : cases) {
       INFO("tokens=" << g.tokens.size());
-      compare_golden(run_logits(*m, pool, &n, g.tokens, false), g, m->config().vocab_size);
+      check_golden_logits(run_logits(*m, pool, &n, g.tokens, false), g, m->config().vocab_size);
     }
-    compare_golden(run_logits(*m, pool, &n, cases[2].tokens, true), cases[2], m->config().vocab_size);
+    check_golden_logits(run_logits(*m, pool, &n, cases[2].tokens, true), cases[2], m->config().vocab_size);
   }
   const NumaExperts n(golden_f32(), layout, {1, 1});
   CHECK(n.plan(1)->slices.size() == 2);

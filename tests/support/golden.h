@@ -1,6 +1,10 @@
 // The golden reference: tests/data/tiny-v32, a small random DeepSeek-V3.2 checkpoint with
 // logits from DeepSeek's reference implementation for every position of 4 sequences.
 #pragma once
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -52,6 +56,28 @@ inline const std::vector<GoldenCase>& golden_cases() {
 inline const Model& golden_model() {
   static const Model m = Model::load(kGoldenDir);
   return m;
+}
+
+// Logits for every position of g against the reference: within 1e-3 and the same argmax
+// at every position.
+inline void check_golden_logits(const std::vector<float>& got, const GoldenCase& g, int64_t vocab) {
+  REQUIRE(got.size() == g.logits.size());
+  double worst = 0.0;
+  int argmax_mismatch = 0;
+  for (size_t t = 0; t < g.tokens.size(); ++t) {
+    const float* a = got.data() + t * size_t(vocab);
+    const float* b = g.logits.data() + t * size_t(vocab);
+    int64_t ia = 0, ib = 0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      worst = std::max(worst, double(std::fabs(a[v] - b[v])));
+      if (a[v] > a[ia]) ia = v;
+      if (b[v] > b[ib]) ib = v;
+    }
+    argmax_mismatch += ia != ib;
+  }
+  CHECK(worst <= 1e-3);
+  CHECK(argmax_mismatch == 0);
+  MESSAGE("tokens=" << g.tokens.size() << " max|dlogit|=" << worst);
 }
 
 }  // namespace hearth::testing

@@ -40,6 +40,13 @@ inline std::vector<uint8_t> pattern(uint64_t n, uint8_t seed) {
   return v;
 }
 
+// The number of newline characters in s (one per line of a command's output).
+inline int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
 inline std::string slurp(const std::filesystem::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
