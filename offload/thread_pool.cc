@@ -41,17 +41,26 @@ int spin_budget(int threads, int requested) {
   return us;
 }
 
-// Spins until done() or `us` microseconds have passed; true when done() held.
+// Spins until done() or `us` microseconds have passed; true when done() held. After the
+// first kPureSpinUs the spinning thread also yields between checks, so on a machine
+// where other processes want the core (tests run side by side, a build) it gives it
+// up instead of burning it; on a quiet machine yield returns at once.
+constexpr int kPureSpinUs = 20;
+
 template <typename Done>
 bool spin_until(int us, Done done) {
   if (us <= 0) return done();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::microseconds(us);
+  const auto polite = start + std::chrono::microseconds(std::min(us, kPureSpinUs));
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (done()) return true;
       cpu_relax();
     }
-    if (std::chrono::steady_clock::now() >= deadline) return done();
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return done();
+    if (now >= polite) std::this_thread::yield();
   }
 }
 

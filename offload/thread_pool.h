@@ -8,7 +8,8 @@
 // A decode step calls parallel_for a few hundred times with a few microseconds of serial
 // work between calls. Waking a sleeping thread costs tens of microseconds (a futex round
 // trip, more on a virtual machine), so after each job the workers, and the caller waiting
-// for them, spin for a short while (spin_us, default 200 µs) before they block. A pool
+// for them, spin for a short while (spin_us, default 200 µs; after the first 20 µs they
+// yield the core between checks) before they block. A pool
 // with more threads than the machine has hardware threads never spins: there a spinning
 // thread would take the core a worker needs. HEARTH_POOL_SPIN_US overrides the default
 // (0 turns spinning off, e.g. on a machine shared with other work).
