@@ -23,7 +23,7 @@ namespace hearth::cli {
 namespace {
 
 std::atomic<bool> g_cancel{false};
-void on_sigint(int) { g_cancel.store(true); }
+void cancel_on_sigint(int) { g_cancel.store(true); }
 
 std::string human_bytes(double v) {
   const char* units[] = {"B", "KB", "MB", "GB", "TB"};
@@ -39,7 +39,7 @@ struct SigintScope {
   struct sigaction old {};
   SigintScope() {
     struct sigaction sa {};
-    sa.sa_handler = on_sigint;
+    sa.sa_handler = cancel_on_sigint;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old);
   }

@@ -6,7 +6,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/ops.h"
 
 namespace hearth {
 
@@ -15,7 +14,7 @@ namespace {
 // The scale block of a block-scaled FP8 matrix; 1 (no constraint) for anything else.
 int64_t scale_block(const WeightMatrix& w) { return w.dtype == DType::F8_E4M3 && w.scale ? w.block : 1; }
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t whole_units(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t pad(int64_t bytes) {
   const int64_t a = int64_t(NodeBuffer::kMinAlignment);
@@ -44,7 +43,7 @@ struct ShardPieces {
 
 // Scale rows of a row-sliced FP8 matrix: those of rows [begin, end).
 int64_t scale_rows(const WeightMatrix& w, int64_t begin, int64_t end) {
-  return ceil_div(end, w.block) - begin / w.block;
+  return whole_units(end, w.block) - begin / w.block;
 }
 
 ShardPieces pieces(const Mlp& e, const ExpertSlice& s) {
@@ -57,7 +56,7 @@ ShardPieces pieces(const Mlp& e, const ExpertSlice& s) {
   if (scale_block(e.gate) > 1) p.gate_scale = scale_rows(e.gate, s.begin, s.end) * e.gate.scale_cols() * f;
   if (scale_block(e.up) > 1) p.up_scale = scale_rows(e.up, s.begin, s.end) * e.up.scale_cols() * f;
   if (scale_block(e.down) > 1)
-    p.down_scale = ceil_div(e.down.rows, e.down.block) * scale_rows(e.down, s.begin, s.end) * f;
+    p.down_scale = whole_units(e.down.rows, e.down.block) * scale_rows(e.down, s.begin, s.end) * f;
   return p;
 }
 
@@ -94,7 +93,7 @@ WeightMatrix copy_columns(const WeightMatrix& w, int64_t begin, int64_t end, std
   v.scale = nullptr;
   if (scale_block(w) > 1) {
     const int64_t c0 = begin / w.block, nc = scale_rows(w, begin, end), src_cols = w.scale_cols();
-    const int64_t nr = ceil_div(w.rows, w.block);
+    const int64_t nr = whole_units(w.rows, w.block);
     auto* out = reinterpret_cast<float*>(dst);
     for (int64_t r = 0; r < nr; ++r) std::memcpy(out + r * nc, w.scale + r * src_cols + c0, size_t(nc) * sizeof(float));
     v.scale = out;
@@ -141,7 +140,7 @@ ExpertShardPlan plan_expert_shards(int64_t hidden, int64_t inter, int64_t unit, 
   plan.hidden = hidden;
   plan.inter = inter;
   plan.unit = unit;
-  const int64_t units = ceil_div(inter, unit);
+  const int64_t units = whole_units(inter, unit);
   int64_t cumulative = 0, prev = 0;
   for (size_t i = 0; i < node_weights.size(); ++i) {
     cumulative += node_weights[i];
@@ -201,32 +200,6 @@ ExpertShard shard_expert(const Mlp& expert, const ExpertShardPlan& plan, int nod
   shard.up = copy_rows(expert.up, s->begin, s->end, dst);
   shard.down = copy_columns(expert.down, s->begin, s->end, dst);
   return shard;
-}
-
-void expert_forward_shard(ThreadPool& pool, const ExpertShard& shard, const float* x, int64_t n, float* partial_out) {
-  const int64_t H = shard.down.rows;
-  if (shard.empty()) {
-    std::fill(partial_out, partial_out + n * H, 0.0f);
-    return;
-  }
-  const int64_t m = shard.end - shard.begin;
-  std::vector<float> act(size_t(n * m)), up(size_t(n * m));
-  // gate and up rows of a range on the same thread, then the activation of that range:
-  // one pass over the pool instead of three.
-  const int64_t grain_m = m >= 128 * pool.size() ? 128 : 8;
-  pool.parallel_for(m, [&](int64_t r0, int64_t r1) {
-    matmul_rows(shard.gate, x, shard.gate.cols, n, act.data(), m, r0, r1);
-    matmul_rows(shard.up, x, shard.up.cols, n, up.data(), m, r0, r1);
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t r = r0; r < r1; ++r) {
-        float& a = act[size_t(t * m + r)];
-        a = silu(a) * up[size_t(t * m + r)];
-      }
-  }, grain_m);
-  const int64_t grain_h = H >= 128 * pool.size() ? 128 : 8;
-  pool.parallel_for(H, [&](int64_t r0, int64_t r1) {
-    matmul_rows(shard.down, act.data(), m, n, partial_out, H, r0, r1);
-  }, grain_h);
 }
 
 }  // namespace hearth

@@ -21,7 +21,6 @@
 
 #include "engine/model.h"
 #include "offload/node_memory.h"
-#include "offload/thread_pool.h"
 
 namespace hearth {
 
@@ -87,12 +86,5 @@ int64_t expert_shard_bytes(const Mlp& expert, const ExpertShardPlan& plan, int n
 // is on another node or too small.
 ExpertShard shard_expert(const Mlp& expert, const ExpertShardPlan& plan, int node, NodeBuffer& buffer,
                          int64_t offset = 0);
-
-// partial_out[t][hidden] = down_slice(silu(gate_slice x_t) * up_slice x_t) for t < n,
-// x: [n][hidden]. The full expert output is the sum of the partials of every slice of
-// the plan (zeros for an empty shard). Rows are split across `pool` deterministically,
-// so the result does not depend on its size.
-void expert_forward_shard(ThreadPool& pool, const ExpertShard& shard, const float* x, int64_t n,
-                          float* partial_out);
 
 }  // namespace hearth

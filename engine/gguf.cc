@@ -7,16 +7,13 @@
 #include <limits>
 #include <stdexcept>
 
+#include "engine/file_error.h"
 #include "engine/safetensors.h"  // MappedFile
 
 namespace hearth {
 namespace {
 
 namespace fs = std::filesystem;
-
-[[noreturn]] void fail(const fs::path& file, const std::string& what) {
-  throw std::runtime_error(file.string() + ": " + what);
-}
 
 // A name from the file, fit for a one-line message: control bytes and quotes escaped,
 // long names cut.

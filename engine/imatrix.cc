@@ -8,6 +8,7 @@
 #include <shared_mutex>
 #include <stdexcept>
 
+#include "engine/file_error.h"
 #include "engine/gguf.h"
 #include "engine/safetensors.h"  // MappedFile
 
@@ -19,12 +20,6 @@ namespace {
 
 constexpr std::string_view kSumsSuffix = ".in_sum2";
 constexpr std::string_view kCountsSuffix = ".counts";
-
-std::string dec(int64_t v) { return std::to_string(v); }
-
-[[noreturn]] void fail(const fs::path& file, const std::string& what) {
-  throw std::runtime_error(file.string() + ": " + what);
-}
 
 // One tensor's statistics: n_mat matrices of ne0 columns. The mean of x^2 is kept, not
 // the sum, so a long calibration run does not lose precision in float sums; the file's
@@ -52,8 +47,8 @@ class LegacyReader {
   }
   void bytes(void* out, uint64_t n, const std::string& what) {
     if (n > left())
-      fail(f_.path(), "truncated: " + what + " needs " + dec(int64_t(n)) + " bytes at offset " + dec(int64_t(pos_)) +
-                          ", only " + dec(int64_t(left())) + " left");
+      fail(f_.path(), "truncated: " + what + " needs " + std::to_string(int64_t(n)) + " bytes at offset " + std::to_string(int64_t(pos_)) +
+                          ", only " + std::to_string(int64_t(left())) + " left");
     if (n) std::memcpy(out, f_.data() + pos_, n);
     pos_ += n;
   }
@@ -67,7 +62,7 @@ class LegacyReader {
 void check_values(const fs::path& file, const std::string& entry, const float* v, int64_t n, const char* what) {
   for (int64_t i = 0; i < n; ++i)
     if (!std::isfinite(v[i]) || v[i] < 0)
-      fail(file, "entry '" + entry + "': " + what + " " + dec(i) + " is " + std::to_string(v[i]) +
+      fail(file, "entry '" + entry + "': " + what + " " + std::to_string(i) + " is " + std::to_string(v[i]) +
                      " (expected a finite value >= 0)");
 }
 
@@ -98,11 +93,11 @@ void ImportanceMatrix::add(std::string_view name, int64_t expert, int64_t n_expe
   const int64_t n_mat = n_expert < 1 ? 1 : n_expert;
   if (expert == -1 && n_mat == 1) expert = 0;  // -1: "not an expert tensor"
   if (expert < 0 || expert >= n_mat || ne0 < 1 || !x)
-    throw std::invalid_argument("ImportanceMatrix::add('" + std::string(name) + "'): expert " + dec(expert) + " of " +
-                                dec(n_expert) + ", " + dec(ne0) + " values" + (x ? "" : ", null row"));
+    throw std::invalid_argument("ImportanceMatrix::add('" + std::string(name) + "'): expert " + std::to_string(expert) + " of " +
+                                std::to_string(n_expert) + ", " + std::to_string(ne0) + " values" + (x ? "" : ", null row"));
   for (int64_t j = 0; j < ne0; ++j)
     if (!std::isfinite(x[j]))
-      throw std::runtime_error("imatrix: activation " + dec(j) + " into '" + std::string(name) + "' is " +
+      throw std::runtime_error("imatrix: activation " + std::to_string(j) + " into '" + std::string(name) + "' is " +
                                std::to_string(x[j]));
 
   Entry* e = const_cast<Entry*>(s_->find(name));
@@ -113,8 +108,8 @@ void ImportanceMatrix::add(std::string_view name, int64_t expert, int64_t n_expe
     e = slot.get();
   }
   if (e->ne0 != ne0 || e->n_mat != n_mat)
-    throw std::runtime_error("imatrix: '" + std::string(name) + "' has " + dec(e->n_mat) + " matrices of rows of " +
-                             dec(e->ne0) + ", got a row of " + dec(ne0) + " for " + dec(n_mat) + " matrices");
+    throw std::runtime_error("imatrix: '" + std::string(name) + "' has " + std::to_string(e->n_mat) + " matrices of rows of " +
+                             std::to_string(e->ne0) + ", got a row of " + std::to_string(ne0) + " for " + std::to_string(n_mat) + " matrices");
 
   std::lock_guard lock(e->locks[size_t(expert)]);
   int64_t& n = e->count[size_t(expert)];
@@ -234,11 +229,11 @@ void load_gguf(const fs::path& path, ImportanceMatrix& im,
     for (const GgufTensor* t : {s, c})
       if (t->type() != GgmlType::F32) bad(t->name + " is " + std::string(t->format->name) + ", expected f32");
     if (s->dims.empty() || s->dims.size() > 2)
-      bad(s->name + " has " + dec(int64_t(s->dims.size())) + " dimensions, expected 1 or 2");
+      bad(s->name + " has " + std::to_string(int64_t(s->dims.size())) + " dimensions, expected 1 or 2");
     const int64_t ne0 = s->dims[0], n_mat = s->dims.size() > 1 ? s->dims[1] : 1;
     if (ne0 < 1 || n_mat < 1) bad(s->name + " is empty");
     if (c->numel() != n_mat)
-      bad(c->name + " holds " + dec(c->numel()) + " counts for " + dec(n_mat) + " matrices");
+      bad(c->name + " holds " + std::to_string(c->numel()) + " counts for " + std::to_string(n_mat) + " matrices");
     sums.resize(size_t(ne0 * n_mat));
     counts.resize(size_t(n_mat));
     std::memcpy(sums.data(), s->data, sums.size() * sizeof(float));
@@ -261,28 +256,28 @@ void load_legacy(const fs::path& path, ImportanceMatrix& im,
   const MappedFile f(path);
   LegacyReader r(f);
   const int32_t n_entries = r.i32("the entry count");
-  if (n_entries < 0) fail(path, "negative entry count " + dec(n_entries) + " (not an imatrix file?)");
+  if (n_entries < 0) fail(path, "negative entry count " + std::to_string(n_entries) + " (not an imatrix file?)");
   if (n_entries == 0) fail(path, "no importance entries");
   // Each entry takes at least 13 bytes (three int32 and a one-byte name).
   if (uint64_t(n_entries) * 13 > r.left())
-    fail(path, "entry count " + dec(n_entries) + " cannot fit in the " + dec(int64_t(r.left())) +
+    fail(path, "entry count " + std::to_string(n_entries) + " cannot fit in the " + std::to_string(int64_t(r.left())) +
                    " bytes that follow (not an imatrix file?)");
   for (int32_t i = 0; i < n_entries; ++i) {
-    const std::string at = "entry " + dec(i);
+    const std::string at = "entry " + std::to_string(i);
     const int32_t len = r.i32(at + "'s name length");
-    if (len <= 0) fail(path, at + ": name length " + dec(len) + " is not positive");
+    if (len <= 0) fail(path, at + ": name length " + std::to_string(len) + " is not positive");
     if (uint64_t(len) > r.left())
-      fail(path, at + ": name length " + dec(len) + " runs past the end of the file (" + dec(int64_t(r.left())) +
+      fail(path, at + ": name length " + std::to_string(len) + " runs past the end of the file (" + std::to_string(int64_t(r.left())) +
                      " bytes left)");
     std::string name(size_t(len), '\0');
     r.bytes(name.data(), uint64_t(len), at + "'s name");
     const std::string quoted = "entry '" + name + "'";
     const int32_t ncall = r.i32(quoted + "'s call count");
     const int32_t nval = r.i32(quoted + "'s value count");
-    if (ncall < 0) fail(path, quoted + ": negative call count " + dec(ncall));
-    if (nval <= 0) fail(path, quoted + ": value count " + dec(nval) + " is not positive");
+    if (ncall < 0) fail(path, quoted + ": negative call count " + std::to_string(ncall));
+    if (nval <= 0) fail(path, quoted + ": value count " + std::to_string(nval) + " is not positive");
     if (uint64_t(nval) * 4 > r.left())
-      fail(path, quoted + ": " + dec(nval) + " values run past the end of the file (" + dec(int64_t(r.left())) +
+      fail(path, quoted + ": " + std::to_string(nval) + " values run past the end of the file (" + std::to_string(int64_t(r.left())) +
                      " bytes left)");
     if (entries.count(name)) fail(path, quoted + " appears twice");
     auto e = std::make_unique<Entry>(nval, 1);
@@ -297,18 +292,18 @@ void load_legacy(const fs::path& path, ImportanceMatrix& im,
   // The trailer: last chunk, then the dataset name; older writers stopped earlier.
   if (r.left() > 0) {
     const int32_t last = r.i32("the chunk count");
-    if (last < 0) fail(path, "negative chunk count " + dec(last));
+    if (last < 0) fail(path, "negative chunk count " + std::to_string(last));
     chunks = uint32_t(last);
   }
   if (r.left() > 0) {
     const int32_t len = r.i32("the dataset name length");
     if (len < 0 || uint64_t(len) > r.left())
-      fail(path, "dataset name length " + dec(len) + " does not fit the " + dec(int64_t(r.left())) + " bytes left");
+      fail(path, "dataset name length " + std::to_string(len) + " does not fit the " + std::to_string(int64_t(r.left())) + " bytes left");
     std::string dataset(size_t(len), '\0');
     r.bytes(dataset.data(), uint64_t(len), "the dataset name");
     im.add_dataset(std::move(dataset));
   }
-  if (r.left() > 0) fail(path, dec(int64_t(r.left())) + " unexpected bytes after the dataset name");
+  if (r.left() > 0) fail(path, std::to_string(int64_t(r.left())) + " unexpected bytes after the dataset name");
 }
 
 }  // namespace
@@ -319,7 +314,7 @@ ImportanceMatrix ImportanceMatrix::load(const fs::path& path) {
   bool gguf = false;
   {
     const MappedFile f(path);
-    if (f.size() < 4) fail(path, "file is " + dec(int64_t(f.size())) + " bytes, too short for an imatrix");
+    if (f.size() < 4) fail(path, "file is " + std::to_string(int64_t(f.size())) + " bytes, too short for an imatrix");
     gguf = std::memcmp(f.data(), "GGUF", 4) == 0;
   }
   if (gguf)

@@ -15,14 +15,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/file_error.h"
+
 namespace hearth {
 namespace {
 
 using nlohmann::json;
-
-[[noreturn]] void fail(const std::filesystem::path& file, const std::string& what) {
-  throw std::runtime_error(file.string() + ": " + what);
-}
 
 [[noreturn]] void fail_tensor(const std::filesystem::path& file, const std::string& tensor,
                               const std::string& what) {

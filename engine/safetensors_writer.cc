@@ -10,12 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/file_error.h"
+
 namespace hearth {
 namespace {
-
-[[noreturn]] void fail(const std::filesystem::path& file, const std::string& what) {
-  throw std::runtime_error(file.string() + ": " + what);
-}
 
 }  // namespace
 

@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/file_error.h"
+
 namespace hearth {
 namespace {
 
@@ -377,10 +379,6 @@ MatchState& match_state() {
 }
 
 // ---- loading helpers ------------------------------------------------------------------
-
-[[noreturn]] void fail(const std::filesystem::path& file, const std::string& what) {
-  throw std::runtime_error(file.string() + ": " + what);
-}
 
 const json& need(const std::filesystem::path& file, const json& obj, const char* key, const char* where) {
   if (!obj.is_object()) fail(file, std::string(where) + " is not an object");

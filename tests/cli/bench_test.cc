@@ -12,6 +12,8 @@
 #include "engine/synth.h"
 #include "support/scratch.h"
 
+namespace cli_bench_suite {
+
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
 using hearth::testing::TempDir;
@@ -182,3 +184,5 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
     CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
   }
 }
+
+}  // namespace cli_bench_suite

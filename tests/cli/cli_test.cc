@@ -12,6 +12,8 @@
 #include "support/golden.h"
 #include "support/scratch.h"
 
+namespace cli_cli_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
@@ -100,3 +102,5 @@ TEST_CASE("cli: a model whose checkpoint lacks a tensor names it") {
   CHECK(r.code == 1);
   CHECK(r.all().find("missing tensor") != std::string::npos);
 }
+
+}  // namespace cli_cli_suite

@@ -15,6 +15,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_eval_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::count_lines;
@@ -174,3 +176,5 @@ TEST_CASE("cli: hearth perplexity and kld report bad input in one line") {
   check_one_line_error(run_hearth("kld -m " + m + " -m " + tiny_v32 + " -f " + text.path + " --ctx 16"), "vocabularies differ");
   check_one_line_error(run_hearth("kld -m " + m + " -m /nonexistent/model -f " + text.path + " --ctx 16"), "/nonexistent/model");
 }
+
+}  // namespace cli_eval_suite

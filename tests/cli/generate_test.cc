@@ -20,6 +20,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_generate_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::count_lines;
@@ -241,3 +243,5 @@ TEST_CASE("cli: hearth chat on a terminal with turns and commands and Ctrl-C") {
     CHECK(chat.wait_exit() == 0);
   }
 }
+
+}  // namespace cli_generate_suite

@@ -12,6 +12,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_gguf_tokenize_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
@@ -114,3 +116,5 @@ TEST_CASE("cli: hearth generate --tokenizer replaces the model's tokenizer") {
   REQUIRE(got.code == 0);
   CHECK(got.out == want.out);
 }
+
+}  // namespace cli_gguf_tokenize_suite

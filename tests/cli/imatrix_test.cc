@@ -16,6 +16,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_imatrix_suite {
+
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
 using hearth::testing::TempDir;
@@ -129,3 +131,5 @@ TEST_CASE("cli: hearth imatrix rejects a text shorter than one chunk in one line
   CHECK(r.err.find("fewer than one chunk") != std::string::npos);
   CHECK(!std::filesystem::exists(tmp.path / "x.gguf"));
 }
+
+}  // namespace cli_imatrix_suite

@@ -9,6 +9,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_numa_cli_suite {
+
 using hearth::testing::CliRun;
 using hearth::testing::count_lines;
 using hearth::testing::run_hearth;
@@ -65,3 +67,5 @@ TEST_CASE("numa cli: bench names the node count and the split in its header") {
   CHECK(off.out.find("\"nodes\": 1") != std::string::npos);
   CHECK(off.out.find("routed experts not sharded over NUMA nodes") != std::string::npos);
 }
+
+}  // namespace cli_numa_cli_suite

@@ -11,6 +11,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_offload_cli_suite {
+
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
 using hearth::testing::slurp;
@@ -111,3 +113,5 @@ TEST_CASE("cli: prove --offload sim makes the same samples as the CPU path") {
   CHECK(a.size() == 4);  // 2 generations, each verified once
   CHECK(a == b);
 }
+
+}  // namespace cli_offload_cli_suite

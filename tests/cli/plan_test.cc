@@ -21,6 +21,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_plan_suite {
+
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
 using hearth::testing::TempDir;
@@ -214,3 +216,5 @@ TEST_CASE("cli: hearth profile-experts writes frequencies that hearth plan ranks
   CHECK(one_line_error(run_hearth("profile-experts -m " + model_dir.string() + " -f " + text), {"--output"}));
   CHECK_FALSE(std::filesystem::exists(none));
 }
+
+}  // namespace cli_plan_suite

@@ -9,6 +9,8 @@
 
 #include "cli/progress.h"
 
+namespace cli_progress_suite {
+
 using namespace hearth::cli;
 
 TEST_CASE("progress: bytes with three significant digits in decimal units") {
@@ -162,3 +164,5 @@ TEST_CASE("progress: finish on a terminal overwrites the bar") {
   bar.finish();
   CHECK(f.out.back() == "\r1.00 kB in 0:02 (500 B/s)\x1b[K\n");
 }
+
+}  // namespace cli_progress_suite

@@ -24,6 +24,8 @@
 #include "support/spawn.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_prove_suite {
+
 
 namespace fs = std::filesystem;
 using hearth::testing::pool_map;
@@ -237,3 +239,5 @@ TEST_CASE("prove cli: Ctrl-C stops cleanly and says how to resume") {
   CHECK(gens == 3);
   CHECK(pool.size() == size_t(gens + 2 * with_proof));
 }
+
+}  // namespace cli_prove_suite

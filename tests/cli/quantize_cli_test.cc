@@ -11,6 +11,8 @@
 #include "support/golden.h"
 #include "support/scratch.h"
 
+namespace cli_quantize_cli_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::read_f32;
@@ -164,3 +166,5 @@ TEST_CASE("cli quantize: Ctrl-C stops it and leaves no output file") {
   CHECK_FALSE(fs::exists(out));
   CHECK_FALSE(fs::exists(tmpfile));
 }
+
+}  // namespace cli_quantize_cli_suite

@@ -10,6 +10,8 @@
 #include "support/golden.h"
 #include "support/scratch.h"
 
+namespace cli_repack_cli_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
@@ -69,3 +71,5 @@ TEST_CASE("cli repack: an unknown type is a one-line error naming it") {
     CHECK(r.all().find("--repack: 'q9_9'") != std::string::npos);
   }
 }
+
+}  // namespace cli_repack_cli_suite

@@ -29,6 +29,8 @@
 #include "support/sse.h"
 #include "support/tiny_chat_model.h"
 
+namespace cli_serve_suite {
+
 
 namespace {
 
@@ -609,3 +611,5 @@ TEST_CASE("serve: bad flags and a taken port fail with one line") {
   CHECK(r.err.find("cannot listen on 127.0.0.1:" + std::to_string(server.port())) != std::string::npos);
   CHECK(server.stop() == 0);
 }
+
+}  // namespace cli_serve_suite

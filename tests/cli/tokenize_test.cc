@@ -12,6 +12,8 @@
 
 #include "support/scratch.h"
 
+namespace cli_tokenize_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::CliRun;
 using hearth::testing::run_hearth;
@@ -90,3 +92,5 @@ TEST_CASE("cli: hearth tokenize and detokenize reject bad input with one line") 
     CHECK(r.out.empty());
   }
 }
+
+}  // namespace cli_tokenize_suite

@@ -34,6 +34,8 @@
 #include "quant/cuda/kernels.h"
 #endif
 
+namespace cuda_cublas_gemm_suite {
+
 using namespace hearth;
 using hearth::testing::cuda_device_or_skip;
 using hearth::testing::DeviceWeight;
@@ -263,3 +265,5 @@ TEST_CASE("cuda dequantize_bf16 rejects a bad output stride with the reason") {
   std::fprintf(stderr, "skipped: no GPU\n");
 #endif
 }
+
+}  // namespace cuda_cublas_gemm_suite

@@ -33,6 +33,8 @@
 #include "quant/numbers.h"
 #endif
 
+namespace cuda_cuda_model_suite {
+
 using namespace hearth;
 using hearth::testing::golden_cases;
 using hearth::testing::GoldenCase;
@@ -758,3 +760,5 @@ TEST_CASE("cuda model: cuBLAS bf16 GEMMs keep prefill and batch logits near the 
 }
 
 #endif
+
+}  // namespace cuda_cuda_model_suite

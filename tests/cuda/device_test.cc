@@ -20,6 +20,8 @@
 #include "quant/cuda/kernels.h"
 #endif
 
+namespace cuda_device_suite {
+
 using namespace hearth;
 using hearth::testing::cuda_device_or_skip;
 
@@ -194,3 +196,5 @@ TEST_CASE("cuda device out of memory and bad ids are errors that say so") {
   CHECK(again == e);
   dev->release_event(again);
 }
+
+}  // namespace cuda_device_suite

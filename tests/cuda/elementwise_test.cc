@@ -16,6 +16,8 @@
 #include "quant/cuda/kernels.h"
 #endif
 
+namespace cuda_elementwise_suite {
+
 using namespace hearth;
 using hearth::testing::cuda_device_or_skip;
 
@@ -162,3 +164,5 @@ TEST_CASE("cuda gather_rows and scatter_add_rows with repeated indices") {
   }
 #endif
 }
+
+}  // namespace cuda_elementwise_suite

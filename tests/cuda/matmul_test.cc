@@ -37,6 +37,8 @@
 #include "quant/cuda/kernels.h"
 #endif
 
+namespace cuda_matmul_suite {
+
 using namespace hearth;
 using hearth::testing::cuda_device_or_skip;
 using hearth::testing::DeviceWeight;
@@ -302,3 +304,5 @@ TEST_CASE("cuda matmul rejects bad arguments with the reason") {
   std::fprintf(stderr, "skipped: no GPU\n");
 #endif
 }
+
+}  // namespace cuda_matmul_suite

@@ -18,6 +18,8 @@
 #include "engine/prefix_cache.h"
 #include "support/tiny_chat_model.h"
 
+namespace engine_batch_scheduler_suite {
+
 using namespace hearth;
 
 namespace {
@@ -544,3 +546,5 @@ TEST_CASE("batch scheduler: a failing callback ends only its own request") {
   CHECK(sched.stats().running == 0);
   CHECK(sched.stats().kv_pages_used == 2);  // the two prompts kept for reuse, a page each
 }
+
+}  // namespace engine_batch_scheduler_suite

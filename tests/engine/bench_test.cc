@@ -25,6 +25,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_bench_suite {
+
 using namespace hearth;
 using hearth::testing::TempDir;
 
@@ -347,3 +349,5 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
   bad.gens = {0};
   CHECK_THROWS_AS(validate(bad), std::invalid_argument);
 }
+
+}  // namespace engine_bench_suite

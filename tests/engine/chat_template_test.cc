@@ -10,6 +10,8 @@
 #include "engine/chat_template.h"
 #include "engine/tokenizer.h"
 
+namespace engine_chat_template_suite {
+
 using hearth::ChatMessage;
 
 namespace {
@@ -116,3 +118,5 @@ TEST_CASE("chat template: token ids of the example with the DeepSeek tokenizer")
   for (int32_t id : ids) users += id == 128803;
   CHECK(users == 1);
 }
+
+}  // namespace engine_chat_template_suite

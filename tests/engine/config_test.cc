@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+namespace engine_config_suite {
+
 using hearth::ModelConfig;
 using nlohmann::json;
 
@@ -344,3 +346,5 @@ TEST_CASE("config: load reports invalid JSON with the path") {
                        std::runtime_error);
   std::remove(path.c_str());
 }
+
+}  // namespace engine_config_suite

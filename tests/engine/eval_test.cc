@@ -17,6 +17,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace engine_eval_suite {
+
 using namespace hearth;
 
 namespace {
@@ -293,3 +295,5 @@ TEST_CASE("eval: bad inputs are rejected with what is wrong") {
     CHECK(std::string(e.what()).find("vocabularies differ") != std::string::npos);
   }
 }
+
+}  // namespace engine_eval_suite

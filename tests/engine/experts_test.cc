@@ -15,6 +15,8 @@
 #include "engine/ops.h"
 #include "quant/block_formats.h"
 
+namespace engine_experts_suite {
+
 using namespace hearth;
 
 namespace {
@@ -154,3 +156,5 @@ TEST_CASE("experts: mlp_rows equals the plain gate up down sequence with 1 2 and
     }
   }
 }
+
+}  // namespace engine_experts_suite

@@ -11,6 +11,8 @@
 #include "engine/generator.h"
 #include "support/tiny_chat_model.h"
 
+namespace engine_generator_suite {
+
 using namespace hearth;
 
 namespace {
@@ -177,3 +179,5 @@ TEST_CASE("generator: context limit and cancel flag and errors") {
 
   CHECK_THROWS_AS(Generator(f.model, f.tok, {1, -1}), std::invalid_argument);
 }
+
+}  // namespace engine_generator_suite

@@ -18,6 +18,8 @@
 #include "support/golden.h"
 #include "support/scratch.h"
 
+namespace engine_gguf_formats_suite {
+
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::golden_cases;
@@ -294,3 +296,5 @@ TEST_CASE("gguf formats: attn_k_b in Q5_0 and attn_v_b in Q5_1 rebuild kv_b from
     for (float x : l) finite = finite && std::isfinite(x);
   CHECK(finite);
 }
+
+}  // namespace engine_gguf_formats_suite

@@ -24,6 +24,8 @@
 #include "support/golden.h"
 #include "support/scratch.h"
 
+namespace engine_gguf_model_suite {
+
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::check_error;
@@ -666,3 +668,5 @@ TEST_CASE("quantize: types that cannot hold a tensor are errors naming it") {
   CHECK_FALSE(fs::exists(o.output));
   CHECK_FALSE(fs::exists(tmp.path / "out.gguf.tmp"));
 }
+
+}  // namespace engine_gguf_model_suite

@@ -19,6 +19,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_gguf_suite {
+
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::pattern;
@@ -766,3 +768,5 @@ TEST_CASE("gguf rejects files too short for the header") {
 }
 
 }  // TEST_SUITE
+
+}  // namespace engine_gguf_suite

@@ -22,6 +22,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_gguf_tokenizer_suite {
+
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::check_error;
@@ -383,3 +385,5 @@ TEST_CASE("gguf tokenizer: bad metadata gives one line naming the file and the k
     CHECK(msg.find('\n') == std::string::npos);
   }
 }
+
+}  // namespace engine_gguf_tokenizer_suite

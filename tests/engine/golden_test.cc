@@ -12,6 +12,8 @@
 #include "engine/forward.h"
 #include "support/golden.h"
 
+namespace engine_golden_suite {
+
 using namespace hearth;
 using hearth::testing::golden_cases;
 using hearth::testing::GoldenCase;
@@ -114,3 +116,5 @@ TEST_CASE("golden tiny-v32: the indexer's sparse selection is what the reference
   CHECK(early <= 1e-3);  // up to index_topk keys nothing is dropped
   CHECK(late > 1e-2);
 }
+
+}  // namespace engine_golden_suite

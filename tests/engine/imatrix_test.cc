@@ -20,6 +20,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_imatrix_suite {
+
 using namespace hearth;
 using hearth::testing::check_error;
 using hearth::testing::error_of;
@@ -371,3 +373,5 @@ TEST_CASE("imatrix: GGUF files that are not valid imatrices are one-line errors"
   // The complete one loads.
   CHECK(ImportanceMatrix::load(p).weights("a", 0, 2)[1] == 2.0f);
 }
+
+}  // namespace engine_imatrix_suite

@@ -15,6 +15,8 @@
 #include "engine/index_scores.h"
 #include "quant/numbers.h"
 
+namespace engine_index_scores_suite {
+
 using namespace hearth;
 
 namespace {
@@ -60,9 +62,11 @@ TEST_CASE("index scores: AVX2 equals the scalar reference bit for bit") {
     return;
   }
   std::mt19937 rng(31);
-  // Head counts with and without a remainder of the four-head groups; position counts with
-  // and without a remainder of the eight-lane groups; V3.2's 64 x 128.
-  for (auto [heads, dim, n] : {std::tuple<int64_t, int64_t, int64_t>{64, 128, 37}, {5, 64, 8}, {3, 32, 5}, {7, 128, 100}}) {
+  // Head counts with and without a remainder of the eight-head groups (and fewer heads
+  // than one group); position counts with and without a remainder of the eight-lane
+  // groups; V3.2's 64 x 128.
+  for (auto [heads, dim, n] : {std::tuple<int64_t, int64_t, int64_t>{64, 128, 37}, {5, 64, 8}, {3, 32, 5}, {7, 128, 100},
+                               {13, 64, 24}, {9, 32, 17}}) {
     CAPTURE(heads);
     CAPTURE(n);
     Case c = make_case(heads, dim, n, rng);
@@ -103,3 +107,5 @@ TEST_CASE("index scores: a head dimension over 512 is refused") {
   const uint8_t* keys[] = {&key};
   CHECK_THROWS_AS(index_scores(&q, &w, 1, 513, keys, &s, 1, &out), std::invalid_argument);
 }
+
+}  // namespace engine_index_scores_suite

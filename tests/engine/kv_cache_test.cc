@@ -8,6 +8,8 @@
 #include "engine/config.h"
 #include "engine/kv_cache.h"
 
+namespace engine_kv_cache_suite {
+
 using namespace hearth;
 
 namespace {
@@ -152,3 +154,5 @@ TEST_CASE("kv cache: the page limit refuses growth without changing anything") {
   CHECK_THROWS_AS(cache.page_table(a), std::logic_error);
   CHECK_THROWS_AS(cache.set_page_limit(-1), std::invalid_argument);
 }
+
+}  // namespace engine_kv_cache_suite

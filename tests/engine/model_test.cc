@@ -10,6 +10,8 @@
 #include "engine/layers.h"
 #include "engine/safetensors_writer.h"
 
+namespace engine_model_suite {
+
 using namespace hearth;
 namespace fs = std::filesystem;
 
@@ -151,3 +153,5 @@ TEST_CASE("kv cache: pages are allocated per sequence and reused after removal")
   CHECK(cache.pages_in_use() == 4);
   CHECK(cache.length(d) == 12);
 }
+
+}  // namespace engine_model_suite

@@ -19,6 +19,8 @@
 #include "engine/synth_model.h"
 #include "support/golden.h"
 
+namespace engine_numa_experts_suite {
+
 using namespace hearth;
 using hearth::testing::golden_cases;
 using hearth::testing::GoldenCase;
@@ -279,3 +281,5 @@ TEST_CASE("numa experts: the checkpoint's expert pages are released only where t
   NumaExperts f(golden_f32(), layout, {1, 1});
   CHECK(f.release_originals() == 0);
 }
+
+}  // namespace engine_numa_experts_suite

@@ -17,6 +17,8 @@
 #include "offload/sim_device.h"
 #include "support/golden.h"
 
+namespace engine_offload_forward_suite {
+
 using namespace hearth;
 using hearth::testing::golden_cases;
 using hearth::testing::GoldenCase;
@@ -271,3 +273,5 @@ TEST_CASE("offload sim: routing probes see what the CPU path sees") {
   CHECK(std::get<2>(cpu) > 0);
   CHECK(cpu == off);
 }
+
+}  // namespace engine_offload_forward_suite

@@ -13,6 +13,8 @@
 #include "engine/tokenizer.h"
 #include "support/sse.h"
 
+namespace engine_openai_api_suite {
+
 using hearth::GenerationResult;
 using hearth::StopReason;
 using hearth::openai::ApiError;
@@ -384,3 +386,5 @@ TEST_CASE("openai api: a streamed completion holds back a partial think marker u
   CHECK(json::parse(sse.data[2])["choices"][0]["finish_reason"] == "stop");
   CHECK(sse.data[3] == "[DONE]");
 }
+
+}  // namespace engine_openai_api_suite

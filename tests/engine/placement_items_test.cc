@@ -13,6 +13,8 @@
 #include "engine/placement_items.h"
 #include "support/golden.h"
 
+namespace engine_placement_items_suite {
+
 using namespace hearth;
 
 namespace {
@@ -156,3 +158,5 @@ TEST_CASE("placement items: a forward step counts each token's routed experts pe
   CHECK(counts.tokens == 0);
   CHECK(counts.hits.empty());
 }
+
+}  // namespace engine_placement_items_suite

@@ -18,6 +18,8 @@
 #include "support/proof_pool_map.h"
 #include "support/scratch.h"
 
+namespace engine_proof_loop_suite {
+
 using namespace hearth;
 using hearth::testing::FakeProofRunner;
 using hearth::testing::slurp;
@@ -346,3 +348,5 @@ TEST_CASE("proof_loop: bad options and an empty problem are refused") {
   CHECK_THROWS_WITH_AS(ProofLoop(fake, ProofTemplates::defaults(), "  \n", options(1, 1, 1), d.path),
                        doctest::Contains("problem is empty"), std::invalid_argument);
 }
+
+}  // namespace engine_proof_loop_suite

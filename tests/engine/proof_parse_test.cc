@@ -6,6 +6,8 @@
 
 #include "engine/proof_parse.h"
 
+namespace engine_proof_parse_suite {
+
 using namespace hearth;
 
 namespace {
@@ -154,3 +156,5 @@ TEST_CASE("proof_parse: verifier analyses") {
 
   CHECK_FALSE(parse_rating("thinking forever", true).score);  // a box in unfinished reasoning is not a rating
 }
+
+}  // namespace engine_proof_parse_suite

@@ -10,6 +10,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_proof_pool_suite {
+
 using namespace hearth;
 using hearth::testing::slurp;
 using hearth::testing::TempDir;
@@ -177,3 +179,5 @@ TEST_CASE("proof_pool: the journal is replaced atomically and read back") {
   REQUIRE(w.list.size() == 1);
   CHECK(w.list[0].find("journal.json") != std::string::npos);
 }
+
+}  // namespace engine_proof_pool_suite

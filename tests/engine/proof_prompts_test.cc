@@ -13,6 +13,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_proof_prompts_suite {
+
 using namespace hearth;
 using hearth::testing::check_error;
 using hearth::testing::TempDir;
@@ -122,3 +124,5 @@ TEST_CASE("proof_prompts: bad template files") {
   check("attempt.json", R"({"refine_attempt": "{number}: {score}"})", {"template 'refine_attempt'", "{proof}"});
   check_error([&] { ProofTemplates::load(d.path / "absent.json"); }, {(d.path / "absent.json").string(), "cannot read"});
 }
+
+}  // namespace engine_proof_prompts_suite

@@ -20,6 +20,8 @@
 #include "support/scratch.h"
 #include "support/tiny_chat_model.h"
 
+namespace engine_proof_runner_scheduler_suite {
+
 using namespace hearth;
 using hearth::testing::TempDir;
 namespace fs = std::filesystem;
@@ -252,3 +254,5 @@ TEST_CASE("proof_runner_scheduler: the loop on the tiny model stopped and resume
   CHECK(resumed.end == ref.end);
   CHECK(pool_map(parts.path) == pool);
 }
+
+}  // namespace engine_proof_runner_scheduler_suite

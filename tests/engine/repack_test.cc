@@ -18,6 +18,8 @@
 #include "engine/repack.h"
 #include "support/golden.h"
 
+namespace engine_repack_suite {
+
 using namespace hearth;
 using hearth::testing::golden_cases;
 using hearth::testing::GoldenCase;
@@ -240,3 +242,5 @@ TEST_CASE("repack: the footprint counts repacked weights at their new size") {
   CHECK(m8.footprint().routed_experts.bytes == before.routed_experts.params / 32 * 34);
   CHECK(m8.repack_summary().kept == 0);
 }
+
+}  // namespace engine_repack_suite

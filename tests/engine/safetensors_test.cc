@@ -20,6 +20,8 @@ using namespace hearth;
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace engine_safetensors_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::pattern;
 using hearth::testing::check_error;
@@ -445,3 +447,5 @@ TEST_CASE("safetensors golden checkpoint tiny-v32") {
 }
 
 }  // TEST_SUITE
+
+}  // namespace engine_safetensors_suite

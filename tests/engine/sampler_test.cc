@@ -10,6 +10,8 @@
 
 #include "engine/sampler.h"
 
+namespace engine_sampler_suite {
+
 using hearth::Sampler;
 using hearth::SamplingParams;
 
@@ -152,3 +154,5 @@ TEST_CASE("sampler: NaN and -inf logits are never candidates and bad parameters 
   CHECK_THROWS_AS(Sampler(params(std::nan(""), 0.9), 4), std::invalid_argument);
   CHECK_THROWS_AS(Sampler(params(1, 0.9), 0), std::invalid_argument);
 }
+
+}  // namespace engine_sampler_suite

@@ -21,6 +21,8 @@
 
 #include "support/scratch.h"
 
+namespace engine_synth_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::TempDir;
 using hearth::DType;
@@ -436,3 +438,5 @@ TEST_CASE("synth: the hearth synth command") {
   CHECK(rc == 0);
   CHECK(slurp(log).find("--shard-size") != std::string::npos);
 }
+
+}  // namespace engine_synth_suite

@@ -13,6 +13,8 @@
 
 #include "support/scratch.h"
 
+namespace engine_synth_tokenizer_suite {
+
 namespace fs = std::filesystem;
 using hearth::testing::TempDir;
 
@@ -57,3 +59,5 @@ TEST_CASE("synth tokenizer: other sizes round up to 128 and a larger vocabulary 
   CHECK_THROWS_WITH_AS(hearth::synthesize_checkpoint(o), doctest::Contains("cannot open the tokenizer"), std::runtime_error);
   CHECK(!fs::exists(tmp.path / "m3"));
 }
+
+}  // namespace engine_synth_tokenizer_suite

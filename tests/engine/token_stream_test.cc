@@ -7,6 +7,8 @@
 
 #include "engine/token_stream.h"
 
+namespace engine_token_stream_suite {
+
 using namespace hearth;
 
 namespace {
@@ -112,3 +114,5 @@ TEST_CASE("token stream: a character split over tokens is streamed whole") {
   }
   CHECK(out == text);
 }
+
+}  // namespace engine_token_stream_suite

@@ -15,6 +15,8 @@
 
 #include "engine/tokenizer.h"
 
+namespace engine_tokenizer_suite {
+
 namespace fs = std::filesystem;
 using hearth::StreamDecoder;
 using hearth::Tokenizer;
@@ -272,3 +274,5 @@ TEST_CASE("tokenizer: a corrupt tokenizer.json gives an error naming the file") 
     CHECK(e.find("/nonexistent/tokenizer.json") != std::string::npos);
   }
 }
+
+}  // namespace engine_tokenizer_suite

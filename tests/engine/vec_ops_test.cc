@@ -10,6 +10,8 @@
 
 #include "engine/vec_ops.h"
 
+namespace engine_vec_ops_suite {
+
 using namespace hearth;
 
 TEST_CASE("vec ops: dot_f32 matches a double sum on every path and length") {
@@ -48,3 +50,5 @@ TEST_CASE("vec ops: axpy_f32 AVX2 equals the scalar reference bit for bit") {
     for (int64_t i = 0; i < n; ++i) CHECK(ys[size_t(i)] == y[size_t(i)] + a * x[size_t(i)]);
   }
 }
+
+}  // namespace engine_vec_ops_suite

@@ -17,6 +17,8 @@
 #include "support/errors.h"
 #include "support/typed_errors.h"
 
+namespace offload_layer_pipeline_suite {
+
 using namespace hearth;
 using hearth::testing::check_error;
 using hearth::testing::check_error_as;
@@ -312,3 +314,5 @@ TEST_CASE("layer_pipeline: order errors, compute exceptions and device memory") 
   CHECK_THROWS_AS(LayerPipeline(*tiny, 6000), DeviceOutOfMemory);
   CHECK(tiny->free_memory() == 10000);  // the buffer that fit was freed again
 }
+
+}  // namespace offload_layer_pipeline_suite

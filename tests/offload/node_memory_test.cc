@@ -10,6 +10,8 @@
 
 #include "offload/node_memory.h"
 
+namespace offload_node_memory_suite {
+
 using namespace hearth;
 
 namespace {
@@ -129,3 +131,5 @@ TEST_CASE("node buffer: refused binding falls back to first touch") {
   CHECK(all_zero(b));
   CHECK(pattern_round_trips(b));
 }
+
+}  // namespace offload_node_memory_suite

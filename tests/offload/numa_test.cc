@@ -15,6 +15,8 @@
 #include "offload/numa.h"
 #include "offload/topology.h"
 
+namespace offload_numa_suite {
+
 using namespace hearth;
 
 namespace {
@@ -202,3 +204,5 @@ TEST_CASE("node workers: binding the OS refuses is a warning") {
   });
   CHECK(sum == 20);
 }
+
+}  // namespace offload_numa_suite

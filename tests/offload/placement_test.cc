@@ -17,6 +17,8 @@
 #include "offload/placement.h"
 #include "support/scratch.h"
 
+namespace offload_placement_suite {
+
 using namespace hearth;
 
 namespace {
@@ -354,3 +356,5 @@ TEST_CASE("placement: byte sizes parse with binary units and reject junk") {
   CHECK(format_bytes(1536) == "1.50 KiB");
   CHECK(format_bytes(24.0 * (1ll << 30)) == "24.00 GiB");
 }
+
+}  // namespace offload_placement_suite

@@ -17,6 +17,8 @@
 #include "support/errors.h"
 #include "support/typed_errors.h"
 
+namespace offload_sim_device_suite {
+
 using namespace hearth;
 using hearth::testing::check_error;
 using hearth::testing::check_error_as;
@@ -322,3 +324,5 @@ TEST_CASE("sim_device: compute_scale below 1 stretches launches") {
   CHECK(ops[0].end_us - ops[0].start_us >= 40000 - 1);
   CHECK(ops[0].kind == DeviceOp::Kind::kKernel);
 }
+
+}  // namespace offload_sim_device_suite

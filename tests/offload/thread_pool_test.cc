@@ -16,6 +16,8 @@
 #include "offload/thread_pool.h"
 #include "offload/topology.h"
 
+namespace offload_thread_pool_suite {
+
 using namespace hearth;
 
 namespace {
@@ -230,3 +232,5 @@ TEST_CASE("thread_pool: never spins when it has more threads than the machine") 
   pool.parallel_for(1000, [&](int64_t b, int64_t e) { total += e - b; });
   CHECK(total.load() == 1000);
 }
+
+}  // namespace offload_thread_pool_suite

@@ -10,6 +10,8 @@
 
 #include "offload/topology.h"
 
+namespace offload_topology_suite {
+
 using namespace hearth;
 
 TEST_CASE("topology: this machine") {
@@ -52,3 +54,5 @@ TEST_CASE("topology: bad synthetic descriptions throw") {
     CHECK_THROWS_AS(detect_topology(bad), std::runtime_error);
   }
 }
+
+}  // namespace offload_topology_suite

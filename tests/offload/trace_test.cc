@@ -12,6 +12,8 @@
 #include "support/errors.h"
 #include "support/scratch.h"
 
+namespace offload_trace_suite {
+
 using namespace hearth;
 
 namespace {
@@ -159,3 +161,5 @@ TEST_CASE("trace: overlap of copy and compute intervals") {
   CHECK(s.copy_us == doctest::Approx(27));
   CHECK(s.fraction() == doctest::Approx(18.0 / 20.0));
 }
+
+}  // namespace offload_trace_suite

@@ -17,6 +17,8 @@
 #include "quant/weight_matrix.h"
 #include "support/block_rows.h"
 
+namespace quant_block_dot_simd_suite {
+
 using namespace hearth;
 using namespace hearth::testing;
 
@@ -265,3 +267,5 @@ TEST_CASE("block dot simd: the new formats' extreme levels against -128 activati
     CHECK(double(f.vec_dot_avx2(w.data(), a.data(), n)) == nblocks * c.per_block);
   }
 }
+
+}  // namespace quant_block_dot_simd_suite

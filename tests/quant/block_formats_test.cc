@@ -16,6 +16,8 @@
 
 #include "quant/block_formats.h"
 
+namespace quant_block_formats_suite {
+
 using namespace hearth;
 
 namespace {
@@ -921,3 +923,5 @@ TEST_CASE("block formats: vec_dot equals the dot product of the dequantized rows
     }
   }
 }
+
+}  // namespace quant_block_formats_suite

@@ -13,6 +13,8 @@
 #include "quant/weight_matrix.h"
 #include "support/block_rows.h"
 
+namespace quant_dot_tiles_suite {
+
 using namespace hearth;
 using namespace hearth::testing;
 
@@ -136,3 +138,5 @@ TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bi
     }
   }
 }
+
+}  // namespace quant_dot_tiles_suite

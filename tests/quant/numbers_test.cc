@@ -12,6 +12,8 @@
 
 #include "quant/numbers.h"
 
+namespace quant_numbers_suite {
+
 using namespace hearth;
 
 namespace {
@@ -343,3 +345,5 @@ TEST_CASE("fp8: the bit-arithmetic encoder is bit-identical to the reference") {
     check(f);
   CHECK(mismatches == 0);
 }
+
+}  // namespace quant_numbers_suite

@@ -15,6 +15,8 @@
 #include "quant/recipe.h"
 #include "support/errors.h"
 
+namespace quant_recipe_suite {
+
 using namespace hearth;
 using hearth::testing::check_error;
 
@@ -362,3 +364,5 @@ TEST_CASE("recipe: layer rules need the layer count") {
   CHECK(r.type_for({"blk.3.ffn_down_exps.weight", {2048, 7168, 256}, -1, kLayers}) == DType::Q6_K);
   CHECK(QuantRecipe::preset("F16").type_for({"blk.3.ffn_down_exps.weight", {2048, 7168, 256}, -1, 0}) == DType::F16);
 }
+
+}  // namespace quant_recipe_suite

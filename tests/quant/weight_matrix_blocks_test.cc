@@ -17,6 +17,8 @@
 #include "quant/block_formats.h"
 #include "quant/weight_matrix.h"
 
+namespace quant_weight_matrix_blocks_suite {
+
 using namespace hearth;
 
 namespace {
@@ -230,3 +232,5 @@ TEST_CASE("weight matrix blocks: matmul_t_accumulate and dequantize_row are exac
     }
   }
 }
+
+}  // namespace quant_weight_matrix_blocks_suite

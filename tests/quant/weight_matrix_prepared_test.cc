@@ -17,6 +17,8 @@
 #include "quant/numbers.h"
 #include "quant/weight_matrix.h"
 
+namespace quant_weight_matrix_prepared_suite {
+
 using namespace hearth;
 
 namespace {
@@ -200,3 +202,5 @@ TEST_CASE("weight matrix prepared: row_slice is those rows of the matrix") {
   CHECK_THROWS_AS(row_slice(f8.w, 5, 20), std::invalid_argument);
   CHECK_THROWS_AS(row_slice(f8.w, 0, 301), std::invalid_argument);
 }
+
+}  // namespace quant_weight_matrix_prepared_suite

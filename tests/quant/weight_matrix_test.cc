@@ -24,6 +24,8 @@
 #include "quant/numbers.h"
 #include "quant/weight_matrix.h"
 
+namespace quant_weight_matrix_suite {
+
 using namespace hearth;
 
 namespace {
@@ -417,3 +419,5 @@ TEST_CASE("weight_matrix: F8_E4M3 adversarial blocks") {
     }
   }
 }
+
+}  // namespace quant_weight_matrix_suite
