@@ -103,8 +103,11 @@ std::vector<int32_t> select_positions(const StepContext& ctx, int64_t layer, con
       index_scores(q, w, nh, D, keys, scales, m, score.data() + b);
     }
   }, 16);
-  // Highest scores first; ties go to the earlier position.
-  std::partial_sort(all.begin(), all.begin() + topk, all.end(), [&](int32_t a, int32_t b) {
+  // The topk best: highest scores first, ties to the earlier position. That order is total,
+  // so the set is unique and a linear-time selection finds it. (A partial sort, which also
+  // orders the picks that are re-sorted by position below, took 0.63 ms against 0.23 ms for
+  // 16K positions and topk 2048 on one core: per layer and token.)
+  std::nth_element(all.begin(), all.begin() + (topk - 1), all.end(), [&](int32_t a, int32_t b) {
     return score[size_t(a)] > score[size_t(b)] || (score[size_t(a)] == score[size_t(b)] && a < b);
   });
   all.resize(static_cast<size_t>(topk));

@@ -33,42 +33,40 @@ void index_scores_scalar(const float* q, const float* w, int64_t heads, int64_t 
 }
 
 // Eight positions per pass: their keys transposed to [dim][8] floats, then per head a
-// running sum per lane, four heads interleaved so their dependency chains overlap (each
-// head's sum is still its own, added to the total in head order). max(0, dot) with 0
-// first returns dot for NaN and -0.0 for -0.0, as std::max(dot, 0.0f) does.
+// running sum per lane. Each head's sum is a chain of dependent adds (3-4 cycles each),
+// so kHeadBlock heads are interleaved to keep both add pipes busy (four left them half
+// idle); each head's sum is still its own, added to the total in head order.
+// max(0, dot) with 0 first returns dot for NaN and -0.0 for -0.0, as std::max(dot, 0.0f)
+// does.
+template <int kHeads>
+__attribute__((target("avx2"))) inline void add_head_block(const float* q, const float* w, int64_t dim,
+                                                           const float (*kt)[8], __m256& total) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 acc[kHeads];
+  for (int j = 0; j < kHeads; ++j) acc[j] = zero;
+  for (int64_t d = 0; d < dim; ++d) {
+    const __m256 k = _mm256_load_ps(kt[d]);
+#pragma GCC unroll 8
+    for (int j = 0; j < kHeads; ++j) acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(_mm256_set1_ps(q[j * dim + d]), k));
+  }
+  for (int j = 0; j < kHeads; ++j)
+    total = _mm256_add_ps(total, _mm256_mul_ps(_mm256_set1_ps(w[j]), _mm256_max_ps(zero, acc[j])));
+}
+
 __attribute__((target("avx2"))) void index_scores_avx2(const float* q, const float* w, int64_t heads, int64_t dim,
                                                         const uint8_t* const* keys, const float* key_scales,
                                                         int64_t n, float* out) {
+  constexpr int kHeadBlock = 8;
   const float* lut = fp8_e4m3_table();
   alignas(32) float kt[kMaxDim][8];
-  const __m256 zero = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int64_t d = 0; d < dim; ++d)
       for (int j = 0; j < 8; ++j) kt[d][j] = lut[keys[i + j][d]];
-    __m256 total = zero;
+    __m256 total = _mm256_setzero_ps();
     int64_t h = 0;
-    for (; h + 4 <= heads; h += 4) {
-      const float* q0 = q + h * dim;
-      __m256 d0 = zero, d1 = zero, d2 = zero, d3 = zero;
-      for (int64_t d = 0; d < dim; ++d) {
-        const __m256 k = _mm256_load_ps(kt[d]);
-        d0 = _mm256_add_ps(d0, _mm256_mul_ps(_mm256_set1_ps(q0[d]), k));
-        d1 = _mm256_add_ps(d1, _mm256_mul_ps(_mm256_set1_ps(q0[dim + d]), k));
-        d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_set1_ps(q0[2 * dim + d]), k));
-        d3 = _mm256_add_ps(d3, _mm256_mul_ps(_mm256_set1_ps(q0[3 * dim + d]), k));
-      }
-      total = _mm256_add_ps(total, _mm256_mul_ps(_mm256_set1_ps(w[h]), _mm256_max_ps(zero, d0)));
-      total = _mm256_add_ps(total, _mm256_mul_ps(_mm256_set1_ps(w[h + 1]), _mm256_max_ps(zero, d1)));
-      total = _mm256_add_ps(total, _mm256_mul_ps(_mm256_set1_ps(w[h + 2]), _mm256_max_ps(zero, d2)));
-      total = _mm256_add_ps(total, _mm256_mul_ps(_mm256_set1_ps(w[h + 3]), _mm256_max_ps(zero, d3)));
-    }
-    for (; h < heads; ++h) {
-      const float* qh = q + h * dim;
-      __m256 dot = zero;
-      for (int64_t d = 0; d < dim; ++d) dot = _mm256_add_ps(dot, _mm256_mul_ps(_mm256_set1_ps(qh[d]), _mm256_load_ps(kt[d])));
-      total = _mm256_add_ps(total, _mm256_mul_ps(_mm256_set1_ps(w[h]), _mm256_max_ps(zero, dot)));
-    }
+    for (; h + kHeadBlock <= heads; h += kHeadBlock) add_head_block<kHeadBlock>(q + h * dim, w + h, dim, kt, total);
+    for (; h < heads; ++h) add_head_block<1>(q + h * dim, w + h, dim, kt, total);
     _mm256_storeu_ps(out + i, _mm256_mul_ps(total, _mm256_loadu_ps(key_scales + i)));
   }
   if (i < n) index_scores_scalar(q, w, heads, dim, keys + i, key_scales + i, n - i, out + i);
