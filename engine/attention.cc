@@ -231,47 +231,65 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
   if (!absorbed.empty()) {
     // Weight-absorbed: q_lat = W_uk(h)^T q_nope; score = q_lat . latent + q_pe . k_pe;
     // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist. One work item
-    // per head covers every absorbed row of the step (all sequences of a batched decode),
-    // so each head's kv_b band is decoded and read once per step, not once per token.
+    // per group of heads covers every absorbed row of the step (all sequences of a batched
+    // decode), so each head's kv_b band is decoded and read once per step, not once per
+    // token. Within a group the position loops take the group's heads together
+    // (dot_rows_f32, weighted_rows_f32): each picked latent chunk loaded serves every head
+    // of the group, where one head at a time would stream all index_topk picked latents
+    // (4 MB on V3.2, beyond L2) from L3 twice per head. A score's bits do not depend on
+    // the grouping, so the group size only follows the thread count.
     const int64_t R = int64_t(absorbed.size());
     const bool slice_ok = A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale || (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
-    ctx.pool.parallel_for(nh, [&](int64_t h0, int64_t h1) {
-      std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(R * kvr)), olat(static_cast<size_t>(R * kvr)), sc;
+    const int64_t group = std::clamp<int64_t>(nh / ctx.pool.size(), 1, 4);
+    ctx.pool.parallel_for((nh + group - 1) / group, [&](int64_t g0, int64_t g1) {
+      // qlat and olat: [head of the group][row][kvr].
+      std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(group * R * kvr)),
+          olat(static_cast<size_t>(group * R * kvr)), sc, sr;
       std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
+      std::vector<const float*> lat, kpe;
       ActivationRows olat_rows;
-      for (int64_t h = h0; h < h1; ++h) {
-        for (int64_t t = 0; t < R; ++t)
-          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t h0 = g * group, m = std::min(group, nh - h0);
         std::fill(qlat.begin(), qlat.end(), 0.0f);
-        matmul_t_accumulate_rows(A.kv_b, h * kvb_stride, nope, qn.data(), nope, R, qlat.data(), kvr, 0, kvr);
+        std::fill(olat.begin(), olat.end(), 0.0f);
+        for (int64_t k = 0; k < m; ++k) {
+          for (int64_t t = 0; t < R; ++t)
+            std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h0 + k) * qk, nope, qn.data() + t * nope);
+          matmul_t_accumulate_rows(A.kv_b, (h0 + k) * kvb_stride, nope, qn.data(), nope, R, qlat.data() + k * R * kvr,
+                                   kvr, 0, kvr);
+        }
         for (int64_t t = 0; t < R; ++t) {
           const int64_t r = absorbed[size_t(t)];
           const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
-          const float* qh = q.data() + (r * nh + h) * qk;
-          const float* ql = qlat.data() + t * kvr;
           const std::vector<int32_t>& pk = picked[size_t(r)];
-          sc.resize(pk.size());
-          for (size_t j = 0; j < pk.size(); ++j) {
-            const int64_t s = pk[j];
-            sc[j] = (dot_f32(ql, ctx.cache.latent(layer, seq, s), kvr) + dot_f32(qh + nope, ctx.cache.rope_key(layer, seq, s), rope)) * scale;
+          const int64_t np = int64_t(pk.size());
+          lat.resize(size_t(np));
+          kpe.resize(size_t(np));
+          for (int64_t j = 0; j < np; ++j) {
+            lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
+            kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, pk[size_t(j)]);
           }
-          softmax_inplace(sc.data(), int64_t(sc.size()));
-          float* ol = olat.data() + t * kvr;
-          std::fill(ol, ol + kvr, 0.0f);
-          for (size_t j = 0; j < pk.size(); ++j) {
-            axpy_f32(sc[j], ctx.cache.latent(layer, seq, pk[j]), ol, kvr);
-          }
+          sc.resize(size_t(m * np));
+          sr.resize(size_t(m * np));
+          dot_rows_f32(qlat.data() + t * kvr, R * kvr, m, lat.data(), np, kvr, sc.data(), np);
+          dot_rows_f32(q.data() + (r * nh + h0) * qk + nope, qk, m, kpe.data(), np, rope, sr.data(), np);
+          for (size_t i = 0; i < sc.size(); ++i) sc[i] = (sc[i] + sr[i]) * scale;
+          for (int64_t k = 0; k < m; ++k) softmax_inplace(sc.data() + k * np, np);
+          weighted_rows_f32(sc.data(), np, m, lat.data(), np, kvr, olat.data() + t * kvr, R * kvr);
         }
-        const int64_t v0 = h * kvb_stride + nope;
-        if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
-          const WeightMatrix wv = row_slice(A.kv_b, v0, v0 + vd);
-          olat_rows.prepare(wv.dtype, olat.data(), kvr, R, kvr);
-          matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
-          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
-        } else {
-          const int64_t ld = nh * kvb_stride;
-          matmul_rows(A.kv_b, olat.data(), kvr, R, ov.data(), ld, v0, v0 + vd);
-          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+        for (int64_t k = 0; k < m; ++k) {
+          const int64_t h = h0 + k, v0 = h * kvb_stride + nope;
+          const float* ol = olat.data() + k * R * kvr;
+          if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
+            const WeightMatrix wv = row_slice(A.kv_b, v0, v0 + vd);
+            olat_rows.prepare(wv.dtype, ol, kvr, R, kvr);
+            matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
+            for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+          } else {
+            const int64_t ld = nh * kvb_stride;
+            matmul_rows(A.kv_b, ol, kvr, R, ov.data(), ld, v0, v0 + vd);
+            for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+          }
         }
       }
     });

@@ -2,6 +2,9 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 namespace hearth {
 
 namespace {
@@ -43,6 +46,141 @@ __attribute__((target("avx2"))) void axpy_avx2(float a, const float* x, float* y
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+// ---- blocked dot products: queries x rows -------------------------------------------
+
+// The scalar reference of dot_rows_f32's pair sum, lane by lane as the AVX2 kernel adds:
+// lane l sums the products at d = l, l + 8, l + 16, ... (fused multiply-adds), the lanes
+// are added as the kernel's horizontal sum does, then the tail in order.
+float pair_dot_scalar(const float* a, const float* b, int64_t dim) {
+  float lane[8] = {};
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = std::fma(a[d + l], b[d + l], lane[l]);
+  // hsum8: (l0+l4, l1+l5, l2+l6, l3+l7), then (x0+x2, x1+x3), then y0+y1
+  const float x0 = lane[0] + lane[4], x1 = lane[1] + lane[5], x2 = lane[2] + lane[6], x3 = lane[3] + lane[7];
+  float acc = (x0 + x2) + (x1 + x3);
+  for (; d < dim; ++d) acc = std::fma(a[d], b[d], acc);
+  return acc;
+}
+
+void dot_rows_scalar(const float* q, int64_t ldq, int64_t nq, const float* const* rows, int64_t nrows, int64_t dim,
+                     float* out, int64_t ldo) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nrows; ++j) out[i * ldo + j] = pair_dot_scalar(q + i * ldq, rows[j], dim);
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  return _mm_cvtss_f32(h);
+}
+
+// The tail after the 8-wide part, in order and fused, as pair_dot_scalar adds it (an
+// explicit fma: whether the compiler would contract a * b + acc must not decide the bits).
+__attribute__((target("avx2,fma"))) inline float dot_tail(float acc, const float* a, const float* b, int64_t d,
+                                                         int64_t dim) {
+  for (; d < dim; ++d) acc = std::fma(a[d], b[d], acc);
+  return acc;
+}
+
+// NQ queries x NR rows: NQ * NR accumulators, NQ + NR loads per NQ * NR FMAs.
+template <int NQ, int NR>
+__attribute__((target("avx2,fma"))) inline void dot_tile(const float* q, int64_t ldq, const float* const* rows,
+                                                        int64_t dim, float* out, int64_t ldo) {
+  __m256 acc[NQ][NR];
+  for (int i = 0; i < NQ; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  int64_t d = 0;
+  for (; d + 8 <= dim; d += 8) {
+    __m256 r[NR];
+    for (int j = 0; j < NR; ++j) r[j] = _mm256_loadu_ps(rows[j] + d);
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 qv = _mm256_loadu_ps(q + i * ldq + d);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(qv, r[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int j = 0; j < NR; ++j) out[i * ldo + j] = dot_tail(hsum8(acc[i][j]), q + i * ldq, rows[j], d, dim);
+}
+
+__attribute__((target("avx2,fma"))) void dot_rows_avx2(const float* q, int64_t ldq, int64_t nq, const float* const* rows,
+                                                       int64_t nrows, int64_t dim, float* out, int64_t ldo) {
+  // 4 queries x 2 rows: 8 independent FMA chains (enough to cover the FMA latency at two
+  // per cycle) for 6 loads.
+  int64_t i = 0;
+  for (; i + 4 <= nq; i += 4) {
+    int64_t j = 0;
+    for (; j + 2 <= nrows; j += 2) dot_tile<4, 2>(q + i * ldq, ldq, rows + j, dim, out + i * ldo + j, ldo);
+    for (; j < nrows; ++j) dot_tile<4, 1>(q + i * ldq, ldq, rows + j, dim, out + i * ldo + j, ldo);
+  }
+  for (; i < nq; ++i) {
+    int64_t j = 0;
+    for (; j + 8 <= nrows; j += 8) dot_tile<1, 8>(q + i * ldq, ldq, rows + j, dim, out + i * ldo + j, ldo);
+    for (; j < nrows; ++j) dot_tile<1, 1>(q + i * ldq, ldq, rows + j, dim, out + i * ldo + j, ldo);
+  }
+}
+
+// ---- blocked weighted sums -----------------------------------------------------------
+
+void weighted_rows_scalar(const float* p, int64_t ldp, int64_t nq, const float* const* rows, int64_t nrows,
+                          int64_t dim, float* out, int64_t ldo) {
+  for (int64_t i = 0; i < nq; ++i)
+    for (int64_t j = 0; j < nrows; ++j) axpy_scalar(p[i * ldp + j], rows[j], out + i * ldo, dim);
+}
+
+// NQ queries x NV vectors of 8 columns held in registers across all rows: per row NV
+// loads and NQ broadcasts for NQ * NV multiply-adds; each element still gets its
+// products added in row order, one rounding for the product and one for the sum.
+template <int NQ, int NV>
+__attribute__((target("avx2"))) inline void weighted_tile(const float* p, int64_t ldp, const float* const* rows,
+                                                         int64_t nrows, int64_t d, float* out, int64_t ldo) {
+  __m256 acc[NQ][NV];
+  for (int i = 0; i < NQ; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_loadu_ps(out + i * ldo + d + 8 * v);
+  for (int64_t j = 0; j < nrows; ++j) {
+    __m256 r[NV];
+    for (int v = 0; v < NV; ++v) r[v] = _mm256_loadu_ps(rows[j] + d + 8 * v);
+    for (int i = 0; i < NQ; ++i) {
+      const __m256 pv = _mm256_set1_ps(p[i * ldp + j]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm256_add_ps(acc[i][v], _mm256_mul_ps(pv, r[v]));
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int v = 0; v < NV; ++v) _mm256_storeu_ps(out + i * ldo + d + 8 * v, acc[i][v]);
+}
+
+// The rows go in blocks of kRowBlock (64 KB of 512-float latents), each block swept once
+// per column chunk while it sits in L2: sweeping all rows per chunk would touch each
+// (scattered) row once per 16 columns from L3. Blocks are taken in row order, so every
+// element still adds its products in row order.
+template <int NQ>
+__attribute__((target("avx2"))) void weighted_group(const float* p, int64_t ldp, const float* const* rows,
+                                                   int64_t nrows, int64_t dim, float* out, int64_t ldo) {
+  constexpr int64_t kRowBlock = 32;
+  for (int64_t j0 = 0; j0 < nrows; j0 += kRowBlock) {
+    const int64_t nb = std::min(kRowBlock, nrows - j0);
+    const float* pb = p + j0;
+    const float* const* rb = rows + j0;
+    int64_t d = 0;
+    for (; d + 16 <= dim; d += 16) weighted_tile<NQ, 2>(pb, ldp, rb, nb, d, out, ldo);
+    for (; d + 8 <= dim; d += 8) weighted_tile<NQ, 1>(pb, ldp, rb, nb, d, out, ldo);
+    if (d < dim)
+      for (int i = 0; i < NQ; ++i)
+        for (int64_t j = 0; j < nb; ++j) {
+          const float a = pb[i * ldp + j];
+          for (int64_t e = d; e < dim; ++e) out[i * ldo + e] += a * rb[j][e];
+        }
+  }
+}
+
+__attribute__((target("avx2"))) void weighted_rows_avx2(const float* p, int64_t ldp, int64_t nq, const float* const* rows,
+                                                        int64_t nrows, int64_t dim, float* out, int64_t ldo) {
+  int64_t i = 0;
+  for (; i + 4 <= nq; i += 4) weighted_group<4>(p + i * ldp, ldp, rows, nrows, dim, out + i * ldo, ldo);
+  for (; i < nq; ++i) weighted_group<1>(p + i * ldp, ldp, rows, nrows, dim, out + i * ldo, ldo);
+}
+
 bool use_avx2(KernelIsa isa) { return isa != KernelIsa::kScalar && best_isa() == KernelIsa::kAvx2; }
 
 }  // namespace
@@ -54,6 +192,18 @@ float dot_f32(const float* a, const float* b, int64_t n, KernelIsa isa) {
 void axpy_f32(float a, const float* x, float* y, int64_t n, KernelIsa isa) {
   if (use_avx2(isa)) axpy_avx2(a, x, y, n);
   else axpy_scalar(a, x, y, n);
+}
+
+void dot_rows_f32(const float* q, int64_t ldq, int64_t nq, const float* const* rows, int64_t nrows, int64_t dim,
+                  float* out, int64_t ldo, KernelIsa isa) {
+  if (use_avx2(isa)) dot_rows_avx2(q, ldq, nq, rows, nrows, dim, out, ldo);
+  else dot_rows_scalar(q, ldq, nq, rows, nrows, dim, out, ldo);
+}
+
+void weighted_rows_f32(const float* p, int64_t ldp, int64_t nq, const float* const* rows, int64_t nrows,
+                       int64_t dim, float* out, int64_t ldo, KernelIsa isa) {
+  if (use_avx2(isa)) weighted_rows_avx2(p, ldp, nq, rows, nrows, dim, out, ldo);
+  else weighted_rows_scalar(p, ldp, nq, rows, nrows, dim, out, ldo);
 }
 
 }  // namespace hearth

@@ -17,4 +17,24 @@ float dot_f32(const float* a, const float* b, int64_t n, KernelIsa isa = KernelI
 // result is bit-identical to the scalar reference's.
 void axpy_f32(float a, const float* x, float* y, int64_t n, KernelIsa isa = KernelIsa::kAuto);
 
+// The blocked forms attention's position loops use: several queries (heads) against
+// several cached rows, so each loaded row chunk serves several heads and each query chunk
+// several rows (a plain dot product loads two operands per FMA, which caps it at half the
+// FMA rate).
+
+// out[i * ldo + j] = sum_d q[i * ldq + d] * rows[j][d] for i < nq, j < nrows. Each pair's
+// sum is one 8-lane FMA chain over d, then a fixed lane sum, then the d % 8 tail in order
+// (fused), whatever tile the pair falls in: so a score never depends on how many heads or
+// rows were computed with it (batched and one-at-a-time runs agree to the bit), and the
+// scalar reference, which adds lane by lane in the same order, gives the same bits. It
+// differs from dot_f32 by rounding only.
+void dot_rows_f32(const float* q, int64_t ldq, int64_t nq, const float* const* rows, int64_t nrows, int64_t dim,
+                  float* out, int64_t ldo, KernelIsa isa = KernelIsa::kAuto);
+
+// out[i * ldo + d] += p[i * ldp + j] * rows[j][d], for j = 0, 1, .. nrows - 1 in that
+// order, i < nq, d < dim: multiply, then add, element by element, so the result is
+// bit-identical to nrows axpy_f32 calls in row order (and to the scalar reference).
+void weighted_rows_f32(const float* p, int64_t ldp, int64_t nq, const float* const* rows, int64_t nrows,
+                       int64_t dim, float* out, int64_t ldo, KernelIsa isa = KernelIsa::kAuto);
+
 }  // namespace hearth

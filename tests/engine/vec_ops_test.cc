@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "engine/vec_ops.h"
@@ -48,6 +49,89 @@ TEST_CASE("vec ops: axpy_f32 AVX2 equals the scalar reference bit for bit") {
     axpy_f32(a, x.data(), ya.data(), n, KernelIsa::kAuto);
     CHECK(std::memcmp(ys.data(), ya.data(), ys.size() * sizeof(float)) == 0);
     for (int64_t i = 0; i < n; ++i) CHECK(ys[size_t(i)] == y[size_t(i)] + a * x[size_t(i)]);
+  }
+}
+
+namespace {
+
+struct RowSet {
+  int64_t n = 0, dim = 0;
+  std::vector<float> data;
+  std::vector<const float*> ptrs;
+};
+
+// n rows of dim gaussian values, each at its own offset in one buffer (not a matrix: the
+// kernels take a pointer per row, as attention's picked positions are scattered).
+RowSet make_rows(int64_t n, int64_t dim, std::mt19937& rng) {
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  RowSet r{n, dim, std::vector<float>(static_cast<size_t>(n * (dim + 3))), {}};
+  for (float& v : r.data) v = g(rng);
+  for (int64_t j = 0; j < n; ++j) r.ptrs.push_back(r.data.data() + (n - 1 - j) * (dim + 3) + 1);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("vec ops: dot_rows_f32 equals its scalar reference and a double sum whatever the tiling") {
+  if (best_isa() != KernelIsa::kAvx2) {
+    MESSAGE("CPU lacks AVX2: only the scalar dot_rows_f32 is tested");
+  }
+  std::mt19937 rng(43);
+  for (int64_t dim : {1, 7, 8, 64, 100, 512}) {
+    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 2}, {5, 17}, {9, 3}, {3, 8}}) {
+      CAPTURE(dim);
+      CAPTURE(nq);
+      CAPTURE(nrows);
+      const RowSet q = make_rows(nq, dim, rng), rows = make_rows(nrows, dim, rng);
+      // The queries as a strided matrix (stride dim + 5) as attention passes its heads.
+      const int64_t ldq = dim + 5, ldo = nrows + 2;
+      std::vector<float> qm(static_cast<size_t>(nq * ldq), 0.0f);
+      for (int64_t i = 0; i < nq; ++i) std::memcpy(qm.data() + i * ldq, q.ptrs[size_t(i)], size_t(dim) * sizeof(float));
+      std::vector<float> ref(static_cast<size_t>(nq * ldo), -1.0f), got = ref;
+      dot_rows_f32(qm.data(), ldq, nq, rows.ptrs.data(), nrows, dim, ref.data(), ldo, KernelIsa::kScalar);
+      dot_rows_f32(qm.data(), ldq, nq, rows.ptrs.data(), nrows, dim, got.data(), ldo, KernelIsa::kAuto);
+      CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < nrows; ++j) {
+          double exact = 0, mag = 0;
+          for (int64_t d = 0; d < dim; ++d) {
+            const double p = double(qm[size_t(i * ldq + d)]) * rows.ptrs[size_t(j)][d];
+            exact += p;
+            mag += std::fabs(p);
+          }
+          CHECK(std::fabs(double(got[size_t(i * ldo + j)]) - exact) <= 1e-6 * mag + 1e-30);
+          // The same pair alone: a 1 x 1 call gives the same bits as inside any tile.
+          float alone = 0.0f;
+          dot_rows_f32(qm.data() + i * ldq, ldq, 1, rows.ptrs.data() + j, 1, dim, &alone, 1, KernelIsa::kAuto);
+          CHECK(std::memcmp(&alone, &got[size_t(i * ldo + j)], sizeof(float)) == 0);
+        }
+    }
+  }
+}
+
+TEST_CASE("vec ops: weighted_rows_f32 equals axpy_f32 calls in row order bit for bit") {
+  std::mt19937 rng(44);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (int64_t dim : {1, 8, 13, 16, 40, 512}) {
+    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 5}, {6, 9}, {3, 2}}) {
+      CAPTURE(dim);
+      CAPTURE(nq);
+      CAPTURE(nrows);
+      const RowSet rows = make_rows(nrows, dim, rng);
+      const int64_t ldp = nrows + 1, ldo = dim + 3;
+      std::vector<float> p(static_cast<size_t>(nq * ldp)), start(static_cast<size_t>(nq * ldo));
+      for (float& v : p) v = g(rng);
+      for (float& v : start) v = g(rng);
+      std::vector<float> ref = start;
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < nrows; ++j)
+          axpy_f32(p[size_t(i * ldp + j)], rows.ptrs[size_t(j)], ref.data() + i * ldo, dim, KernelIsa::kScalar);
+      for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAuto}) {
+        std::vector<float> got = start;
+        weighted_rows_f32(p.data(), ldp, nq, rows.ptrs.data(), nrows, dim, got.data(), ldo, isa);
+        CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+      }
+    }
   }
 }
 
