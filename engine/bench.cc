@@ -293,9 +293,14 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
       std::vector<float> logits(static_cast<size_t>(t.batch * V));
       if (!t.decode) {
         const std::vector<int32_t> prompt = tokens.take(t.tokens);
+        fwd.set_probes({o.profile ? &profiler : nullptr, nullptr});
         const auto t0 = Clock::now();
+        if (o.profile) profiler.start();
         fwd.step(cache, {{seqs[0], prompt}}, logits.data(), AttentionPath::kAuto, true);
+        if (o.profile) profiler.stop();
         r.tok_s.push_back(double(t.tokens) / seconds_since(t0));
+        fwd.set_probes({});
+        steps += 1;
         continue;
       }
       // Decode: a pseudo-random token per sequence per step (so routing sees varied
@@ -328,12 +333,13 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
       r.active_bytes_per_step = double(report.model.active.per_step(t.batch));
       r.wall_tok_s = report.bandwidth.bytes_per_second / r.bytes_per_step() * double(t.batch);
       r.efficiency = r.wall_tok_s > 0 ? r.mean / r.wall_tok_s : 0;
-      if (o.profile) {
-        std::array<double, kPhaseCount> s{};
-        for (int p = 0; p < kPhaseCount; ++p) s[size_t(p)] = profiler.seconds(Phase(p));
-        r.phase_seconds = s;
-        r.profiled_tokens = steps * t.batch;
-      }
+    }
+    if (o.profile) {
+      std::array<double, kPhaseCount> s{};
+      for (int p = 0; p < kPhaseCount; ++p) s[size_t(p)] = profiler.seconds(Phase(p));
+      r.phase_seconds = s;
+      // Decode: one token per sequence per step; prefill: the whole prompt in one step.
+      r.profiled_tokens = t.decode ? steps * t.batch : steps * t.tokens;
     }
     report.results.push_back(std::move(r));
   }
@@ -389,7 +395,7 @@ std::string bench_markdown(const BenchReport& rep) {
   for (const BenchResult& r : rep.results)
     if (r.phase_seconds && r.profiled_tokens > 0) profiled.push_back(&r);
   if (!profiled.empty()) {
-    out += "\nper-phase time of a decode step (ms per token, % of the step):\n\n| phase |";
+    out += "\nper-phase time (ms per token, % of the test's time; a prefill's head runs for its last token only):\n\n| phase |";
     for (const BenchResult* r : profiled) out += " " + r->name + " ms/t | % |";
     out += "\n| --- |";
     for (size_t i = 0; i < profiled.size(); ++i) out += " ---: | ---: |";

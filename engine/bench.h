@@ -98,7 +98,7 @@ struct BenchResult {
   double wall_tok_s = 0;             // bandwidth / bytes_per_step * batch
   double efficiency = 0;             // mean / wall_tok_s
   // With BenchOptions::profile: seconds per phase summed over the timed steps (sampling
-  // included), and the tokens they produced.
+  // included; a prefill has none), and the tokens they produced or prefilled.
   std::optional<std::array<double, kPhaseCount>> phase_seconds;
   int64_t profiled_tokens = 0;
 };

@@ -319,7 +319,16 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
     CHECK(t.tok_s.size() == 2);
     CHECK(t.mean > 0);
     CHECK(t.sd >= 0);
-    if (!t.decode) continue;
+    REQUIRE(t.phase_seconds.has_value());
+    if (!t.decode) {
+      // A prefill is profiled too: the prompt's tokens, the time in attention and the
+      // experts, none in sampling.
+      CHECK(t.profiled_tokens == 2 * 16);
+      CHECK((*t.phase_seconds)[size_t(Phase::kAttention)] > 0);
+      CHECK((*t.phase_seconds)[size_t(Phase::kRoutedExperts)] > 0);
+      CHECK((*t.phase_seconds)[size_t(Phase::kSampling)] == 0);
+      continue;
+    }
     CHECK(t.experts_per_layer >= double(c.num_experts_per_tok));
     CHECK(t.experts_per_layer <= double(std::min<int64_t>(c.n_routed_experts, t.batch * c.num_experts_per_tok)));
     if (t.batch == 1) {
@@ -329,7 +338,6 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
     CHECK(t.active_bytes_per_step == double(r.model.active.per_step(t.batch)));
     CHECK(t.wall_tok_s == doctest::Approx(r.bandwidth.bytes_per_second / t.bytes_per_step() * double(t.batch)));
     CHECK(t.efficiency == doctest::Approx(t.mean / t.wall_tok_s));
-    REQUIRE(t.phase_seconds.has_value());
     CHECK(t.profiled_tokens == 2 * 4 * t.batch);
   }
 
