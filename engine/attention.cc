@@ -132,6 +132,28 @@ void softmax_inplace(float* s, int64_t n) {
 }
 
 
+// Softmax attention of m heads over the same picked positions, the core both paths share:
+//   p(i, j) = softmax over j of (q_i . keys[j] + qr_i . rope_keys[j]) * scale,
+//   out_i += sum_j p(i, j) values[j]
+// with head i's query at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope
+// values) and its output at out + i * ldo (vdim values). The scores go eight keys per pass
+// (dot_rows_f32: 9 loads per 8 FMAs, where a dot product per key loads 2 per FMA) and
+// several heads share each key loaded; the sums are bit-identical to an axpy per key.
+// sc and sr are scratch.
+void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, int64_t ldqr, int64_t rope, int64_t m,
+                   const std::vector<const float*>& keys, const std::vector<const float*>& rope_keys,
+                   const std::vector<const float*>& values, int64_t vdim, float scale, float* out, int64_t ldo,
+                   std::vector<float>& sc, std::vector<float>& sr) {
+  const int64_t np = int64_t(keys.size());
+  sc.resize(size_t(m * np));
+  sr.resize(size_t(m * np));
+  dot_rows_f32(q, ldq, m, keys.data(), np, dim, sc.data(), np);
+  dot_rows_f32(qr, ldqr, m, rope_keys.data(), np, rope, sr.data(), np);
+  for (size_t i = 0; i < sc.size(); ++i) sc[i] = (sc[i] + sr[i]) * scale;
+  for (int64_t k = 0; k < m; ++k) softmax_inplace(sc.data() + k * np, np);
+  weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
+}
+
 }  // namespace
 
 int64_t prefill_path_positions(const ModelConfig& c) {
@@ -205,9 +227,6 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     }
     observe_rows(ctx.probes, A.kv_b, lat.data(), nk, kvr);
     linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
-    // Per (row, head): its scores against the picked keys eight at a time (dot_rows_f32:
-    // 9 loads per 8 FMAs, where a dot product per key loads 2 per FMA), then its weighted
-    // sum of their values (weighted_rows_f32, the same bits as an axpy per key).
     ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
       std::vector<float> sc, sr;
       std::vector<const float*> kh, kpe, vh;
@@ -225,15 +244,9 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           vh[size_t(j)] = kh[size_t(j)] + nope;
           kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, s);
         }
-        sc.resize(size_t(np));
-        sr.resize(size_t(np));
-        dot_rows_f32(qh, nope, 1, kh.data(), np, nope, sc.data(), np);
-        dot_rows_f32(qh + nope, rope, 1, kpe.data(), np, rope, sr.data(), np);
-        for (int64_t j = 0; j < np; ++j) sc[size_t(j)] = (sc[size_t(j)] + sr[size_t(j)]) * scale;
-        softmax_inplace(sc.data(), np);
         float* o = attn.data() + (r * nh + h) * vd;
         std::fill(o, o + vd, 0.0f);
-        weighted_rows_f32(sc.data(), np, 1, vh.data(), np, vd, o, vd);
+        attend_picked(qh, qk, nope, qh + nope, qk, rope, 1, kh, kpe, vh, vd, scale, o, vd, sc, sr);
       }
     });
   }
@@ -244,7 +257,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     // per group of heads covers every absorbed row of the step (all sequences of a batched
     // decode), so each head's kv_b band is decoded and read once per step, not once per
     // token. Within a group the position loops take the group's heads together
-    // (dot_rows_f32, weighted_rows_f32): each picked latent chunk loaded serves every head
+    // (attend_picked): each picked latent chunk loaded serves every head
     // of the group, where one head at a time would stream all index_topk picked latents
     // (4 MB on V3.2, beyond L2) from L3 twice per head. A score's bits do not depend on
     // the grouping, so the group size only follows the thread count.
@@ -279,13 +292,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
             lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
             kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, pk[size_t(j)]);
           }
-          sc.resize(size_t(m * np));
-          sr.resize(size_t(m * np));
-          dot_rows_f32(qlat.data() + t * kvr, R * kvr, m, lat.data(), np, kvr, sc.data(), np);
-          dot_rows_f32(q.data() + (r * nh + h0) * qk + nope, qk, m, kpe.data(), np, rope, sr.data(), np);
-          for (size_t i = 0; i < sc.size(); ++i) sc[i] = (sc[i] + sr[i]) * scale;
-          for (int64_t k = 0; k < m; ++k) softmax_inplace(sc.data() + k * np, np);
-          weighted_rows_f32(sc.data(), np, m, lat.data(), np, kvr, olat.data() + t * kvr, R * kvr);
+          attend_picked(qlat.data() + t * kvr, R * kvr, kvr, q.data() + (r * nh + h0) * qk + nope, qk, rope, m, lat, kpe,
+                        lat, kvr, scale, olat.data() + t * kvr, R * kvr, sc, sr);
         }
         for (int64_t k = 0; k < m; ++k) {
           const int64_t h = h0 + k, v0 = h * kvb_stride + nope;
