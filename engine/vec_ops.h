@@ -9,6 +9,14 @@
 
 namespace hearth {
 
+// Asks for the cache lines of [p, p + n) ahead of use: for rows gathered from the KV cache,
+// whose positions lie at a stride (or in an order) the hardware prefetcher does not follow.
+inline void prefetch_bytes(const void* p, int64_t n) {
+  const auto* b = static_cast<const char*>(p);
+  const auto first = reinterpret_cast<uintptr_t>(b) & ~uintptr_t(63);
+  for (uintptr_t a = first; a < reinterpret_cast<uintptr_t>(b + n); a += 64) __builtin_prefetch(reinterpret_cast<const void*>(a));
+}
+
 // sum_i a[i] * b[i]. The AVX2 kernel keeps four 8-lane FMA accumulators, so its result
 // differs from the scalar reference's sequential sum by rounding only.
 float dot_f32(const float* a, const float* b, int64_t n, KernelIsa isa = KernelIsa::kAuto);
