@@ -23,4 +23,15 @@ using VecDot4Fn = void (*)(const void* w_blocks, const void* const* act_blocks, 
 // one-row kernel per row). AVX2 kernels exist for Q8_0, Q4_K, Q5_K and Q6_K.
 VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
 
+// out[k * 4 + t] = sum_i w_k[i] * a[t][i] for weight rows k in 0..1 and t in 0..3: two
+// weight rows against the same four activation rows, each out bit-identical to the
+// one-row kernel's. Where unpacking the weights is cheap (Q8_0: a sign extension) the
+// activation side is most of a tile's work, and this pays it once per two rows.
+using VecDot2x4Fn = void (*)(const void* w0_blocks, const void* w1_blocks, const void* const* act_blocks, int64_t n,
+                             float* out);
+
+// The two-by-four kernel of f for isa, nullptr where f has none (callers then use the
+// four-row kernel per weight row). AVX2: Q8_0.
+VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
+
 }  // namespace hearth

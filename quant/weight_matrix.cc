@@ -244,11 +244,30 @@ T* scratch(std::vector<T>& v, size_t n) {
 // y[t * ldy + r] = row r . activation row (pick ? pick[t] : t), for r in [r0, r1): each
 // weight row is read once for all n rows, four at a time through the format's tile
 // kernel where it has one (bit-identical to the one-row kernel), the rest one by one.
+// Where the format has a two-row tile, weight rows go in pairs through it.
 void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, VecDot4Fn dot4, const char* q,
                     int64_t act_row, const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
   auto act = [&](int64_t t) { return q + (pick ? pick[t] : t) * act_row; };
+  const VecDot2x4Fn dot2x4 = dot4 && n >= 4 ? vec_dot2x4_kernel(f) : nullptr;
+  if (dot2x4)
+    for (; r0 + 2 <= r1; r0 += 2, row += 2 * stride) {
+      int64_t t = 0;
+      for (; t + 4 <= n; t += 4) {
+        const void* a[4] = {act(t), act(t + 1), act(t + 2), act(t + 3)};
+        float out[8];
+        dot2x4(row, row + stride, a, w.cols, out);
+        for (int k = 0; k < 4; ++k) {
+          y[(t + k) * ldy + r0] = out[k];
+          y[(t + k) * ldy + r0 + 1] = out[4 + k];
+        }
+      }
+      for (; t < n; ++t) {
+        y[t * ldy + r0] = dot(row, act(t), w.cols);
+        y[t * ldy + r0 + 1] = dot(row + stride, act(t), w.cols);
+      }
+    }
   for (int64_t r = r0; r < r1; ++r, row += stride) {
     int64_t t = 0;
     if (dot4)

@@ -102,6 +102,48 @@ TEST_CASE("dot tiles: four-row kernels equal the one-row kernel bit for bit") {
   }
 }
 
+TEST_CASE("dot tiles: two-by-four kernels equal the one-row kernel bit for bit") {
+  if (best_isa() != KernelIsa::kAvx2) {
+    MESSAGE("CPU lacks AVX2/FMA/F16C: tile kernels not tested");
+    return;
+  }
+  for (const BlockFormat& f : block_formats())
+    CHECK((vec_dot2x4_kernel(f) != nullptr) == (f.type == GgmlType::Q8_0));
+  const BlockFormat& f = block_format(GgmlType::Q8_0);
+  const VecDot2x4Fn dot2x4 = vec_dot2x4_kernel(f);
+  REQUIRE((dot2x4 != nullptr));
+  std::mt19937 rng(29);
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, -1};
+  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x3C00, -1};
+  int bad = 0, cases = 0;
+  for (int nblocks : {1, 2, 3, 8})
+    for (int fill : fills)
+      for (int half : halves) {
+        const int64_t n = nblocks * f.block_elems;
+        // Row 0 adversarial (or random), row 1 random: the two rows must not leak into each other.
+        const std::vector<uint8_t> w[2] = {weight_row(f, nblocks, rng, fill, half), weight_row(f, nblocks, rng)};
+        const std::vector<uint8_t> a[4] = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
+                                           act_row(f, n, rng, 0, 1.0f), act_row(f, n, rng)};
+        const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
+        float out[8];
+        dot2x4(w[0].data(), w[1].data(), rows, n, out);
+        for (int k = 0; k < 2; ++k)
+          for (int t = 0; t < 4; ++t) {
+            const float one = f.vec_dot_avx2(w[k].data(), a[t].data(), n);
+            if (bits(one) != bits(out[k * 4 + t])) {
+              CAPTURE(n);
+              CAPTURE(k);
+              CAPTURE(t);
+              FAIL_CHECK("two-by-four tile and one-row kernel differ");
+              ++bad;
+            }
+          }
+        ++cases;
+      }
+  CHECK(cases == 100);
+  CHECK(bad == 0);
+}
+
 TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bit for bit") {
   // Formats with and without a tile kernel; n covers whole tiles, remainders and n < 4.
   const DType types[] = {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0, DType::Q3_K};
@@ -125,6 +167,11 @@ TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bi
       matmul_rows(w, x.data(), cols, n, batched.data(), rows, 0, rows);
       for (int64_t t = 0; t < n; ++t) matmul_rows(w, x.data() + t * cols, cols, 1, single.data() + t * rows, rows, 0, rows);
       CHECK(std::memcmp(batched.data(), single.data(), batched.size() * sizeof(float)) == 0);
+      // An odd row range (weight rows in pairs, then one left over) gives the same values.
+      std::vector<float> part(size_t(n * rows), 0.0f);
+      matmul_rows(w, x.data(), cols, n, part.data(), rows, 1, rows);
+      for (int64_t t = 0; t < n; ++t)
+        CHECK(std::memcmp(part.data() + t * rows + 1, batched.data() + t * rows + 1, (rows - 1) * sizeof(float)) == 0);
 
       // The same through prepared activation rows, picked out of order.
       ActivationRows prepared;
