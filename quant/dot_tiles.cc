@@ -18,13 +18,14 @@ constexpr int kRows = 4;
 
 // ---- Q8_0 · Q8_0: block ib goes to accumulator ib & 1, as in dot_32_blocks ----------
 
-HEARTH_AVX2 void dot4_q8_0(const void* w, const void* const* a, int64_t n, float* out) {
+template <int N>
+HEARTH_AVX2 void tile_q8_0(const void* w, const void* const* a, int64_t n, float* out) {
   require_whole_blocks(n, kQK8_0, "q8_0");
   const auto* x = static_cast<const BlockQ8_0*>(w);
-  const BlockQ8_0* y[kRows];
-  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_0*>(a[t]);
-  __m256 acc[kRows][2];
-  for (int t = 0; t < kRows; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  const BlockQ8_0* y[N];
+  for (int t = 0; t < N; ++t) y[t] = static_cast<const BlockQ8_0*>(a[t]);
+  __m256 acc[N][2];
+  for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
   const int64_t nb = n / kQK8_0;
   for (int64_t ib = 0; ib < nb; ++ib) {
     const __m256i x0 = _mm256_cvtepi8_epi16(load128(x[ib].qs));
@@ -32,19 +33,19 @@ HEARTH_AVX2 void dot4_q8_0(const void* w, const void* const* a, int64_t n, float
     const float dx = half(x[ib].d);
     const int k = int(ib & 1);
 #pragma GCC unroll 4
-    for (int t = 0; t < kRows; ++t) {
+    for (int t = 0; t < N; ++t) {
       const __m256i y0 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs));
       const __m256i y1 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs + 16));
       const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
       acc[t][k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y[t][ib].d)), _mm256_cvtepi32_ps(s), acc[t][k]);
     }
   }
-  for (int t = 0; t < kRows; ++t) out[t] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
+  for (int t = 0; t < N; ++t) out[t] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
 }
 
 // Two weight rows against the same four tokens: each token's blocks are sign-extended
-// once for both rows (in dot4_q8_0 that is half of the integer work). Per row and token
-// the same steps as dot4_q8_0, so the same bits.
+// once for both rows (in tile_q8_0 that is half of the integer work). Per row and token
+// the same steps as tile_q8_0, so the same bits.
 HEARTH_AVX2 void dot2x4_q8_0(const void* w0, const void* w1, const void* const* a, int64_t n, float* out) {
   require_whole_blocks(n, kQK8_0, "q8_0");
   const auto* x0 = static_cast<const BlockQ8_0*>(w0);
@@ -76,14 +77,14 @@ HEARTH_AVX2 void dot2x4_q8_0(const void* w0, const void* w1, const void* const* 
 
 // ---- Q4_K and Q5_K · Q8_K (as dot_scale_min) ------------------------------------
 
-template <bool kFifthBit, class Block>
-HEARTH_AVX2 void dot4_scale_min(const void* w, const void* const* a, int64_t n, float* out) {
+template <int N, bool kFifthBit, class Block>
+HEARTH_AVX2 void tile_scale_min(const void* w, const void* const* a, int64_t n, float* out) {
   require_whole_blocks(n, kQK_K, kFifthBit ? "q5_K" : "q4_K");
   const auto* x = static_cast<const Block*>(w);
-  const BlockQ8_K* y[kRows];
-  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
-  __m256 acc[kRows];
-  for (int t = 0; t < kRows; ++t) acc[t] = _mm256_setzero_ps();
+  const BlockQ8_K* y[N];
+  for (int t = 0; t < N; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
+  __m256 acc[N];
+  for (int t = 0; t < N; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
     const Block& b = x[ib];
     uint64_t sc, m;
@@ -93,15 +94,15 @@ HEARTH_AVX2 void dot4_scale_min(const void* w, const void* const* a, int64_t n, 
     const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
     __m256i qh = _mm256_setzero_si256();
     if constexpr (kFifthBit) qh = load256(b.qh);
-    __m256i sum[kRows];
-    for (int t = 0; t < kRows; ++t) sum[t] = _mm256_setzero_si256();
+    __m256i sum[N];
+    for (int t = 0; t < N; ++t) sum[t] = _mm256_setzero_si256();
     for (int c = 0; c < 4; ++c) {
       __m256i lo, hi;
       scale_min_levels<kFifthBit>(b.qs, qh, c, lo, hi);
       const __m256i sc_lo = _mm256_shuffle_epi8(scales, word_mask(2 * c));
       const __m256i sc_hi = _mm256_shuffle_epi8(scales, word_mask(2 * c + 1));
 #pragma GCC unroll 4
-      for (int t = 0; t < kRows; ++t) {
+      for (int t = 0; t < N; ++t) {
         const __m256i p0 = _mm256_maddubs_epi16(lo, load256(y[t][ib].qs + 64 * c));
         const __m256i p1 = _mm256_maddubs_epi16(hi, load256(y[t][ib].qs + 64 * c + 32));
         sum[t] = _mm256_add_epi32(sum[t], _mm256_add_epi32(_mm256_madd_epi16(p0, sc_lo), _mm256_madd_epi16(p1, sc_hi)));
@@ -109,29 +110,30 @@ HEARTH_AVX2 void dot4_scale_min(const void* w, const void* const* a, int64_t n, 
     }
     const float bd = half(b.d), bmin = half(b.dmin);
 #pragma GCC unroll 4
-    for (int t = 0; t < kRows; ++t) {
+    for (int t = 0; t < N; ++t) {
       const __m256i summ = _mm256_madd_epi16(load256(y[t][ib].bsums), mins);
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][ib].d * bd), _mm256_cvtepi32_ps(sum[t]), acc[t]);
       acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(y[t][ib].d * bmin), _mm256_cvtepi32_ps(summ), acc[t]);
     }
   }
-  for (int t = 0; t < kRows; ++t) out[t] = hsum(acc[t]);
+  for (int t = 0; t < N; ++t) out[t] = hsum(acc[t]);
 }
 
 // ---- Q6_K · Q8_K (as vec_dot_q6_k) ----------------------------------------------
 
-HEARTH_AVX2 void dot4_q6_k(const void* w, const void* const* a, int64_t n, float* out) {
+template <int N>
+HEARTH_AVX2 void tile_q6_k(const void* w, const void* const* a, int64_t n, float* out) {
   require_whole_blocks(n, kQK_K, "q6_K");
   const auto* x = static_cast<const BlockQ6_K*>(w);
-  const BlockQ8_K* y[kRows];
-  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
-  __m256 acc[kRows];
-  for (int t = 0; t < kRows; ++t) acc[t] = _mm256_setzero_ps();
+  const BlockQ8_K* y[N];
+  for (int t = 0; t < N; ++t) y[t] = static_cast<const BlockQ8_K*>(a[t]);
+  __m256 acc[N];
+  for (int t = 0; t < N; ++t) acc[t] = _mm256_setzero_ps();
   for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
     const BlockQ6_K& b = x[ib];
     const __m256i scales16 = _mm256_cvtepi8_epi16(load128(b.scales));
-    __m256i sum[kRows];
-    for (int t = 0; t < kRows; ++t) sum[t] = _mm256_setzero_si256();
+    __m256i sum[N];
+    for (int t = 0; t < N; ++t) sum[t] = _mm256_setzero_si256();
     for (int c = 0; c < 2; ++c) {
       const __m256i sc = chunk_scales(scales16, c);
       __m256i q[4];
@@ -140,7 +142,7 @@ HEARTH_AVX2 void dot4_q6_k(const void* w, const void* const* a, int64_t n, float
           _mm256_shuffle_epi8(sc, word_pair_mask(0)), _mm256_shuffle_epi8(sc, word_pair_mask(2)),
           _mm256_shuffle_epi8(sc, word_pair_mask(4)), _mm256_shuffle_epi8(sc, word_pair_mask(6))};
 #pragma GCC unroll 4
-      for (int t = 0; t < kRows; ++t) {
+      for (int t = 0; t < N; ++t) {
         const int8_t* a8 = y[t][ib].qs + 128 * c;
         __m256i part = _mm256_madd_epi16(_mm256_maddubs_epi16(q[0], load256(a8)), s[0]);
         part = _mm256_add_epi32(part, _mm256_madd_epi16(_mm256_maddubs_epi16(q[1], load256(a8 + 32)), s[1]));
@@ -151,13 +153,13 @@ HEARTH_AVX2 void dot4_q6_k(const void* w, const void* const* a, int64_t n, float
     }
     const float bd = half(b.d);
 #pragma GCC unroll 4
-    for (int t = 0; t < kRows; ++t) {
+    for (int t = 0; t < N; ++t) {
       const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(load256(y[t][ib].bsums), scales16), 5);
       acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][ib].d * bd), _mm256_cvtepi32_ps(_mm256_sub_epi32(sum[t], offset)),
                                acc[t]);
     }
   }
-  for (int t = 0; t < kRows; ++t) out[t] = hsum(acc[t]);
+  for (int t = 0; t < N; ++t) out[t] = hsum(acc[t]);
 }
 
 }  // namespace
@@ -167,13 +169,29 @@ VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa) {
   return f.type == GgmlType::Q8_0 ? dot2x4_q8_0 : nullptr;
 }
 
-VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa) {
+namespace {
+
+template <int N>
+VecDot4Fn tile_kernel(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q8_0: return tile_q8_0<N>;
+    case GgmlType::Q4_K: return tile_scale_min<N, false, BlockQ4_K>;
+    case GgmlType::Q5_K: return tile_scale_min<N, true, BlockQ5_K>;
+    case GgmlType::Q6_K: return tile_q6_k<N>;
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa) { return vec_dot_tile_kernel(f, 4, isa); }
+
+VecDot4Fn vec_dot_tile_kernel(const BlockFormat& f, int tokens, KernelIsa isa) {
   if (isa == KernelIsa::kScalar || best_isa() != KernelIsa::kAvx2) return nullptr;
-  switch (f.type) {
-    case GgmlType::Q8_0: return dot4_q8_0;
-    case GgmlType::Q4_K: return dot4_scale_min<false, BlockQ4_K>;
-    case GgmlType::Q5_K: return dot4_scale_min<true, BlockQ5_K>;
-    case GgmlType::Q6_K: return dot4_q6_k;
+  switch (tokens) {
+    case 2: return tile_kernel<2>(f.type);
+    case 3: return tile_kernel<3>(f.type);
+    case 4: return tile_kernel<4>(f.type);
     default: return nullptr;
   }
 }

@@ -23,6 +23,12 @@ using VecDot4Fn = void (*)(const void* w_blocks, const void* const* act_blocks, 
 // one-row kernel per row). AVX2 kernels exist for Q8_0, Q4_K, Q5_K and Q6_K.
 VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
 
+// The same tile for `tokens` activation rows (2, 3 or 4; a and out hold that many), with
+// the same bit-for-bit guarantee; nullptr where vec_dot4_kernel is or for other counts.
+// Batched decode gives most experts only one to three tokens: these share the weight
+// unpacking among them.
+VecDot4Fn vec_dot_tile_kernel(const BlockFormat& f, int tokens, KernelIsa isa = KernelIsa::kAuto);
+
 // out[k * 4 + t] = sum_i w_k[i] * a[t][i] for weight rows k in 0..1 and t in 0..3: two
 // weight rows against the same four activation rows, each out bit-identical to the
 // one-row kernel's. Where unpacking the weights is cheap (Q8_0: a sign extension) the

@@ -243,13 +243,27 @@ T* scratch(std::vector<T>& v, size_t n) {
 
 // y[t * ldy + r] = row r . activation row (pick ? pick[t] : t), for r in [r0, r1): each
 // weight row is read once for all n rows, four at a time through the format's tile
-// kernel where it has one (bit-identical to the one-row kernel), the rest one by one.
-// Where the format has a two-row tile, weight rows go in pairs through it.
+// kernel where it has one (bit-identical to the one-row kernel), a last two or three
+// through the tile for that many, a last one alone. Where the format has a two-row tile,
+// weight rows go in pairs through it.
 void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, VecDot4Fn dot4, const char* q,
                     int64_t act_row, const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
   auto act = [&](int64_t t) { return q + (pick ? pick[t] : t) * act_row; };
+  // Tokens [t, n) of weight row r (fewer than four, or no four-token tile).
+  const int64_t rest = dot4 ? n % 4 : n;
+  const VecDot4Fn dot_rest = dot4 && rest >= 2 ? vec_dot_tile_kernel(f, int(rest)) : nullptr;
+  auto finish_row = [&](const char* wr, int64_t r, int64_t t) {
+    if (dot_rest && t + rest == n) {
+      const void* a[3] = {act(t), act(t + 1), rest > 2 ? act(t + 2) : nullptr};
+      float out[3];
+      dot_rest(wr, a, w.cols, out);
+      for (int64_t k = 0; k < rest; ++k) y[(t + k) * ldy + r] = out[k];
+      return;
+    }
+    for (; t < n; ++t) y[t * ldy + r] = dot(wr, act(t), w.cols);
+  };
   const VecDot2x4Fn dot2x4 = dot4 && n >= 4 ? vec_dot2x4_kernel(f) : nullptr;
   if (dot2x4)
     for (; r0 + 2 <= r1; r0 += 2, row += 2 * stride) {
@@ -263,10 +277,8 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, V
           y[(t + k) * ldy + r0 + 1] = out[4 + k];
         }
       }
-      for (; t < n; ++t) {
-        y[t * ldy + r0] = dot(row, act(t), w.cols);
-        y[t * ldy + r0 + 1] = dot(row + stride, act(t), w.cols);
-      }
+      finish_row(row, r0, t);
+      finish_row(row + stride, r0 + 1, t);
     }
   for (int64_t r = r0; r < r1; ++r, row += stride) {
     int64_t t = 0;
@@ -277,7 +289,7 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, V
         dot4(row, a, w.cols, out);
         for (int k = 0; k < 4; ++k) y[(t + k) * ldy + r] = out[k];
       }
-    for (; t < n; ++t) y[t * ldy + r] = dot(row, act(t), w.cols);
+    finish_row(row, r, t);
   }
 }
 

@@ -1,4 +1,4 @@
-// The four-row tile kernels (quant/dot_tiles.h) against the one-row AVX2 kernels, which
+// The tile kernels (quant/dot_tiles.h) against the one-row AVX2 kernels, which
 // block_dot_simd_test checks against the scalar references. A tile must give every row
 // the very same float, bit for bit, so batched matmuls never change a token's result.
 #include <doctest/doctest.h>
@@ -32,21 +32,25 @@ uint32_t bits(float v) {
 // the one-row kernel's; returns the number of rows that differ.
 int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const std::vector<uint8_t> (&a)[4],
                     int64_t n) {
-  const VecDot4Fn dot4 = vec_dot4_kernel(f);
   const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
-  float out[4];
-  dot4(w.data(), rows, n, out);
   int bad = 0;
-  for (int t = 0; t < 4; ++t) {
-    const float one = f.vec_dot_avx2(w.data(), a[t].data(), n);
-    if (bits(one) != bits(out[t])) {
-      CAPTURE(f.name);
-      CAPTURE(n);
-      CAPTURE(t);
-      CAPTURE(one);
-      CAPTURE(out[t]);
-      FAIL_CHECK("tile and one-row kernel differ");
-      ++bad;
+  // The four-token tile, and the two- and three-token ones on the first rows.
+  for (int tokens = 2; tokens <= 4; ++tokens) {
+    const VecDot4Fn tile = vec_dot_tile_kernel(f, tokens);
+    float out[4];
+    tile(w.data(), rows, n, out);
+    for (int t = 0; t < tokens; ++t) {
+      const float one = f.vec_dot_avx2(w.data(), a[t].data(), n);
+      if (bits(one) != bits(out[t])) {
+        CAPTURE(f.name);
+        CAPTURE(n);
+        CAPTURE(tokens);
+        CAPTURE(t);
+        CAPTURE(one);
+        CAPTURE(out[t]);
+        FAIL_CHECK("tile and one-row kernel differ");
+        ++bad;
+      }
     }
   }
   return bad;
@@ -62,6 +66,11 @@ TEST_CASE("dot tiles: kernel table") {
     for (GgmlType t : kTiled) tiled |= f.type == t;
     const bool expect = tiled && best_isa() == KernelIsa::kAvx2;
     CHECK((vec_dot4_kernel(f) != nullptr) == expect);
+    CHECK((vec_dot4_kernel(f) == vec_dot_tile_kernel(f, 4)));
+    CHECK((vec_dot_tile_kernel(f, 2) != nullptr) == expect);
+    CHECK((vec_dot_tile_kernel(f, 3) != nullptr) == expect);
+    CHECK((vec_dot_tile_kernel(f, 1) == nullptr));
+    CHECK((vec_dot_tile_kernel(f, 5) == nullptr));
   }
 }
 
@@ -145,7 +154,8 @@ TEST_CASE("dot tiles: two-by-four kernels equal the one-row kernel bit for bit")
 }
 
 TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bit for bit") {
-  // Formats with and without a tile kernel; n covers whole tiles, remainders and n < 4.
+  // Formats with and without a tile kernel; n covers whole tiles, remainders of 1 to 3
+  // tokens and n < 4.
   const DType types[] = {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0, DType::Q3_K};
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 1.0f);
@@ -159,7 +169,7 @@ TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bi
     for (int64_t r = 0; r < rows; ++r)
       f.quantize_row(wf.data() + r * cols, wq.data() + r * f.row_bytes(cols), cols, nullptr);
     const WeightMatrix w{dt, rows, cols, wq.data()};
-    for (int64_t n : {2, 4, 5, 9}) {
+    for (int64_t n : {2, 3, 4, 5, 6, 7, 9}) {
       CAPTURE(n);
       std::vector<float> x(size_t(n * cols));
       for (float& v : x) v = g(rng);
