@@ -54,20 +54,24 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
   iq.weight.resize(w.size());
   const float* lut = fp8_e4m3_table();
   const float head_scale = float(1.0 / std::sqrt(double(nh)) / std::sqrt(double(D)));
-  ctx.pool.parallel_for(T, [&](int64_t r0, int64_t r1) {
+  // One item per (row, head) query and one per row's key: a decode step has a single row,
+  // and its 64 heads' rotations, transforms and FP8 roundings would run on one thread.
+  ctx.pool.parallel_for(T * (nh + 1), [&](int64_t i0, int64_t i1) {
     uint8_t code[512];
-    for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r = i < T * nh ? i / nh : i - T * nh;
       const int64_t pos = ctx.row_pos[size_t(r)];
-      const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
-      for (int64_t h = 0; h < nh; ++h) {
-        float* qh = q.data() + (r * nh + h) * D;
+      if (i < T * nh) {
+        float* qh = q.data() + i * D;
         ctx.rope.apply_halves(qh, pos);  // the rope part comes first in the indexer's heads
         hadamard_transform(qh, D);
         const float s = quantize_fp8_block_pow2(qh, D, code);
-        float* out = iq.q.data() + (r * nh + h) * D;
+        float* out = iq.q.data() + i * D;
         for (int64_t d = 0; d < D; ++d) out[d] = lut[code[d]];
-        iq.weight[size_t(r * nh + h)] = w[size_t(r * nh + h)] * head_scale * s;
+        iq.weight[size_t(i)] = w[size_t(i)] * head_scale * s;
+        continue;
       }
+      const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
       float* kr = k.data() + r * D;
       layer_norm(kr, ix.k_norm_weight.data(), ix.k_norm_bias.data(), D, 1e-6, kr);
       ctx.rope.apply_halves(kr, pos);
