@@ -1,7 +1,7 @@
-// AVX2 four-row dot products (quant/dot_tiles.h). Each kernel mirrors its one-row
+// AVX2 tile dot products (quant/dot_tiles.h). Each kernel mirrors its one-row
 // counterpart in quant/dot_avx2.cc step for step on the float side (same factors, same
 // accumulator per block, same final sum) and differs only in how the exact integer sums
-// are gathered: the weight unpacking is shared by the four rows.
+// are gathered: the weight unpacking is shared by the tile's tokens.
 #include "quant/dot_tiles.h"
 
 #include "quant/avx2_blocks.h"
@@ -18,61 +18,53 @@ constexpr int kRows = 4;
 
 // ---- Q8_0 · Q8_0: block ib goes to accumulator ib & 1, as in dot_32_blocks ----------
 
-template <int N>
-HEARTH_AVX2 void tile_q8_0(const void* w, const void* const* a, int64_t n, float* out) {
+// M weight rows against N tokens: out[r * N + t]. Sign-extending the blocks to 16 bits is
+// half of the integer work, for weights and activations alike, so each weight block is
+// extended once for the N tokens and each token's block once for the M rows.
+template <int M, int N>
+HEARTH_AVX2 void rows_q8_0(const void* const* w, const void* const* a, int64_t n, float* out) {
   require_whole_blocks(n, kQK8_0, "q8_0");
-  const auto* x = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_0* x[M];
+  for (int r = 0; r < M; ++r) x[r] = static_cast<const BlockQ8_0*>(w[r]);
   const BlockQ8_0* y[N];
   for (int t = 0; t < N; ++t) y[t] = static_cast<const BlockQ8_0*>(a[t]);
-  __m256 acc[N][2];
-  for (int t = 0; t < N; ++t) acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+  __m256 acc[M][N][2];
+  for (int r = 0; r < M; ++r)
+    for (int t = 0; t < N; ++t) acc[r][t][0] = acc[r][t][1] = _mm256_setzero_ps();
   const int64_t nb = n / kQK8_0;
   for (int64_t ib = 0; ib < nb; ++ib) {
-    const __m256i x0 = _mm256_cvtepi8_epi16(load128(x[ib].qs));
-    const __m256i x1 = _mm256_cvtepi8_epi16(load128(x[ib].qs + 16));
-    const float dx = half(x[ib].d);
+    __m256i x0[M], x1[M];
+    float dx[M];
+    for (int r = 0; r < M; ++r) {
+      x0[r] = _mm256_cvtepi8_epi16(load128(x[r][ib].qs));
+      x1[r] = _mm256_cvtepi8_epi16(load128(x[r][ib].qs + 16));
+      dx[r] = half(x[r][ib].d);
+    }
     const int k = int(ib & 1);
 #pragma GCC unroll 4
     for (int t = 0; t < N; ++t) {
       const __m256i y0 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs));
       const __m256i y1 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs + 16));
-      const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(x0, y0), _mm256_madd_epi16(x1, y1));
-      acc[t][k] = _mm256_fmadd_ps(_mm256_set1_ps(dx * half(y[t][ib].d)), _mm256_cvtepi32_ps(s), acc[t][k]);
+      const float dy = half(y[t][ib].d);
+      for (int r = 0; r < M; ++r) {
+        const __m256i s = _mm256_add_epi32(_mm256_madd_epi16(x0[r], y0), _mm256_madd_epi16(x1[r], y1));
+        acc[r][t][k] = _mm256_fmadd_ps(_mm256_set1_ps(dx[r] * dy), _mm256_cvtepi32_ps(s), acc[r][t][k]);
+      }
     }
   }
-  for (int t = 0; t < N; ++t) out[t] = hsum(_mm256_add_ps(acc[t][0], acc[t][1]));
+  for (int r = 0; r < M; ++r)
+    for (int t = 0; t < N; ++t) out[r * N + t] = hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
 }
 
-// Two weight rows against the same four tokens: each token's blocks are sign-extended
-// once for both rows (in tile_q8_0 that is half of the integer work). Per row and token
-// the same steps as tile_q8_0, so the same bits.
+template <int N>
+HEARTH_AVX2 void tile_q8_0(const void* w, const void* const* a, int64_t n, float* out) {
+  rows_q8_0<1, N>(&w, a, n, out);
+}
+
+// Two weight rows against the same four tokens (each token's blocks extended once for both).
 HEARTH_AVX2 void dot2x4_q8_0(const void* w0, const void* w1, const void* const* a, int64_t n, float* out) {
-  require_whole_blocks(n, kQK8_0, "q8_0");
-  const auto* x0 = static_cast<const BlockQ8_0*>(w0);
-  const auto* x1 = static_cast<const BlockQ8_0*>(w1);
-  const BlockQ8_0* y[kRows];
-  for (int t = 0; t < kRows; ++t) y[t] = static_cast<const BlockQ8_0*>(a[t]);
-  __m256 acc[2][kRows][2];
-  for (int t = 0; t < kRows; ++t) acc[0][t][0] = acc[0][t][1] = acc[1][t][0] = acc[1][t][1] = _mm256_setzero_ps();
-  const int64_t nb = n / kQK8_0;
-  for (int64_t ib = 0; ib < nb; ++ib) {
-    const __m256i a0 = _mm256_cvtepi8_epi16(load128(x0[ib].qs)), a1 = _mm256_cvtepi8_epi16(load128(x0[ib].qs + 16));
-    const __m256i b0 = _mm256_cvtepi8_epi16(load128(x1[ib].qs)), b1 = _mm256_cvtepi8_epi16(load128(x1[ib].qs + 16));
-    const float d0 = half(x0[ib].d), d1 = half(x1[ib].d);
-    const int k = int(ib & 1);
-#pragma GCC unroll 4
-    for (int t = 0; t < kRows; ++t) {
-      const __m256i y0 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs));
-      const __m256i y1 = _mm256_cvtepi8_epi16(load128(y[t][ib].qs + 16));
-      const float dy = half(y[t][ib].d);
-      const __m256i s0 = _mm256_add_epi32(_mm256_madd_epi16(a0, y0), _mm256_madd_epi16(a1, y1));
-      const __m256i s1 = _mm256_add_epi32(_mm256_madd_epi16(b0, y0), _mm256_madd_epi16(b1, y1));
-      acc[0][t][k] = _mm256_fmadd_ps(_mm256_set1_ps(d0 * dy), _mm256_cvtepi32_ps(s0), acc[0][t][k]);
-      acc[1][t][k] = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dy), _mm256_cvtepi32_ps(s1), acc[1][t][k]);
-    }
-  }
-  for (int r = 0; r < 2; ++r)
-    for (int t = 0; t < kRows; ++t) out[r * kRows + t] = hsum(_mm256_add_ps(acc[r][t][0], acc[r][t][1]));
+  const void* w[2] = {w0, w1};
+  rows_q8_0<2, kRows>(w, a, n, out);
 }
 
 // ---- Q4_K and Q5_K · Q8_K (as dot_scale_min) ------------------------------------
@@ -162,15 +154,6 @@ HEARTH_AVX2 void tile_q6_k(const void* w, const void* const* a, int64_t n, float
   for (int t = 0; t < N; ++t) out[t] = hsum(acc[t]);
 }
 
-}  // namespace
-
-VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa) {
-  if (isa == KernelIsa::kScalar || best_isa() != KernelIsa::kAvx2) return nullptr;
-  return f.type == GgmlType::Q8_0 ? dot2x4_q8_0 : nullptr;
-}
-
-namespace {
-
 template <int N>
 VecDot4Fn tile_kernel(GgmlType type) {
   switch (type) {
@@ -183,6 +166,11 @@ VecDot4Fn tile_kernel(GgmlType type) {
 }
 
 }  // namespace
+
+VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa) {
+  if (isa == KernelIsa::kScalar || best_isa() != KernelIsa::kAvx2) return nullptr;
+  return f.type == GgmlType::Q8_0 ? dot2x4_q8_0 : nullptr;
+}
 
 VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa) { return vec_dot_tile_kernel(f, 4, isa); }
 

@@ -245,17 +245,20 @@ T* scratch(std::vector<T>& v, size_t n) {
 // weight row is read once for all n rows, four at a time through the format's tile
 // kernel where it has one (bit-identical to the one-row kernel), a last two or three
 // through the tile for that many, a last one alone. Where the format has a two-row tile,
-// weight rows go in pairs through it.
-void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, VecDot4Fn dot4, const char* q,
-                    int64_t act_row, const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+// weight rows go in pairs through it. Every kernel is the one of f for isa.
+void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, const char* q, int64_t act_row,
+                    const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
   auto act = [&](int64_t t) { return q + (pick ? pick[t] : t) * act_row; };
-  // Tokens [t, n) of weight row r (fewer than four, or no four-token tile).
+  const VecDotFn dot = vec_dot_kernel(f, isa);
+  const VecDot4Fn dot4 = vec_dot_tile_kernel(f, 4, isa);
+  // Tokens [t, n) of weight row r, after its whole four-token tiles (all of them where
+  // the format has no tile).
   const int64_t rest = dot4 ? n % 4 : n;
-  const VecDot4Fn dot_rest = dot4 && rest >= 2 ? vec_dot_tile_kernel(f, int(rest)) : nullptr;
+  const VecDot4Fn dot_rest = dot4 ? vec_dot_tile_kernel(f, int(rest), isa) : nullptr;
   auto finish_row = [&](const char* wr, int64_t r, int64_t t) {
-    if (dot_rest && t + rest == n) {
+    if (dot_rest) {
       const void* a[3] = {act(t), act(t + 1), rest > 2 ? act(t + 2) : nullptr};
       float out[3];
       dot_rest(wr, a, w.cols, out);
@@ -264,7 +267,7 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, VecDotFn dot, V
     }
     for (; t < n; ++t) y[t * ldy + r] = dot(wr, act(t), w.cols);
   };
-  const VecDot2x4Fn dot2x4 = dot4 && n >= 4 ? vec_dot2x4_kernel(f) : nullptr;
+  const VecDot2x4Fn dot2x4 = n >= 4 ? vec_dot2x4_kernel(f, isa) : nullptr;
   if (dot2x4)
     for (; r0 + 2 <= r1; r0 += 2, row += 2 * stride) {
       int64_t t = 0;
@@ -298,12 +301,11 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
   if (r0 >= r1 || n <= 0) return;
   const BlockFormat& f = *block_format_of(w.dtype);
   const BlockFormat& act = block_format(f.vec_dot_type);
-  const VecDotFn dot = vec_dot_kernel(f, isa);
   const int64_t act_row = act.row_bytes(w.cols);
   static thread_local std::vector<uint64_t> buf;  // 8-byte aligned for the float d of Q8_K
   auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
   for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * act_row, w.cols, nullptr);
-  dot_rows_tiled(w, f, dot, vec_dot4_kernel(f, isa), q, act_row, nullptr, n, y, ldy, r0, r1);
+  dot_rows_tiled(w, f, isa, q, act_row, nullptr, n, y, ldy, r0, r1);
 }
 
 // The same dot products on rows quantized beforehand (ActivationRows), picked by index.
@@ -319,7 +321,7 @@ void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_
     for (int64_t r = r0; r < r1; ++r, row += stride) y[r] = dot(row, a, w.cols);
     return;
   }
-  dot_rows_tiled(w, f, dot, vec_dot4_kernel(f, isa), q, act_row, pick, n, y, ldy, r0, r1);
+  dot_rows_tiled(w, f, isa, q, act_row, pick, n, y, ldy, r0, r1);
 }
 
 // Calls fn(c, values, len) for consecutive pieces covering [c0, c1) of row r, decoding
