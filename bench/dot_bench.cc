@@ -1,15 +1,17 @@
 // dot_bench [--mb M] [--gb G] [--cols N] [--reps R] [--tokens T]
 // Single-threaded. For every block format with an AVX2 dot product, streams rows of N
 // columns (default 7168, DeepSeek-V3's hidden size) totalling M MiB of weights (default
-// 64, well beyond the caches) through the scalar vec_dot and through vec_dot_avx2 against
-// one activation row (cache-resident), best of R passes (default 3), and prints GB/s of
+// 64, well beyond the caches) through the scalar vec_dot, through vec_dot_avx2 and, where
+// the CPU has AVX-512 VNNI, through that kernel, against one activation row
+// (cache-resident), best of R passes (default 3), and prints GB/s of
 // weight bytes streamed. First it measures the machine's single-thread read bandwidth: an
 // AVX2 streaming sum over a G GiB buffer (default 1), best of R passes. Each kernel's
 // column "% bw" is its GB/s over that bandwidth.
 // Last, the batched product (prefill, batched decode, a MoE expert's tokens): T
 // activation rows (default 16) against 8 MiB of weights, one weight row at a time, with
 // the one-row kernel per token and with the four-row tiles (quant/dot_tiles.h) where the
-// format has them, in GMAC/s (weight values times tokens per second).
+// format has them (AVX2, and AVX-512 VNNI where the CPU has it), in GMAC/s (weight values
+// times tokens per second).
 // And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
 // one activation row), in GB/s of weights.
 #include <immintrin.h>
@@ -84,11 +86,12 @@ std::vector<uint8_t> eight_mib_of_weights(const BlockFormat& f, int64_t cols, in
 // per (weight row, token) against matmul_rows, which takes four tokens per tile.
 void batched(int64_t cols, int64_t tokens, int reps) {
   std::printf("\nbatched product, %lld activation rows, single thread (GMAC/s)\n", static_cast<long long>(tokens));
-  std::printf("%-6s %7s %12s %12s %8s\n", "format", "rows", "one-row", "tiled", "speedup");
+  const bool vnni = cpu_isa() == KernelIsa::kAvx512Vnni;
+  std::printf("%-6s %7s %12s %12s %8s %12s\n", "format", "rows", "one-row", "tiled", "speedup", "tiled VNNI");
   std::mt19937 rng(2);
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (const BlockFormat& f : block_formats()) {
-    if (!f.vec_dot_avx2 || best_isa() != KernelIsa::kAvx2) continue;
+    if (!f.vec_dot_avx2 || !has_avx2(best_isa())) continue;
     const auto dt = dtype_of(f.type);
     if (!dt) continue;
     const int64_t row_bytes = f.row_bytes(cols);
@@ -117,9 +120,15 @@ void batched(int64_t cols, int64_t tokens, int reps) {
         for (int64_t t = 0; t < tokens; ++t)
           y[size_t(t * rows + r)] = f.vec_dot_avx2(w.data() + r * row_bytes, q.data() + t * act.row_bytes(cols), cols);
     });
-    const double tiled = best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows); });
-    std::printf("%-6s %7lld %12.2f %12.2f %7.2fx%s\n", std::string(f.name).c_str(), static_cast<long long>(rows), one,
-                tiled, tiled / one, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
+    const double tiled =
+        best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, KernelIsa::kAvx2); });
+    const double tiled_vnni =
+        vnni ? best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, KernelIsa::kAvx512Vnni); })
+             : 0;
+    char vnni_col[32] = "-";
+    if (vnni) std::snprintf(vnni_col, sizeof vnni_col, "%.2f", tiled_vnni);
+    std::printf("%-6s %7lld %12.2f %12.2f %7.2fx %12s%s\n", std::string(f.name).c_str(), static_cast<long long>(rows),
+                one, tiled, tiled / one, vnni_col, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
   }
 }
 
@@ -171,8 +180,10 @@ int run(int argc, char** argv) {
     std::fprintf(stderr, "--cols must be a positive multiple of %d\n", kQK_K);
     return 2;
   }
-  const bool avx2 = best_isa() == KernelIsa::kAvx2;
-  std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s\n", reps, avx2 ? "yes" : "no");
+  const bool avx2 = has_avx2(best_isa());
+  const bool vnni = cpu_isa() == KernelIsa::kAvx512Vnni;
+  std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s; AVX-512 VNNI: %s\n", reps, avx2 ? "yes" : "no",
+              vnni ? "yes" : "no");
 
   // ---- read bandwidth ----
   double bw = 0;
@@ -207,8 +218,8 @@ int run(int argc, char** argv) {
   }
 
   // ---- kernels ----
-  std::printf("%-6s %9s %7s %11s %6s %11s %6s %8s\n", "format", "row bytes", "rows", "scalar GB/s",
-              "% bw", "AVX2 GB/s", "% bw", "speedup");
+  std::printf("%-6s %9s %7s %11s %6s %11s %6s %8s %11s %6s\n", "format", "row bytes", "rows", "scalar GB/s",
+              "% bw", "AVX2 GB/s", "% bw", "speedup", "VNNI GB/s", "% bw");
   std::mt19937 rng(1);
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (const BlockFormat& f : block_formats()) {
@@ -242,13 +253,16 @@ int run(int argc, char** argv) {
       }
       return double(row_bytes * rows) / best / 1e9;
     };
-    float rs = 0, rv = 0;
+    float rs = 0, rv = 0, rn = 0;
     const double gs = measure(f.vec_dot, rs);
     const double gv = avx2 ? measure(f.vec_dot_avx2, rv) : 0;
-    std::printf("%-6s %9lld %7lld %11.2f %5.1f%% %11.2f %5.1f%% %7.1fx   (sums %.6g / %.6g)\n",
-                std::string(f.name).c_str(), static_cast<long long>(row_bytes),
-                static_cast<long long>(rows), gs, 100 * gs / bw, gv, 100 * gv / bw, gv / gs,
-                double(rs), double(rv));
+    const double gn = vnni ? measure(vec_dot_kernel(f, KernelIsa::kAvx512Vnni), rn) : 0;
+    char vnni_cols[64] = "          -      -";
+    if (vnni) std::snprintf(vnni_cols, sizeof vnni_cols, "%11.2f %5.1f%%", gn, 100 * gn / bw);
+    std::printf("%-6s %9lld %7lld %11.2f %5.1f%% %11.2f %5.1f%% %7.1fx %s   (sums %.6g / %.6g%s)\n",
+                std::string(f.name).c_str(), static_cast<long long>(row_bytes), static_cast<long long>(rows), gs,
+                100 * gs / bw, gv, 100 * gv / bw, gv / gs, vnni_cols, double(rs), double(rv),
+                vnni ? (" / " + std::to_string(rn)).c_str() : "");
   }
   batched(cols, tokens, reps);
   transposed(cols, reps, bw);

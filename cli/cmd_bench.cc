@@ -20,6 +20,7 @@
 #include "engine/synth.h"
 #include "engine/synth_model.h"
 #include "offload/thread_pool.h"
+#include "quant/weight_matrix.h"
 
 namespace hearth::cli {
 
@@ -80,6 +81,8 @@ int cmd_bench(int argc, char** argv) {
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("o,output", "md (a markdown table) or json", cxxopts::value<std::string>()->default_value("md"))
       ("profile", "also time each phase of a decode step (attention, indexer, router, experts, head, ...)")
+      ("isa", "CPU kernels to use: auto (the best this CPU has), avx512vnni, avx2 or scalar, to compare them",
+       cxxopts::value<std::string>()->default_value("auto"))
       ("h,help", "show this help");
   add_repack_option(opts);
   add_numa_option(opts);
@@ -113,6 +116,12 @@ int cmd_bench(int argc, char** argv) {
   const int threads = args["threads"].as<int>();
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   const NumaChoice numa = parse_numa_flag(args, args.count("offload") > 0);
+  const std::string isa_flag = args["isa"].as<std::string>();
+  const std::optional<KernelIsa> isa = parse_isa(isa_flag);
+  if (!isa) throw std::invalid_argument("--isa: '" + isa_flag + "' is not auto, avx512vnni, avx2 or scalar");
+  if (*isa != KernelIsa::kAuto && int(*isa) > int(cpu_isa()))
+    throw std::invalid_argument("--isa " + isa_flag + ": this CPU lacks it (its best is " + isa_name(cpu_isa()) + ")");
+  limit_isa(*isa);
 
   std::optional<Model> model;
   std::string label;

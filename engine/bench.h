@@ -110,6 +110,7 @@ struct BenchReport {
   std::string device;  // the offload device and what it holds; empty: CPU only
   std::string device_short;
   int numa_nodes = 1;  // nodes the routed experts are sharded over (1: not sharded)
+  std::string kernels;  // the CPU kernels' instruction set (isa_name), and the CPU's best if lower
   std::string numa;    // a line: the NUMA layout and the experts' split, or that there is none
 };
 

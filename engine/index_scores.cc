@@ -119,8 +119,7 @@ __attribute__((target("avx2"))) void index_scores_avx2(const float* q, const flo
 void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* const* keys,
                   const float* key_scales, int64_t n, float* out, KernelIsa isa) {
   if (dim <= 0 || dim > kMaxDim) throw std::invalid_argument("index_scores: index_head_dim must be in 1.." + std::to_string(kMaxDim));
-  if (isa == KernelIsa::kAuto) isa = best_isa();
-  if (isa == KernelIsa::kAvx2) index_scores_avx2(q, w, heads, dim, keys, key_scales, n, out);
+  if (has_avx2(resolve_isa(isa))) index_scores_avx2(q, w, heads, dim, keys, key_scales, n, out);
   else index_scores_scalar(q, w, heads, dim, keys, key_scales, n, out);
 }
 

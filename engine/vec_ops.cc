@@ -191,7 +191,7 @@ __attribute__((target("avx2"))) void weighted_rows_avx2(const float* p, int64_t 
   }
 }
 
-bool use_avx2(KernelIsa isa) { return isa != KernelIsa::kScalar && best_isa() == KernelIsa::kAvx2; }
+bool use_avx2(KernelIsa isa) { return has_avx2(resolve_isa(isa)); }
 
 }  // namespace
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <utility>
 
-#include "quant/dot_avx2.h"
+#include "quant/dot_simd.h"
 #include "quant/iq4.h"
 #include "quant/kquants.h"
 #include "quant/legacy_quants.h"
@@ -320,8 +320,13 @@ std::optional<DType> dtype_of(GgmlType type) {
 }
 
 VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa) {
-  const bool avx2 = isa != KernelIsa::kScalar && f.vec_dot_avx2 && best_isa() == KernelIsa::kAvx2;
-  return avx2 ? f.vec_dot_avx2 : f.vec_dot;
+  VecDotFn simd = nullptr;
+  switch (resolve_isa(isa)) {
+    case KernelIsa::kAvx512Vnni: simd = dot_avx512vnni::row_kernel(f.type); break;
+    case KernelIsa::kAvx2: simd = f.vec_dot_avx2; break;
+    default: break;
+  }
+  return simd ? simd : f.vec_dot;
 }
 
 void quantize_row_q8_0(const float* in, BlockQ8_0* out, int64_t n) {

@@ -228,9 +228,10 @@ struct BlockFormat {
   QuantizeRowFn quantize_row;
   GgmlType vec_dot_type;  // the format vec_dot wants its activations in
   VecDotFn vec_dot;
-  // The same dot product with AVX2 + FMA + F16C (quant/dot_avx2.h), nullptr where there
+  // The same dot product with AVX2 + FMA + F16C (quant/dot_simd.h), nullptr where there
   // is none. Exact integer sums like vec_dot; only float rounding and summation order
-  // differ. Faults on a CPU without those extensions: prefer vec_dot_kernel().
+  // differ. Faults on a CPU without those extensions: prefer vec_dot_kernel(). (The
+  // AVX-512 VNNI kernels, which give the same floats, exist for the same formats.)
   VecDotFn vec_dot_avx2;
 
   uint32_t ggml_id() const { return uint32_t(type); }
@@ -254,9 +255,10 @@ inline int64_t row_bytes(GgmlType type, int64_t n) { return block_format(type).r
 const BlockFormat* block_format_of(DType t);
 std::optional<DType> dtype_of(GgmlType type);
 
-// The dot-product kernel of f to use for isa: vec_dot_avx2 when f has one and isa is
-// kAvx2 or kAuto and the CPU supports AVX2 + FMA + F16C (best_isa() == kAvx2), else the
-// scalar vec_dot (so kAvx2 on an older CPU falls back rather than faulting).
+// The dot-product kernel of f to use for isa, which resolve_isa() caps at what the CPU
+// has (so asking for AVX-512 on an older CPU falls back rather than faulting): the AVX-512
+// VNNI kernel for kAvx512Vnni, vec_dot_avx2 for kAvx2, the scalar vec_dot where f has no
+// SIMD kernel or for kScalar.
 VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
 
 // Activation quantizers: what the table's Q8_K entry and its Q8_0 entry without

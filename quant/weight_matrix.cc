@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -221,8 +222,6 @@ HEARTH_AVX2 void matmul_t_avx2(const WeightMatrix& w, int64_t row0, int64_t nrow
     }
   }
 }
-
-KernelIsa resolve(KernelIsa isa) { return isa == KernelIsa::kAuto ? best_isa() : isa; }
 
 // ---- ggml block formats ---------------------------------------------------------
 // Weights are dotted in their own format against activations quantized (once per call)
@@ -464,7 +463,7 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
                           int64_t n, float* y, int64_t ldy, int64_t c0, int64_t c1, KernelIsa isa) {
   const BlockFormat& f = *block_format_of(w.dtype);
   const int64_t be = f.block_elems, stride = f.row_bytes(w.cols);
-  const bool avx2 = resolve(isa) == KernelIsa::kAvx2;
+  const bool avx2 = has_avx2(resolve_isa(isa));
   const bool fused_q8_0 = avx2 && n == 1 && w.dtype == DType::Q8_0;
   // Up to four weight rows at a time: their blocks are decoded once and each y element
   // takes their products in row order, exactly as row after row would.
@@ -504,21 +503,60 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
 
 int64_t WeightMatrix::bytes() const { return rows * row_bytes(dtype, cols); }
 
-KernelIsa best_isa() {
+KernelIsa cpu_isa() {
+  // __builtin_cpu_supports also checks that the OS saves the AVX / AVX-512 registers.
   static const KernelIsa isa = [] {
     __builtin_cpu_init();
-    return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c"))
-               ? KernelIsa::kAvx2
-               : KernelIsa::kScalar;
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+      return KernelIsa::kScalar;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+      return KernelIsa::kAvx512Vnni;
+    return KernelIsa::kAvx2;
   }();
   return isa;
+}
+
+namespace {
+std::atomic<int> g_isa_cap{int(KernelIsa::kAuto)};
+}  // namespace
+
+KernelIsa best_isa() {
+  const int cap = g_isa_cap.load(std::memory_order_relaxed);
+  return KernelIsa(std::min(int(cpu_isa()), cap));
+}
+
+KernelIsa limit_isa(KernelIsa most) {
+  g_isa_cap.store(int(most), std::memory_order_relaxed);
+  return best_isa();
+}
+
+std::optional<KernelIsa> parse_isa(const std::string& name) {
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAuto})
+    if (name == isa_name(isa)) return isa;
+  return std::nullopt;
+}
+
+KernelIsa resolve_isa(KernelIsa requested) {
+  const KernelIsa best = best_isa();
+  if (requested == KernelIsa::kAuto) return best;
+  return int(requested) < int(best) ? requested : best;
+}
+
+const char* isa_name(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kScalar: return "scalar";
+    case KernelIsa::kAvx2: return "avx2";
+    case KernelIsa::kAvx512Vnni: return "avx512vnni";
+    case KernelIsa::kAuto: return "auto";
+  }
+  return "?";
 }
 
 void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
                  int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
   if (is_block_dtype(w.dtype)) return matmul_rows_blocks(w, x, ldx, n, y, ldy, r0, r1, isa);
-  if (resolve(isa) == KernelIsa::kAvx2) matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
+  if (has_avx2(resolve_isa(isa))) matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
   else matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
 }
 
@@ -543,7 +581,7 @@ WeightMatrix row_slice(const WeightMatrix& w, int64_t r0, int64_t r1) {
 void matmul_t_accumulate(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x,
                          float* y, int64_t c0, int64_t c1, KernelIsa isa) {
   if (is_block_dtype(w.dtype)) return matmul_t_blocks_rows(w, row0, nrows, x, 0, 1, y, 0, c0, c1, isa);
-  if (resolve(isa) == KernelIsa::kAvx2) matmul_t_avx2(w, row0, nrows, x, y, c0, c1);
+  if (has_avx2(resolve_isa(isa))) matmul_t_avx2(w, row0, nrows, x, y, c0, c1);
   else matmul_t_scalar(w, row0, nrows, x, y, c0, c1);
 }
 

@@ -5,6 +5,7 @@ HEARTH_PACKAGES=(
   build-essential cmake pkg-config git python3
   libhwloc-dev libmimalloc-dev libdnnl-dev
   libcxxopts-dev nlohmann-json3-dev doctest-dev libpcre2-dev libcpp-httplib-dev
+  libsimde-dev
 )
 
 hearth_install_deps() {

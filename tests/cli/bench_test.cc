@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/synth.h"
+#include "quant/weight_matrix.h"
 #include "support/scratch.h"
 
 namespace cli_bench_suite {
@@ -90,6 +91,7 @@ TEST_CASE("cli bench: -o json has the model, the bandwidth and every test's fiel
   CHECK(j["model"]["always_active_bytes"]["head"].get<int64_t>() > 0);
   CHECK(j["bandwidth"]["bytes_per_second"].get<double>() > 0);
   CHECK(j["bandwidth"]["threads"] == 2);
+  CHECK(j["cpu_kernels"] == hearth::isa_name(hearth::cpu_isa()));
   REQUIRE(j["tests"].size() == 3);
   std::vector<std::string> names;
   for (const auto& t : j["tests"]) {
@@ -161,6 +163,21 @@ TEST_CASE("cli bench: v32-full in f32 is refused before anything is allocated") 
   CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
 }
 
+TEST_CASE("cli bench: --isa runs and reports the chosen kernels and refuses what the CPU lacks") {
+  const CliRun r = run_hearth("bench --synthetic tiny --type q8_0 --isa scalar -p 0 -n 2 -r 1 -t 2");
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  const bool capped = hearth::cpu_isa() != hearth::KernelIsa::kScalar;
+  CHECK(r.out.find(std::string("cpu kernels: scalar") + (capped ? " (limited; the CPU has " : "\n")) !=
+        std::string::npos);
+  CHECK(table_rows(r.out).count("tg2") == 1);
+  if (hearth::cpu_isa() != hearth::KernelIsa::kAvx512Vnni) {
+    const CliRun v = run_hearth("bench --synthetic tiny --isa avx512vnni -p 0 -n 2 -r 1");
+    CHECK(v.code != 0);
+    CHECK_MESSAGE(v.err.find("--isa avx512vnni: this CPU lacks it (its best is ") != std::string::npos, v.err);
+  }
+}
+
 TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"bench", "exactly one of --model and --synthetic"},
@@ -175,6 +192,7 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
       {"bench -m /nonexistent --type q8_0", "--type applies to --synthetic models only"},
       {"bench --synthetic tiny --set vocab_size", "--set 'vocab_size': expected KEY=JSON"},
       {"bench --synthetic tiny --depth 8 --depth-fill zeros", "--depth-fill: 'zeros' is not prefill or random"},
+      {"bench --synthetic tiny --isa sse2", "--isa: 'sse2' is not auto, avx512vnni, avx2 or scalar"},
   };
   for (const auto& [args, message] : cases) {
     CAPTURE(args);

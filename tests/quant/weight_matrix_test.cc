@@ -154,12 +154,9 @@ bool close(double got, double ref, double mag, Tolerance tol) {
 
 std::vector<KernelIsa> isas_to_test() {
   std::vector<KernelIsa> v{KernelIsa::kScalar};
-  if (best_isa() == KernelIsa::kAvx2) v.push_back(KernelIsa::kAvx2);
+  if (has_avx2(best_isa())) v.push_back(KernelIsa::kAvx2);
+  if (best_isa() == KernelIsa::kAvx512Vnni) v.push_back(KernelIsa::kAvx512Vnni);
   return v;
-}
-
-std::string isa_name(KernelIsa isa) {
-  return isa == KernelIsa::kScalar ? "scalar" : isa == KernelIsa::kAvx2 ? "avx2" : "auto";
 }
 
 // matmul_rows over rows [r0, r1) with padded strides; checks every output against the

@@ -1,0 +1,297 @@
+// The AVX-512 VNNI dot products (quant/dot_avx512vnni.cc) against the AVX2 ones, which
+// block_dot_simd_test checks against the scalar references. Both are built from
+// quant/dot_kernels.inc and must give the same floats, bit for bit, one-row kernels and
+// tiles alike.
+//
+// Most machines that run this suite have no AVX-512, so this file builds the VNNI
+// flavour of the kernels a second time, with SIMDe's portable vpdpbusd / vpdpwssd in
+// place of the instructions and everything else as AVX2: the same source as the real
+// kernels, checked on any AVX2 machine. Where the CPU has AVX-512 VNNI, the real kernels
+// are checked as well.
+#include <immintrin.h>
+#include <simde/x86/avx512/dpbusd.h>
+#include <simde/x86/avx512/dpwssd.h>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "quant/avx2_blocks.h"
+#include "quant/block_formats.h"
+#include "quant/dot_simd.h"
+#include "quant/kquants.h"
+#include "quant/weight_matrix.h"
+#include "support/block_rows.h"
+
+namespace hearth::dot_vnni_emulated {
+
+HEARTH_DOT_SIMD_KERNELS
+
+// The two VNNI instructions through SIMDe (its portable code: this file is compiled
+// without AVX-512). The copies in and out are register moves once inlined.
+HEARTH_AVX2 inline __m256i emulated_dpbusd(__m256i acc, __m256i u, __m256i s) {
+  simde__m256i a, b, c;
+  std::memcpy(&a, &acc, 32);
+  std::memcpy(&b, &u, 32);
+  std::memcpy(&c, &s, 32);
+  const simde__m256i r = simde_mm256_dpbusd_epi32(a, b, c);
+  __m256i out;
+  std::memcpy(&out, &r, 32);
+  return out;
+}
+
+HEARTH_AVX2 inline __m256i emulated_dpwssd(__m256i acc, __m256i x, __m256i y) {
+  simde__m256i a, b, c;
+  std::memcpy(&a, &acc, 32);
+  std::memcpy(&b, &x, 32);
+  std::memcpy(&c, &y, 32);
+  const simde__m256i r = simde_mm256_dpwssd_epi32(a, b, c);
+  __m256i out;
+  std::memcpy(&out, &r, 32);
+  return out;
+}
+
+#define HEARTH_DOT_TARGET HEARTH_AVX2
+#define HEARTH_DOT_VNNI 1
+#define HEARTH_DPBUSD emulated_dpbusd
+#define HEARTH_DPWSSD emulated_dpwssd
+#include "quant/dot_kernels.inc"
+
+}  // namespace hearth::dot_vnni_emulated
+
+namespace quant_dot_vnni_suite {
+
+using namespace hearth;
+using namespace hearth::testing;
+
+namespace {
+
+const GgmlType kSimdFormats[] = {GgmlType::Q8_0, GgmlType::Q4_0,   GgmlType::Q4_1, GgmlType::Q5_0,
+                                 GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
+                                 GgmlType::Q4_K, GgmlType::Q5_K,   GgmlType::Q6_K, GgmlType::IQ4_XS};
+const GgmlType kTiled[] = {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+uint32_t bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b;
+}
+
+bool have_vnni() { return best_isa() == KernelIsa::kAvx512Vnni; }
+
+// The VNNI kernels to check: the emulated ones always, the real ones where the CPU runs them.
+struct Flavour {
+  const char* name;
+  VecDotFn (*row)(GgmlType);
+  VecDot4Fn (*tile)(GgmlType, int);
+  VecDot2x4Fn (*tile2x4)(GgmlType);
+};
+std::vector<Flavour> flavours() {
+  std::vector<Flavour> v{{"emulated", dot_vnni_emulated::row_kernel, dot_vnni_emulated::tile_kernel,
+                          dot_vnni_emulated::tile2x4_kernel}};
+  if (have_vnni())
+    v.push_back({"native", dot_avx512vnni::row_kernel, dot_avx512vnni::tile_kernel, dot_avx512vnni::tile2x4_kernel});
+  return v;
+}
+
+// Compares every VNNI flavour's one-row kernel with AVX2's on one row pair; returns the
+// number of flavours whose float differs in any bit.
+int row_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const std::vector<uint8_t>& a, int64_t n) {
+  const float want = f.vec_dot_avx2(w.data(), a.data(), n);
+  int bad = 0;
+  for (const Flavour& fl : flavours()) {
+    const float got = fl.row(f.type)(w.data(), a.data(), n);
+    if (bits(got) != bits(want)) {
+      CAPTURE(fl.name);
+      CAPTURE(f.name);
+      CAPTURE(n);
+      CAPTURE(want);
+      CAPTURE(got);
+      FAIL_CHECK("VNNI and AVX2 dot products differ");
+      ++bad;
+    }
+  }
+  return bad;
+}
+
+// The tiles for 2..4 tokens (and Q8_0's two-row tile) against AVX2's one-row kernel.
+int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t> (&w)[2], const std::vector<uint8_t> (&a)[4],
+                    int64_t n) {
+  const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
+  int bad = 0;
+  auto expect = [&](const char* what, int r, int t, float got) {
+    const float want = f.vec_dot_avx2(w[r].data(), a[t].data(), n);
+    if (bits(got) == bits(want)) return;
+    CAPTURE(what);
+    CAPTURE(f.name);
+    CAPTURE(n);
+    CAPTURE(r);
+    CAPTURE(t);
+    CAPTURE(want);
+    CAPTURE(got);
+    FAIL_CHECK("VNNI tile and AVX2 one-row kernel differ");
+    ++bad;
+  };
+  for (const Flavour& fl : flavours()) {
+    for (int tokens = 2; tokens <= 4; ++tokens) {
+      float out[4];
+      fl.tile(f.type, tokens)(w[0].data(), rows, n, out);
+      for (int t = 0; t < tokens; ++t) expect(fl.name, 0, t, out[t]);
+    }
+    if (VecDot2x4Fn two = fl.tile2x4(f.type)) {
+      float out[8];
+      two(w[0].data(), w[1].data(), rows, n, out);
+      for (int r = 0; r < 2; ++r)
+        for (int t = 0; t < 4; ++t) expect(fl.name, r, t, out[r * 4 + t]);
+    }
+  }
+  return bad;
+}
+
+#define SKIP_WITHOUT_AVX2()                                              \
+  if (!has_avx2(best_isa())) {                                            \
+    MESSAGE("CPU lacks AVX2/FMA/F16C: the VNNI kernels' check needs it"); \
+    return;                                                               \
+  }
+
+}  // namespace
+
+TEST_CASE("dot vnni: every AVX2 format has a VNNI kernel and the tiled ones have tiles") {
+  for (GgmlType t : kSimdFormats) {
+    CAPTURE(block_format(t).name);
+    CHECK((dot_vnni_emulated::row_kernel(t) != nullptr));
+    CHECK((dot_avx512vnni::row_kernel(t) != nullptr));
+  }
+  for (GgmlType t : kTiled)
+    for (int tokens = 2; tokens <= 4; ++tokens) CHECK((dot_avx512vnni::tile_kernel(t, tokens) != nullptr));
+  CHECK((dot_avx512vnni::tile2x4_kernel(GgmlType::Q8_0) != nullptr));
+  CHECK((dot_avx512vnni::row_kernel(GgmlType::F16) == nullptr));
+  CHECK((dot_avx512vnni::tile_kernel(GgmlType::Q4_0, 4) == nullptr));
+}
+
+TEST_CASE("dot vnni: requests are capped at what the CPU has") {
+  const KernelIsa best = best_isa();
+  CHECK(resolve_isa(KernelIsa::kAuto) == best);
+  CHECK(resolve_isa(KernelIsa::kScalar) == KernelIsa::kScalar);
+  CHECK(resolve_isa(KernelIsa::kAvx512Vnni) == best);
+  CHECK(resolve_isa(KernelIsa::kAvx2) == (best == KernelIsa::kScalar ? KernelIsa::kScalar : KernelIsa::kAvx2));
+  CHECK(std::string(isa_name(KernelIsa::kAvx512Vnni)) == "avx512vnni");
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    // On a CPU without AVX-512 a VNNI request runs AVX2 (or scalar) rather than faulting.
+    const VecDotFn want_vnni = have_vnni()              ? dot_avx512vnni::row_kernel(t)
+                               : has_avx2(best_isa()) ? f.vec_dot_avx2
+                                                      : f.vec_dot;
+    CHECK((vec_dot_kernel(f, KernelIsa::kAvx512Vnni) == want_vnni));
+    CHECK((vec_dot_kernel(f) == want_vnni));
+    CHECK((vec_dot_kernel(f, KernelIsa::kAvx2) == (has_avx2(best_isa()) ? f.vec_dot_avx2 : f.vec_dot)));
+  }
+  for (GgmlType t : kTiled) {
+    const BlockFormat& f = block_format(t);
+    const VecDot4Fn want = have_vnni()              ? dot_avx512vnni::tile_kernel(t, 4)
+                           : has_avx2(best_isa()) ? dot_avx2::tile_kernel(t, 4)
+                                                  : nullptr;
+    CHECK((vec_dot_tile_kernel(f, 4, KernelIsa::kAvx512Vnni) == want));
+  }
+}
+
+TEST_CASE("dot vnni: random and quantized rows give the AVX2 floats bit for bit") {
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(41);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    const BlockFormat& act = block_format(f.vec_dot_type);
+    CAPTURE(f.name);
+    int bad = 0;
+    for (int nblocks : {1, 2, 7, 33}) {
+      const int64_t n = nblocks * f.block_elems;
+      for (int rep = 0; rep < 12; ++rep) bad += row_mismatches(f, weight_row(f, nblocks, rng), act_row(f, n, rng), n);
+    }
+    // Rows quantized from gaussian values by the formats' own quantizers.
+    const int64_t n = 9 * kQK_K;
+    std::vector<float> x(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+    for (float& v : x) v = gauss(rng);
+    for (float& v : y) v = std::fabs(gauss(rng)) + 0.25f;
+    std::vector<uint8_t> w(size_t(f.row_bytes(n))), a(size_t(act.row_bytes(n)));
+    f.quantize_row(x.data(), w.data(), n, nullptr);
+    act.quantize_row(y.data(), a.data(), n, nullptr);
+    bad += row_mismatches(f, w, a, n);
+    CHECK(bad == 0);
+  }
+}
+
+TEST_CASE("dot vnni: adversarial blocks give the AVX2 floats bit for bit") {
+  // The ends of every range: all-ones and sign-bit quant bytes (largest levels, Q8_0's
+  // -128), activations at -128 and 127, extreme f16 factors.
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(43);
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, 0xAA, -1};
+  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x3C00, 0x8000, -1};
+  const int quants[] = {127, -127, -128, 0, kRandom};
+  const float scales[] = {1.0f, 3.0e4f, 1e-40f, -2.5f, NAN};
+  for (GgmlType t : kSimdFormats) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    int bad = 0, cases = 0;
+    for (int nblocks : {1, 3}) {
+      const int64_t n = nblocks * f.block_elems;
+      for (int fill : fills)
+        for (int half : halves)
+          for (int quant : quants)
+            for (float scale : scales) {
+              bad += row_mismatches(f, weight_row(f, nblocks, rng, fill, half), act_row(f, n, rng, quant, scale), n);
+              ++cases;
+            }
+    }
+    CHECK(cases > 100);
+    CHECK(bad == 0);
+  }
+  // The integer sums themselves: unit scales, -128 everywhere, exact in float.
+  const BlockFormat& q8 = block_format(GgmlType::Q8_0);
+  const auto w = weight_row(q8, 3, rng, 0x80, 0x3C00);
+  const auto a = act_row(q8, 3 * kQK8_0, rng, -128, 1.0f);
+  for (const Flavour& fl : flavours()) {
+    CAPTURE(fl.name);
+    CHECK(fl.row(GgmlType::Q8_0)(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
+  }
+}
+
+TEST_CASE("dot vnni: tiles give the AVX2 one-row floats bit for bit") {
+  SKIP_WITHOUT_AVX2();
+  std::mt19937 rng(47);
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, -1};
+  const int halves[] = {0x7BFF, 0x0001, 0x3C00, 0x8000, -1};
+  for (GgmlType t : kTiled) {
+    const BlockFormat& f = block_format(t);
+    CAPTURE(f.name);
+    int bad = 0, cases = 0;
+    for (int nblocks : {1, 3, 8}) {
+      const int64_t n = nblocks * f.block_elems;
+      for (int rep = 0; rep < 10; ++rep) {
+        const std::vector<uint8_t> w[2] = {weight_row(f, nblocks, rng), weight_row(f, nblocks, rng)};
+        std::vector<uint8_t> a[4];
+        for (auto& r : a) r = act_row(f, n, rng);
+        bad += tile_mismatches(f, w, a, n);
+        ++cases;
+      }
+      for (int fill : fills)
+        for (int half : halves) {
+          const std::vector<uint8_t> w[2] = {weight_row(f, nblocks, rng, fill, half), weight_row(f, nblocks, rng)};
+          const std::vector<uint8_t> a[4] = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
+                                             act_row(f, n, rng, 0, 1.0f), act_row(f, n, rng)};
+          bad += tile_mismatches(f, w, a, n);
+          ++cases;
+        }
+    }
+    CHECK(cases > 50);
+    CHECK(bad == 0);
+  }
+}
+
+}  // namespace quant_dot_vnni_suite
