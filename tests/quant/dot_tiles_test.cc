@@ -20,17 +20,9 @@ using namespace hearth::testing;
 
 namespace {
 
-const GgmlType kTiled[] = {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
-
-uint32_t bits(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  return b;
-}
-
 // Runs the tile on w against four activation rows and compares each output's bits with
 // the one-row kernel's; returns the number of rows that differ.
-int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const std::vector<uint8_t> (&a)[4],
+int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const ActRows4& a,
                     int64_t n) {
   const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
   int bad = 0;
@@ -41,7 +33,7 @@ int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const s
     tile(w.data(), rows, n, out);
     for (int t = 0; t < tokens; ++t) {
       const float one = f.vec_dot_avx2(w.data(), a[t].data(), n);
-      if (bits(one) != bits(out[t])) {
+      if (float_bits(one) != float_bits(out[t])) {
         CAPTURE(f.name);
         CAPTURE(n);
         CAPTURE(tokens);
@@ -63,7 +55,7 @@ TEST_CASE("dot tiles: kernel table") {
     CAPTURE(f.name);
     CHECK((vec_dot4_kernel(f, KernelIsa::kScalar) == nullptr));
     bool tiled = false;
-    for (GgmlType t : kTiled) tiled |= f.type == t;
+    for (GgmlType t : kTiledFormats) tiled |= f.type == t;
     const bool expect = tiled && has_avx2(best_isa());
     CHECK((vec_dot4_kernel(f) != nullptr) == expect);
     CHECK((vec_dot4_kernel(f) == vec_dot_tile_kernel(f, 4)));
@@ -82,7 +74,7 @@ TEST_CASE("dot tiles: four-row kernels equal the one-row kernel bit for bit") {
   std::mt19937 rng(23);
   const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, -1};
   const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x3C00, 0x8000, -1};
-  for (GgmlType t : kTiled) {
+  for (GgmlType t : kTiledFormats) {
     const BlockFormat& f = block_format(t);
     CAPTURE(f.name);
     int bad = 0, cases = 0;
@@ -91,8 +83,7 @@ TEST_CASE("dot tiles: four-row kernels equal the one-row kernel bit for bit") {
       // Random blocks, several activation rows of random quants and scales.
       for (int rep = 0; rep < 20; ++rep) {
         const auto w = weight_row(f, nblocks, rng);
-        std::vector<uint8_t> a[4];
-        for (auto& r : a) r = act_row(f, n, rng);
+        const ActRows4 a = random_act_rows(f, n, rng);
         bad += tile_mismatches(f, w, a, n);
         ++cases;
       }
@@ -100,8 +91,7 @@ TEST_CASE("dot tiles: four-row kernels equal the one-row kernel bit for bit") {
       for (int fill : fills)
         for (int half : halves) {
           const auto w = weight_row(f, nblocks, rng, fill, half);
-          std::vector<uint8_t> a[4] = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
-                                       act_row(f, n, rng, 0, 1.0f), act_row(f, n, rng)};
+          const ActRows4 a = extreme_act_rows(f, n, rng);
           bad += tile_mismatches(f, w, a, n);
           ++cases;
         }
@@ -131,15 +121,14 @@ TEST_CASE("dot tiles: two-by-four kernels equal the one-row kernel bit for bit")
         const int64_t n = nblocks * f.block_elems;
         // Row 0 adversarial (or random), row 1 random: the two rows must not leak into each other.
         const std::vector<uint8_t> w[2] = {weight_row(f, nblocks, rng, fill, half), weight_row(f, nblocks, rng)};
-        const std::vector<uint8_t> a[4] = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
-                                           act_row(f, n, rng, 0, 1.0f), act_row(f, n, rng)};
+        const ActRows4 a = extreme_act_rows(f, n, rng);
         const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
         float out[8];
         dot2x4(w[0].data(), w[1].data(), rows, n, out);
         for (int k = 0; k < 2; ++k)
           for (int t = 0; t < 4; ++t) {
             const float one = f.vec_dot_avx2(w[k].data(), a[t].data(), n);
-            if (bits(one) != bits(out[k * 4 + t])) {
+            if (float_bits(one) != float_bits(out[k * 4 + t])) {
               CAPTURE(n);
               CAPTURE(k);
               CAPTURE(t);

@@ -31,25 +31,15 @@ namespace hearth::dot_vnni_emulated {
 
 HEARTH_DOT_SIMD_KERNELS
 
-// The two VNNI instructions through SIMDe (its portable code: this file is compiled
-// without AVX-512). The copies in and out are register moves once inlined.
-HEARTH_AVX2 inline __m256i emulated_dpbusd(__m256i acc, __m256i u, __m256i s) {
-  simde__m256i a, b, c;
-  std::memcpy(&a, &acc, 32);
-  std::memcpy(&b, &u, 32);
-  std::memcpy(&c, &s, 32);
-  const simde__m256i r = simde_mm256_dpbusd_epi32(a, b, c);
-  __m256i out;
-  std::memcpy(&out, &r, 32);
-  return out;
-}
-
-HEARTH_AVX2 inline __m256i emulated_dpwssd(__m256i acc, __m256i x, __m256i y) {
+// A VNNI instruction through SIMDe's portable code (this file is compiled without
+// AVX-512). The copies in and out are register moves once inlined.
+template <simde__m256i (*kOp)(simde__m256i, simde__m256i, simde__m256i)>
+HEARTH_AVX2 inline __m256i through_simde(__m256i acc, __m256i x, __m256i y) {
   simde__m256i a, b, c;
   std::memcpy(&a, &acc, 32);
   std::memcpy(&b, &x, 32);
   std::memcpy(&c, &y, 32);
-  const simde__m256i r = simde_mm256_dpwssd_epi32(a, b, c);
+  const simde__m256i r = kOp(a, b, c);
   __m256i out;
   std::memcpy(&out, &r, 32);
   return out;
@@ -57,8 +47,8 @@ HEARTH_AVX2 inline __m256i emulated_dpwssd(__m256i acc, __m256i x, __m256i y) {
 
 #define HEARTH_DOT_TARGET HEARTH_AVX2
 #define HEARTH_DOT_VNNI 1
-#define HEARTH_DPBUSD emulated_dpbusd
-#define HEARTH_DPWSSD emulated_dpwssd
+#define HEARTH_DPBUSD through_simde<simde_mm256_dpbusd_epi32>
+#define HEARTH_DPWSSD through_simde<simde_mm256_dpwssd_epi32>
 #include "quant/dot_kernels.inc"
 
 }  // namespace hearth::dot_vnni_emulated
@@ -69,17 +59,6 @@ using namespace hearth;
 using namespace hearth::testing;
 
 namespace {
-
-const GgmlType kSimdFormats[] = {GgmlType::Q8_0, GgmlType::Q4_0,   GgmlType::Q4_1, GgmlType::Q5_0,
-                                 GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
-                                 GgmlType::Q4_K, GgmlType::Q5_K,   GgmlType::Q6_K, GgmlType::IQ4_XS};
-const GgmlType kTiled[] = {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
-
-uint32_t bits(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  return b;
-}
 
 bool have_vnni() { return best_isa() == KernelIsa::kAvx512Vnni; }
 
@@ -105,7 +84,7 @@ int row_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const st
   int bad = 0;
   for (const Flavour& fl : flavours()) {
     const float got = fl.row(f.type)(w.data(), a.data(), n);
-    if (bits(got) != bits(want)) {
+    if (float_bits(got) != float_bits(want)) {
       CAPTURE(fl.name);
       CAPTURE(f.name);
       CAPTURE(n);
@@ -119,13 +98,13 @@ int row_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const st
 }
 
 // The tiles for 2..4 tokens (and Q8_0's two-row tile) against AVX2's one-row kernel.
-int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t> (&w)[2], const std::vector<uint8_t> (&a)[4],
+int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t> (&w)[2], const ActRows4& a,
                     int64_t n) {
   const void* rows[4] = {a[0].data(), a[1].data(), a[2].data(), a[3].data()};
   int bad = 0;
   auto expect = [&](const char* what, int r, int t, float got) {
     const float want = f.vec_dot_avx2(w[r].data(), a[t].data(), n);
-    if (bits(got) == bits(want)) return;
+    if (float_bits(got) == float_bits(want)) return;
     CAPTURE(what);
     CAPTURE(f.name);
     CAPTURE(n);
@@ -166,7 +145,7 @@ TEST_CASE("dot vnni: every AVX2 format has a VNNI kernel and the tiled ones have
     CHECK((dot_vnni_emulated::row_kernel(t) != nullptr));
     CHECK((dot_avx512vnni::row_kernel(t) != nullptr));
   }
-  for (GgmlType t : kTiled)
+  for (GgmlType t : kTiledFormats)
     for (int tokens = 2; tokens <= 4; ++tokens) CHECK((dot_avx512vnni::tile_kernel(t, tokens) != nullptr));
   CHECK((dot_avx512vnni::tile2x4_kernel(GgmlType::Q8_0) != nullptr));
   CHECK((dot_avx512vnni::row_kernel(GgmlType::F16) == nullptr));
@@ -191,7 +170,7 @@ TEST_CASE("dot vnni: requests are capped at what the CPU has") {
     CHECK((vec_dot_kernel(f) == want_vnni));
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx2) == (has_avx2(best_isa()) ? f.vec_dot_avx2 : f.vec_dot)));
   }
-  for (GgmlType t : kTiled) {
+  for (GgmlType t : kTiledFormats) {
     const BlockFormat& f = block_format(t);
     const VecDot4Fn want = have_vnni()              ? dot_avx512vnni::tile_kernel(t, 4)
                            : has_avx2(best_isa()) ? dot_avx2::tile_kernel(t, 4)
@@ -231,24 +210,13 @@ TEST_CASE("dot vnni: adversarial blocks give the AVX2 floats bit for bit") {
   // -128), activations at -128 and 127, extreme f16 factors.
   SKIP_WITHOUT_AVX2();
   std::mt19937 rng(43);
-  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, 0xAA, -1};
-  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x3C00, 0x8000, -1};
-  const int quants[] = {127, -127, -128, 0, kRandom};
-  const float scales[] = {1.0f, 3.0e4f, 1e-40f, -2.5f, NAN};
   for (GgmlType t : kSimdFormats) {
     const BlockFormat& f = block_format(t);
     CAPTURE(f.name);
-    int bad = 0, cases = 0;
-    for (int nblocks : {1, 3}) {
-      const int64_t n = nblocks * f.block_elems;
-      for (int fill : fills)
-        for (int half : halves)
-          for (int quant : quants)
-            for (float scale : scales) {
-              bad += row_mismatches(f, weight_row(f, nblocks, rng, fill, half), act_row(f, n, rng, quant, scale), n);
-              ++cases;
-            }
-    }
+    int bad = 0;
+    const int cases = for_each_adversarial_row(f, rng, [&](const auto& w, const auto& a, int64_t n) {
+      bad += row_mismatches(f, w, a, n);
+    });
     CHECK(cases > 100);
     CHECK(bad == 0);
   }
@@ -267,7 +235,7 @@ TEST_CASE("dot vnni: tiles give the AVX2 one-row floats bit for bit") {
   std::mt19937 rng(47);
   const int fills[] = {0x00, 0xFF, 0x80, 0x7F, -1};
   const int halves[] = {0x7BFF, 0x0001, 0x3C00, 0x8000, -1};
-  for (GgmlType t : kTiled) {
+  for (GgmlType t : kTiledFormats) {
     const BlockFormat& f = block_format(t);
     CAPTURE(f.name);
     int bad = 0, cases = 0;
@@ -275,16 +243,14 @@ TEST_CASE("dot vnni: tiles give the AVX2 one-row floats bit for bit") {
       const int64_t n = nblocks * f.block_elems;
       for (int rep = 0; rep < 10; ++rep) {
         const std::vector<uint8_t> w[2] = {weight_row(f, nblocks, rng), weight_row(f, nblocks, rng)};
-        std::vector<uint8_t> a[4];
-        for (auto& r : a) r = act_row(f, n, rng);
+        const ActRows4 a = random_act_rows(f, n, rng);
         bad += tile_mismatches(f, w, a, n);
         ++cases;
       }
       for (int fill : fills)
         for (int half : halves) {
           const std::vector<uint8_t> w[2] = {weight_row(f, nblocks, rng, fill, half), weight_row(f, nblocks, rng)};
-          const std::vector<uint8_t> a[4] = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
-                                             act_row(f, n, rng, 0, 1.0f), act_row(f, n, rng)};
+          const ActRows4 a = extreme_act_rows(f, n, rng);
           bad += tile_mismatches(f, w, a, n);
           ++cases;
         }

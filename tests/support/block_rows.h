@@ -3,6 +3,7 @@
 #pragma once
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +40,20 @@ inline Factors factors(GgmlType t) {
 }
 
 inline void put_half(uint8_t* p, uint16_t h) { std::memcpy(p, &h, 2); }
+
+// The formats that have SIMD dot products (quant/dot_simd.h), and those of them that have
+// tile kernels (quant/dot_tiles.h).
+inline constexpr GgmlType kSimdFormats[] = {GgmlType::Q8_0, GgmlType::Q4_0,   GgmlType::Q4_1, GgmlType::Q5_0,
+                                            GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K,
+                                            GgmlType::Q4_K, GgmlType::Q5_K,   GgmlType::Q6_K, GgmlType::IQ4_XS};
+inline constexpr GgmlType kTiledFormats[] = {GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+// A float's bits, for checks that two kernels agree exactly.
+inline uint32_t float_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b;
+}
 
 inline uint16_t finite_half(std::mt19937& rng) {
   uint16_t h = uint16_t(rng());
@@ -91,6 +106,45 @@ inline std::vector<uint8_t> act_row(const BlockFormat& f, int64_t n, std::mt1993
     }
   }
   return b;
+}
+
+// Activation rows for tile tests, as a tile takes them (up to four): the ends of the
+// quant range with extreme scales, zero, and random.
+using ActRows4 = std::array<std::vector<uint8_t>, 4>;
+inline ActRows4 extreme_act_rows(const BlockFormat& f, int64_t n, std::mt19937& rng) {
+  return {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f), act_row(f, n, rng, 0, 1.0f),
+          act_row(f, n, rng)};
+}
+inline ActRows4 random_act_rows(const BlockFormat& f, int64_t n, std::mt19937& rng) {
+  return {act_row(f, n, rng), act_row(f, n, rng), act_row(f, n, rng), act_row(f, n, rng)};
+}
+
+// Calls fn(w, a, n) for rows of 1 and 3 blocks of f over every combination of adversarial
+// weight blocks and activations: quant bytes zero, all bits set, sign bits only, all but
+// the sign, alternating bits, random; f16 factors largest finite (both signs), smallest and
+// largest subnormal, smallest normal, one, negative zero, random; activation quants at the
+// ends, zero, random; activation scales large, tiny, subnormal (in Q8_K; Q8_0's go
+// through f16), negative, random. Returns the number of calls.
+template <class Fn>
+int for_each_adversarial_row(const BlockFormat& f, std::mt19937& rng, Fn&& fn) {
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, 0xAA, -1};
+  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x8000, -1};
+  const int quants[] = {127, -127, -128, 0, kRandom};
+  const float scales[] = {1.0f, 3.0e4f, 1e-7f, 1e-40f, -2.5f, NAN};
+  int calls = 0;
+  for (int nblocks : {1, 3}) {
+    const int64_t n = nblocks * f.block_elems;
+    for (int fill : fills)
+      for (int half : halves)
+        for (int quant : quants)
+          for (float scale : scales) {
+            const std::vector<uint8_t> w = weight_row(f, nblocks, rng, fill, half);
+            const std::vector<uint8_t> a = act_row(f, n, rng, quant, scale);
+            fn(w, a, n);
+            ++calls;
+          }
+  }
+  return calls;
 }
 
 }  // namespace hearth::testing
