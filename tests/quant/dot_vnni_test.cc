@@ -145,6 +145,12 @@ TEST_CASE("dot vnni: every AVX2 format has a VNNI kernel and the tiled ones have
     CHECK((dot_vnni_emulated::row_kernel(t) != nullptr));
     CHECK((dot_avx512vnni::row_kernel(t) != nullptr));
   }
+  // vec_dot_kernel picks AVX2 kernels through dot_avx2::row_kernel; the format table
+  // names them too (tests and dot_bench call them there). The two must agree.
+  for (const BlockFormat& f : block_formats()) {
+    CAPTURE(f.name);
+    CHECK((dot_avx2::row_kernel(f.type) == f.vec_dot_avx2));
+  }
   for (GgmlType t : kTiledFormats)
     for (int tokens = 2; tokens <= 4; ++tokens) CHECK((dot_avx512vnni::tile_kernel(t, tokens) != nullptr));
   CHECK((dot_avx512vnni::tile2x4_kernel(GgmlType::Q8_0) != nullptr));
