@@ -14,6 +14,9 @@
 // times tokens per second).
 // And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
 // one activation row), in GB/s of weights.
+// Then float weights (F32, BF16, F16, FP8 with 128x128 block scales: a Hugging Face
+// checkpoint as it loads) times 16, 64 and 512 activation rows, with hearth's kernels and
+// with oneDNN's sgemm (CpuGemm, `--cpu-gemm`), in GMAC/s.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -28,6 +31,8 @@
 
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
+#include "quant/numbers.h"
+#include "quant/onednn_gemm.h"
 #include "quant/weight_matrix.h"
 
 using namespace hearth;
@@ -159,6 +164,52 @@ void transposed(int64_t cols, int reps, double bw) {
   }
 }
 
+// GMAC/s of matmul_rows on float weights (8 MiB of FP8 codes' worth of rows, 4-byte
+// storage) for a few activation row counts, CpuGemm::kKernels against kOnednn.
+void float_gemm(int64_t cols, int reps) {
+  std::printf("\nfloat weights times many rows, single thread (GMAC/s): kernels / %s\n", onednn_version().c_str());
+  std::printf("%-8s %6s %19s %19s %19s\n", "format", "rows", "16 rows", "64 rows", "512 rows");
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int> code(0, 0x7e);  // finite FP8 codes, and small BF16/F16/F32 bit patterns
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
+    const int64_t rows = std::max<int64_t>(64, (int64_t(8) << 20) / cols);
+    std::vector<float> storage(size_t(rows * cols));  // 4 bytes per value: room for any of the four
+    auto* bytes = reinterpret_cast<uint8_t*>(storage.data());
+    const int64_t elem = int64_t(dtype_size(dt));
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      if (dt == DType::F32) storage[size_t(i)] = gauss(rng);
+      else if (dt == DType::F8_E4M3) bytes[i] = uint8_t(code(rng) | (rng() & 0x80));
+      else {
+        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(gauss(rng)) : f32_to_f16(gauss(rng));
+        std::memcpy(bytes + i * elem, &h, 2);
+      }
+    }
+    std::vector<float> scales(size_t(((rows + 127) / 128) * ((cols + 127) / 128)), 0.01f);
+    WeightMatrix m{dt, rows, cols, storage.data()};
+    if (dt == DType::F8_E4M3) m.scale = scales.data();
+    std::printf("%-8s %6lld", std::string(dtype_name(dt)).c_str(), static_cast<long long>(rows));
+    for (int64_t n : {16, 64, 512}) {
+      std::vector<float> x(size_t(n * cols)), y(size_t(n * rows));
+      for (float& v : x) v = gauss(rng);
+      double gmac[2] = {0, 0};
+      for (int g = 0; g < 2; ++g) {
+        const CpuGemm previous = set_cpu_gemm(g ? CpuGemm::kOnednn : CpuGemm::kKernels);
+        double best = 1e30;
+        for (int r = 0; r < reps; ++r) {
+          const double t0 = now();
+          matmul_rows(m, x.data(), cols, n, y.data(), rows, 0, rows);
+          best = std::min(best, now() - t0);
+        }
+        set_cpu_gemm(previous);
+        gmac[g] = double(rows * cols * n) / best / 1e9;
+      }
+      std::printf("   %7.2f / %7.2f", gmac[0], gmac[1]);
+    }
+    std::printf("\n");
+  }
+}
+
 int run(int argc, char** argv) {
   double mb = 64, gb = 1;
   int64_t cols = 7168;
@@ -266,6 +317,7 @@ int run(int argc, char** argv) {
   }
   batched(cols, tokens, reps);
   transposed(cols, reps, bw);
+  if (has_avx2(best_isa())) float_gemm(cols, reps);
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/cpu_gemm_flag.h"
 #include "cli/generation.h"
 #include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
@@ -86,6 +87,7 @@ int cmd_bench(int argc, char** argv) {
       ("h,help", "show this help");
   add_repack_option(opts);
   add_numa_option(opts);
+  add_cpu_gemm_option(opts);
   add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
@@ -116,6 +118,7 @@ int cmd_bench(int argc, char** argv) {
   const int threads = args["threads"].as<int>();
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   const NumaChoice numa = parse_numa_flag(args, args.count("offload") > 0);
+  apply_cpu_gemm_flag(args);
   const std::string isa_flag = args["isa"].as<std::string>();
   const std::optional<KernelIsa> isa = parse_isa(isa_flag);
   if (!isa) throw std::invalid_argument("--isa: '" + isa_flag + "' is not auto, avx512vnni, avx2 or scalar");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/cpu_gemm_flag.h"
 #include "cli/text_input.h"
 #include "cli/generation.h"
 #include "cli/model_tokenizer.h"
@@ -47,6 +48,7 @@ void add_eval_options(cxxopts::Options& opts, const char* model_help) {
       ("h,help", "show this help");
   add_repack_option(opts);
   add_numa_option(opts);
+  add_cpu_gemm_option(opts);
 }
 
 // nullopt-like: returns false after printing help.
@@ -73,6 +75,7 @@ bool parse_eval_flags(cxxopts::Options& opts, int argc, char** argv, size_t n_mo
   f.json = args.count("json") > 0;
   f.load = parse_load_options(args, f.threads);
   f.numa = parse_numa_flag(args);
+  apply_cpu_gemm_flag(args);
   return true;
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/cpu_gemm_flag.h"
 #include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
 #include "cli/generation.h"
@@ -129,6 +130,7 @@ int cmd_prove(int argc, char** argv) {
   opts.add_options("positional")("problem-file", "the problem, a Markdown or text file", cxxopts::value<std::string>());
   opts.parse_positional({"problem-file"});
   add_numa_option(opts);
+  add_cpu_gemm_option(opts);
   add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
@@ -173,6 +175,7 @@ int cmd_prove(int argc, char** argv) {
   const ProofTemplates templates = templates_file.empty() ? ProofTemplates::defaults() : ProofTemplates::load(templates_file);
   const ModelLoadOptions load = parse_load_options(args, threads);
   (void)parse_numa_flag(args, args.count("offload") > 0);  // a bad --numa before the model loads
+  apply_cpu_gemm_flag(args);
 
   std::set<std::string> given = {"templates"};  // the templates in use must always be the run's
   const std::pair<const char*, const char*> flag_keys[] = {

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "cli/cpu_gemm_flag.h"
 #include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
 #include "cli/generation.h"
@@ -62,6 +63,7 @@ int cmd_serve(int argc, char** argv) {
       ("h,help", "show this help");
   add_repack_option(opts);
   add_numa_option(opts);
+  add_cpu_gemm_option(opts);
   add_offload_options(opts);
   const auto args = opts.parse(argc, argv);
   if (args.count("help")) {
@@ -86,6 +88,7 @@ int cmd_serve(int argc, char** argv) {
   so.max_body = size_t(in_range<int64_t>(args, "max-body", 1, int64_t(1) << 40, "must be at least 1 byte"));
   so.http_threads = in_range<int>(args, "http-threads", 0, 65536, "must be between 0 and 65536");
   (void)parse_numa_flag(args, args.count("offload") > 0);  // a bad --numa before the model loads
+  apply_cpu_gemm_flag(args);
   if (so.http_threads == 0) so.http_threads = int(std::min<int64_t>(2 * parallel + 8, 65536));
   so.default_thinking = !args.count("no-thinking");
   so.model_id = model_id_of(model_path);

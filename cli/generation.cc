@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <stdexcept>
 
+#include "cli/cpu_gemm_flag.h"
 #include "cli/model_tokenizer.h"
 #include "cli/offload_flags.h"
 #include "engine/repack.h"
@@ -46,6 +47,7 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
       ("h,help", "show this help");
   add_repack_option(opts);
   add_numa_option(opts);
+  add_cpu_gemm_option(opts);
   add_offload_options(opts);
 }
 
@@ -106,6 +108,7 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
   f.load = parse_load_options(args, f.threads);
   f.offload = parse_offload_flags(args, f.threads, f.context);
   f.numa = parse_numa_flag(args, f.offload.has_value());
+  apply_cpu_gemm_flag(args);
   if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
   return f;
 }

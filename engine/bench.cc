@@ -16,6 +16,7 @@
 #include "engine/numa_experts.h"
 #include "engine/ops.h"
 #include "engine/read_bytes.h"
+#include "quant/onednn_gemm.h"
 #include "quant/weight_matrix.h"
 
 namespace hearth {
@@ -247,6 +248,9 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   report.bandwidth = measure_read_bandwidth(pool, o.bandwidth_bytes);
   report.kernels = isa_name(best_isa());
   if (best_isa() != cpu_isa()) report.kernels += std::string(" (limited; the CPU has ") + isa_name(cpu_isa()) + ")";
+  report.gemm = cpu_gemm_name(cpu_gemm());
+  if (cpu_gemm() == CpuGemm::kOnednn)
+    report.gemm += " (" + onednn_version() + ", float weights from " + std::to_string(kOnednnMinRows) + " rows)";
 
   Forward fwd(model, pool);
   fwd.set_numa_experts(o.numa_experts);
@@ -363,6 +367,7 @@ std::string bench_markdown(const BenchReport& rep) {
          " B embedding row per token\n";
   out += "numa: " + rep.numa + "\n";
   out += "cpu kernels: " + rep.kernels + "\n";
+  out += "cpu gemm: " + rep.gemm + "\n";
   // Offloaded, the CPU's memory wall says nothing about the step (the device reads the
   // resident weights), so the wall columns are left out.
   const bool dev = !rep.device.empty();
@@ -430,6 +435,7 @@ nlohmann::json bench_json(const BenchReport& rep) {
   if (!rep.device.empty()) j["device"] = rep.device;
   j["numa"] = {{"nodes", rep.numa_nodes}, {"summary", rep.numa}};
   j["cpu_kernels"] = rep.kernels;
+  j["cpu_gemm"] = rep.gemm;
   j["model"] = {{"name", m.name},
                 {"size_bytes", m.weight_bytes},
                 {"size_gib", double(m.weight_bytes) / double(uint64_t(1) << 30)},

@@ -14,6 +14,7 @@
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
 #include "quant/numbers.h"
+#include "quant/onednn_gemm.h"
 
 namespace hearth {
 
@@ -193,6 +194,54 @@ HEARTH_AVX2 void matmul_rows_avx2(const WeightMatrix& w, const float* x, int64_t
         y[t * ldy + r] += (acc * unscale) * s;
       }
     }
+  }
+}
+
+// Rows [r0, r1) of w decoded to float, row i at out + i * ld: exactly what dequantize_row
+// gives (the decode is exact and the block scale is applied with one multiply), 8 values
+// per instruction, so a many-token product pays little for turning weights into floats.
+HEARTH_AVX2 void decode_rows_avx2(const WeightMatrix& w, int64_t r0, int64_t r1, float* out, int64_t ld) {
+  const int64_t elem = int64_t(dtype_size(w.dtype));
+  const __m256 unscale = _mm256_set1_ps(simd_unscale(w));
+  for (int64_t r = r0; r < r1; ++r, out += ld) {
+    const char* row = static_cast<const char*>(w.data) + r * w.cols * elem;
+    for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
+      len = chunk_len(w, c0, w.cols);
+      const float s = block_scale(w, r, c0);
+      const __m256 sv = _mm256_set1_ps(s);
+      int64_t i = 0;
+      for (; i + 8 <= len; i += 8) {
+        __m256 v = _mm256_mul_ps(load8(w.dtype, row, c0 + i), unscale);  // exact: a power of two
+        if (s != 1.0f) v = _mm256_mul_ps(v, sv);
+        _mm256_storeu_ps(out + c0 + i, v);
+      }
+      if (i < len) {
+        decode_scalar(w, r, c0 + i, len - i, out + c0 + i);
+        if (s != 1.0f)
+          for (int64_t j = i; j < len; ++j) out[c0 + j] *= s;
+      }
+    }
+  }
+}
+
+// matmul_rows for float weights and many tokens: oneDNN's sgemm on panels of 64 weight rows
+// decoded to float (F32 rows are used in place). Narrower panels starve sgemm's blocking
+// (at 7168 columns, 9-row panels ran at half the rate of 64-row ones); wider ones only
+// grow the scratch (64 x 7168 floats is 1.8 MB).
+void matmul_rows_onednn(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                        int64_t r0, int64_t r1) {
+  if (w.dtype == DType::F32) {
+    onednn_gemm_xwt(n, r1 - r0, w.cols, x, ldx, static_cast<const float*>(w.data) + r0 * w.cols, w.cols, y + r0,
+                    ldy);
+    return;
+  }
+  constexpr int64_t panel = 64;
+  static thread_local std::vector<float> buf;
+  if (buf.size() < size_t(panel * w.cols)) buf.resize(size_t(panel * w.cols));
+  for (int64_t p0 = r0; p0 < r1; p0 += panel) {
+    const int64_t p1 = std::min(r1, p0 + panel);
+    decode_rows_avx2(w, p0, p1, buf.data(), w.cols);
+    onednn_gemm_xwt(n, p1 - p0, w.cols, x, ldx, buf.data(), w.cols, y + p0, ldy);
   }
 }
 
@@ -556,8 +605,28 @@ const char* isa_name(KernelIsa isa) {
 void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
                  int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
   if (is_block_dtype(w.dtype)) return matmul_rows_blocks(w, x, ldx, n, y, ldy, r0, r1, isa);
-  if (has_avx2(resolve_isa(isa))) matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
-  else matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
+  if (!has_avx2(resolve_isa(isa))) return matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
+  if (n >= kOnednnMinRows && cpu_gemm() == CpuGemm::kOnednn) return matmul_rows_onednn(w, x, ldx, n, y, ldy, r0, r1);
+  matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
+}
+
+namespace {
+std::atomic<CpuGemm> g_cpu_gemm{CpuGemm::kKernels};
+}  // namespace
+
+CpuGemm set_cpu_gemm(CpuGemm g) { return g_cpu_gemm.exchange(g); }
+CpuGemm cpu_gemm() { return g_cpu_gemm.load(std::memory_order_relaxed); }
+const char* cpu_gemm_name(CpuGemm g) { return g == CpuGemm::kOnednn ? "onednn" : "kernels"; }
+std::optional<CpuGemm> parse_cpu_gemm(const std::string& name) {
+  if (name == "kernels") return CpuGemm::kKernels;
+  if (name == "onednn") return CpuGemm::kOnednn;
+  return std::nullopt;
+}
+
+void decode_rows(const WeightMatrix& w, int64_t r0, int64_t r1, float* out, int64_t ld, KernelIsa isa) {
+  if (r0 < 0 || r1 > w.rows || r0 > r1) throw std::invalid_argument("decode_rows: rows out of range");
+  if (!is_block_dtype(w.dtype) && has_avx2(resolve_isa(isa))) return decode_rows_avx2(w, r0, r1, out, ld);
+  for (int64_t r = r0; r < r1; ++r) dequantize_row(w, r, 0, w.cols, out + (r - r0) * ld);
 }
 
 void matmul_t_accumulate_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, int64_t ldx,

@@ -62,8 +62,33 @@ inline bool has_avx2(KernelIsa resolved) {
 const char* isa_name(KernelIsa isa);  // "scalar", "avx2", "avx512vnni", "auto"
 
 // y[t * ldy + r] = sum_c x[t * ldx + c] * W(r, c)  for r in [r0, r1), t in [0, n).
+// Under CpuGemm::kOnednn, float weights (F32, BF16, F16, FP8) with n >= kOnednnMinRows go
+// through oneDNN's sgemm on rows decoded to float (quant/onednn_gemm.h) unless isa is
+// kScalar. Block formats always use their own integer kernels.
 void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
                  int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa = KernelIsa::kAuto);
+
+// How matmul_rows multiplies float weights (F32, BF16, F16, FP8) by many activation rows,
+// a process-wide choice (`--cpu-gemm`):
+enum class CpuGemm {
+  // hearth's kernels for every row count: each row's result is bit-identical whatever
+  // rows share the call, so batching and prompt chunking never change a logit.
+  kKernels,
+  // From kOnednnMinRows rows on, oneDNN's sgemm on weight rows decoded to float: 4-8x the
+  // kernels' rate at 64-512 rows (bench/dot_bench's float table), but its summation
+  // order is not the one-row kernel's, so results depend on the batch to rounding.
+  kOnednn,
+};
+constexpr int64_t kOnednnMinRows = 16;  // below, decoding the panel costs more than it saves
+CpuGemm set_cpu_gemm(CpuGemm g);  // returns the previous choice; kKernels at start
+CpuGemm cpu_gemm();
+const char* cpu_gemm_name(CpuGemm g);  // "kernels", "onednn"
+std::optional<CpuGemm> parse_cpu_gemm(const std::string& name);
+
+// Rows [r0, r1) decoded to float, row r at out + (r - r0) * ld: what dequantize_row gives
+// for each whole row (AVX2 for float formats unless isa is kScalar).
+void decode_rows(const WeightMatrix& w, int64_t r0, int64_t r1, float* out, int64_t ld,
+                 KernelIsa isa = KernelIsa::kAuto);
 
 // y[c] += sum_{i < nrows} x[i] * W(row0 + i, c)  for c in [c0, c1): a transposed
 // product over a band of rows (used by absorbed MLA to fold kv_b into the query).

@@ -92,6 +92,7 @@ TEST_CASE("cli bench: -o json has the model, the bandwidth and every test's fiel
   CHECK(j["bandwidth"]["bytes_per_second"].get<double>() > 0);
   CHECK(j["bandwidth"]["threads"] == 2);
   CHECK(j["cpu_kernels"] == hearth::isa_name(hearth::cpu_isa()));
+  CHECK(j["cpu_gemm"] == "kernels");
   REQUIRE(j["tests"].size() == 3);
   std::vector<std::string> names;
   for (const auto& t : j["tests"]) {
@@ -178,6 +179,20 @@ TEST_CASE("cli bench: --isa runs and reports the chosen kernels and refuses what
   }
 }
 
+TEST_CASE("cli bench: --cpu-gemm onednn runs the FP8 prefill through oneDNN and says so") {
+  // The synthetic model is FP8 (as a Hugging Face checkpoint) unless --type says otherwise.
+  const CliRun r = run_hearth("bench --synthetic tiny --cpu-gemm onednn -p 32 -n 2 -r 1 -t 2 -o json");
+  INFO(r.all());
+  REQUIRE(r.code == 0);
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  CHECK(j["model"]["quant"] == "F8_E4M3");
+  const std::string gemm = j["cpu_gemm"];
+  CHECK(gemm.rfind("onednn (oneDNN ", 0) == 0);
+  CHECK(gemm.find("float weights from 16 rows") != std::string::npos);
+  REQUIRE(j["tests"].size() == 2);
+  for (const auto& t : j["tests"]) CHECK(t["mean"].get<double>() > 0);
+}
+
 TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"bench", "exactly one of --model and --synthetic"},
@@ -193,6 +208,7 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
       {"bench --synthetic tiny --set vocab_size", "--set 'vocab_size': expected KEY=JSON"},
       {"bench --synthetic tiny --depth 8 --depth-fill zeros", "--depth-fill: 'zeros' is not prefill or random"},
       {"bench --synthetic tiny --isa sse2", "--isa: 'sse2' is not auto, avx512vnni, avx2 or scalar"},
+      {"bench --synthetic tiny --cpu-gemm blas", "--cpu-gemm: unknown choice 'blas' (expected kernels or onednn)"},
   };
   for (const auto& [args, message] : cases) {
     CAPTURE(args);

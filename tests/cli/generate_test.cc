@@ -176,6 +176,7 @@ TEST_CASE("cli: hearth generate rejects bad input with one line") {
       {"generate" + m + " -p hi --stop ''", "--stop: the stop string is empty"},
       {"generate" + m + " -p hi -f x", "exactly one of -p TEXT or -f FILE"},
       {"generate" + m, "exactly one of -p TEXT or -f FILE"},
+      {"generate" + m + " -p hi --cpu-gemm mkl", "--cpu-gemm: unknown choice 'mkl'"},
       {"generate -p hi", "--model is required"},
   };
   for (const auto& [args, message] : cases) {

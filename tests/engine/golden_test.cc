@@ -10,6 +10,8 @@
 #include <vector>
 
 #include "engine/forward.h"
+#include "quant/weight_matrix.h"
+#include "support/cpu_gemm_scope.h"
 #include "support/golden.h"
 
 namespace engine_golden_suite {
@@ -54,6 +56,21 @@ TEST_CASE("golden tiny-v32: prefill and decode paths match the reference logits"
       check_golden_logits(run(m, pool, g.tokens, true, AttentionPath::kAuto), g, m.config().vocab_size);
     }
   }
+}
+
+TEST_CASE("golden tiny-v32: prefill through oneDNN's sgemm (--cpu-gemm onednn) matches the reference logits") {
+  // The checkpoint is FP8, so every projection of a prefill of kOnednnMinRows tokens or
+  // more goes through oneDNN; the decode path's one-token steps stay on the kernels.
+  hearth::testing::CpuGemmScope onednn(CpuGemm::kOnednn);
+  const Model& m = tiny_model();
+  ThreadPool pool(2);
+  int through_onednn = 0;
+  for (const GoldenCase& g : golden_cases()) {
+    INFO("tokens=" << g.tokens.size());
+    through_onednn += int64_t(g.tokens.size()) >= kOnednnMinRows;
+    check_golden_logits(run(m, pool, g.tokens, false, AttentionPath::kAuto), g, m.config().vocab_size);
+  }
+  CHECK(through_onednn >= 1);
 }
 
 TEST_CASE("golden tiny-v32: forced attention forms agree - absorbed prefill and expanded decode") {

@@ -22,11 +22,14 @@
 #include <vector>
 
 #include "quant/numbers.h"
+#include "quant/onednn_gemm.h"
 #include "quant/weight_matrix.h"
+#include "support/cpu_gemm_scope.h"
 
 namespace quant_weight_matrix_suite {
 
 using namespace hearth;
+using hearth::testing::CpuGemmScope;
 
 namespace {
 
@@ -314,6 +317,74 @@ void check_all_kernels(const TestWeight& tw, Tolerance tol = {}) {
 
 const int64_t kShapes[][2] = {{576, 200}, {7, 13}, {130, 257}, {2, 384}, {5, 1}, {1, 136}};
 
+// 2 x 3 scale blocks, the last row and column ragged. Block (br, bc):
+//   (0,0) all zeros (+0 and -0 codes)        (0,1) all +-448            (0,2) subnormal codes only
+//   (1,0) random codes, denormal scale        (1,1) +-448, denormal scale (1,2) subnormals, huge scale
+TestWeight make_adversarial_fp8() {
+  std::mt19937 rng(99);
+  TestWeight tw;
+  tw.dtype = DType::F8_E4M3;
+  tw.rows = 200;
+  tw.cols = 300;
+  tw.resize();
+  const float denormal = 1e-40f, tiny_denormal = 7 * std::numeric_limits<float>::denorm_min();
+  REQUIRE(std::fpclassify(denormal) == FP_SUBNORMAL);
+  const float huge = 4e36f;  // > FLT_MAX / 256: a kernel folding 2^8 into the scale overflows
+  const float block_scales[2][3] = {{1.0f, 1.0f, 0.75f}, {denormal, tiny_denormal, huge}};
+  for (int br = 0; br < 2; ++br)
+    for (int bc = 0; bc < 3; ++bc) tw.scales[size_t(br * 3 + bc)] = block_scales[br][bc];
+  for (int64_t r = 0; r < tw.rows; ++r)
+    for (int64_t c = 0; c < tw.cols; ++c) {
+      const int kind = int(r / 128) * 3 + int(c / 128);
+      const uint8_t sign = (rng() & 1) ? 0x80 : 0x00;
+      uint8_t code = 0;
+      switch (kind) {
+        case 0: code = sign; break;
+        case 1: case 4: code = uint8_t(sign | 0x7e); break;
+        case 2: case 5: code = uint8_t(sign | (1 + rng() % 7)); break;
+        case 3: code = random_fp8(rng); break;
+      }
+      tw.set_code(r, c, code);
+    }
+  tw.finalize();
+  return tw;
+}
+
+// The oneDNN path of matmul_rows (CpuGemm::kOnednn) over the same checks as the kernels:
+// the double reference, scalar agreement, rows outside the band untouched. 70 tokens and
+// 576 rows also take more than one 64-row panel and a partial one.
+void check_onednn_matmul(const TestWeight& tw) {
+  CpuGemmScope onednn(CpuGemm::kOnednn);
+  for (int64_t n : {kOnednnMinRows, int64_t(70)}) {
+    check_matmul_rows(tw, n, 0, tw.rows);
+    if (tw.rows >= 4) check_matmul_rows(tw, n, tw.rows / 3, tw.rows - tw.rows / 4);
+  }
+}
+
+// decode_rows gives dequantize_row's floats bit for bit, into rows of stride ld, and
+// leaves the padding between them alone.
+void check_decode_rows(const TestWeight& tw) {
+  const WeightMatrix w = tw.view();
+  const int64_t ld = tw.cols + 5;
+  const float sentinel = -777.25f;
+  std::vector<float> want(size_t(tw.cols));
+  for (KernelIsa isa : isas_to_test()) {
+    std::vector<float> got(size_t(tw.rows * ld), sentinel);
+    decode_rows(w, 0, tw.rows, got.data(), ld, isa);
+    int bad = 0;
+    for (int64_t r = 0; r < tw.rows; ++r) {
+      dequantize_row(w, r, 0, tw.cols, want.data());
+      for (int64_t c = 0; c < ld; ++c) {
+        const float g = got[size_t(r * ld + c)];
+        const bool ok = c < tw.cols ? std::bit_cast<uint32_t>(g) == std::bit_cast<uint32_t>(want[size_t(c)])
+                                    : g == sentinel;
+        if (!ok && bad++ < 5) FAIL_CHECK(tw.name() << " " << isa_name(isa) << " decode_rows r=" << r << " c=" << c);
+      }
+    }
+    CHECK_MESSAGE(bad == 0, tw.name() << " " << isa_name(isa) << " decode_rows: " << bad << " bad values");
+  }
+}
+
 }  // namespace
 
 TEST_CASE("weight_matrix: best_isa and kAuto") {
@@ -359,35 +430,7 @@ TEST_CASE("weight_matrix: F8_E4M3 with block sizes other than 128") {
 }
 
 TEST_CASE("weight_matrix: F8_E4M3 adversarial blocks") {
-  // 2 x 3 scale blocks, the last row and column ragged. Block (br, bc):
-  //   (0,0) all zeros (+0 and -0 codes)        (0,1) all +-448            (0,2) subnormal codes only
-  //   (1,0) random codes, denormal scale        (1,1) +-448, denormal scale (1,2) subnormals, huge scale
-  std::mt19937 rng(99);
-  TestWeight tw;
-  tw.dtype = DType::F8_E4M3;
-  tw.rows = 200;
-  tw.cols = 300;
-  tw.resize();
-  const float denormal = 1e-40f, tiny_denormal = 7 * std::numeric_limits<float>::denorm_min();
-  REQUIRE(std::fpclassify(denormal) == FP_SUBNORMAL);
-  const float huge = 4e36f;  // > FLT_MAX / 256: a kernel folding 2^8 into the scale overflows
-  const float block_scales[2][3] = {{1.0f, 1.0f, 0.75f}, {denormal, tiny_denormal, huge}};
-  for (int br = 0; br < 2; ++br)
-    for (int bc = 0; bc < 3; ++bc) tw.scales[size_t(br * 3 + bc)] = block_scales[br][bc];
-  for (int64_t r = 0; r < tw.rows; ++r)
-    for (int64_t c = 0; c < tw.cols; ++c) {
-      const int kind = int(r / 128) * 3 + int(c / 128);
-      const uint8_t sign = (rng() & 1) ? 0x80 : 0x00;
-      uint8_t code = 0;
-      switch (kind) {
-        case 0: code = sign; break;
-        case 1: case 4: code = uint8_t(sign | 0x7e); break;
-        case 2: case 5: code = uint8_t(sign | (1 + rng() % 7)); break;
-        case 3: code = random_fp8(rng); break;
-      }
-      tw.set_code(r, c, code);
-    }
-  tw.finalize();
+  const TestWeight tw = make_adversarial_fp8();
   check_all_kernels(tw);
 
   // Zero blocks contribute exactly zero: a matrix of only block (0,0) gives exact zeros.
@@ -415,6 +458,83 @@ TEST_CASE("weight_matrix: F8_E4M3 adversarial blocks") {
         for (int64_t r = 0; r < 4; ++r) CHECK(ys[size_t(t * 4 + r)] == 448.0f * float(256 - 6 * r));
     }
   }
+}
+
+TEST_CASE("weight_matrix: float weights through oneDNN's sgemm vs double reference") {
+  CHECK(cpu_gemm() == CpuGemm::kKernels);  // the default: batch-independent results
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3})
+    for (const auto& s : kShapes) check_onednn_matmul(make_random(dt, s[0], s[1], 31 + uint32_t(dt)));
+  check_onednn_matmul(make_random(DType::F8_E4M3, 7, 13, 35, 128, false));
+  check_onednn_matmul(make_random(DType::F8_E4M3, 150, 300, 36, 64));
+  check_onednn_matmul(make_adversarial_fp8());
+  CHECK(cpu_gemm() == CpuGemm::kKernels);  // the scopes put it back
+}
+
+TEST_CASE("weight_matrix: onednn_gemm_xwt against a double product with strides") {
+  const int64_t n = 21, rows = 37, k = 150, ldx = k + 3, ldw = k + 7, ldy = rows + 4;
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(size_t(n * ldx), std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> w(size_t(rows * ldw), std::numeric_limits<float>::quiet_NaN());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < k; ++c) x[size_t(t * ldx + c)] = u(rng);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < k; ++c) w[size_t(r * ldw + c)] = u(rng);
+  const float sentinel = 3.5f;
+  std::vector<float> y(size_t(n * ldy), sentinel);
+  onednn_gemm_xwt(n, rows, k, x.data(), ldx, w.data(), ldw, y.data(), ldy);
+  int bad = 0;
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t r = 0; r < ldy; ++r) {
+      const float got = y[size_t(t * ldy + r)];
+      if (r >= rows) {
+        bad += got != sentinel;
+        continue;
+      }
+      double want = 0, mag = 0;
+      for (int64_t c = 0; c < k; ++c) {
+        want += double(x[size_t(t * ldx + c)]) * w[size_t(r * ldw + c)];
+        mag += std::fabs(double(x[size_t(t * ldx + c)]) * w[size_t(r * ldw + c)]);
+      }
+      bad += !(std::fabs(got - want) <= 1e-5 * mag);
+    }
+  CHECK(bad == 0);
+  CHECK(onednn_version().rfind("oneDNN ", 0) == 0);
+}
+
+TEST_CASE("weight_matrix: decode_rows is dequantize_row for every float format") {
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3}) check_decode_rows(make_random(dt, 130, 257, 41));
+  check_decode_rows(make_random(DType::F8_E4M3, 40, 100, 42, 24));
+  check_decode_rows(make_random(DType::F8_E4M3, 7, 13, 43, 128, false));
+  check_decode_rows(make_adversarial_fp8());
+  const TestWeight tw = make_random(DType::BF16, 4, 16, 44);
+  std::vector<float> out(64);
+  CHECK_THROWS_AS(decode_rows(tw.view(), 2, 5, out.data(), 16), std::invalid_argument);
+}
+
+TEST_CASE("weight_matrix: CpuGemm kernels keep a token's float result independent of the batch") {
+  // The property --cpu-gemm kernels promises (and oneDNN does not): each row of a 40-token
+  // product is bit for bit the one-token product of that row.
+  CpuGemmScope kernels(CpuGemm::kKernels);
+  for (DType dt : {DType::BF16, DType::F8_E4M3}) {
+    const TestWeight tw = make_random(dt, 70, 300, 51);
+    const int64_t n = 40;
+    std::mt19937 rng(52);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> x(size_t(n * tw.cols)), all(size_t(n * tw.rows)), one(size_t(tw.rows));
+    for (float& v : x) v = u(rng);
+    matmul_rows(tw.view(), x.data(), tw.cols, n, all.data(), tw.rows, 0, tw.rows);
+    int differ = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      matmul_rows(tw.view(), x.data() + t * tw.cols, tw.cols, 1, one.data(), tw.rows, 0, tw.rows);
+      differ += std::memcmp(one.data(), all.data() + t * tw.rows, one.size() * sizeof(float)) != 0;
+    }
+    CHECK_MESSAGE(differ == 0, dtype_name(dt) << ": " << differ << " tokens differ from their one-token product");
+  }
+  CHECK(parse_cpu_gemm("onednn") == CpuGemm::kOnednn);
+  CHECK(parse_cpu_gemm("kernels") == CpuGemm::kKernels);
+  CHECK_FALSE(parse_cpu_gemm("blas").has_value());
+  CHECK(std::string(cpu_gemm_name(CpuGemm::kOnednn)) == "onednn");
 }
 
 }  // namespace quant_weight_matrix_suite
