@@ -15,7 +15,8 @@
 // And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
 // one activation row), in GB/s of weights.
 // Then float weights (F32, BF16, F16, FP8 with 128x128 block scales: a Hugging Face
-// checkpoint as it loads) times 16, 64 and 512 activation rows, with hearth's kernels and
+// checkpoint as it loads): M MiB of rows against one activation row (decode), in GB/s;
+// and times 16, 64 and 512 activation rows, with hearth's kernels and
 // with oneDNN's sgemm (CpuGemm, `--cpu-gemm`), in GMAC/s.
 #include <immintrin.h>
 
@@ -161,6 +162,43 @@ void transposed(int64_t cols, int reps, double bw) {
     }
     const double gbs = double(row_bytes * rows) / best / 1e9;
     std::printf("%-6s %7lld %10.2f %5.1f%%\n", std::string(f.name).c_str(), static_cast<long long>(rows), gbs, 100 * gbs / bw);
+  }
+}
+
+// GB/s of the one-token product (decode) on float weights: M MiB of rows streamed from
+// memory like the block formats' table, against one activation row.
+void float_decode(int64_t cols, double mb, int reps, double bw) {
+  std::printf("\nfloat weights, one activation row (decode), single thread\n");
+  std::printf("%-8s %9s %7s %11s %6s\n", "format", "row bytes", "rows", "GB/s", "% bw");
+  std::mt19937 rng(4);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
+    const int64_t elem = int64_t(dtype_size(dt)), row_bytes = cols * elem;
+    const int64_t rows = std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes);
+    std::vector<uint8_t> data(size_t(rows * row_bytes));
+    for (size_t i = 0; i < data.size(); i += size_t(elem)) {
+      const float v = gauss(rng);
+      if (dt == DType::F32) std::memcpy(&data[i], &v, 4);
+      else if (dt == DType::F8_E4M3) data[i] = f32_to_fp8_e4m3(v);
+      else {
+        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        std::memcpy(&data[i], &h, 2);
+      }
+    }
+    std::vector<float> scales(size_t(((rows + 127) / 128) * ((cols + 127) / 128)), 0.01f);
+    WeightMatrix m{dt, rows, cols, data.data()};
+    if (dt == DType::F8_E4M3) m.scale = scales.data();
+    std::vector<float> x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
+    for (float& v : x) v = gauss(rng);
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const double t0 = now();
+      matmul_rows(m, x.data(), cols, 1, y.data(), rows, 0, rows);
+      best = std::min(best, now() - t0);
+    }
+    const double gbs = double(rows * row_bytes) / best / 1e9;
+    std::printf("%-8s %9lld %7lld %11.2f %5.1f%%\n", std::string(dtype_name(dt)).c_str(),
+                static_cast<long long>(row_bytes), static_cast<long long>(rows), gbs, 100 * gbs / bw);
   }
 }
 
@@ -317,6 +355,7 @@ int run(int argc, char** argv) {
   }
   batched(cols, tokens, reps);
   transposed(cols, reps, bw);
+  float_decode(cols, mb, reps, bw);
   if (has_avx2(best_isa())) float_gemm(cols, reps);
   return 0;
 }

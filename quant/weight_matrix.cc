@@ -20,7 +20,7 @@ namespace hearth {
 
 namespace {
 
-constexpr int64_t kChunk = 128;  // columns decoded at a time (= the FP8 scale block)
+constexpr int64_t kChunk = 128;  // columns decoded at a time (= the FP8 scale block); a power of two
 
 inline float block_scale(const WeightMatrix& w, int64_t r, int64_t c) {
   if (w.dtype != DType::F8_E4M3 || !w.scale) return 1.0f;
@@ -103,9 +103,13 @@ void matmul_t_scalar(const WeightMatrix& w, int64_t row0, int64_t nrows, const f
 
 #define HEARTH_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-// Decodes 8 weights at p + i to floats. FP8 goes through half precision: shifting the
-// e4m3 bits into an fp16 pattern gives the same value times 2^-8 for normal and
-// subnormal inputs alike, so one multiply (folded into the block scale) restores it.
+// Decodes 8 weights at p + i to floats. FP8 goes through half precision and gives its
+// value times 2^-8 (the kernels undo that on partial sums, see simd_unscale): with the
+// code in the high byte of a 16-bit lane, an arithmetic shift right by one puts exponent
+// and mantissa where fp16 has them (the exponent biases are 7 and 15) and copies the sign
+// into bit 14, which the mask clears. vcvtph2ps then handles subnormal codes like the
+// rest; building float bits directly would make float denormals there, and multiplying
+// those costs a microcode assist per vector on this machine's cores.
 HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
   switch (dt) {
     case DType::F32: return _mm256_loadu_ps(static_cast<const float*>(p) + i);
@@ -118,15 +122,21 @@ HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
       return _mm256_cvtph_ps(h);
     }
     case DType::F8_E4M3: {
-      __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i));
-      __m128i w = _mm_cvtepu8_epi16(b);
-      __m128i sign = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8);
-      __m128i mag = _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x7f)), 7);
-      return _mm256_cvtph_ps(_mm_or_si128(sign, mag));
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i));
+      const __m128i h = _mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), b), 1);
+      return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(int16_t(0xbfff))));
     }
     default: break;  // block formats: not decoded 8 at a time
   }
   return _mm256_setzero_ps();
+}
+
+// load8 for 16 FP8 codes at p + i: the same floats, with the widening done once.
+HEARTH_AVX2 inline void load16_fp8(const void* p, int64_t i, __m256& lo, __m256& hi) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i));
+  const __m128i z = _mm_setzero_si128(), mask = _mm_set1_epi16(int16_t(0xbfff));
+  lo = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(z, b), 1), mask));
+  hi = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(z, b), 1), mask));
 }
 
 HEARTH_AVX2 inline float hsum(__m256 v) {
@@ -141,8 +151,101 @@ HEARTH_AVX2 inline float hsum(__m256 v) {
 // (> FLT_MAX / 256) cannot overflow where the true product does not.
 inline float simd_unscale(const WeightMatrix& w) { return w.dtype == DType::F8_E4M3 ? 256.0f : 1.0f; }
 
+// Weights are streamed this many bytes ahead of the chunk being dotted, as the block
+// kernels do (quant/dot_kernels.inc): one core's sequential stream did not keep enough
+// lines in flight without it (FP8 decode, perf: most samples on the loads).
+constexpr int64_t kFloatPrefetchBytes = 4096;
+
+// matmul_rows for one activation row (decode) over rows [r, r + R), dtype fixed at
+// compile time so the decode of each 8 weights is branch-free. Per row and 128-column
+// chunk: two accumulators over 16-column steps, an 8-column step, the horizontal sum, a
+// scalar tail, then the chunk's scale: exactly the operations of the many-row loop in
+// matmul_rows_avx2 on its staged chunk, so a token's result is the same bits alone or
+// in a batch. R rows go through each chunk together only for instruction-level
+// parallelism: one row's two FMA chains and its horizontal sum left the core mostly
+// waiting on their latency (about 3.5 GB/s of FP8 per core); R rows give 2R independent
+// chains and load each activation vector once for all of them.
+template <DType D, int R>
+HEARTH_AVX2 void matvec_rows_avx2(const WeightMatrix& w, const float* x, float* y, int64_t r) {
+  constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
+  const float unscale = simd_unscale(w);
+  // The chunks and their scales are walked incrementally: chunk_len and block_scale
+  // divide by the block size, which costs more than the chunk's arithmetic.
+  const bool scaled = D == DType::F8_E4M3 && w.scale;
+  const char* row[R];
+  const float* scale[R];
+  float out[R];
+  for (int k = 0; k < R; ++k) {
+    row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * elem;
+    scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
+    out[k] = 0.0f;
+  }
+  int64_t block_end = scaled ? w.block : w.cols, block_col = 0;
+  for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
+    len = std::min({kChunk - (c0 & (kChunk - 1)), w.cols - c0, block_end - c0});
+    // Past a row's end too: rows are contiguous, and a prefetch never faults.
+    for (int k = 0; k < R; ++k)
+      for (int64_t b = 0; b < len * elem; b += 64)
+        _mm_prefetch(row[k] + c0 * elem + b + kFloatPrefetchBytes, _MM_HINT_T0);
+    const int64_t vec = len & ~int64_t(7);
+    const float* xt = x + c0;
+    __m256 acc0[R], acc1[R];
+    for (int k = 0; k < R; ++k) acc0[k] = acc1[k] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= vec; i += 16) {
+      const __m256 x0 = _mm256_loadu_ps(xt + i), x1 = _mm256_loadu_ps(xt + i + 8);
+      for (int k = 0; k < R; ++k) {
+        __m256 w0, w1;
+        if constexpr (D == DType::F8_E4M3) {
+          load16_fp8(row[k], c0 + i, w0, w1);
+        } else {
+          w0 = load8(D, row[k], c0 + i);
+          w1 = load8(D, row[k], c0 + i + 8);
+        }
+        acc0[k] = _mm256_fmadd_ps(w0, x0, acc0[k]);
+        acc1[k] = _mm256_fmadd_ps(w1, x1, acc1[k]);
+      }
+    }
+    for (; i < vec; i += 8) {
+      const __m256 x0 = _mm256_loadu_ps(xt + i);
+      for (int k = 0; k < R; ++k) acc0[k] = _mm256_fmadd_ps(load8(D, row[k], c0 + i), x0, acc0[k]);
+    }
+    for (int k = 0; k < R; ++k) {
+      float acc = hsum(_mm256_add_ps(acc0[k], acc1[k]));
+      if (i < len) {
+        float tail[8];
+        decode_scalar(w, r + k, c0 + i, len - i, tail);
+        const float undo = D == DType::F8_E4M3 ? 1.0f / 256.0f : 1.0f;
+        for (int64_t j = 0; j < len - i; ++j) acc += tail[j] * undo * xt[i + j];
+      }
+      out[k] += (acc * unscale) * (scaled ? scale[k][block_col] : 1.0f);
+    }
+    if (c0 + len == block_end) {
+      block_end += w.block;
+      ++block_col;
+    }
+  }
+  for (int k = 0; k < R; ++k) y[r + k] = out[k];
+}
+
+template <DType D>
+HEARTH_AVX2 void matvec_avx2(const WeightMatrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) matvec_rows_avx2<D, 4>(w, x, y, r);
+  for (; r < r1; ++r) matvec_rows_avx2<D, 1>(w, x, y, r);
+}
+
 HEARTH_AVX2 void matmul_rows_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n,
                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  if (n == 1) {
+    switch (w.dtype) {
+      case DType::F32: return matvec_avx2<DType::F32>(w, x, y, r0, r1);
+      case DType::BF16: return matvec_avx2<DType::BF16>(w, x, y, r0, r1);
+      case DType::F16: return matvec_avx2<DType::F16>(w, x, y, r0, r1);
+      case DType::F8_E4M3: return matvec_avx2<DType::F8_E4M3>(w, x, y, r0, r1);
+      default: break;
+    }
+  }
   alignas(32) float buf[kChunk];
   const int64_t elem = int64_t(dtype_size(w.dtype));
   const float unscale = simd_unscale(w);
@@ -153,26 +256,6 @@ HEARTH_AVX2 void matmul_rows_avx2(const WeightMatrix& w, const float* x, int64_t
       len = chunk_len(w, c0, w.cols);
       const int64_t vec = len & ~int64_t(7);
       const float s = block_scale(w, r, c0);
-      if (n == 1) {  // decode: fuse decode and dot, no staging buffer
-        const float* xt = x + c0;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= vec; i += 16) {
-          acc0 = _mm256_fmadd_ps(load8(w.dtype, row, c0 + i), _mm256_loadu_ps(xt + i), acc0);
-          acc1 = _mm256_fmadd_ps(load8(w.dtype, row, c0 + i + 8), _mm256_loadu_ps(xt + i + 8), acc1);
-        }
-        for (; i < vec; i += 8)
-          acc0 = _mm256_fmadd_ps(load8(w.dtype, row, c0 + i), _mm256_loadu_ps(xt + i), acc0);
-        float acc = hsum(_mm256_add_ps(acc0, acc1));
-        if (i < len) {
-          float tail[8];
-          decode_scalar(w, r, c0 + i, len - i, tail);
-          const float undo = w.dtype == DType::F8_E4M3 ? 1.0f / 256.0f : 1.0f;
-          for (int64_t j = 0; j < len - i; ++j) acc += tail[j] * undo * xt[i + j];
-        }
-        y[r] += (acc * unscale) * s;
-        continue;
-      }
       for (int64_t i = 0; i < vec; i += 8) _mm256_store_ps(buf + i, load8(w.dtype, row, c0 + i));
       if (vec < len) {
         decode_scalar(w, r, c0 + vec, len - vec, buf + vec);

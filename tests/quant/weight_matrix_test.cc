@@ -515,9 +515,14 @@ TEST_CASE("weight_matrix: decode_rows is dequantize_row for every float format")
 TEST_CASE("weight_matrix: CpuGemm kernels keep a token's float result independent of the batch") {
   // The property --cpu-gemm kernels promises (and oneDNN does not): each row of a 40-token
   // product is bit for bit the one-token product of that row.
+  // 70 rows: the one-token kernel's four-row groups and two single rows; FP8 also with
+  // 200-column scale blocks, which its chunk walk must follow, and without scales.
   CpuGemmScope kernels(CpuGemm::kKernels);
-  for (DType dt : {DType::BF16, DType::F8_E4M3}) {
-    const TestWeight tw = make_random(dt, 70, 300, 51);
+  std::vector<TestWeight> weights;
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3}) weights.push_back(make_random(dt, 70, 300, 51));
+  weights.push_back(make_random(DType::F8_E4M3, 70, 450, 53, 200));
+  weights.push_back(make_random(DType::F8_E4M3, 70, 300, 54, 128, false));
+  for (const TestWeight& tw : weights) {
     const int64_t n = 40;
     std::mt19937 rng(52);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -529,7 +534,7 @@ TEST_CASE("weight_matrix: CpuGemm kernels keep a token's float result independen
       matmul_rows(tw.view(), x.data() + t * tw.cols, tw.cols, 1, one.data(), tw.rows, 0, tw.rows);
       differ += std::memcmp(one.data(), all.data() + t * tw.rows, one.size() * sizeof(float)) != 0;
     }
-    CHECK_MESSAGE(differ == 0, dtype_name(dt) << ": " << differ << " tokens differ from their one-token product");
+    CHECK_MESSAGE(differ == 0, tw.name() << ": " << differ << " tokens differ from their one-token product");
   }
   CHECK(parse_cpu_gemm("onednn") == CpuGemm::kOnednn);
   CHECK(parse_cpu_gemm("kernels") == CpuGemm::kKernels);
