@@ -157,17 +157,16 @@ inline float simd_unscale(const WeightMatrix& w) { return w.dtype == DType::F8_E
 // expert), and there the whole FP8 model decodes 15-25 % faster with it.
 constexpr int64_t kFloatPrefetchBytes = 4096;
 
-// matmul_rows for one activation row (decode) over rows [r, r + R), dtype fixed at
-// compile time so the decode of each 8 weights is branch-free. Per row and 128-column
-// chunk: two accumulators over 16-column steps, an 8-column step, the horizontal sum, a
-// scalar tail, then the chunk's scale: exactly the operations of the many-row loop in
-// matmul_rows_avx2 on its staged chunk, so a token's result is the same bits alone or
-// in a batch. R rows go through each chunk together only for instruction-level
-// parallelism: one row's two FMA chains and its horizontal sum left the core mostly
-// waiting on their latency (about 3.5 GB/s of FP8 per core); R rows give 2R independent
-// chains and load each activation vector once for all of them.
-template <DType D, int R>
-HEARTH_AVX2 void matvec_rows_avx2(const WeightMatrix& w, const float* x, float* y, int64_t r) {
+// The float kernels' product of rows [r, r + R) with activation rows [t, t + T): each
+// weight chunk is widened once for the T tokens and each activation vector loaded once
+// for the R rows, with 2 R T independent FMA chains. Per (row, token) and 128-column
+// chunk the operations never change: two accumulators over 16-column steps, an 8-column
+// step, the horizontal sum, a scalar tail, then the chunk's scale added to the result.
+// So a token's result is the same bits whatever R and T it went through, alone or in a
+// batch. The dtype is a template parameter so widening 8 weights is branch-free; decode
+// uses R = 4, T = 1 and batches R = 1, T = 4 (a weight chunk widened once per 4 tokens).
+template <DType D, int R, int T>
+HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
   constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
   const float unscale = simd_unscale(w);
   // The chunks and their scales are walked incrementally: chunk_len and block_scale
@@ -175,11 +174,11 @@ HEARTH_AVX2 void matvec_rows_avx2(const WeightMatrix& w, const float* x, float* 
   const bool scaled = D == DType::F8_E4M3 && w.scale;
   const char* row[R];
   const float* scale[R];
-  float out[R];
+  float out[R][T];
   for (int k = 0; k < R; ++k) {
     row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * elem;
     scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
-    out[k] = 0.0f;
+    for (int t = 0; t < T; ++t) out[k][t] = 0.0f;
   }
   int64_t block_end = scaled ? w.block : w.cols, block_col = 0;
   for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
@@ -189,95 +188,100 @@ HEARTH_AVX2 void matvec_rows_avx2(const WeightMatrix& w, const float* x, float* 
       for (int64_t b = 0; b < len * elem; b += 64)
         _mm_prefetch(row[k] + c0 * elem + b + kFloatPrefetchBytes, _MM_HINT_T0);
     const int64_t vec = len & ~int64_t(7);
-    const float* xt = x + c0;
-    __m256 acc0[R], acc1[R];
-    for (int k = 0; k < R; ++k) acc0[k] = acc1[k] = _mm256_setzero_ps();
+    __m256 acc0[R][T], acc1[R][T];
+    for (int k = 0; k < R; ++k)
+      for (int t = 0; t < T; ++t) acc0[k][t] = acc1[k][t] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= vec; i += 16) {
-      const __m256 x0 = _mm256_loadu_ps(xt + i), x1 = _mm256_loadu_ps(xt + i + 8);
+      __m256 w0[R], w1[R];
       for (int k = 0; k < R; ++k) {
-        __m256 w0, w1;
         if constexpr (D == DType::F8_E4M3) {
-          load16_fp8(row[k], c0 + i, w0, w1);
+          load16_fp8(row[k], c0 + i, w0[k], w1[k]);
         } else {
-          w0 = load8(D, row[k], c0 + i);
-          w1 = load8(D, row[k], c0 + i + 8);
+          w0[k] = load8(D, row[k], c0 + i);
+          w1[k] = load8(D, row[k], c0 + i + 8);
         }
-        acc0[k] = _mm256_fmadd_ps(w0, x0, acc0[k]);
-        acc1[k] = _mm256_fmadd_ps(w1, x1, acc1[k]);
+      }
+      for (int t = 0; t < T; ++t) {
+        const float* xt = x + t * ldx + c0 + i;
+        const __m256 x0 = _mm256_loadu_ps(xt), x1 = _mm256_loadu_ps(xt + 8);
+        for (int k = 0; k < R; ++k) {
+          acc0[k][t] = _mm256_fmadd_ps(w0[k], x0, acc0[k][t]);
+          acc1[k][t] = _mm256_fmadd_ps(w1[k], x1, acc1[k][t]);
+        }
       }
     }
     for (; i < vec; i += 8) {
-      const __m256 x0 = _mm256_loadu_ps(xt + i);
-      for (int k = 0; k < R; ++k) acc0[k] = _mm256_fmadd_ps(load8(D, row[k], c0 + i), x0, acc0[k]);
+      __m256 w0[R];
+      for (int k = 0; k < R; ++k) w0[k] = load8(D, row[k], c0 + i);
+      for (int t = 0; t < T; ++t) {
+        const __m256 x0 = _mm256_loadu_ps(x + t * ldx + c0 + i);
+        for (int k = 0; k < R; ++k) acc0[k][t] = _mm256_fmadd_ps(w0[k], x0, acc0[k][t]);
+      }
     }
     for (int k = 0; k < R; ++k) {
-      float acc = hsum(_mm256_add_ps(acc0[k], acc1[k]));
+      float tail[8];
       if (i < len) {
-        float tail[8];
         decode_scalar(w, r + k, c0 + i, len - i, tail);
-        const float undo = D == DType::F8_E4M3 ? 1.0f / 256.0f : 1.0f;
-        for (int64_t j = 0; j < len - i; ++j) acc += tail[j] * undo * xt[i + j];
+        if (D == DType::F8_E4M3)
+          for (int64_t j = 0; j < len - i; ++j) tail[j] *= 1.0f / 256.0f;
       }
-      out[k] += (acc * unscale) * (scaled ? scale[k][block_col] : 1.0f);
+      const float s = scaled ? scale[k][block_col] : 1.0f;
+      for (int t = 0; t < T; ++t) {
+        float acc = hsum(_mm256_add_ps(acc0[k][t], acc1[k][t]));
+        const float* xt = x + t * ldx + c0;
+        for (int64_t j = i; j < len; ++j) acc += tail[j - i] * xt[j];
+        out[k][t] += (acc * unscale) * s;
+      }
     }
     if (c0 + len == block_end) {
       block_end += w.block;
       ++block_col;
     }
   }
-  for (int k = 0; k < R; ++k) y[r + k] = out[k];
+  for (int k = 0; k < R; ++k)
+    for (int t = 0; t < T; ++t) y[t * ldy + r + k] = out[k][t];
 }
 
+// Rows [r0, r1) times n activation rows through dot_tile_avx2: one token four rows at a
+// time, more tokens four (then the last one to three) at a time per row.
 template <DType D>
-HEARTH_AVX2 void matvec_avx2(const WeightMatrix& w, const float* x, float* y, int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) matvec_rows_avx2<D, 4>(w, x, y, r);
-  for (; r < r1; ++r) matvec_rows_avx2<D, 1>(w, x, y, r);
+HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
+                                        int64_t ldy, int64_t r0, int64_t r1) {
+  if (n == 1) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) dot_tile_avx2<D, 4, 1>(w, x, ldx, y, ldy, r);
+    for (; r < r1; ++r) dot_tile_avx2<D, 1, 1>(w, x, ldx, y, ldy, r);
+    return;
+  }
+  // Blocks of rows small enough to stay in L2 while every group of four tokens passes over
+  // them: the weights are then read from memory once and the four tokens' activations
+  // come from L1, where a token-group-outer order streams all n activation rows from L3
+  // once per weight row.
+  const int64_t row_bytes = w.cols * int64_t(dtype_size(D));
+  const int64_t block = std::max<int64_t>(1, (int64_t(256) << 10) / std::max<int64_t>(1, row_bytes));
+  for (int64_t b0 = r0; b0 < r1; b0 += block) {
+    const int64_t b1 = std::min(r1, b0 + block);
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4)
+      for (int64_t r = b0; r < b1; ++r) dot_tile_avx2<D, 1, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+    for (int64_t r = b0; r < b1; ++r) switch (n - t) {
+        case 3: dot_tile_avx2<D, 1, 3>(w, x + t * ldx, ldx, y + t * ldy, ldy, r); break;
+        case 2: dot_tile_avx2<D, 1, 2>(w, x + t * ldx, ldx, y + t * ldy, ldy, r); break;
+        case 1: dot_tile_avx2<D, 1, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r); break;
+        default: break;
+      }
+  }
 }
 
 HEARTH_AVX2 void matmul_rows_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n,
                                   float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  if (n == 1) {
-    switch (w.dtype) {
-      case DType::F32: return matvec_avx2<DType::F32>(w, x, y, r0, r1);
-      case DType::BF16: return matvec_avx2<DType::BF16>(w, x, y, r0, r1);
-      case DType::F16: return matvec_avx2<DType::F16>(w, x, y, r0, r1);
-      case DType::F8_E4M3: return matvec_avx2<DType::F8_E4M3>(w, x, y, r0, r1);
-      default: break;
-    }
-  }
-  alignas(32) float buf[kChunk];
-  const int64_t elem = int64_t(dtype_size(w.dtype));
-  const float unscale = simd_unscale(w);
-  for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t t = 0; t < n; ++t) y[t * ldy + r] = 0.0f;
-    const char* row = static_cast<const char*>(w.data) + r * w.cols * elem;
-    for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
-      len = chunk_len(w, c0, w.cols);
-      const int64_t vec = len & ~int64_t(7);
-      const float s = block_scale(w, r, c0);
-      for (int64_t i = 0; i < vec; i += 8) _mm256_store_ps(buf + i, load8(w.dtype, row, c0 + i));
-      if (vec < len) {
-        decode_scalar(w, r, c0 + vec, len - vec, buf + vec);
-        if (w.dtype == DType::F8_E4M3)
-          for (int64_t j = vec; j < len; ++j) buf[j] *= 1.0f / 256.0f;
-      }
-      for (int64_t t = 0; t < n; ++t) {
-        const float* xt = x + t * ldx + c0;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 16 <= vec; i += 16) {
-          acc0 = _mm256_fmadd_ps(_mm256_load_ps(buf + i), _mm256_loadu_ps(xt + i), acc0);
-          acc1 = _mm256_fmadd_ps(_mm256_load_ps(buf + i + 8), _mm256_loadu_ps(xt + i + 8), acc1);
-        }
-        for (; i < vec; i += 8)
-          acc0 = _mm256_fmadd_ps(_mm256_load_ps(buf + i), _mm256_loadu_ps(xt + i), acc0);
-        float acc = hsum(_mm256_add_ps(acc0, acc1));
-        for (; i < len; ++i) acc += buf[i] * xt[i];
-        y[t * ldy + r] += (acc * unscale) * s;
-      }
-    }
+  switch (w.dtype) {
+    case DType::F32: return matmul_rows_float_avx2<DType::F32>(w, x, ldx, n, y, ldy, r0, r1);
+    case DType::BF16: return matmul_rows_float_avx2<DType::BF16>(w, x, ldx, n, y, ldy, r0, r1);
+    case DType::F16: return matmul_rows_float_avx2<DType::F16>(w, x, ldx, n, y, ldy, r0, r1);
+    case DType::F8_E4M3: return matmul_rows_float_avx2<DType::F8_E4M3>(w, x, ldx, n, y, ldy, r0, r1);
+    default: break;  // block formats have their own kernels (matmul_rows_blocks)
   }
 }
 
