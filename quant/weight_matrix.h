@@ -74,7 +74,7 @@ enum class CpuGemm {
   // hearth's kernels for every row count: each row's result is bit-identical whatever
   // rows share the call, so batching and prompt chunking never change a logit.
   kKernels,
-  // From kOnednnMinRows rows on, oneDNN's sgemm on weight rows decoded to float: 4-8x the
+  // From kOnednnMinRows rows on, oneDNN's sgemm on weight rows decoded to float: 2-4x the
   // kernels' rate at 64-512 rows (bench/dot_bench's float table), but its summation
   // order is not the one-row kernel's, so results depend on the batch to rounding.
   kOnednn,
