@@ -165,6 +165,34 @@ void transposed(int64_t cols, int reps, double bw) {
   }
 }
 
+// A rows x cols weight in a float format (F32, BF16, F16, or FP8 with 128x128 block
+// scales of 0.01, as a Hugging Face checkpoint loads) holding normally distributed values.
+struct FloatWeight {
+  std::vector<uint8_t> data;
+  std::vector<float> scales;
+  WeightMatrix view;
+};
+
+FloatWeight random_float_weight(DType dt, int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  const int64_t elem = int64_t(dtype_size(dt));
+  FloatWeight f;
+  f.data.resize(size_t(rows * cols * elem));
+  for (size_t i = 0; i < f.data.size(); i += size_t(elem)) {
+    const float v = gauss(rng);
+    if (dt == DType::F32) std::memcpy(&f.data[i], &v, 4);
+    else if (dt == DType::F8_E4M3) f.data[i] = f32_to_fp8_e4m3(v);
+    else {
+      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+      std::memcpy(&f.data[i], &h, 2);
+    }
+  }
+  f.scales.assign(size_t(((rows + 127) / 128) * ((cols + 127) / 128)), 0.01f);
+  f.view = WeightMatrix{dt, rows, cols, f.data.data()};
+  if (dt == DType::F8_E4M3) f.view.scale = f.scales.data();
+  return f;
+}
+
 // GB/s of the one-token product (decode) on float weights: M MiB of rows streamed from
 // memory like the block formats' table, against one activation row.
 void float_decode(int64_t cols, double mb, int reps, double bw) {
@@ -173,27 +201,15 @@ void float_decode(int64_t cols, double mb, int reps, double bw) {
   std::mt19937 rng(4);
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
-    const int64_t elem = int64_t(dtype_size(dt)), row_bytes = cols * elem;
+    const int64_t row_bytes = cols * int64_t(dtype_size(dt));
     const int64_t rows = std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes);
-    std::vector<uint8_t> data(size_t(rows * row_bytes));
-    for (size_t i = 0; i < data.size(); i += size_t(elem)) {
-      const float v = gauss(rng);
-      if (dt == DType::F32) std::memcpy(&data[i], &v, 4);
-      else if (dt == DType::F8_E4M3) data[i] = f32_to_fp8_e4m3(v);
-      else {
-        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(v) : f32_to_f16(v);
-        std::memcpy(&data[i], &h, 2);
-      }
-    }
-    std::vector<float> scales(size_t(((rows + 127) / 128) * ((cols + 127) / 128)), 0.01f);
-    WeightMatrix m{dt, rows, cols, data.data()};
-    if (dt == DType::F8_E4M3) m.scale = scales.data();
+    const FloatWeight m = random_float_weight(dt, rows, cols, rng);
     std::vector<float> x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
     for (float& v : x) v = gauss(rng);
     double best = 1e30;
     for (int r = 0; r < reps; ++r) {
       const double t0 = now();
-      matmul_rows(m, x.data(), cols, 1, y.data(), rows, 0, rows);
+      matmul_rows(m.view, x.data(), cols, 1, y.data(), rows, 0, rows);
       best = std::min(best, now() - t0);
     }
     const double gbs = double(rows * row_bytes) / best / 1e9;
@@ -202,30 +218,16 @@ void float_decode(int64_t cols, double mb, int reps, double bw) {
   }
 }
 
-// GMAC/s of matmul_rows on float weights (8 MiB of FP8 codes' worth of rows, 4-byte
-// storage) for a few activation row counts, CpuGemm::kKernels against kOnednn.
+// GMAC/s of matmul_rows on float weights (8 MiB / cols rows, at least 64) for a few
+// activation row counts, CpuGemm::kKernels against kOnednn.
 void float_gemm(int64_t cols, int reps) {
   std::printf("\nfloat weights times many rows, single thread (GMAC/s): kernels / %s\n", onednn_version().c_str());
   std::printf("%-8s %6s %19s %19s %19s\n", "format", "rows", "16 rows", "64 rows", "512 rows");
   std::mt19937 rng(3);
-  std::uniform_int_distribution<int> code(0, 0x7e);  // finite FP8 codes, and small BF16/F16/F32 bit patterns
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (DType dt : {DType::F32, DType::BF16, DType::F16, DType::F8_E4M3}) {
     const int64_t rows = std::max<int64_t>(64, (int64_t(8) << 20) / cols);
-    std::vector<float> storage(size_t(rows * cols));  // 4 bytes per value: room for any of the four
-    auto* bytes = reinterpret_cast<uint8_t*>(storage.data());
-    const int64_t elem = int64_t(dtype_size(dt));
-    for (int64_t i = 0; i < rows * cols; ++i) {
-      if (dt == DType::F32) storage[size_t(i)] = gauss(rng);
-      else if (dt == DType::F8_E4M3) bytes[i] = uint8_t(code(rng) | (rng() & 0x80));
-      else {
-        const uint16_t h = dt == DType::BF16 ? f32_to_bf16(gauss(rng)) : f32_to_f16(gauss(rng));
-        std::memcpy(bytes + i * elem, &h, 2);
-      }
-    }
-    std::vector<float> scales(size_t(((rows + 127) / 128) * ((cols + 127) / 128)), 0.01f);
-    WeightMatrix m{dt, rows, cols, storage.data()};
-    if (dt == DType::F8_E4M3) m.scale = scales.data();
+    const FloatWeight m = random_float_weight(dt, rows, cols, rng);
     std::printf("%-8s %6lld", std::string(dtype_name(dt)).c_str(), static_cast<long long>(rows));
     for (int64_t n : {16, 64, 512}) {
       std::vector<float> x(size_t(n * cols)), y(size_t(n * rows));
@@ -236,7 +238,7 @@ void float_gemm(int64_t cols, int reps) {
         double best = 1e30;
         for (int r = 0; r < reps; ++r) {
           const double t0 = now();
-          matmul_rows(m, x.data(), cols, n, y.data(), rows, 0, rows);
+          matmul_rows(m.view, x.data(), cols, n, y.data(), rows, 0, rows);
           best = std::min(best, now() - t0);
         }
         set_cpu_gemm(previous);

@@ -20,7 +20,8 @@ namespace hearth {
 
 namespace {
 
-constexpr int64_t kChunk = 128;  // columns decoded at a time (= the FP8 scale block); a power of two
+constexpr int64_t kChunk = 128;  // columns decoded at a time (= the FP8 scale block)
+static_assert((kChunk & (kChunk - 1)) == 0, "dot_tile_avx2 finds chunk ends with a mask");
 
 inline float block_scale(const WeightMatrix& w, int64_t r, int64_t c) {
   if (w.dtype != DType::F8_E4M3 || !w.scale) return 1.0f;
