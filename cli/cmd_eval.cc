@@ -126,7 +126,7 @@ int cmd_perplexity(int argc, char** argv) {
   const std::string text = read_text_file(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
-  const Model model = Model::load(f.models[0], f.load);
+  Model model = Model::load(f.models[0], f.load);
   check_vocab(model, f.models[0], f.eval.n_vocab);
   const std::unique_ptr<NumaExperts> numa = shard_experts(f.numa, model, f.threads);
   f.eval.numa_experts = {numa.get()};
@@ -166,8 +166,8 @@ int cmd_kld(int argc, char** argv) {
   const std::string text = read_text_file(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
-  const Model base = Model::load(f.models[0]);
-  const Model candidate = Model::load(f.models[1], f.load);
+  Model base = Model::load(f.models[0]);
+  Model candidate = Model::load(f.models[1], f.load);
   if (base.config().vocab_size != candidate.config().vocab_size)
     throw std::invalid_argument("the models' vocabularies differ: '" + f.models[0] + "' has " +
                                 std::to_string(base.config().vocab_size) + " ids, '" + f.models[1] + "' has " +

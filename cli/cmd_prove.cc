@@ -203,7 +203,7 @@ int cmd_prove(int argc, char** argv) {
   // The tokenizer first: its errors come before a long model load.
   const std::string model_path = args["model"].as<std::string>();
   const Tokenizer tok = load_model_tokenizer(model_path, args.count("tokenizer") ? args["tokenizer"].as<std::string>() : "");
-  const Model model = Model::load(model_path, load);
+  Model model = Model::load(model_path, load);
   if (!resume) open_dir();
   const SchedulerSetup setup = scheduler_setup(args, model, threads, ctx, kv_mib << 20, parallel);
   BatchScheduler scheduler(model, tok, setup.batch);

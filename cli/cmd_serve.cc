@@ -104,7 +104,7 @@ int cmd_serve(int argc, char** argv) {
 
   // The tokenizer first: its errors come before a long model load.
   const Tokenizer tokenizer = load_model_tokenizer(model_path, args.count("tokenizer") ? args["tokenizer"].as<std::string>() : "");
-  const Model model = Model::load(model_path, parse_load_options(args, threads));
+  Model model = Model::load(model_path, parse_load_options(args, threads));
   const int64_t max_ctx = model.config().max_position_embeddings;
   if (context > max_ctx)
     throw std::invalid_argument("--ctx " + std::to_string(context) + " exceeds the model's context of " +

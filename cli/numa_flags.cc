@@ -3,6 +3,8 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "offload/byte_size.h"
+
 namespace hearth::cli {
 
 void add_numa_option(cxxopts::Options& opts) {
@@ -30,16 +32,17 @@ NumaChoice parse_numa_flag(const cxxopts::ParseResult& args, bool offloaded) {
   return c;
 }
 
-std::unique_ptr<NumaExperts> shard_experts(const NumaChoice& choice, const Model& model, int threads) {
+std::unique_ptr<NumaExperts> shard_experts(const NumaChoice& choice, Model& model, int threads) {
   if (!choice.layout || choice.layout->node_count() < 2) return nullptr;
   const NumaLayout& layout = *choice.layout;
-  auto experts = std::make_unique<NumaExperts>(model, layout, split_threads(threads, layout));
-  const int64_t released = experts->release_originals();
+  // Each layer's experts leave the model as soon as the nodes hold them: never two copies.
+  int64_t released = 0;
+  auto experts = std::make_unique<NumaExperts>(model, layout, split_threads(threads, layout),
+                                               [&](int64_t layer) { released += release_routed_experts(model, layer); });
   std::fprintf(stderr, "%s%s; %s\n", choice.explicit_layout ? "synthetic " : "", layout.summary().c_str(),
                experts->summary().c_str());
-  if (released > 0)
-    std::fprintf(stderr, "released %.1f GiB of the checkpoint's expert pages (now copied to the nodes)\n",
-                 double(released) / double(1ll << 30));
+  std::fprintf(stderr, "released %s of the model's routed experts (the nodes hold them now)\n",
+               format_bytes(double(released)).c_str());
   std::fflush(stderr);
   return experts;
 }

@@ -31,8 +31,11 @@ void add_numa_option(cxxopts::Options& opts);
 NumaChoice parse_numa_flag(const cxxopts::ParseResult& args, bool offloaded = false);
 
 // The model's experts sharded over the choice's nodes, -t `threads` split over the nodes
-// by their cores, with one line on stderr saying how (and the original expert pages
-// released where they are file-backed); nullptr when the choice is off or has one node.
-std::unique_ptr<NumaExperts> shard_experts(const NumaChoice& choice, const Model& model, int threads);
+// by their cores, with a line on stderr saying how and one with the bytes released: each
+// layer's experts are taken out of the model once the nodes hold them
+// (release_routed_experts), so they are never resident twice and the model can no longer
+// run them without the shards. nullptr (and the model untouched) when the choice is off
+// or has one node.
+std::unique_ptr<NumaExperts> shard_experts(const NumaChoice& choice, Model& model, int threads);
 
 }  // namespace hearth::cli

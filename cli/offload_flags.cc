@@ -78,7 +78,7 @@ std::optional<OffloadOptions> parse_offload_flags(const cxxopts::ParseResult& ar
   return o;
 }
 
-SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, const Model& model, int threads, int64_t context,
+SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, Model& model, int threads, int64_t context,
                                int64_t kv_budget_bytes, int64_t max_running) {
   SchedulerSetup s;
   s.batch.threads = threads;

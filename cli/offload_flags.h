@@ -28,7 +28,7 @@ struct SchedulerSetup {
   std::unique_ptr<Offload> offload;
   std::unique_ptr<NumaExperts> numa;
 };
-SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, const Model& model, int threads, int64_t context,
+SchedulerSetup scheduler_setup(const cxxopts::ParseResult& args, Model& model, int threads, int64_t context,
                                int64_t kv_budget_bytes, int64_t max_running);
 
 }  // namespace hearth::cli

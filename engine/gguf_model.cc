@@ -704,7 +704,7 @@ WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelC
   }
   if (c.tie_word_embeddings)  // the head is the embedding table
     if (const GgufTensor* t = f.find_tensor("token_embd.weight")) view("lm_head.weight", *t, t->shape(), t->data, t->nbytes);
-  return WeightStore::from_views(f.path(), std::move(views), std::move(keepalive), {&f.mapping()});
+  return WeightStore::from_views(f.path(), std::move(views), std::move(keepalive));
 }
 
 bool is_gguf_file(const fs::path& path) {

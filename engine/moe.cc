@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <stdexcept>
+#include <string>
 
 #include "engine/experts.h"
 #include "engine/layers.h"
@@ -131,10 +133,18 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
     // added. An activation observer (imatrix) sees the whole experts' inputs, so it runs
     // on the model's own weights.
     ScopedPhase phase(prof, Phase::kRoutedExperts);
-    if (ctx.numa_experts && !ctx.probes.activations)
+    if (ctx.numa_experts && !ctx.probes.activations) {
       ctx.numa_experts->accumulate(layer, by_expert, x, out);
-    else
+    } else {
+      // Experts handed over to NUMA shards are gone from the model (release_routed_experts).
+      for (const ExpertWork& w : by_expert)
+        if (!w.rows.empty() && (!w.mlp->gate.data || !w.mlp->up.data || !w.mlp->down.data))
+          throw std::logic_error("layer " + std::to_string(layer) +
+                                 ": the routed experts were moved to NUMA shards, and this step " +
+                                 (ctx.probes.activations ? "observes activations, which needs" : "was given no shards, so it needs") +
+                                 " the model's own copy");
       experts_accumulate(ctx.pool, by_expert, x, H, out, ctx.probes.activations);
+    }
   }
   if (moe.has_shared) {
     ScopedPhase phase(prof, Phase::kSharedExperts);

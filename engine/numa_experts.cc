@@ -8,15 +8,11 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "offload/byte_size.h"
+
 namespace hearth {
 
 namespace {
-
-std::string gib(int64_t bytes) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f GiB", double(bytes) / double(1ll << 30));
-  return buf;
-}
 
 bool same_split(const ExpertShardPlan& a, const ExpertShardPlan& b) {
   if (a.slices.size() != b.slices.size()) return false;
@@ -47,7 +43,8 @@ std::vector<int> split_threads(int total, const NumaLayout& layout) {
   return out;
 }
 
-NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vector<int> threads_per_node)
+NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vector<int> threads_per_node,
+                         const std::function<void(int64_t layer)>& copied)
     : model_(model), layout_(layout), threads_(std::move(threads_per_node)) {
   const int N = layout_.node_count();
   if (N < 2)
@@ -67,6 +64,10 @@ NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vect
   for (size_t l = 0; l < L; ++l) {
     const Layer& layer = model_.layers[l];
     if (!layer.is_moe || layer.moe.experts.empty()) continue;
+    for (const Mlp& m : layer.moe.experts)
+      if (!m.gate.data || !m.up.data || !m.down.data)
+        throw std::invalid_argument("NUMA expert shards: layer " + std::to_string(l) +
+                                    "'s routed experts were already released from the model");
     LayerShards& ls = layers_[l];
     ls.plan = plan_expert_shards(layer.moe.experts[0], layout_);
     ls.nodes.resize(size_t(N));
@@ -82,12 +83,16 @@ NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vect
   buffers_.resize(size_t(N));
   partial_.resize(size_t(N));
   // Each node allocates and fills its own buffer from its own threads: where the OS
-  // would not bind the memory, the copy's first touch still puts every page there.
-  workers_->run_on_every_node([&](int k, ThreadPool& pool) {
-    buffers_[size_t(k)] = NodeBuffer(layout_, k, size_t(total[size_t(k)]));
-    for (size_t l = 0; l < L; ++l) {
-      LayerShards& ls = layers_[l];
-      if (ls.nodes.empty() || !ls.plan.slice_of(k)) continue;
+  // would not bind the memory, the copy's first touch still puts every page there. A
+  // bound buffer's pages are only allocated as the copy reaches them, so with `copied`
+  // releasing the originals layer by layer the process never holds both copies whole.
+  workers_->run_on_every_node(
+      [&](int k, ThreadPool&) { buffers_[size_t(k)] = NodeBuffer(layout_, k, size_t(total[size_t(k)])); });
+  for (size_t l = 0; l < L; ++l) {
+    LayerShards& ls = layers_[l];
+    if (ls.nodes.empty()) continue;
+    workers_->run_on_every_node([&](int k, ThreadPool& pool) {
+      if (!ls.plan.slice_of(k)) return;
       const std::vector<Mlp>& experts = model_.layers[l].moe.experts;
       std::vector<Mlp>& shards = ls.nodes[size_t(k)];
       shards.resize(experts.size());
@@ -97,8 +102,9 @@ NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vect
           shards[size_t(i)] = Mlp{s.gate, s.up, s.down};
         }
       });
-    }
-  });
+    });
+    if (copied) copied(int64_t(l));
+  }
 }
 
 NumaExperts::~NumaExperts() = default;
@@ -136,7 +142,7 @@ std::string NumaExperts::summary() const {
     s += ' ';
     s += std::to_string(threads_[size_t(k)]);
     s += threads_[size_t(k)] == 1 ? " thread " : " threads ";
-    s += gib(node_bytes(k));
+    s += format_bytes(double(node_bytes(k)));
   }
   if (differ) s += " (layers differ)";
   return s;
@@ -168,25 +174,26 @@ void NumaExperts::accumulate(int64_t layer, const std::vector<ExpertWork>& work,
   }
 }
 
-int64_t NumaExperts::release_originals() {
+int64_t release_routed_experts(Model& model, int64_t layer) {
+  if (layer < 0 || size_t(layer) >= model.layers.size())
+    throw std::out_of_range("release_routed_experts: layer " + std::to_string(layer) + " out of range");
+  Layer& L = model.layers[size_t(layer)];
+  if (!L.is_moe) return 0;
   const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
   int64_t released = 0;
-  // The data only: FP8 block scales are a few KiB per matrix.
-  auto release = [&](const WeightMatrix& w) {
-    const int64_t n = w.bytes();
-    if (!w.data || n <= 0 || !model_.store().in_file_mapping(w.data, uint64_t(n))) return;
-    // Whole pages inside the range only: a neighbour's bytes on a shared page stay.
+  // The data only: FP8 block scales are a few KiB per matrix, and byte counts read them.
+  auto release = [&](WeightMatrix& w) {
+    const int64_t n = w.data ? w.bytes() : 0;
     const uintptr_t p = reinterpret_cast<uintptr_t>(w.data);
+    w.data = nullptr;
+    if (n <= 0) return;
     const uintptr_t b = (p + page - 1) / page * page, e = (p + uintptr_t(n)) / page * page;
     if (e > b && madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED) == 0) released += int64_t(e - b);
   };
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    if (layers_[l].nodes.empty()) continue;
-    for (const Mlp& m : model_.layers[l].moe.experts) {
-      release(m.gate);
-      release(m.up);
-      release(m.down);
-    }
+  for (Mlp& m : L.moe.experts) {
+    release(m.gate);
+    release(m.up);
+    release(m.down);
   }
   return released;
 }

@@ -15,6 +15,7 @@
 // the model holds them (no copy at all).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -33,15 +34,31 @@ namespace hearth {
 // the node count). total <= 0: every node's core count.
 std::vector<int> split_threads(int total, const NumaLayout& layout);
 
+// Takes MoE layer `layer`'s routed experts out of `model`, once a NumaExperts holds them:
+// the pages of their weight data go back to the kernel (MADV_DONTNEED; whole pages inside
+// each matrix only, so a neighbour's bytes on a shared page stay), whether they lie in a
+// read-only file mapping (a safetensors or GGUF checkpoint) or in memory the model owns
+// (repacked at load, built in memory, converted from GGUF), and each expert matrix's data
+// pointer becomes nullptr, so nothing can read them afterwards: moe_forward refuses a step
+// that would need them without the shards. Shapes, formats and FP8 scales stay (byte counts
+// still work). Returns the bytes released; 0 for a dense layer or one already released.
+// Without this, the experts would be resident twice: in the model and in the shards.
+int64_t release_routed_experts(Model& model, int64_t layer);
+
 class NumaExperts {
  public:
   // Plans every MoE layer's split (shares = cores per node), then, on each node's leader
   // thread and pool, allocates that node's buffer (placed on the node) and copies its
-  // slice of every routed expert into it. threads_per_node as NodeWorkers (<= 0: the
-  // node's cores). std::invalid_argument for a layout of fewer than two nodes, or experts
-  // the split cannot take (engine/expert_shards.h); NodeMemoryError when a node's memory
-  // cannot hold its slices. The model must outlive this object.
-  NumaExperts(const Model& model, const NumaLayout& layout, std::vector<int> threads_per_node);
+  // slice of every routed expert into it, one MoE layer at a time on all nodes at once.
+  // `copied` (optional) is called with each MoE layer's index as soon as every node holds
+  // its slices of that layer, e.g. to release the model's own copy of them
+  // (release_routed_experts): then at most one layer's experts are resident twice while
+  // the shards are built. threads_per_node as NodeWorkers (<= 0: the node's cores).
+  // std::invalid_argument for a layout of fewer than two nodes, or experts the split
+  // cannot take (engine/expert_shards.h); NodeMemoryError when a node's memory cannot
+  // hold its slices. The model must outlive this object.
+  NumaExperts(const Model& model, const NumaLayout& layout, std::vector<int> threads_per_node,
+              const std::function<void(int64_t layer)>& copied = {});
   ~NumaExperts();
   NumaExperts(const NumaExperts&) = delete;
   NumaExperts& operator=(const NumaExperts&) = delete;
@@ -55,7 +72,7 @@ class NumaExperts {
   // Bytes of expert slices held by `node`.
   int64_t node_bytes(int node) const;
   // One line, e.g. "routed experts split over 2 NUMA nodes: node 0 [0, 1024) 8 threads
-  // 120.0 GiB, node 1 [1024, 2048) 8 threads 120.0 GiB" (the ranges of the first MoE
+  // 120.00 GiB, node 1 [1024, 2048) 8 threads 120.00 GiB" (the ranges of the first MoE
   // layer; "(layers differ)" when another MoE layer is split otherwise).
   std::string summary() const;
 
@@ -65,13 +82,6 @@ class NumaExperts {
   // experts in list order; the partials are added to out in node order. Calls are
   // serialized (one step at a time).
   void accumulate(int64_t layer, const std::vector<ExpertWork>& work, const float* x, float* out) const;
-
-  // Tells the kernel the model's own copies of the routed experts are no longer needed
-  // where that is safe: pages of a read-only file mapping (a safetensors or GGUF
-  // checkpoint) are dropped with MADV_DONTNEED (a later read faults them in again from
-  // the file). Weights the model holds in anonymous memory (repacked at load, built in
-  // memory) stay resident. Returns the bytes released.
-  int64_t release_originals();
 
  private:
   struct LayerShards {

@@ -238,25 +238,11 @@ WeightStore WeightStore::open(const std::filesystem::path& dir) {
   return ws;
 }
 
-bool WeightStore::in_file_mapping(const void* p, uint64_t bytes) const {
-  const auto inside = [&](const MappedFile& f) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    return f.data() && b >= f.data() && bytes <= f.size() && uint64_t(b - f.data()) <= f.size() - bytes;
-  };
-  for (const auto& f : files_)
-    if (inside(f->mapping())) return true;
-  for (const MappedFile* f : file_mappings_)
-    if (inside(*f)) return true;
-  return false;
-}
-
 WeightStore WeightStore::from_views(std::filesystem::path origin, std::vector<TensorView> views,
-                                    std::vector<std::shared_ptr<const void>> keepalive,
-                                    std::vector<const MappedFile*> file_mappings) {
+                                    std::vector<std::shared_ptr<const void>> keepalive) {
   WeightStore ws;
   ws.dir_ = std::move(origin);
   ws.keepalive_ = std::move(keepalive);
-  ws.file_mappings_ = std::move(file_mappings);
   for (TensorView& v : views) {
     if (v.file.empty()) v.file = ws.dir_.string();
     const std::string name = v.name;

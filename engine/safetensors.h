@@ -72,11 +72,8 @@ class WeightStore {
   // A store over tensors that live elsewhere: a GGUF file seen under Hugging Face names,
   // buffers built in memory. `origin` names them in messages; `keepalive` owns whatever
   // the views point into. Two views with one name are an error.
-  // `file_mappings`: the read-only file mappings among what keepalive owns (see
-  // in_file_mapping).
   static WeightStore from_views(std::filesystem::path origin, std::vector<TensorView> views,
-                                std::vector<std::shared_ptr<const void>> keepalive,
-                                std::vector<const MappedFile*> file_mappings = {});
+                                std::vector<std::shared_ptr<const void>> keepalive);
 
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   // Throws "missing tensor 'NAME' in DIR" when absent.
@@ -84,15 +81,11 @@ class WeightStore {
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::filesystem::path& dir() const { return dir_; }
   uint64_t total_bytes() const;
-  // Whether [p, p + bytes) lies inside one of the store's read-only file mappings (whose
-  // pages can be dropped and faulted in again from the file), not in memory of its own.
-  bool in_file_mapping(const void* p, uint64_t bytes) const;
 
  private:
   std::filesystem::path dir_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   std::vector<std::shared_ptr<const void>> keepalive_;  // from_views: what the views point into
-  std::vector<const MappedFile*> file_mappings_;        // from_views: those of keepalive_ that are files
   std::map<std::string, TensorView> tensors_;
 };
 

@@ -34,8 +34,38 @@ TEST_CASE("numa cli: generate sharded over a synthetic 4-node machine gives the 
   CHECK(on.err.find("routed experts split over 4 NUMA nodes (intermediate 96): node 0 [0, 32) 1 thread") !=
         std::string::npos);
   CHECK(on.err.find("node 2 no slice") != std::string::npos);
+  // The repacked experts (memory of the process's own) leave the model once sharded.
+  CHECK(on.err.find(" of the model's routed experts (the nodes hold them now)") != std::string::npos);
+  CHECK(on.err.find("released 0 B") == std::string::npos);
   CHECK(!off.out.empty());
   CHECK(on.out == off.out);
+}
+
+TEST_CASE("numa cli: perplexity and prove run on the shards once the model's experts are released") {
+  const std::string text = "The quick brown fox jumps over the lazy dog. Proofs are fun to write when the lemma holds.";
+  const std::string ppl = "perplexity -m " + model() + " -f - --ctx 8 --repack q8_0 -t 2";
+  const CliRun off = run_hearth(ppl + " --numa off", text);
+  REQUIRE(off.code == 0);
+  const CliRun on = run_hearth(ppl + " --numa 'pack:2 numa:1 core:1 pu:1'", text);
+  INFO(on.err);
+  REQUIRE(on.code == 0);
+  CHECK(on.err.find(" of the model's routed experts (the nodes hold them now)") != std::string::npos);
+  // The mean NLL, to the printed 6 decimals: float rounding of the node split stays below.
+  const auto nll = [](const std::string& s) {
+    const size_t at = s.find("mean NLL ");
+    return at == std::string::npos ? std::string() : s.substr(at, 20);
+  };
+  CHECK(!nll(off.out + off.err).empty());
+  CHECK(nll(on.out + on.err) == nll(off.out + off.err));
+
+  const hearth::testing::TempDir dir("numa-prove");
+  const CliRun prove = run_hearth("prove -m " + model() + " --problem 'Show that 1 + 1 = 2.' --samples 2 --verifications 1 "
+                                  "--rounds 1 --max-tokens 8 --no-thinking -t 2 --repack q8_0 --numa 'pack:2 numa:1 core:1 pu:1' "
+                                  "--out " + (dir.path / "run").string());
+  INFO(prove.err);
+  CHECK(prove.code == 0);
+  CHECK(prove.err.find(" of the model's routed experts (the nodes hold them now)") != std::string::npos);
+  CHECK(prove.out.find("4 samples finished") != std::string::npos);
 }
 
 TEST_CASE("numa cli: a bad --numa value is a one-line error naming the flag") {

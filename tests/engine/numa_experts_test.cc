@@ -3,8 +3,10 @@
 // the threads per node, and equal to the unsharded pass up to float rounding (each down
 // projection's dot products are cut at the node boundaries and the nodes' partial sums
 // added afterwards, so the additions happen in another order); the golden logits
-// through a sharded Forward; nodes without a slice; releasing the checkpoint's pages.
+// through a sharded Forward; nodes without a slice; the experts leaving the model.
 #include <doctest/doctest.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -264,22 +266,113 @@ TEST_CASE("numa experts: one node, another model, and the summary") {
   CHECK(n.node_bytes(1) > 0);
 }
 
-TEST_CASE("numa experts: the checkpoint's expert pages are released only where they are file-backed") {
+namespace {
+
+struct Range {
+  const void* p;
+  int64_t bytes;
+};
+
+// Every routed expert matrix's data, before it is released.
+std::vector<Range> expert_ranges(const Model& m) {
+  std::vector<Range> out;
+  for (const Layer& L : m.layers)
+    if (L.is_moe)
+      for (const Mlp& e : L.moe.experts)
+        for (const WeightMatrix* w : {&e.gate, &e.up, &e.down}) out.push_back({w->data, w->bytes()});
+  return out;
+}
+
+// Resident pages among the whole pages inside r (mincore; for anonymous memory, whether
+// the process still holds them).
+int64_t resident_pages(const Range& r) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t p = reinterpret_cast<uintptr_t>(r.p);
+  const uintptr_t b = (p + page - 1) / page * page, e = (p + uintptr_t(r.bytes)) / page * page;
+  if (e <= b) return 0;
+  std::vector<unsigned char> v(static_cast<size_t>((e - b) / page));
+  REQUIRE(mincore(reinterpret_cast<void*>(b), e - b, v.data()) == 0);
+  return int64_t(std::count_if(v.begin(), v.end(), [](unsigned char c) { return c & 1; }));
+}
+
+}  // namespace
+
+TEST_CASE("numa experts: each layer's experts leave the model once the nodes hold them") {
   const NumaLayout layout = NumaLayout::synthetic("pack:2 numa:1 core:2 pu:1");
-  // A mapped checkpoint: its expert pages go (and are read again from the file after).
-  const Model m = Model::load(kGoldenDir);
-  const int64_t layer = first_moe_layer(m);
-  const Step s = random_step(m, layer, 4, 3);
-  const std::vector<float> before = unsharded(m, s);
-  NumaExperts n(m, layout, {1, 1});
-  CHECK(n.release_originals() > 0);
-  CHECK(unsharded(m, s) == before);
-  CHECK(sharded(n, layer, s) == before);  // one slice: exact
-  // Weights in memory of their own (built, or repacked at load) stay.
-  NumaExperts q(q8_model(), layout, {1, 1});
-  CHECK(q.release_originals() == 0);
-  NumaExperts f(golden_f32(), layout, {1, 1});
-  CHECK(f.release_originals() == 0);
+  const auto& cases = golden_cases();
+  ThreadPool pool(2);
+  const int64_t page = int64_t(sysconf(_SC_PAGESIZE));
+  struct Kind {
+    const char* what;
+    bool anonymous;  // memory of the process's own (mincore tells whether it is held)
+    bool golden;     // the golden checkpoint's weights (its logits are known)
+  };
+  for (const Kind k : {Kind{"mapped checkpoint (FP8)", false, true}, Kind{"repacked at load (F32)", true, true},
+                       Kind{"built in memory (Q8_0)", true, false}}) {
+    INFO(k.what);
+    Model m = std::string(k.what).starts_with("mapped") ? Model::load(kGoldenDir)
+              : k.golden ? Model::load(kGoldenDir, ModelLoadOptions{DType::F32, 2})
+                         : [] {
+                             SyntheticModelOptions o;
+                             o.preset = "tiny";
+                             o.sets = {"num_nextn_predict_layers=0"};
+                             o.type = DType::Q8_0;
+                             o.threads = 2;
+                             return build_synthetic_model(o);
+                           }();
+    const Model& reference = std::string(k.what).starts_with("mapped") ? hearth::testing::golden_model()
+                             : k.golden ? golden_f32()
+                                        : q8_model();
+    const std::vector<Range> ranges = expert_ranges(m);
+    int64_t total = 0;
+    for (const Range& r : ranges) total += r.bytes;
+    if (k.anonymous) {
+      int64_t held = 0;
+      for (const Range& r : ranges) held += resident_pages(r);
+      REQUIRE(held > 0);
+    }
+    std::vector<int64_t> seen, moe_layers;
+    for (size_t l = 0; l < m.layers.size(); ++l)
+      if (m.layers[l].is_moe) moe_layers.push_back(int64_t(l));
+    int64_t released = 0;
+    const NumaExperts n(m, layout, {1, 1}, [&](int64_t layer) {
+      seen.push_back(layer);
+      released += release_routed_experts(m, layer);
+    });
+    CHECK(seen == moe_layers);
+    // Whole pages inside each matrix: all but at most two pages per matrix.
+    CHECK(released <= total);
+    CHECK(released >= total - int64_t(ranges.size()) * 2 * page);
+    for (const Layer& L : m.layers)
+      for (const Mlp& e : L.moe.experts) {
+        CHECK(e.gate.data == nullptr);
+        CHECK(e.up.data == nullptr);
+        CHECK(e.down.data == nullptr);
+        CHECK(e.gate.bytes() > 0);  // shapes and formats stay: byte counts still work
+      }
+    if (k.anonymous)
+      for (const Range& r : ranges) CHECK(resident_pages(r) == 0);
+    CHECK(release_routed_experts(m, moe_layers[0]) == 0);  // nothing left to release
+    CHECK(release_routed_experts(m, 0) == 0);              // tiny's first layer is dense
+
+    // The shards still hold the experts: a step equals the untouched model's.
+    const int64_t layer = moe_layers[0];
+    const Step s = random_step(reference, layer, 5, 11);
+    CHECK(relative_diff(sharded(n, layer, s), unsharded(reference, s)) < 1e-5);
+    if (k.golden) {
+      for (const GoldenCase& g : cases)
+        check_golden_logits(run_logits(m, pool, &n, g.tokens, false), g, m.config().vocab_size);
+    } else {
+      const std::vector<int32_t> tokens = cases[2].tokens;
+      CHECK(relative_diff(run_logits(m, pool, &n, tokens, false), run_logits(reference, pool, nullptr, tokens, false)) <
+            1e-4);
+    }
+    // Without the shards the model cannot run its experts, and says so.
+    CHECK_THROWS_WITH_AS(run_logits(m, pool, nullptr, cases[0].tokens, false),
+                         doctest::Contains("the routed experts were moved to NUMA shards"), std::logic_error);
+    CHECK_THROWS_WITH_AS(NumaExperts(m, layout, {1, 1}), doctest::Contains("already released from the model"),
+                         std::invalid_argument);
+  }
 }
 
 }  // namespace engine_numa_experts_suite
