@@ -14,7 +14,10 @@
 // MLPs, shared experts, routers, head, one embedding row per token) plus the routed
 // experts the batch's tokens were sent to, each distinct expert once, counted from the
 // real routing of the timed steps. wall t/s = bandwidth / bytes per step × batch; the
-// efficiency is the measured t/s over that.
+// efficiency is the measured t/s over that. The bandwidth of a decode test is measured
+// again right before its first repetition and right after its last (the mean of the two):
+// a machine's read rate drifts (this project's VMs by a third within minutes), and a
+// wall from another minute would credit or blame the kernels for the drift.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -95,6 +98,7 @@ struct BenchResult {
   double routed_bytes_per_step = 0;  // their weight bytes, summed over the MoE layers
   double active_bytes_per_step = 0;  // the always-active weights (ActiveBytes::per_step)
   double bytes_per_step() const { return routed_bytes_per_step + active_bytes_per_step; }
+  double bandwidth = 0;              // bytes/s read around this test (mean of before and after)
   double wall_tok_s = 0;             // bandwidth / bytes_per_step * batch
   double efficiency = 0;             // mean / wall_tok_s
   // With BenchOptions::profile: seconds per phase summed over the timed steps (sampling
@@ -105,7 +109,7 @@ struct BenchResult {
 
 struct BenchReport {
   BenchModelInfo model;
-  BandwidthResult bandwidth;
+  BandwidthResult bandwidth;  // measured before the first test
   std::vector<BenchResult> results;
   std::string device;  // the offload device and what it holds; empty: CPU only
   std::string device_short;

@@ -60,7 +60,7 @@ TEST_CASE("cli bench: the tiny synthetic preset gives a table with every test an
     CAPTURE(name);
     REQUIRE(rows.count(name) == 1);
     const std::vector<std::string>& c = rows.at(name);
-    REQUIRE(c.size() == 10);
+    REQUIRE(c.size() == 11);
     CHECK(c[0] == "tiny (synthetic)");
     CHECK(c[1].find("GiB") != std::string::npos);
     CHECK(c[3] == "F8_E4M3");
@@ -70,9 +70,14 @@ TEST_CASE("cli bench: the tiny synthetic preset gives a table with every test an
     if (name == "pp16") {
       CHECK(c[7] == "-");
     } else {
-      CHECK(std::atof(c[7].c_str()) > 0);  // MB/step
-      CHECK(std::atof(c[8].c_str()) > 0);  // wall t/s
-      CHECK(std::atof(c[9].c_str()) > 0);  // efficiency %
+      CHECK(std::atof(c[7].c_str()) > 0);   // MB/step
+      CHECK(std::atof(c[8].c_str()) > 0);   // GB/s read around the test
+      CHECK(std::atof(c[9].c_str()) > 0);   // wall t/s
+      CHECK(std::atof(c[10].c_str()) > 0);  // efficiency %
+      // wall t/s = GB/s / MB per step * batch (1 for tg4, 2 for tg4@b2), to the printed digits
+      // (MB/step has one decimal: about 5.0 here, so up to 1 % off).
+      const double wall = std::atof(c[8].c_str()) * 1e3 / std::atof(c[7].c_str()) * (name == "tg4" ? 1 : 2);
+      CHECK(std::atof(c[9].c_str()) == doctest::Approx(wall).epsilon(0.02));
     }
   }
   CHECK(rows.size() == 3);
@@ -103,7 +108,10 @@ TEST_CASE("cli bench: -o json has the model, the bandwidth and every test's fiel
       CHECK(t["bytes_per_step"].get<double>() ==
             doctest::Approx(t["routed_bytes_per_step"].get<double>() + t["always_active_bytes_per_step"].get<double>()));
       CHECK(t["experts_per_layer"].get<double>() >= 4);
-      CHECK(t["wall_tok_s"].get<double>() > 0);
+      CHECK(t["bandwidth_bytes_per_second"].get<double>() > 0);
+      CHECK(t["wall_tok_s"].get<double>() ==
+            doctest::Approx(t["bandwidth_bytes_per_second"].get<double>() / t["bytes_per_step"].get<double>() *
+                            t["batch"].get<double>()));
       CHECK(t["efficiency"].get<double>() > 0);
       CHECK_FALSE(t.contains("profile"));
     } else {
