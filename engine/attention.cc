@@ -289,7 +289,10 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     // four gathered them twice. A score's bits do not depend on the grouping, so the
     // group size only follows the thread count.
     const int64_t R = int64_t(absorbed.size());
-    const bool slice_ok = A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale || (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
+    // A GGUF's k_b / v_b in their block format (Attention::k_b), else kv_b's bands.
+    const bool split = A.k_b.data && A.v_b.data;
+    const bool slice_ok = split || A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale ||
+                          (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
     const int64_t group = std::clamp<int64_t>(nh / ctx.pool.size(), 1, 8);
     ctx.pool.parallel_for((nh + group - 1) / group, [&](int64_t g0, int64_t g1) {
       // qlat and olat: [head of the group][row][kvr].
@@ -305,8 +308,13 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
         for (int64_t k = 0; k < m; ++k) {
           for (int64_t t = 0; t < R; ++t)
             std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h0 + k) * qk, nope, qn.data() + t * nope);
-          matmul_t_accumulate_rows(A.kv_b, (h0 + k) * kvb_stride, nope, qn.data(), nope, R, qlat.data() + k * R * kvr,
-                                   kvr, 0, kvr);
+          if (split) {  // head h's k_b rows are W_uk's columns: q_lat[c] = row c . q_nope
+            const WeightMatrix wk = row_slice(A.k_b, (h0 + k) * kvr, (h0 + k + 1) * kvr);
+            matmul_rows(wk, qn.data(), nope, R, qlat.data() + k * R * kvr, kvr, 0, kvr);
+          } else {
+            matmul_t_accumulate_rows(A.kv_b, (h0 + k) * kvb_stride, nope, qn.data(), nope, R,
+                                     qlat.data() + k * R * kvr, kvr, 0, kvr);
+          }
         }
         for (int64_t t = 0; t < R; ++t) {
           const int64_t r = absorbed[size_t(t)];
@@ -326,7 +334,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           const int64_t h = h0 + k, v0 = h * kvb_stride + nope;
           const float* ol = olat.data() + k * R * kvr;
           if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
-            const WeightMatrix wv = row_slice(A.kv_b, v0, v0 + vd);
+            const WeightMatrix wv = split ? row_slice(A.v_b, h * vd, (h + 1) * vd) : row_slice(A.kv_b, v0, v0 + vd);
             olat_rows.prepare(wv.dtype, ol, kvr, R, kvr);
             matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
             for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);

@@ -221,8 +221,11 @@ BenchModelInfo describe_model(const Model& m, const std::string& name, int threa
   for (const Layer& L : m.layers) {
     const Attention& A = L.attn;
     a.norms += floats_bytes(L.attn_norm) + floats_bytes(L.ffn_norm);
-    a.attention += weight_read_bytes(A.q_a) + weight_read_bytes(A.q_b) + weight_read_bytes(A.kv_a) +
-                   weight_read_bytes(A.kv_b) + weight_read_bytes(A.o) + floats_bytes(A.q_a_norm) + floats_bytes(A.kv_a_norm);
+    // Decode's absorbed attention reads a GGUF's k_b and v_b where the model has them,
+    // not the kv_b rebuilt from them.
+    const int64_t kv_b = A.k_b.data ? weight_read_bytes(A.k_b) + weight_read_bytes(A.v_b) : weight_read_bytes(A.kv_b);
+    a.attention += weight_read_bytes(A.q_a) + weight_read_bytes(A.q_b) + weight_read_bytes(A.kv_a) + kv_b +
+                   weight_read_bytes(A.o) + floats_bytes(A.q_a_norm) + floats_bytes(A.kv_a_norm);
     if (A.has_indexer)
       a.indexer += weight_read_bytes(A.indexer.wq_b) + weight_read_bytes(A.indexer.wk) +
                    weight_read_bytes(A.indexer.weights_proj) + floats_bytes(A.indexer.k_norm_weight) +

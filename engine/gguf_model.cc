@@ -671,7 +671,7 @@ WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelC
       }
       (void)dtype(*kb);
       (void)dtype(*vb);
-      // The forward pass wants kv_b whole, so it is rebuilt: exact, in the files' own
+      // The prefill path wants kv_b whole, so it is rebuilt: exact, in the files' own
       // element type when both are F32, F16 or BF16, else as F32 (the block formats are
       // decoded). The cost is a resident copy of every layer's kv_b: for DeepSeek-V3
       // (61 + 1 layers of 128 heads x 256 rows x 512) about 2 GB at 16 bits and 4 GB as
@@ -686,6 +686,15 @@ WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelC
       v.file = path;
       views.push_back(std::move(v));
       keepalive.push_back(std::move(rb.data));
+      if (rb.dtype == DType::F32 && dtype(*kb) != DType::F32) {
+        // Block formats: the F32 kv_b is 2-4x the files' bytes, and a decode step reads all
+        // of it. Absorbed attention uses k_b and v_b as they are instead (Attention::k_b):
+        // k_b's rows are W_uk's columns, the rows a query's latent projection dots with.
+        const std::string stem = s.hf.substr(0, s.hf.size() - std::string_view("kv_b_proj.weight").size());
+        const int64_t nh = c.num_attention_heads;
+        view(stem + "k_b_proj.weight", *kb, {nh * c.kv_lora_rank, c.qk_nope_head_dim}, kb->data, kb->nbytes);
+        view(stem + "v_b_proj.weight", *vb, {nh * c.v_head_dim, c.kv_lora_rank}, vb->data, vb->nbytes);
+      }
       continue;
     }
     const GgufTensor* t = find(s);

@@ -114,6 +114,10 @@ Model::Model(ModelConfig config, WeightStore store, const ModelLoadOptions& opti
     A.kv_a = ld.matrix(a + ".kv_a_proj_with_mqa", c.kv_lora_rank + c.qk_rope_head_dim, H);
     A.kv_a_norm = ld.vector(a + ".kv_a_layernorm.weight", c.kv_lora_rank);
     A.kv_b = ld.matrix(a + ".kv_b_proj", nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank);
+    if (store_.has(a + ".k_b_proj.weight") || store_.has(a + ".v_b_proj.weight")) {  // a GGUF's attn_k_b / attn_v_b
+      A.k_b = ld.matrix(a + ".k_b_proj", nh * c.kv_lora_rank, c.qk_nope_head_dim);
+      A.v_b = ld.matrix(a + ".v_b_proj", nh * c.v_head_dim, c.kv_lora_rank);
+    }
     A.o = ld.matrix(a + ".o_proj", H, nh * c.v_head_dim);
     A.has_indexer = c.has_indexer();
     if (A.has_indexer) {
@@ -162,6 +166,10 @@ void Model::repack(const ModelLoadOptions& options) {
     todo.emplace_back(a + ".q_b_proj", &A.q_b);
     todo.emplace_back(a + ".kv_a_proj_with_mqa", &A.kv_a);
     todo.emplace_back(a + ".kv_b_proj", &A.kv_b);
+    if (A.k_b.data) {
+      todo.emplace_back(a + ".k_b_proj", &A.k_b);
+      todo.emplace_back(a + ".v_b_proj", &A.v_b);
+    }
     todo.emplace_back(a + ".o_proj", &A.o);
     if (A.has_indexer) {
       todo.emplace_back(a + ".indexer.wq_b", &A.indexer.wq_b);

@@ -32,6 +32,12 @@ struct Attention {  // multi-head latent attention
   WeightMatrix kv_a;            // hidden -> kv_lora + rope
   std::vector<float> kv_a_norm; // RMSNorm over kv_lora
   WeightMatrix kv_b;            // kv_lora -> heads * (nope + v); rows of head h: [h*(nope+v), (h+1)*(nope+v))
+  // kv_b as llama.cpp's GGUF files split it, where they store it in a block format (kv_b
+  // is then rebuilt as F32, which absorbed attention would have to stream whole): k_b
+  // [heads * kv_lora][nope], head h's rows h*kv_lora.. being W_uk's columns (q_nope ->
+  // latent space is a plain row product), and v_b [heads * v][kv_lora] (W_uv). Absorbed
+  // attention uses them when k_b.data is set; the expanded (prefill) path uses kv_b.
+  WeightMatrix k_b, v_b;
   WeightMatrix o;               // heads * v -> hidden
   bool has_indexer = false;
   Indexer indexer;

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/bench.h"
 #include "engine/forward.h"
 #include "engine/gguf_export.h"
 #include "engine/gguf_model.h"
@@ -290,6 +291,126 @@ TEST_CASE("gguf model: k_b and v_b hold kv_b's rows per head as llama.cpp lays t
     }
     CHECK(bad == 0);
   }
+}
+
+namespace {
+
+// Logits of the 24-token golden case decoded one token per step: every step takes the
+// absorbed attention path (the one that uses Attention::k_b / v_b).
+std::vector<float> decode_logits(const Model& m) {
+  ThreadPool pool(2);
+  Forward fwd(m, pool);
+  KvCache cache(m.config(), 16);
+  const SeqId s = cache.add_sequence();
+  const std::vector<int32_t>& tokens = golden_cases()[2].tokens;
+  REQUIRE(tokens.size() == 24);
+  const size_t V = size_t(m.config().vocab_size);
+  std::vector<float> logits(tokens.size() * V);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    fwd.step(cache, {{s, std::span<const int32_t>(&tokens[i], 1)}}, logits.data() + i * V, AttentionPath::kAuto);
+  return logits;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double d = 0.0;
+  int64_t not_finite = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    not_finite += !std::isfinite(a[i]) || !std::isfinite(b[i]);
+    d = std::max(d, double(std::fabs(a[i] - b[i])));
+  }
+  CHECK(not_finite == 0);
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("gguf model: block-format k_b and v_b are used as stored by absorbed attention") {
+  TempDir tmp("hearth-gguf");
+  const ModelConfig& c = hf_model().config();
+  const int64_t nh = c.num_attention_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim, kvl = c.kv_lora_rank;
+  // Dense attention (index_topk past every sequence) and every expert routed to, so that
+  // no rounding difference can flip a key or expert choice of this random model (which
+  // would change its logits by whole units).
+  ModelConfig dc = c;
+  dc.index_topk = 1 << 16;
+  dc.num_experts_per_tok = dc.n_routed_experts;
+  dc.n_group = dc.topk_group = 1;
+
+  // Q8_0: k_b and v_b stay in the file's format beside the F32 kv_b rebuilt from them.
+  auto q8 = std::make_shared<const GgufFile>(export_tiny(tmp, "tiny-q8.gguf", uniform_type_for(DType::Q8_0)));
+  const Model m(dc, gguf_weight_store(q8, dc));
+  for (const Layer& L : m.layers) {
+    const Attention& A = L.attn;
+    REQUIRE(A.k_b.data);
+    CHECK(A.k_b.dtype == DType::Q8_0);
+    CHECK(A.v_b.dtype == DType::Q8_0);
+    CHECK((A.k_b.rows == nh * kvl && A.k_b.cols == nope));
+    CHECK((A.v_b.rows == nh * v && A.v_b.cols == kvl));
+    CHECK(A.kv_b.dtype == DType::F32);
+    // k_b row (h, c) holds column c of head h's W_uk; v_b row (h, j) is W_uv's row j:
+    // the values of the rebuilt kv_b, exactly.
+    int64_t bad = 0;
+    std::vector<float> row(static_cast<size_t>(kvl)), kbrow(static_cast<size_t>(nope));
+    for (int64_t h = 0; h < nh; ++h) {
+      for (int64_t col = 0; col < kvl; ++col) {
+        dequantize_row(A.k_b, h * kvl + col, 0, nope, kbrow.data());
+        for (int64_t i = 0; i < nope; ++i) {
+          float kv;
+          dequantize_row(A.kv_b, h * (nope + v) + i, col, col + 1, &kv);
+          bad += kbrow[size_t(i)] != kv;
+        }
+      }
+      for (int64_t j = 0; j < v; ++j) {
+        std::vector<float> kvrow(static_cast<size_t>(kvl));
+        dequantize_row(A.v_b, h * v + j, 0, kvl, row.data());
+        dequantize_row(A.kv_b, h * (nope + v) + nope + j, 0, kvl, kvrow.data());
+        bad += row != kvrow;
+      }
+    }
+    CHECK(bad == 0);
+  }
+  // Against the same model on its F32 kv_b, and both against the F32 model: the k_b and
+  // v_b products quantize their activations (q_nope and the attended latents) to Q8_0, as
+  // every other Q8_0 weight of the model already does, and that must not take the model
+  // measurably further from full precision than its Q8_0 weights already are.
+  Model on_kv_b(dc, gguf_weight_store(q8, dc));
+  for (Layer& L : on_kv_b.layers) L.attn.k_b = L.attn.v_b = WeightMatrix{};
+  auto f32 = std::make_shared<const GgufFile>(export_tiny(tmp, "tiny-f32.gguf", all(DType::F32)));
+  const std::vector<float> split = decode_logits(m), whole = decode_logits(on_kv_b);
+  const std::vector<float> full = decode_logits(Model(dc, gguf_weight_store(f32, dc)));
+  const double d = max_abs_diff(split, whole), d_split = max_abs_diff(split, full), d_whole = max_abs_diff(whole, full);
+  MESSAGE("decode max|dlogit|: Q8_0 k_b/v_b vs its F32 kv_b " << d << "; vs the F32 model: with k_b/v_b " << d_split
+                                                            << ", with kv_b " << d_whole);
+  CHECK(d > 0.0);  // the k_b path ran
+  CHECK(d_split <= 1.5 * d_whole);
+  // hearth bench counts what decode reads: k_b and v_b, not the F32 kv_b.
+  int64_t attention = 0;
+  for (const Layer& L : m.layers) {
+    const Attention& A = L.attn;
+    for (const WeightMatrix* w : {&A.q_a, &A.q_b, &A.kv_a, &A.k_b, &A.v_b, &A.o}) attention += w->bytes();
+    attention += int64_t((A.q_a_norm.size() + A.kv_a_norm.size()) * sizeof(float));
+  }
+  CHECK(describe_model(m, "tiny", 1).active.attention == attention);
+  const int64_t layers = int64_t(m.layers.size());
+  const Attention& A0 = m.layers[0].attn;
+  CHECK(describe_model(on_kv_b, "tiny", 1).active.attention ==
+        attention + layers * (A0.kv_b.bytes() - A0.k_b.bytes() - A0.v_b.bytes()));
+
+  // F32 k_b and v_b put in by hand: the same products in float, so only the summation
+  // order differs from the kv_b path.
+  Model fm(dc, gguf_weight_store(f32, dc));
+  const Model fw(dc, gguf_weight_store(f32, dc));
+  for (size_t l = 0; l < fm.layers.size(); ++l) {
+    Attention& A = fm.layers[l].attn;
+    CHECK_FALSE(A.k_b.data);  // float files keep kv_b in their own type and need no split
+    const std::string b = "blk." + std::to_string(l) + ".";
+    A.k_b = WeightMatrix{DType::F32, nh * kvl, nope, f32->tensor(b + "attn_k_b.weight").data};
+    A.v_b = WeightMatrix{DType::F32, nh * v, kvl, f32->tensor(b + "attn_v_b.weight").data};
+  }
+  const double fd = max_abs_diff(decode_logits(fm), decode_logits(fw));
+  MESSAGE("F32 k_b/v_b vs F32 kv_b, decode: max|dlogit| = " << fd);
+  CHECK(fd <= 1e-4);
 }
 
 TEST_CASE("gguf model: merged expert slices are the Hugging Face experts") {
