@@ -34,15 +34,17 @@ namespace {
 // experts in Q8_0: 3 blocks of 32 along the intermediate dimension, so 2, 3 and 4 nodes
 // all split it (the golden checkpoint's FP8 experts, with 128-wide scale blocks, cannot
 // be split at all: one node takes them whole).
+Model build_q8_model() {
+  SyntheticModelOptions o;
+  o.preset = "tiny";
+  o.sets = {"num_nextn_predict_layers=0"};
+  o.type = DType::Q8_0;
+  o.threads = 2;
+  return build_synthetic_model(o);
+}
+
 const Model& q8_model() {
-  static const Model m = [] {
-    SyntheticModelOptions o;
-    o.preset = "tiny";
-    o.sets = {"num_nextn_predict_layers=0"};
-    o.type = DType::Q8_0;
-    o.threads = 2;
-    return build_synthetic_model(o);
-  }();
+  static const Model m = build_q8_model();
   return m;
 }
 
@@ -312,14 +314,7 @@ TEST_CASE("numa experts: each layer's experts leave the model once the nodes hol
     INFO(k.what);
     Model m = std::string(k.what).starts_with("mapped") ? Model::load(kGoldenDir)
               : k.golden ? Model::load(kGoldenDir, ModelLoadOptions{DType::F32, 2})
-                         : [] {
-                             SyntheticModelOptions o;
-                             o.preset = "tiny";
-                             o.sets = {"num_nextn_predict_layers=0"};
-                             o.type = DType::Q8_0;
-                             o.threads = 2;
-                             return build_synthetic_model(o);
-                           }();
+                         : build_q8_model();
     const Model& reference = std::string(k.what).starts_with("mapped") ? hearth::testing::golden_model()
                              : k.golden ? golden_f32()
                                         : q8_model();
