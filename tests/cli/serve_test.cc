@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <latch>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -411,9 +412,11 @@ TEST_CASE("serve: completions and n choices use seeds seed+i like the generator"
 TEST_CASE("serve: 16 concurrent clients get the answers each gets alone") {
   ServeProcess server({"--parallel", "16"});
   constexpr int kClients = 16;
+  // 16 tokens each, so the requests overlap in the server even when the clients' threads
+  // start unevenly on a loaded 2-core machine (the check at the end wants batched steps).
   auto request = [](int k) {
     json b = chat_body("Question " + std::to_string(k % 5) + ": what is " + std::to_string(k) + " squared?", 1.0,
-                       uint64_t(500 + k), 6);
+                       uint64_t(500 + k), 16);
     b["stream"] = k % 2 == 0;
     return b;
   };
@@ -446,9 +449,11 @@ TEST_CASE("serve: 16 concurrent clients get the answers each gets alone") {
   const json before = server.health();
   std::vector<std::optional<Choice>> together(kClients);
   std::vector<std::thread> threads;
+  std::latch start(kClients);  // every client thread ready before any sends
   for (int k = 0; k < kClients; ++k)
     threads.emplace_back([&, k] {
       auto c = server.client();
+      start.arrive_and_wait();
       together[size_t(k)] = answer(*c, k);
     });
   for (auto& t : threads) t.join();
