@@ -290,7 +290,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     // group size only follows the thread count.
     const int64_t R = int64_t(absorbed.size());
     // A GGUF's k_b / v_b in their block format (Attention::k_b), else kv_b's bands.
-    const bool split = A.k_b.data && A.v_b.data;
+    const bool split = A.split_kv_b();
     const bool slice_ok = split || A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale ||
                           (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
     const int64_t group = std::clamp<int64_t>(nh / ctx.pool.size(), 1, 8);

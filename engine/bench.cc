@@ -223,7 +223,7 @@ BenchModelInfo describe_model(const Model& m, const std::string& name, int threa
     a.norms += floats_bytes(L.attn_norm) + floats_bytes(L.ffn_norm);
     // Decode's absorbed attention reads a GGUF's k_b and v_b where the model has them,
     // not the kv_b rebuilt from them.
-    const int64_t kv_b = A.k_b.data ? weight_read_bytes(A.k_b) + weight_read_bytes(A.v_b) : weight_read_bytes(A.kv_b);
+    const int64_t kv_b = A.split_kv_b() ? weight_read_bytes(A.k_b) + weight_read_bytes(A.v_b) : weight_read_bytes(A.kv_b);
     a.attention += weight_read_bytes(A.q_a) + weight_read_bytes(A.q_b) + weight_read_bytes(A.kv_a) + kv_b +
                    weight_read_bytes(A.o) + floats_bytes(A.q_a_norm) + floats_bytes(A.kv_a_norm);
     if (A.has_indexer)

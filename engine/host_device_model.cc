@@ -27,7 +27,7 @@ class HostDeviceModel final : public DeviceModel {
       dst.is_moe = src.is_moe;
       dst.attn = src.attn;
       for (WeightMatrix* w : {&dst.attn.q_a, &dst.attn.q_b, &dst.attn.kv_a, &dst.attn.kv_b, &dst.attn.o}) upload(*w);
-      if (dst.attn.k_b.data) {  // a GGUF's k_b / v_b, which absorbed attention reads instead of kv_b
+      if (dst.attn.split_kv_b()) {  // a GGUF's k_b / v_b, which absorbed attention reads instead of kv_b
         upload(dst.attn.k_b);
         upload(dst.attn.v_b);
       }

@@ -166,7 +166,7 @@ void Model::repack(const ModelLoadOptions& options) {
     todo.emplace_back(a + ".q_b_proj", &A.q_b);
     todo.emplace_back(a + ".kv_a_proj_with_mqa", &A.kv_a);
     todo.emplace_back(a + ".kv_b_proj", &A.kv_b);
-    if (A.k_b.data) {
+    if (A.split_kv_b()) {
       todo.emplace_back(a + ".k_b_proj", &A.k_b);
       todo.emplace_back(a + ".v_b_proj", &A.v_b);
     }

@@ -36,8 +36,9 @@ struct Attention {  // multi-head latent attention
   // is then rebuilt as F32, which absorbed attention would have to stream whole): k_b
   // [heads * kv_lora][nope], head h's rows h*kv_lora.. being W_uk's columns (q_nope ->
   // latent space is a plain row product), and v_b [heads * v][kv_lora] (W_uv). Absorbed
-  // attention uses them when k_b.data is set; the expanded (prefill) path uses kv_b.
+  // attention uses them when split_kv_b(); the expanded (prefill) path uses kv_b.
   WeightMatrix k_b, v_b;
+  bool split_kv_b() const { return k_b.data && v_b.data; }
   WeightMatrix o;               // heads * v -> hidden
   bool has_indexer = false;
   Indexer indexer;
@@ -45,6 +46,8 @@ struct Attention {  // multi-head latent attention
 
 struct Mlp {  // SiLU-gated: down(silu(gate(x)) * up(x))
   WeightMatrix gate, up, down;
+  // False once the weights were handed to NUMA shards (release_routed_experts).
+  bool holds_weights() const { return gate.data && up.data && down.data; }
 };
 
 struct Moe {

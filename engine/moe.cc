@@ -138,7 +138,7 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
     } else {
       // Experts handed over to NUMA shards are gone from the model (release_routed_experts).
       for (const ExpertWork& w : by_expert)
-        if (!w.rows.empty() && (!w.mlp->gate.data || !w.mlp->up.data || !w.mlp->down.data))
+        if (!w.rows.empty() && !w.mlp->holds_weights())
           throw std::logic_error("layer " + std::to_string(layer) +
                                  ": the routed experts were moved to NUMA shards, and this step " +
                                  (ctx.probes.activations ? "observes activations, which needs" : "was given no shards, so it needs") +

@@ -65,7 +65,7 @@ NumaExperts::NumaExperts(const Model& model, const NumaLayout& layout, std::vect
     const Layer& layer = model_.layers[l];
     if (!layer.is_moe || layer.moe.experts.empty()) continue;
     for (const Mlp& m : layer.moe.experts)
-      if (!m.gate.data || !m.up.data || !m.down.data)
+      if (!m.holds_weights())
         throw std::invalid_argument("NUMA expert shards: layer " + std::to_string(l) +
                                     "'s routed experts were already released from the model");
     LayerShards& ls = layers_[l];
