@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cxxopts.hpp>
+#include <filesystem>
 #include <stdexcept>
 #include <string>
 
@@ -16,11 +17,14 @@
 #include "engine/gguf_model.h"
 #include "engine/imatrix.h"
 #include "engine/repack.h"
+#include "offload/byte_size.h"
 #include "quant/recipe.h"
 
 namespace hearth::cli {
 
 namespace {
+
+namespace fs = std::filesystem;
 
 std::atomic<bool> g_cancel{false};
 void cancel_on_sigint(int) { g_cancel.store(true); }
@@ -78,6 +82,9 @@ int cmd_quantize(int argc, char** argv) {
        cxxopts::value<std::vector<std::string>>(), "REGEX=TYPE")
       ("imatrix", "importance matrix (llama.cpp's GGUF or legacy .dat format) for the low-bit scale search",
        cxxopts::value<std::string>(), "FILE")
+      ("split-max-size", "write shards of at most SIZE of tensor data (e.g. 45G) as llama.cpp's gguf-split names "
+                         "them: OUT-00001-of-0000N.gguf, ... (OUT without .gguf); load the first",
+       cxxopts::value<std::string>(), "SIZE")
       ("name", "general.name (default: the input's name)", cxxopts::value<std::string>())
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("q,quiet", "no progress on stderr")
@@ -125,6 +132,17 @@ int cmd_quantize(int argc, char** argv) {
   const std::string out = args["output"].as<std::string>();
   if (!out.ends_with(".gguf")) throw std::invalid_argument("--output: '" + out + "' must end in .gguf");
   const bool quiet = args.count("quiet") > 0;
+  uint64_t split_max = 0;
+  if (args.count("split-max-size")) {
+    const std::string v = args["split-max-size"].as<std::string>();
+    try {
+      split_max = uint64_t(parse_byte_size(v));
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(std::string("--split-max-size: ") + e.what());
+    }
+    if (split_max < (uint64_t(1) << 20))
+      throw std::invalid_argument("--split-max-size: '" + v + "' is under 1 MiB (a size like 45G is meant)");
+  }
 
   std::optional<ImportanceMatrix> imatrix;
   if (args.count("imatrix")) imatrix = ImportanceMatrix::load(args["imatrix"].as<std::string>());
@@ -132,6 +150,7 @@ int cmd_quantize(int argc, char** argv) {
   QuantizeOptions o;
   o.input = args["model"].as<std::string>();
   o.output = out;
+  o.split_max_bytes = split_max;
   // The recipe's layer rules count the blocks before the MTP layers.
   const int n_layers = int(open_checkpoint(o.input).config.num_hidden_layers);
   int64_t fallbacks = 0, imatrix_hits = 0;
@@ -178,7 +197,11 @@ int cmd_quantize(int argc, char** argv) {
   else
     std::printf("tokenizer from %s\n", r.tokenizer.c_str());
   if (imatrix) std::printf("importance matrix used for %lld matrices\n", (long long)imatrix_hits);
-  std::printf("wrote %s (%s, %s, file type %u) in %.1f s\n", out.c_str(), human_bytes(double(r.file_bytes)).c_str(),
+  if (r.files.size() > 1 || split_max > 0)
+    for (const auto& f : r.files) std::printf("shard %s (%s)\n", f.string().c_str(), human_bytes(double(fs::file_size(f))).c_str());
+  const std::string what =
+      split_max > 0 ? r.files.front().string() + " and " + std::to_string(r.files.size() - 1) + " more shards" : out;
+  std::printf("wrote %s (%s, %s, file type %u) in %.1f s\n", what.c_str(), human_bytes(double(r.file_bytes)).c_str(),
               std::string(r.config.model_type).c_str(), r.file_type, r.seconds);
   return 0;
 }

@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "engine/gguf.h"
+#include "engine/gguf_shards.h"
 #include "engine/gguf_tokenizer.h"
 
 namespace hearth::cli {
@@ -19,7 +20,10 @@ bool is_gguf_file(const fs::path& path) {
 }
 
 Tokenizer gguf_file_tokenizer(const fs::path& gguf, const std::string& hint) {
-  const GgufFile file(gguf);
+  // A split model's tokenizer is in its first shard; naming another shard is an error
+  // that says which to give.
+  const GgufShards shards = GgufShards::open(gguf);
+  const GgufFile& file = shards.first();
   if (!file.has(kGgufTokens))
     throw std::runtime_error(gguf.string() + " has no " + std::string(kGgufTokens) + " (no tokenizer inside); " + hint);
   return tokenizer_from_gguf(file);

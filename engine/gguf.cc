@@ -514,9 +514,10 @@ GgufWriter::GgufWriter(const fs::path& path) : path_(path), tmp_(path.string() +
 
 GgufWriter::~GgufWriter() {
   if (f_) std::fclose(f_);
-  // After a successful finish() the temp file was renamed away, so this is a no-op.
+  // After commit() the temp file was renamed away, so this is a no-op; a file completed
+  // but never committed is removed like an unfinished one.
   std::error_code ec;
-  fs::remove(tmp_, ec);
+  if (!committed_) fs::remove(tmp_, ec);
 }
 
 void GgufWriter::fail(const std::string& what) const { hearth::fail(path_, what); }
@@ -650,7 +651,12 @@ void GgufWriter::write(const std::string& name, const void* data, uint64_t nbyte
 }
 
 void GgufWriter::finish() {
-  if (!f_) fail("finish called twice");
+  complete();
+  commit();
+}
+
+void GgufWriter::complete() {
+  if (!f_) fail(committed_ ? "finish called twice" : "complete called twice");
   if (!header_written_) write_header();
   if (next_ != tensors_.size())
     fail("finish after " + dec(next_) + " of " + dec(tensors_.size()) + " tensors; '" +
@@ -663,9 +669,15 @@ void GgufWriter::finish() {
   ok = std::fclose(f_) == 0 && ok;
   f_ = nullptr;
   if (!ok) hearth::fail(tmp_, std::string("flush failed: ") + std::strerror(err));
+  completed_ = true;
+}
+
+void GgufWriter::commit() {
+  if (!completed_ || committed_) fail(committed_ ? "committed twice" : "commit before complete");
   std::error_code ec;
   fs::rename(tmp_, path_, ec);
   if (ec) fail("rename from " + tmp_.string() + " failed: " + ec.message());
+  committed_ = true;
 }
 
 }  // namespace hearth

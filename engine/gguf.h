@@ -257,6 +257,11 @@ class GgufWriter {
   void write(const std::string& name, const void* data, uint64_t nbytes);
   // Every declared tensor must be complete. Syncs the file and renames it into place.
   void finish();
+  // finish() in two steps, so that several files (a split model's shards) appear together
+  // or not at all: complete() checks every tensor arrived and syncs the temp file;
+  // commit() renames it into place. A writer destroyed before commit() removes its temp.
+  void complete();
+  void commit();
 
   uint32_t alignment() const { return alignment_; }
 
@@ -282,6 +287,7 @@ class GgufWriter {
   std::vector<Decl> tensors_;
   std::set<std::string, std::less<>> keys_, names_;  // for duplicate checks
   bool header_written_ = false;
+  bool completed_ = false, committed_ = false;
   size_t next_ = 0;        // the tensor being written
   uint64_t next_done_ = 0;  // its bytes written so far
   uint64_t pos_ = 0;        // bytes written to the file

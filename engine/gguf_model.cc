@@ -479,7 +479,13 @@ void add_gguf_model_metadata(GgufWriter& w, const ModelConfig& c, std::string_vi
   for (GgufKeyValue& kv : gguf_model_metadata(c, name)) w.add(kv.key, std::move(kv.value));
 }
 
-ModelConfig config_from_gguf(const GgufFile& f) {
+ModelConfig config_from_gguf(const GgufFile& file) {
+  // A set of one that does not own the file: it lives only for this call.
+  return config_from_gguf(GgufShards(std::shared_ptr<const GgufFile>(std::shared_ptr<const GgufFile>(), &file)));
+}
+
+ModelConfig config_from_gguf(const GgufShards& shards) {
+  const GgufFile& f = shards.first();  // the metadata; tensors may be in any shard
   const std::string path = f.path().string();
   const std::string arch = f.get_string("general.architecture");
   std::string model_type;
@@ -517,7 +523,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
 
   if (r.has("vocab_size")) {
     j["vocab_size"] = r.req_int("vocab_size");
-  } else if (const GgufTensor* t = f.find_tensor("token_embd.weight"); t && t->dims.size() == 2) {
+  } else if (const GgufTensor* t = shards.find_tensor("token_embd.weight"); t && t->dims.size() == 2) {
     j["vocab_size"] = t->dims[1];
   } else {
     throw std::runtime_error(path + ": missing metadata key '" + r.key("vocab_size") + "' (and no token_embd.weight)");
@@ -590,7 +596,7 @@ ModelConfig config_from_gguf(const GgufFile& f) {
   }
   j["bos_token_id"] = r.full_opt_int("tokenizer.ggml.bos_token_id", 0);
   j["eos_token_id"] = r.full_opt_int("tokenizer.ggml.eos_token_id", 1);
-  j["tie_word_embeddings"] = f.find_tensor("token_embd.weight") && !f.find_tensor("output.weight");
+  j["tie_word_embeddings"] = shards.find_tensor("token_embd.weight") && !shards.find_tensor("output.weight");
 
   try {
     return ModelConfig::from_json(j, path);
@@ -614,15 +620,20 @@ ModelConfig config_from_gguf(const GgufFile& f) {
 // Tensors
 
 WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelConfig& c) {
-  const GgufFile& f = *file;
-  const std::string path = f.path().string();
+  return gguf_weight_store(std::make_shared<const GgufShards>(std::move(file)), c);
+}
+
+WeightStore gguf_weight_store(std::shared_ptr<const GgufShards> shards, const ModelConfig& c) {
+  const GgufShards& f = *shards;
+  const std::string path = f.first().path().string();  // the model, as the user named it
   std::vector<TensorView> views;
-  std::vector<std::shared_ptr<const void>> keepalive{file};
+  std::vector<std::shared_ptr<const void>> keepalive{shards};
+  auto where = [&](const GgufTensor& t) { return f.path_of(t).string(); };  // the shard that holds t
 
   auto dtype = [&](const GgufTensor& t) {
     const std::optional<DType> d = dtype_of(t.type());
     if (!d)
-      throw std::runtime_error(path + ": tensor '" + t.name + "' is " + std::string(t.format->name) +
+      throw std::runtime_error(where(t) + ": tensor '" + t.name + "' is " + std::string(t.format->name) +
                                ", which hearth cannot use as a weight");
     return *d;
   };
@@ -633,13 +644,13 @@ WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelC
     v.shape = std::move(shape);
     v.data = data;
     v.nbytes = nbytes;
-    v.file = path;
+    v.file = where(t);
     views.push_back(std::move(v));
   };
   auto find = [&](const GgufTensorSpec& s) -> const GgufTensor* {
     const GgufTensor* t = f.find_tensor(s.name);
     if (t && t->dims != s.dims)
-      throw std::runtime_error(path + ": tensor '" + s.name + "' has ne " + dims_str(t->dims) + ", the config implies " +
+      throw std::runtime_error(where(*t) + ": tensor '" + s.name + "' has ne " + dims_str(t->dims) + ", the config implies " +
                                dims_str(s.dims));
     return t;
   };
@@ -683,7 +694,7 @@ WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelC
       v.shape = shape;
       v.data = rb.data.get();
       v.nbytes = rb.nbytes;
-      v.file = path;
+      v.file = where(*kb);
       views.push_back(std::move(v));
       keepalive.push_back(std::move(rb.data));
       if (rb.dtype == DType::F32 && dtype(*kb) != DType::F32) {
@@ -713,7 +724,7 @@ WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelC
   }
   if (c.tie_word_embeddings)  // the head is the embedding table
     if (const GgufTensor* t = f.find_tensor("token_embd.weight")) view("lm_head.weight", *t, t->shape(), t->data, t->nbytes);
-  return WeightStore::from_views(f.path(), std::move(views), std::move(keepalive));
+  return WeightStore::from_views(f.first().path(), std::move(views), std::move(keepalive));
 }
 
 bool is_gguf_file(const fs::path& path) {
@@ -736,10 +747,10 @@ OpenCheckpoint open_checkpoint(const fs::path& path) {
     return o;
   }
   if (is_gguf_file(path)) {
-    auto file = std::make_shared<const GgufFile>(path);
+    auto shards = std::make_shared<const GgufShards>(GgufShards::open(path));
     OpenCheckpoint o;
-    o.config = config_from_gguf(*file);
-    o.store = gguf_weight_store(std::move(file), o.config);
+    o.config = config_from_gguf(*shards);
+    o.store = gguf_weight_store(std::move(shards), o.config);
     o.gguf = true;
     return o;
   }

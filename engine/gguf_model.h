@@ -25,6 +25,7 @@
 
 #include "engine/config.h"
 #include "engine/gguf.h"
+#include "engine/gguf_shards.h"
 #include "engine/safetensors.h"
 
 namespace hearth {
@@ -133,6 +134,9 @@ void add_gguf_model_metadata(GgufWriter& writer, const ModelConfig& config, std:
 // does not; bos/eos from tokenizer.ggml.*_token_id when present. A GGUF holds no FP8, so
 // `quantization` is absent. Errors name the file and the key; an unknown architecture is
 // an error naming it.
+// A split model's metadata is its first shard's; its tensors (the head, whose absence
+// means tied embeddings) may be in any shard.
+ModelConfig config_from_gguf(const GgufShards& shards);
 ModelConfig config_from_gguf(const GgufFile& file);
 
 // Every tensor of `file` under its Hugging Face name, as zero-copy views into the
@@ -142,7 +146,9 @@ ModelConfig config_from_gguf(const GgufFile& file);
 // tensor the forward pass needs is checked first: a missing one or one of the wrong shape
 // is an error naming the GGUF tensor and the file. Tensors the table does not know are
 // left out; MTP-layer tensors are optional (the forward pass does not read them) but
-// checked when present. The store keeps `file` alive.
+// checked when present. The store keeps the files alive. A model split by gguf-split
+// (engine/gguf_shards.h) reads the same as one file; errors about a tensor name its shard.
+WeightStore gguf_weight_store(std::shared_ptr<const GgufShards> shards, const ModelConfig& config);
 WeightStore gguf_weight_store(std::shared_ptr<const GgufFile> file, const ModelConfig& config);
 
 // True for a regular file whose name ends in ".gguf" (any case) or that starts with the

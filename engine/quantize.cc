@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <memory>
 #include <stdexcept>
 #include <vector>
 
 #include "engine/gguf.h"
+#include "engine/gguf_shards.h"
 #include "engine/gguf_tokenizer.h"
 #include "engine/tokenizer.h"
 #include "offload/thread_pool.h"
@@ -89,6 +91,15 @@ static std::string add_tokenizer_metadata(GgufWriter& w, const fs::path& input, 
   return json.string();
 }
 
+std::vector<fs::path> quantize_output_files(const QuantizeOptions& o, size_t shards) {
+  if (o.split_max_bytes == 0) return {o.output};
+  std::string prefix = o.output.string();
+  if (prefix.ends_with(".gguf")) prefix.resize(prefix.size() - 5);
+  std::vector<fs::path> files;
+  for (size_t k = 0; k < shards; ++k) files.push_back(gguf_shard_path(prefix, int(k), int(shards)));
+  return files;
+}
+
 QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   if (o.output.empty()) throw std::runtime_error("quantize: no output file given");
@@ -138,12 +149,50 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     res.file_type = llama_file_type(main);
   }
 
-  GgufWriter w(o.output);
+  // One file, or shards of at most split_max_bytes of tensor data each (as gguf-split
+  // --split-max-size counts: padded tensor bytes, metadata aside; a tensor larger than
+  // the limit gets a shard of its own).
+  std::vector<size_t> shard_of(plan.size(), 0);
+  size_t shards = 1;
+  if (o.split_max_bytes > 0) {
+    uint64_t in_shard = 0;
+    for (size_t i = 0; i < plan.size(); ++i) {
+      const uint64_t a = kGgufDefaultAlignment;
+      const uint64_t padded = (uint64_t(formats[i]->row_bytes(plan[i].row_elems()) * plan[i].rows()) + a - 1) / a * a;
+      if (in_shard > 0 && in_shard + padded > o.split_max_bytes) ++shards, in_shard = 0;
+      shard_of[i] = shards - 1;
+      in_shard += padded;
+    }
+    if (shards > 99999) throw std::runtime_error("quantize: --split-max-size gives more than 99999 shards");
+  }
+  res.files = quantize_output_files(o, shards);
+  if (o.split_max_bytes > 0) {  // no shard may replace the input or one of its shards
+    std::vector<fs::path> inputs{o.input};
+    if (ck.gguf) {
+      inputs.clear();
+      const GgufShards in = GgufShards::open(o.input);
+      for (const auto& f : in.files()) inputs.push_back(f->path());
+    }
+    std::error_code ec;
+    for (const fs::path& out : res.files)
+      for (const fs::path& in : inputs)
+        if (fs::exists(out, ec) && fs::equivalent(in, out, ec))
+          throw std::runtime_error("quantize: output shard '" + out.string() + "' is the input");
+  }
+  std::vector<std::unique_ptr<GgufWriter>> writers;
+  for (const fs::path& f : res.files) writers.push_back(std::make_unique<GgufWriter>(f));
+  GgufWriter& w = *writers.front();
   add_gguf_model_metadata(w, ck.config, o.name.empty() ? default_name(o.input) : o.name);
   res.tokenizer = add_tokenizer_metadata(w, o.input, ck);
   w.add("general.file_type", GgufValue(res.file_type));
   w.add("general.quantization_version", GgufValue(uint32_t(2)));
-  for (size_t i = 0; i < plan.size(); ++i) w.add_tensor(plan[i].name, formats[i]->type, plan[i].dims);
+  if (o.split_max_bytes > 0)
+    for (size_t k = 0; k < shards; ++k) {
+      writers[k]->add(std::string(kGgufSplitNo), GgufValue(uint16_t(k)));
+      writers[k]->add(std::string(kGgufSplitCount), GgufValue(uint16_t(shards)));
+      writers[k]->add(std::string(kGgufSplitTensors), GgufValue(int32_t(plan.size())));
+    }
+  for (size_t i = 0; i < plan.size(); ++i) writers[shard_of[i]]->add_tensor(plan[i].name, formats[i]->type, plan[i].dims);
 
   ThreadPool pool(o.threads);
   QuantizeProgress p;
@@ -183,7 +232,7 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
             }
           },
           8);
-      w.write(t.name, packed.data(), uint64_t(cn * rb));
+      writers[shard_of[i]]->write(t.name, packed.data(), uint64_t(cn * rb));
       p.bytes_out_done += uint64_t(cn * rb);
       p.bytes_in_done = in_before + (total ? t.source_bytes * uint64_t(r0 + cn) / uint64_t(total) : t.source_bytes);
       if (o.progress) o.progress(p);
@@ -191,8 +240,20 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     }
   }
   if (o.cancel && o.cancel->load()) throw std::runtime_error("quantize: cancelled");
-  w.finish();
-  res.file_bytes = fs::file_size(o.output);
+  // Every shard complete before any is renamed into place: an interrupted run leaves
+  // none of them (a failed rename takes back the ones already renamed).
+  for (auto& wr : writers) wr->complete();
+  for (size_t k = 0; k < writers.size(); ++k) {
+    try {
+      writers[k]->commit();
+    } catch (...) {
+      std::error_code ec;
+      for (size_t j = 0; j < k; ++j) fs::remove(res.files[j], ec);
+      throw;
+    }
+  }
+  res.file_bytes = 0;
+  for (const fs::path& f : res.files) res.file_bytes += fs::file_size(f);
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return res;
 }

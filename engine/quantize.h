@@ -47,6 +47,11 @@ struct QuantizeOptions {
   std::optional<uint32_t> file_type;      // general.file_type; unset: from the types chosen
   bool split_kv_b = true;                 // attn_k_b + attn_v_b (false: attn_kv_b, as older files)
   int64_t chunk_bytes = int64_t(4) << 20; // floats decoded per chunk (rounded to whole rows)
+  // > 0: write llama.cpp's split layout (engine/gguf_shards.h) instead of one file, shards
+  // of at most this many bytes of tensor data, named OUT-00001-of-0000N.gguf (OUT being
+  // `output` without ".gguf"); big models are published this way (Hugging Face takes
+  // files up to 50 GB).
+  uint64_t split_max_bytes = 0;
 };
 
 struct QuantizeTypeCount {
@@ -59,7 +64,8 @@ struct QuantizeResult {
   std::map<DType, QuantizeTypeCount> by_type;  // by output type
   int64_t tensors = 0;
   uint64_t tensor_bytes = 0;  // tensor data written
-  uint64_t file_bytes = 0;    // the whole file
+  uint64_t file_bytes = 0;    // the whole file (all shards)
+  std::vector<std::filesystem::path> files;  // the files written: `output`, or the shards in order
   uint32_t file_type = 0;
   std::string tokenizer;  // where the tokenizer.* keys came from; empty: the input has none
   double seconds = 0.0;
@@ -68,6 +74,9 @@ struct QuantizeResult {
 // Throws std::runtime_error naming the file, tensor or type on bad input, and
 // "quantize: cancelled" when *cancel was set.
 QuantizeResult quantize_model(const QuantizeOptions& options);
+
+// The files quantize_model writes for `options` when the model takes `shards` shards.
+std::vector<std::filesystem::path> quantize_output_files(const QuantizeOptions& options, size_t shards);
 
 // The type a tensor gets when the whole model is asked to be `type`: F32 for 1-D tensors
 // (norms, biases), the router (ffn_gate_inp, exp_probs_b) and the indexer's head weights

@@ -2,6 +2,7 @@
 // from the GGUF; bad flags are one-line errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <string>
@@ -98,6 +99,8 @@ TEST_CASE("cli quantize: bad flags and inputs are one-line errors") {
       {"-m " + (tmp.path / "nope").string() + " -o " + out + " --type q8_0", "does not exist"},
       {"-m " + gold + " --type q8_0", "--output is required"},
       {"-m " + gold + " -o " + out, "give either --type PRESET or --experts"},
+      {"-m " + gold + " -o " + out + " --type q8_0 --split-max-size 12Q", "--split-max-size: "},
+      {"-m " + gold + " -o " + out + " --type q8_0 --split-max-size 1000", "--split-max-size: '1000' is under 1 MiB"},
   };
   for (const Case& c : cases) {
     const CliRun r = run_hearth("quantize " + c.args);
@@ -107,6 +110,50 @@ TEST_CASE("cli quantize: bad flags and inputs are one-line errors") {
     CHECK(one_line(r.err));
   }
   CHECK_FALSE(fs::exists(out));
+}
+
+TEST_CASE("cli quantize: --split-max-size writes shards that logits, info and tokenize read from the first") {
+  TempDir tmp("hearth-quantize-split");
+  const fs::path dir = tmp.path / "tiny", whole = tmp.path / "whole.gguf";
+  REQUIRE(run_hearth("synth -o " + dir.string() + " --preset tiny -q --tokenizer " +
+                     std::string(HEARTH_TEST_DATA) + "/tokenizer/tokenizer.json").code == 0);
+  REQUIRE(run_hearth("quantize -q -m " + dir.string() + " -o " + whole.string() + " --type q8_0").code == 0);
+  const CliRun q = run_hearth("quantize -q -m " + dir.string() + " -o " + (tmp.path / "parts.gguf").string() +
+                              " --type q8_0 --split-max-size 40M");
+  INFO(q.all());
+  REQUIRE(q.code == 0);
+  std::vector<fs::path> shards;
+  for (const auto& e : fs::directory_iterator(tmp.path))
+    if (e.path().filename().string().starts_with("parts-")) shards.push_back(e.path());
+  std::sort(shards.begin(), shards.end());
+  REQUIRE(shards.size() >= 2);
+  const std::string n = std::to_string(shards.size());
+  char first[40];
+  std::snprintf(first, sizeof first, "parts-00001-of-%05zu.gguf", shards.size());
+  CHECK(shards[0].filename() == first);
+  CHECK(q.out.find("shard " + shards.back().string()) != std::string::npos);
+  CHECK(q.out.find("and " + std::to_string(shards.size() - 1) + " more shards") != std::string::npos);
+
+  const fs::path a = tmp.path / "whole.f32", b = tmp.path / "parts.f32";
+  const std::string tokens = " --tokens 0,5,9,700 -t 2 -o ";
+  REQUIRE(run_hearth("logits -m " + whole.string() + tokens + a.string()).code == 0);
+  const CliRun l = run_hearth("logits -m " + shards[0].string() + tokens + b.string());
+  INFO(l.all());
+  REQUIRE(l.code == 0);
+  CHECK(read_f32(a) == read_f32(b));
+
+  const CliRun tok = run_hearth("tokenize -m " + shards[0].string(), "Hello");
+  CHECK(tok.code == 0);
+  const CliRun tok_whole = run_hearth("tokenize -m " + whole.string(), "Hello");
+  CHECK(tok.out == tok_whole.out);
+  const CliRun wrong = run_hearth("logits -m " + shards[1].string() + tokens + b.string());
+  CHECK(wrong.code != 0);
+  CHECK(wrong.err.find("shard 2 of " + n) != std::string::npos);
+  CHECK(wrong.err.find(shards[0].string()) != std::string::npos);
+  CHECK(one_line(wrong.err));
+  const CliRun info = run_hearth("info -m " + shards[0].string());
+  CHECK(info.code == 0);
+  CHECK(info.out.find("deepseek_v32") != std::string::npos);
 }
 
 TEST_CASE("cli quantize: a preset mix and a MoE split with overrides land in the file") {
