@@ -5,6 +5,7 @@
 
 #include "cli/commands.h"
 #include "cli/generation.h"
+#include "engine/gguf_model.h"
 #include "engine/model.h"
 
 namespace hearth::cli {
@@ -41,7 +42,11 @@ int cmd_info(int argc, char** argv) {
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   const Model model = Model::load(args["model"].as<std::string>(), parse_load_options(args, threads));
   const ModelConfig& c = model.config();
-  std::printf("model        %s (%s)\n", args["model"].as<std::string>().c_str(), c.model_type.c_str());
+  const std::string path = args["model"].as<std::string>();
+  std::string shards;  // a split GGUF: how many files the model is in
+  if (is_gguf_file(path))
+    if (const size_t n = GgufShards::open(path).files().size(); n > 1) shards = ", " + std::to_string(n) + " shards";
+  std::printf("model        %s (%s%s)\n", path.c_str(), c.model_type.c_str(), shards.c_str());
   std::printf("layers       %lld (%lld dense, %lld MoE) + %lld MTP\n", (long long)c.num_hidden_layers,
               (long long)c.first_k_dense_replace, (long long)(c.num_hidden_layers - c.first_k_dense_replace),
               (long long)c.num_nextn_predict_layers);

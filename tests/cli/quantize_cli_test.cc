@@ -153,7 +153,7 @@ TEST_CASE("cli quantize: --split-max-size writes shards that logits, info and to
   CHECK(one_line(wrong.err));
   const CliRun info = run_hearth("info -m " + shards[0].string());
   CHECK(info.code == 0);
-  CHECK(info.out.find("deepseek_v32") != std::string::npos);
+  CHECK(info.out.find("(deepseek_v32, " + n + " shards)") != std::string::npos);
 }
 
 TEST_CASE("cli quantize: a preset mix and a MoE split with overrides land in the file") {
