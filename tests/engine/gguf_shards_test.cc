@@ -234,6 +234,27 @@ TEST_CASE("quantize: --split-max-size writes llama.cpp's shards, which run as th
   const std::vector<float> la = prefill_logits(a), lb = prefill_logits(b);
   CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
 
+  // Shards as the input of another quantize: the same file as from the single file.
+  QuantizeOptions from_shards = o, from_whole = o;
+  from_shards.input = r.files[0];
+  from_shards.output = tmp.path / "from-shards.gguf";
+  from_shards.split_max_bytes = 0;
+  from_whole.input = whole;
+  from_whole.output = tmp.path / "from-whole.gguf";
+  from_whole.split_max_bytes = 0;
+  quantize_model(from_shards);
+  quantize_model(from_whole);
+  {
+    const GgufFile x(from_shards.output), y(from_whole.output);
+    REQUIRE(x.tensors().size() == y.tensors().size());
+    CHECK(x.metadata().size() == y.metadata().size());
+    CHECK_FALSE(x.has("split.count"));
+    for (size_t i = 0; i < x.tensors().size(); ++i) {
+      CHECK(x.tensors()[i].name == y.tensors()[i].name);
+      CHECK(std::memcmp(x.tensors()[i].data, y.tensors()[i].data, y.tensors()[i].nbytes) == 0);
+    }
+  }
+
   // Shards may not replace the model they are made from.
   QuantizeOptions again = o;
   again.input = r.files[0];
