@@ -29,14 +29,22 @@ using hearth::testing::TempDir;
 
 namespace {
 
-// tiny-v32 as one Q8_0 GGUF file (k_b/v_b split, as llama.cpp writes them).
-fs::path export_tiny(const TempDir& dir) {
+// tiny-v32 to `output` as Q8_0 (k_b/v_b split, as llama.cpp writes them); split_max_bytes
+// > 0 asks for shards of that size.
+QuantizeOptions tiny_q8_0(const fs::path& output, uint64_t split_max_bytes = 0) {
   QuantizeOptions o;
   o.input = kGoldenDir;
-  o.output = dir.path / "tiny.gguf";
+  o.output = output;
   o.type_for = uniform_type_for(DType::Q8_0);
   o.threads = 2;
   o.name = "tiny";
+  o.split_max_bytes = split_max_bytes;
+  return o;
+}
+
+// tiny-v32 as one Q8_0 GGUF file.
+fs::path export_tiny(const TempDir& dir) {
+  const QuantizeOptions o = tiny_q8_0(dir.path / "tiny.gguf");
   quantize_model(o);
   return o.output;
 }
@@ -180,13 +188,7 @@ TEST_CASE("gguf shards: wrong or missing shards are one-line errors naming the f
 TEST_CASE("quantize: --split-max-size writes llama.cpp's shards, which run as the single file") {
   TempDir tmp("hearth-shards-write");
   const fs::path whole = export_tiny(tmp);
-  QuantizeOptions o;
-  o.input = kGoldenDir;
-  o.output = tmp.path / "parts.gguf";
-  o.type_for = uniform_type_for(DType::Q8_0);
-  o.threads = 2;
-  o.name = "tiny";
-  o.split_max_bytes = 256 << 10;
+  const QuantizeOptions o = tiny_q8_0(tmp.path / "parts.gguf", 256 << 10);
   const QuantizeResult r = quantize_model(o);
   REQUIRE(r.files.size() >= 3);
   const size_t n = r.files.size();
@@ -235,13 +237,9 @@ TEST_CASE("quantize: --split-max-size writes llama.cpp's shards, which run as th
   CHECK(std::memcmp(la.data(), lb.data(), la.size() * sizeof(float)) == 0);
 
   // Shards as the input of another quantize: the same file as from the single file.
-  QuantizeOptions from_shards = o, from_whole = o;
+  QuantizeOptions from_shards = tiny_q8_0(tmp.path / "from-shards.gguf"), from_whole = tiny_q8_0(tmp.path / "from-whole.gguf");
   from_shards.input = r.files[0];
-  from_shards.output = tmp.path / "from-shards.gguf";
-  from_shards.split_max_bytes = 0;
   from_whole.input = whole;
-  from_whole.output = tmp.path / "from-whole.gguf";
-  from_whole.split_max_bytes = 0;
   quantize_model(from_shards);
   quantize_model(from_whole);
   {
@@ -264,13 +262,8 @@ TEST_CASE("quantize: --split-max-size writes llama.cpp's shards, which run as th
 TEST_CASE("quantize: a cancel while writing shards leaves none of them") {
   TempDir tmp("hearth-shards-cancel");
   std::atomic<bool> cancel{false};
-  QuantizeOptions o;
-  o.input = kGoldenDir;
-  o.output = tmp.path / "parts.gguf";
-  o.type_for = uniform_type_for(DType::Q8_0);
-  o.threads = 1;
+  QuantizeOptions o = tiny_q8_0(tmp.path / "parts.gguf", 256 << 10);
   o.cancel = &cancel;
-  o.split_max_bytes = 256 << 10;
   // Cancelled at the last tensor: every earlier shard is complete by then.
   o.progress = [&](const QuantizeProgress& p) {
     if (p.tensor_index + 1 == p.tensor_count) cancel = true;
