@@ -56,10 +56,17 @@ struct Tamper {
   bool duplicate_first_tensor = false;  // the last shard also holds the first tensor
 };
 
+// How the tensors are dealt out. metadata_only_first: the first shard holds no tensors
+// (gguf-split --no-tensor-first-split, for faster downloads of the metadata).
+struct Layout {
+  bool metadata_only_first = false;
+};
+
 // Writes `src` as `n` shards next to `prefix`, tensors dealt out in file order in n nearly
 // equal runs. Written here with hearth's GgufWriter from the layout gguf-split documents,
 // independently of any hearth code that reads shards.
-std::vector<fs::path> write_shards(const GgufFile& src, const fs::path& prefix, int n, const Tamper& t = {}) {
+std::vector<fs::path> write_shards(const GgufFile& src, const fs::path& prefix, int n, const Tamper& t = {},
+                                   const Layout& layout = {}) {
   const std::vector<GgufTensor>& all = src.tensors();
   const int64_t total = int64_t(all.size());
   std::vector<fs::path> paths;
@@ -74,7 +81,9 @@ std::vector<fs::path> write_shards(const GgufFile& src, const fs::path& prefix, 
     w.add("split.count", uint16_t(n));
     w.add("split.tensors.count", int32_t(total + t.tensors_count_delta));
     std::vector<const GgufTensor*> mine;
-    for (int64_t k = total * i / n; k < total * (i + 1) / n; ++k) mine.push_back(&all[size_t(k)]);
+    const int first = layout.metadata_only_first ? 1 : 0, parts = n - first;  // shards that hold tensors
+    if (i >= first)
+      for (int64_t k = total * (i - first) / parts; k < total * (i - first + 1) / parts; ++k) mine.push_back(&all[size_t(k)]);
     if (t.duplicate_first_tensor && i == n - 1) mine.push_back(&all[0]);
     for (const GgufTensor* x : mine) w.add_tensor(x->name, x->type(), x->dims);
     for (const GgufTensor* x : mine) w.write(x->name, x->data, x->nbytes);
@@ -121,8 +130,14 @@ TEST_CASE("gguf shards: a model split in three runs exactly as the single file")
   CHECK(set.path_of(*set.find_tensor(src.tensors().front().name)) == shards[0]);
   CHECK(set.find_tensor("no.such.tensor") == nullptr);
 
-  // A single file is a set of one, and so is a merged file that kept split.count = 0.
+  // A single file is a set of one.
   CHECK(GgufShards::open(whole).files().size() == 1);
+  // A first shard of metadata only, as gguf-split --no-tensor-first-split writes.
+  const std::vector<fs::path> meta_first = write_shards(src, tmp.path / "meta", 3, {}, {.metadata_only_first = true});
+  CHECK(GgufFile(meta_first[0]).tensors().empty());
+  const GgufShards mset = GgufShards::open(meta_first[0]);
+  CHECK(mset.tensor_count() == int64_t(src.tensors().size()));
+  CHECK(mset.path_of(*mset.find_tensor(src.tensors().front().name)) == meta_first[1]);
 
   const Model one = Model::load(whole.string());
   const Model split = Model::load(shards[0].string());
