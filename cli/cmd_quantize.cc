@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -77,6 +78,8 @@ int cmd_quantize(int argc, char** argv) {
       ("o,output", "output .gguf file (written as OUT.tmp, renamed when complete)", cxxopts::value<std::string>())
       ("type", "preset: " + presets, cxxopts::value<std::string>(), "PRESET")
       ("experts", "routed experts' type (instead of --type), e.g. q4_k", cxxopts::value<std::string>(), "TYPE")
+      ("keep-types", "a GGUF input: every tensor keeps its type, copied as stored (instead of --type), e.g. to "
+                     "split a file with --split-max-size without touching its weights")
       ("rest", "with --experts: every other weight's type", cxxopts::value<std::string>()->default_value("q8_0"), "TYPE")
       ("tensor-type", "REGEX=TYPE: tensors whose GGUF name matches get TYPE (repeatable; the first match wins)",
        cxxopts::value<std::vector<std::string>>(), "REGEX=TYPE")
@@ -97,10 +100,14 @@ int cmd_quantize(int argc, char** argv) {
   for (const char* req : {"model", "output"})
     if (!args.count(req)) throw std::invalid_argument(std::string("--") + req + " is required (see --help)");
   if (!args.unmatched().empty()) throw std::invalid_argument("unexpected argument '" + args.unmatched()[0] + "'");
-  if (args.count("type") == args.count("experts"))
-    throw std::invalid_argument("give either --type PRESET or --experts TYPE [--rest TYPE] (see --help)");
+  const bool keep = args.count("keep-types") > 0;
+  if (int(args.count("type") > 0) + int(args.count("experts") > 0) + int(keep) != 1)
+    throw std::invalid_argument("give one of --type PRESET, --experts TYPE [--rest TYPE] or --keep-types (see --help)");
+  if (keep && args.count("tensor-type"))
+    throw std::invalid_argument("--keep-types keeps every tensor's type: --tensor-type cannot change one");
 
-  QuantRecipe recipe = [&] {
+  std::optional<QuantRecipe> recipe;  // none with --keep-types
+  if (!keep) recipe = [&] {
     if (args.count("type")) {
       try {
         return QuantRecipe::preset(args["type"].as<std::string>());
@@ -121,7 +128,7 @@ int cmd_quantize(int argc, char** argv) {
   if (args.count("tensor-type"))
     for (const std::string& spec : args["tensor-type"].as<std::vector<std::string>>()) {
       try {
-        recipe.add_override(spec);
+        recipe->add_override(spec);
       } catch (const std::exception& e) {
         throw std::invalid_argument(std::string("--tensor-type: ") + e.what());
       }
@@ -155,7 +162,14 @@ int cmd_quantize(int argc, char** argv) {
   const int n_layers = int(open_checkpoint(o.input).config.num_hidden_layers);
   int64_t fallbacks = 0, imatrix_hits = 0;
   o.type_for = [&](const GgufExportTensor& t) {
-    const RecipeChoice c = recipe.choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
+    if (keep) {
+      if (!t.stored_type)
+        throw std::runtime_error("--keep-types: the input does not hold tensor '" + t.name +
+                                 "' in a GGUF type (an FP8 checkpoint, or attn_k_b from an older file's attn_kv_b): "
+                                 "give --type");
+      return *t.stored_type;
+    }
+    const RecipeChoice c = recipe->choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
     if (c.fell_back()) ++fallbacks;
     return c.type;
   };
@@ -176,7 +190,8 @@ int cmd_quantize(int argc, char** argv) {
     if (!bar) bar = std::make_unique<ProgressBar>(p.bytes_in_total, "quantize");
     bar->update(p.bytes_in_done, p.tensor->name + " " + std::string(dtype_name(p.type)));
   };
-  if (!quiet) std::fprintf(stderr, "recipe: %s\n", recipe.describe().c_str());
+  if (!quiet)
+    std::fprintf(stderr, "recipe: %s\n", recipe ? recipe->describe().c_str() : "every tensor keeps its type (--keep-types)");
   QuantizeResult r;
   {
     SigintScope sigint;
@@ -197,6 +212,7 @@ int cmd_quantize(int argc, char** argv) {
   else
     std::printf("tokenizer from %s\n", r.tokenizer.c_str());
   if (imatrix) std::printf("importance matrix used for %lld matrices\n", (long long)imatrix_hits);
+  if (r.copied) std::printf("%lld tensors copied as the input stores them (their type did not change)\n", (long long)r.copied);
   if (r.files.size() > 1 || split_max > 0)
     for (const auto& f : r.files) std::printf("shard %s (%s)\n", f.string().c_str(), human_bytes(double(fs::file_size(f))).c_str());
   const std::string what =

@@ -1,6 +1,7 @@
 #include "engine/gguf_export.h"
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 
@@ -49,6 +50,19 @@ Source source(const WeightStore& store, const std::string& name, const std::vect
   return s;
 }
 
+// A GGUF file can hold `d` as it is (every type but FP8).
+bool gguf_storable(DType d) { return d != DType::F8_E4M3 && block_format_of(d) != nullptr; }
+
+// Rows [r0, r0 + n) of per-part matrices as stored: part p holds rows [p * per, (p + 1) *
+// per) of `row_bytes` each (one part: a plain matrix; n_experts parts: merged experts).
+void stored_as(GgufExportTensor& t, DType d, std::vector<const uint8_t*> parts, int64_t per, int64_t row_bytes) {
+  t.stored_type = d;
+  t.copy_ = [parts = std::move(parts), per, row_bytes](int64_t r0, int64_t n, uint8_t* o) {
+    for (int64_t r = r0; r < r0 + n; ++r)
+      std::memcpy(o + (r - r0) * row_bytes, parts[size_t(r / per)] + (r % per) * row_bytes, size_t(row_bytes));
+  };
+}
+
 }  // namespace
 
 std::vector<GgufExportTensor> plan_gguf_export(const ModelConfig& c, const WeightStore& store,
@@ -66,6 +80,8 @@ std::vector<GgufExportTensor> plan_gguf_export(const ModelConfig& c, const Weigh
         t.produce_ = [m = src.m, cols](int64_t r0, int64_t n, float* o) {
           for (int64_t r = 0; r < n; ++r) dequantize_row(m, r0 + r, 0, cols, o + r * cols);
         };
+        if (gguf_storable(src.m.dtype))
+          stored_as(t, src.m.dtype, {static_cast<const uint8_t*>(src.m.data)}, src.m.rows, row_bytes(src.m.dtype, cols));
         break;
       }
       case GgufLayout::kExperts: {
@@ -76,6 +92,14 @@ std::vector<GgufExportTensor> plan_gguf_export(const ModelConfig& c, const Weigh
           experts.push_back(src.m);
           t.source_bytes += src.bytes;
         }
+        const DType d = experts.front().dtype;
+        bool same = gguf_storable(d);
+        std::vector<const uint8_t*> parts;
+        for (const WeightMatrix& m : experts) {
+          same = same && m.dtype == d;
+          parts.push_back(static_cast<const uint8_t*>(m.data));
+        }
+        if (same) stored_as(t, d, std::move(parts), per, row_bytes(d, cols));
         t.produce_ = [experts = std::move(experts), per, cols](int64_t r0, int64_t n, float* o) {
           for (int64_t r = 0; r < n; ++r)
             dequantize_row(experts[size_t((r0 + r) / per)], (r0 + r) % per, 0, cols, o + r * cols);
@@ -87,6 +111,16 @@ std::vector<GgufExportTensor> plan_gguf_export(const ModelConfig& c, const Weigh
         const int64_t nh = c.num_attention_heads, nope = c.qk_nope_head_dim, v = c.v_head_dim, kvl = c.kv_lora_rank;
         const Source src = source(store, t.hf, {nh * (nope + v), kvl});
         const WeightMatrix m = src.m;
+        // A GGUF input's own attn_k_b / attn_v_b (block formats; engine/gguf_model.cc): in
+        // this very layout, so copyable as stored.
+        const std::string stem = t.hf.substr(0, t.hf.size() - std::string_view("kv_b_proj.weight").size());
+        const std::string own = stem + (t.layout == GgufLayout::kKB ? "k_b_proj.weight" : "v_b_proj.weight");
+        if (store.has(own)) {
+          const TensorView& w = store.get(own);
+          const std::vector<int64_t> want{t.dims[1] * (t.dims.size() > 2 ? t.dims[2] : 1), t.dims[0]};
+          if (w.shape == want && gguf_storable(w.dtype))
+            stored_as(t, w.dtype, {static_cast<const uint8_t*>(w.data)}, want[0], row_bytes(w.dtype, want[1]));
+        }
         if (t.layout == GgufLayout::kVB) {
           // Row (h, j) is kv_b row h * (nope + v) + nope + j.
           t.source_bytes = src.bytes * uint64_t(v) / uint64_t(nope + v);

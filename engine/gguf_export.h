@@ -6,6 +6,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,16 @@ struct GgufExportTensor : GgufTensorSpec {
   void rows(int64_t r0, int64_t n, float* out) const { produce_(r0, n, out); }
 
   std::function<void(int64_t r0, int64_t n, float* out)> produce_;
+
+  // Where the source already holds this tensor in a GGUF type, row for row (a GGUF input):
+  // that type, and stored_rows() copies rows [r0, r0 + n) as stored (row_bytes each). So a
+  // tensor whose type does not change is copied, not decoded and quantized again, which
+  // would move a K-quant's blocks (llama-quantize copies such tensors too). nullopt when
+  // the source must be converted (FP8, a kv_b split by transposition).
+  std::optional<DType> stored_type;
+  void stored_rows(int64_t r0, int64_t n, uint8_t* out) const { copy_(r0, n, out); }
+
+  std::function<void(int64_t r0, int64_t n, uint8_t* out)> copy_;
 };
 
 struct GgufExportOptions {

@@ -104,7 +104,8 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   if (o.output.empty()) throw std::runtime_error("quantize: no output file given");
   std::error_code ec;
-  if (fs::exists(o.output, ec) && fs::exists(o.input, ec) && fs::equivalent(o.input, o.output, ec))
+  // (Shards are named apart from `output`: they are checked against the input below.)
+  if (o.split_max_bytes == 0 && fs::exists(o.output, ec) && fs::exists(o.input, ec) && fs::equivalent(o.input, o.output, ec))
     throw std::runtime_error("quantize: output '" + o.output.string() + "' is the input");
   if (fs::is_directory(o.output, ec))
     throw std::runtime_error("quantize: output '" + o.output.string() + "' is a directory");
@@ -211,27 +212,34 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     p.type = *dtype_of(f.type);
     p.tensor_index = int64_t(i);
     const uint64_t in_before = p.bytes_in_done;
+    // A tensor the input already holds in the output's type is copied as stored.
+    const bool copy = t.stored_type && *t.stored_type == p.type;
+    if (copy) ++res.copied;
     for (int64_t r0 = 0; r0 < total || (total == 0 && r0 == 0); r0 += chunk) {
       if (o.cancel && o.cancel->load()) throw std::runtime_error("quantize: cancelled");
       const int64_t cn = std::min(chunk, total - r0);
-      rows.resize(size_t(cn * n));
+      if (!copy) rows.resize(size_t(cn * n));
       packed.resize(size_t(cn * rb));
-      // Importance vectors of the experts this chunk touches, fetched on this thread.
-      std::vector<const float*> imp;
-      const int64_t e0 = r0 / per_expert, e1 = cn > 0 ? (r0 + cn - 1) / per_expert : e0;
-      if (o.importance)
-        for (int64_t e = e0; e <= e1; ++e)
-          imp.push_back(o.importance(t.name, t.layout == GgufLayout::kExperts ? e : -1, n));
-      pool.parallel_for(
-          cn,
-          [&](int64_t a, int64_t b) {
-            t.rows(r0 + a, b - a, rows.data() + a * n);
-            for (int64_t r = a; r < b; ++r) {
-              const float* im = imp.empty() ? nullptr : imp[size_t((r0 + r) / per_expert - e0)];
-              f.quantize_row(rows.data() + r * n, packed.data() + r * rb, n, im);
-            }
-          },
-          8);
+      if (copy) {
+        t.stored_rows(r0, cn, packed.data());
+      } else {
+        // Importance vectors of the experts this chunk touches, fetched on this thread.
+        std::vector<const float*> imp;
+        const int64_t e0 = r0 / per_expert, e1 = cn > 0 ? (r0 + cn - 1) / per_expert : e0;
+        if (o.importance)
+          for (int64_t e = e0; e <= e1; ++e)
+            imp.push_back(o.importance(t.name, t.layout == GgufLayout::kExperts ? e : -1, n));
+        pool.parallel_for(
+            cn,
+            [&](int64_t a, int64_t b) {
+              t.rows(r0 + a, b - a, rows.data() + a * n);
+              for (int64_t r = a; r < b; ++r) {
+                const float* im = imp.empty() ? nullptr : imp[size_t((r0 + r) / per_expert - e0)];
+                f.quantize_row(rows.data() + r * n, packed.data() + r * rb, n, im);
+              }
+            },
+            8);
+      }
       writers[shard_of[i]]->write(t.name, packed.data(), uint64_t(cn * rb));
       p.bytes_out_done += uint64_t(cn * rb);
       p.bytes_in_done = in_before + (total ? t.source_bytes * uint64_t(r0 + cn) / uint64_t(total) : t.source_bytes);

@@ -63,6 +63,7 @@ struct QuantizeResult {
   ModelConfig config;
   std::map<DType, QuantizeTypeCount> by_type;  // by output type
   int64_t tensors = 0;
+  int64_t copied = 0;         // tensors copied as the input stores them (type unchanged)
   uint64_t tensor_bytes = 0;  // tensor data written
   uint64_t file_bytes = 0;    // the whole file (all shards)
   std::vector<std::filesystem::path> files;  // the files written: `output`, or the shards in order

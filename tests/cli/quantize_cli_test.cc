@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
 
 #include "engine/gguf.h"
+#include "engine/gguf_shards.h"
 #include "support/golden.h"
 #include "support/scratch.h"
 
@@ -91,14 +93,17 @@ TEST_CASE("cli quantize: bad flags and inputs are one-line errors") {
       {"-m " + gold + " -o " + out + " --type f8_e4m3", "unknown quantization preset 'f8_e4m3'"},
       {"-m " + gold + " -o " + out + " --experts f8_e4m3", "--experts: 'f8_e4m3' is not a type GGUF holds"},
       {"-m " + gold + " -o " + out + " --experts q4_k --rest zz", "--rest: 'zz'"},
-      {"-m " + gold + " -o " + out + " --type q8_0 --experts q4_k", "give either --type"},
+      {"-m " + gold + " -o " + out + " --type q8_0 --experts q4_k", "give one of --type"},
+      {"-m " + gold + " -o " + out + " --keep-types --type q8_0", "give one of --type"},
+      {"-m " + gold + " -o " + out + " --keep-types --tensor-type attn=q8_0", "--keep-types keeps every tensor's type"},
+      {"-q -m " + gold + " -o " + out + " --keep-types", "--keep-types: the input does not hold tensor 'blk.0.attn_q_a.weight'"},
       {"-m " + gold + " -o " + out + " --type q8_0 --tensor-type attn", "--tensor-type: "},
       {"-m " + gold + " -o " + out + " --type q8_0 --tensor-type '(=q4_k'", "--tensor-type: "},
       {"-m " + gold + " -o " + out + " --type q8_0 --imatrix " + (tmp.path / "none.dat").string(), "none.dat"},
       {"-m " + gold + " -o " + (tmp.path / "o.bin").string() + " --type q8_0", "must end in .gguf"},
       {"-m " + (tmp.path / "nope").string() + " -o " + out + " --type q8_0", "does not exist"},
       {"-m " + gold + " --type q8_0", "--output is required"},
-      {"-m " + gold + " -o " + out, "give either --type PRESET or --experts"},
+      {"-m " + gold + " -o " + out, "give one of --type PRESET, --experts TYPE [--rest TYPE] or --keep-types"},
       {"-m " + gold + " -o " + out + " --type q8_0 --split-max-size 12Q", "--split-max-size: "},
       {"-m " + gold + " -o " + out + " --type q8_0 --split-max-size 1000", "--split-max-size: '1000' is under 1 MiB"},
   };
@@ -151,6 +156,30 @@ TEST_CASE("cli quantize: --split-max-size writes shards that logits, info and to
   CHECK(wrong.err.find("shard 2 of " + n) != std::string::npos);
   CHECK(wrong.err.find(shards[0].string()) != std::string::npos);
   CHECK(one_line(wrong.err));
+  // --keep-types: the single file split again with every tensor copied as stored.
+  // -o may name the input itself: only the shards are written (the docs' example).
+  fs::copy_file(whole, tmp.path / "kept.gguf");
+  const CliRun k = run_hearth("quantize -q -m " + (tmp.path / "kept.gguf").string() + " -o " +
+                              (tmp.path / "kept.gguf").string() + " --keep-types --split-max-size 60M");
+  INFO(k.all());
+  REQUIRE(k.code == 0);
+  CHECK(k.out.find("tensors copied as the input stores them") != std::string::npos);
+  {
+    fs::path first_kept;
+    for (const auto& e : fs::directory_iterator(tmp.path))
+      if (e.path().filename().string().starts_with("kept-00001-of-")) first_kept = e.path();
+    const hearth::GgufShards kept = hearth::GgufShards::open(first_kept);
+    CHECK(kept.files().size() >= 2);
+    const hearth::GgufFile one(whole);
+    CHECK(kept.tensor_count() == int64_t(one.tensors().size()));
+    for (const hearth::GgufTensor& t : one.tensors()) {
+      const hearth::GgufTensor* c = kept.find_tensor(t.name);
+      REQUIRE(c != nullptr);
+      CHECK(c->type() == t.type());
+      CHECK(std::memcmp(c->data, t.data, t.nbytes) == 0);
+    }
+  }
+
   const CliRun info = run_hearth("info -m " + shards[0].string());
   CHECK(info.code == 0);
   CHECK(info.out.find("(deepseek_v32, " + n + " shards)") != std::string::npos);

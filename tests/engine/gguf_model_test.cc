@@ -21,6 +21,7 @@
 #include "engine/quantize.h"
 #include "engine/synth.h"
 #include "quant/block_formats.h"
+#include "quant/recipe.h"
 #include "support/errors.h"
 #include "support/golden.h"
 #include "support/scratch.h"
@@ -733,13 +734,21 @@ TEST_CASE("quantize: importance vectors reach the quantizer per tensor and per e
     store.push_back(std::move(v));
     return store.back().data();
   };
-  quantize_model(o);
+  const QuantizeResult r = quantize_model(o);
   std::set<int64_t> want_experts{-1};  // -1 from the tensors that are not merged experts
   for (int64_t e = 0; e < 16; ++e) want_experts.insert(e);
   CHECK(experts_seen == want_experts);
+  // Every tensor but those copied as stored: the checkpoint's F32 router biases stay F32.
   const GgufFile f(o.output);
-  CHECK(ne0_of.size() == f.tensors().size());
-  for (const GgufTensor& t : f.tensors()) CHECK_MESSAGE(ne0_of[t.name] == std::set<int64_t>{t.dims[0]}, t.name);
+  CHECK(r.copied == 4);  // three MoE layers and the MTP layer
+  CHECK(ne0_of.size() + size_t(r.copied) == f.tensors().size());
+  for (const GgufTensor& t : f.tensors()) {
+    if (t.name.find("exp_probs_b") != std::string::npos) {
+      CHECK_MESSAGE(!ne0_of.count(t.name), t.name);
+      continue;
+    }
+    CHECK_MESSAGE(ne0_of[t.name] == std::set<int64_t>{t.dims[0]}, t.name);
+  }
 
   // Expert 5's first row of blk.1.ffn_up_exps is quantized with expert 5's vector.
   const GgufTensor& t = f.tensor("blk.1.ffn_up_exps.weight");
@@ -753,6 +762,78 @@ TEST_CASE("quantize: importance vectors reach the quantizer per tensor and per e
   const uint8_t* got = static_cast<const uint8_t*>(t.data) + 5 * 96 * rb;
   CHECK(std::memcmp(got, with.data(), size_t(rb)) == 0);
   CHECK(with != without);  // the vector changed the result: the check above means something
+}
+
+TEST_CASE("quantize: tensors whose type does not change are copied as the input GGUF stores them") {
+  TempDir tmp("hearth-gguf-copy");
+  const int n_layers = int(hf_model().config().num_hidden_layers);
+  auto by = [n_layers](const QuantRecipe& r) {
+    return [r, n_layers](const GgufExportTensor& t) { return r.type_for(RecipeTensor{t.name, t.dims, int(t.layer), n_layers}); };
+  };
+  QuantizeOptions a;
+  a.input = kGoldenDir;
+  a.output = tmp.path / "a.gguf";
+  a.type_for = by(QuantRecipe::preset("Q4_K_M"));
+  a.threads = 2;
+  a.name = "tiny";
+  CHECK(quantize_model(a).copied == 4);  // from the FP8 checkpoint only its F32 router biases
+
+  // The same recipe on its own output: every tensor copied, so the same bytes.
+  QuantizeOptions b = a;
+  b.input = a.output;
+  b.output = tmp.path / "b.gguf";
+  const QuantizeResult rb = quantize_model(b);
+  const GgufFile fa(a.output), fb(b.output);
+  REQUIRE(fa.tensors().size() == fb.tensors().size());
+  CHECK(rb.copied == int64_t(fb.tensors().size()));
+  std::set<GgmlType> types;
+  for (size_t i = 0; i < fa.tensors().size(); ++i) {
+    const GgufTensor &x = fa.tensors()[i], &y = fb.tensors()[i];
+    types.insert(x.type());
+    CHECK(x.type() == y.type());
+    CHECK_MESSAGE(std::memcmp(x.data, y.data, x.nbytes) == 0, x.name);
+  }
+  CHECK(types.count(GgmlType::Q4_K));  // the mix: K-quants, fallbacks (attn_k_b) and F32
+  CHECK(types.count(GgmlType::Q6_K));
+  CHECK(types.count(GgmlType::Q8_0));
+
+  // What the copy spares: decoding a K-quant row and quantizing it again can move its
+  // blocks (the scale search does not return to its own result: here Q6_K's).
+  int64_t moved = 0, rows = 0;
+  for (const GgufTensor& t : fa.tensors()) {
+    if (t.type() != GgmlType::Q6_K) continue;
+    const BlockFormat& f = block_format(t.type());
+    const int64_t n = t.row_elems(), rbytes = f.row_bytes(n);
+    std::vector<float> row(static_cast<size_t>(n));
+    std::vector<uint8_t> again(static_cast<size_t>(rbytes));
+    for (int64_t r = 0; r < t.rows(); ++r, ++rows) {
+      const uint8_t* stored = static_cast<const uint8_t*>(t.data) + r * rbytes;
+      f.dequantize_row(stored, row.data(), n);
+      f.quantize_row(row.data(), again.data(), n, nullptr);
+      moved += std::memcmp(stored, again.data(), size_t(rbytes)) != 0;
+    }
+  }
+  MESSAGE("Q6_K rows changed by a decode and requantize: " << moved << " of " << rows);
+  CHECK(moved > 0);
+
+  // Another recipe: what keeps its type is copied, the rest converted.
+  QuantizeOptions c = b;
+  c.output = tmp.path / "c.gguf";
+  c.type_for = by(QuantRecipe::moe(DType::Q4_K, DType::Q8_0));
+  const QuantizeResult rc = quantize_model(c);
+  const GgufFile fc(c.output);
+  int64_t same = 0, changed = 0;
+  for (size_t i = 0; i < fa.tensors().size(); ++i) {
+    const GgufTensor &x = fa.tensors()[i], &z = fc.tensors()[i];
+    if (x.type() != z.type()) {
+      ++changed;
+      continue;
+    }
+    ++same;
+    CHECK_MESSAGE(std::memcmp(x.data, z.data, x.nbytes) == 0, x.name);
+  }
+  CHECK(rc.copied == same);
+  CHECK(changed > 0);
 }
 
 TEST_CASE("quantize: a cancel leaves neither the output nor its temporary file") {
