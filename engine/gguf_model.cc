@@ -741,6 +741,19 @@ bool is_gguf_file(const fs::path& path) {
 OpenCheckpoint open_checkpoint(const fs::path& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) {
+    if (!fs::exists(path / "config.json", ec)) {
+      // A folder of downloaded GGUF files: say which file to give instead.
+      std::vector<std::string> ggufs;
+      for (const auto& e : fs::directory_iterator(path, ec))
+        if (e.path().extension() == ".gguf") ggufs.push_back(e.path().filename().string());
+      std::sort(ggufs.begin(), ggufs.end());
+      if (!ggufs.empty()) {
+        const auto first = std::find_if(ggufs.begin(), ggufs.end(), [](const std::string& n) { return n.find("-00001-of-") != std::string::npos; });
+        throw std::runtime_error("model '" + path.string() + "' is a folder of GGUF files without config.json: give one file, e.g. " +
+                                 (path / (first != ggufs.end() ? *first : ggufs.front())).string() +
+                                 (first != ggufs.end() ? " (a split model's first shard)" : ""));
+      }
+    }
     OpenCheckpoint o;
     o.config = ModelConfig::load(path / "config.json");
     o.store = WeightStore::open(path);

@@ -193,6 +193,12 @@ TEST_CASE("gguf shards: wrong or missing shards are one-line errors naming the f
     check_error([&] { GgufShards::open(p[0]); },
                 {p[0].string(), "split.tensors.count says " + std::to_string(src.tensors().size() + 5)});
   }
+  SUBCASE("a folder of shards is named instead of its first shard") {
+    const fs::path dir = tmp.path / "download";
+    fs::create_directory(dir);
+    const auto p = write_shards(src, dir / "m", 3);
+    check_error([&] { Model::load(dir.string()); }, {dir.string(), "without config.json", p[0].string(), "first shard"});
+  }
   SUBCASE("a broken shard is reported as that shard") {
     const auto p = write_shards(src, tmp.path / "m", 3);
     fs::resize_file(p[1], fs::file_size(p[1]) / 2);
