@@ -181,6 +181,10 @@ int cmd_quantize(int argc, char** argv) {
     };
   o.threads = threads;
   if (args.count("type")) o.file_type = preset_file_type(args["type"].as<std::string>());
+  if (keep && is_gguf_file(o.input)) {  // the same tensors: the same general.file_type (e.g. Q4_K_M, not _S)
+    const GgufShards in = GgufShards::open(o.input);
+    if (in.first().has("general.file_type")) o.file_type = in.first().get_u32("general.file_type");
+  }
   if (args.count("name")) o.name = args["name"].as<std::string>();
   g_cancel.store(false);
   o.cancel = &g_cancel;

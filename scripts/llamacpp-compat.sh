@@ -6,7 +6,8 @@
 #      Q4_K_M / Q5_K_M / Q3_K_M / Q2_K, and hearth must run those files with llama.cpp's logits;
 #   3. split models, as big quants are published: ggml's GGUF code splits one of them into
 #      shards as gguf-split does, and `hearth quantize --split-max-size` writes shards; both
-#      engines run both sets from the first shard, hearth with the single file's logits.
+#      engines run both sets from the first shard, hearth with the single file's logits;
+#   4. `hearth quantize --keep-types` copies llama.cpp's Q4_K_M as stored: both engines run it.
 # llama.cpp comes from the node-llama-cpp npm package (prebuilt libllama, CPU build), installed
 # into ~/.cache/hearth/llamacpp. Needs node, npm (and the npm registry), gcc, and a built hearth
 # (build/cli/hearth). Not part of scripts/test.sh: it downloads ~200 MB.
@@ -66,4 +67,9 @@ first=$(ls "$work"/split/hearth-q8_0-00001-of-*.gguf)
 echo "== hearth wrote $(ls "$work"/split/hearth-q8_0-*-of-*.gguf | wc -l) shards"
 check "$first"
 cmp "$first.hearth.f32" "$work/hearth-q8_0.gguf.hearth.f32" && echo "hearth: shards = single file, bit for bit" || status=1
+# 4. llama.cpp's Q4_K_M through `hearth quantize --keep-types` (every tensor copied as
+#    stored): llama.cpp runs the result, and both engines give the input's logits.
+"$hearth" quantize -m "$work/llamacpp-Q4_K_M.gguf" -o "$work/kept-Q4_K_M.gguf" --keep-types -q >/dev/null
+check "$work/kept-Q4_K_M.gguf"
+cmp "$work/kept-Q4_K_M.gguf.hearth.f32" "$work/llamacpp-Q4_K_M.gguf.hearth.f32" && echo "hearth: --keep-types = input, bit for bit" || status=1
 exit $status

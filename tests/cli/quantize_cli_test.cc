@@ -156,21 +156,17 @@ TEST_CASE("cli quantize: --split-max-size writes shards that logits, info and to
   CHECK(wrong.err.find("shard 2 of " + n) != std::string::npos);
   CHECK(wrong.err.find(shards[0].string()) != std::string::npos);
   CHECK(one_line(wrong.err));
-  // --keep-types: the single file split again with every tensor copied as stored.
-  // -o may name the input itself: only the shards are written (the docs' example).
-  fs::copy_file(whole, tmp.path / "kept.gguf");
-  const CliRun k = run_hearth("quantize -q -m " + (tmp.path / "kept.gguf").string() + " -o " +
-                              (tmp.path / "kept.gguf").string() + " --keep-types --split-max-size 60M");
+  // --keep-types: a Q4_K_M file split again with every tensor copied as stored. -o may
+  // name the input itself: only the shards are written (the docs' example).
+  const fs::path mixed = tmp.path / "kept.gguf";
+  REQUIRE(run_hearth("quantize -q -m " + hearth::testing::kGoldenDir + " -o " + mixed.string() + " --type Q4_K_M").code == 0);
+  const CliRun k = run_hearth("quantize -q -m " + mixed.string() + " -o " + mixed.string() + " --keep-types --split-max-size 1M");
   INFO(k.all());
   REQUIRE(k.code == 0);
   CHECK(k.out.find("tensors copied as the input stores them") != std::string::npos);
   {
-    fs::path first_kept;
-    for (const auto& e : fs::directory_iterator(tmp.path))
-      if (e.path().filename().string().starts_with("kept-00001-of-")) first_kept = e.path();
-    const hearth::GgufShards kept = hearth::GgufShards::open(first_kept);
-    CHECK(kept.files().size() >= 2);
-    const hearth::GgufFile one(whole);
+    const hearth::GgufShards kept = hearth::GgufShards::open(tmp.path / "kept-00001-of-00010.gguf");
+    const hearth::GgufFile one(mixed);
     CHECK(kept.tensor_count() == int64_t(one.tensors().size()));
     for (const hearth::GgufTensor& t : one.tensors()) {
       const hearth::GgufTensor* c = kept.find_tensor(t.name);
@@ -178,6 +174,8 @@ TEST_CASE("cli quantize: --split-max-size writes shards that logits, info and to
       CHECK(c->type() == t.type());
       CHECK(std::memcmp(c->data, t.data, t.nbytes) == 0);
     }
+    // The input's file type (Q4_K_M), not the one its bytes suggest (mostly Q8_0 here).
+    CHECK(kept.first().get_u32("general.file_type") == 15);
   }
 
   const CliRun info = run_hearth("info -m " + shards[0].string());
