@@ -78,8 +78,9 @@ int cmd_quantize(int argc, char** argv) {
       ("o,output", "output .gguf file (written as OUT.tmp, renamed when complete)", cxxopts::value<std::string>())
       ("type", "preset: " + presets, cxxopts::value<std::string>(), "PRESET")
       ("experts", "routed experts' type (instead of --type), e.g. q4_k", cxxopts::value<std::string>(), "TYPE")
-      ("keep-types", "a GGUF input: every tensor keeps its type, copied as stored (instead of --type), e.g. to "
-                     "split a file with --split-max-size without touching its weights")
+      ("keep-types", "a GGUF input: every tensor keeps its type, copied as stored (instead of --type; "
+                     "--tensor-type still changes the tensors it names), e.g. to split a file with "
+                     "--split-max-size without touching its weights")
       ("rest", "with --experts: every other weight's type", cxxopts::value<std::string>()->default_value("q8_0"), "TYPE")
       ("tensor-type", "REGEX=TYPE: tensors whose GGUF name matches get TYPE (repeatable; the first match wins)",
        cxxopts::value<std::vector<std::string>>(), "REGEX=TYPE")
@@ -103,11 +104,11 @@ int cmd_quantize(int argc, char** argv) {
   const bool keep = args.count("keep-types") > 0;
   if (int(args.count("type") > 0) + int(args.count("experts") > 0) + int(keep) != 1)
     throw std::invalid_argument("give one of --type PRESET, --experts TYPE [--rest TYPE] or --keep-types (see --help)");
-  if (keep && args.count("tensor-type"))
-    throw std::invalid_argument("--keep-types keeps every tensor's type: --tensor-type cannot change one");
 
-  std::optional<QuantRecipe> recipe;  // none with --keep-types
-  if (!keep) recipe = [&] {
+  // With --keep-types the recipe only carries the --tensor-type overrides (its preset is
+  // never consulted).
+  QuantRecipe recipe = [&] {
+    if (keep) return QuantRecipe::preset("Q8_0");
     if (args.count("type")) {
       try {
         return QuantRecipe::preset(args["type"].as<std::string>());
@@ -128,7 +129,7 @@ int cmd_quantize(int argc, char** argv) {
   if (args.count("tensor-type"))
     for (const std::string& spec : args["tensor-type"].as<std::vector<std::string>>()) {
       try {
-        recipe->add_override(spec);
+        recipe.add_override(spec);
       } catch (const std::exception& e) {
         throw std::invalid_argument(std::string("--tensor-type: ") + e.what());
       }
@@ -163,13 +164,18 @@ int cmd_quantize(int argc, char** argv) {
   int64_t fallbacks = 0, imatrix_hits = 0;
   o.type_for = [&](const GgufExportTensor& t) {
     if (keep) {
+      const RecipeChoice c = recipe.choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
+      if (c.overridden) {
+        if (c.fell_back()) ++fallbacks;
+        return c.type;
+      }
       if (!t.stored_type)
         throw std::runtime_error("--keep-types: the input does not hold tensor '" + t.name +
                                  "' in a GGUF type (an FP8 checkpoint, or attn_k_b from an older file's attn_kv_b): "
                                  "give --type");
       return *t.stored_type;
     }
-    const RecipeChoice c = recipe->choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
+    const RecipeChoice c = recipe.choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
     if (c.fell_back()) ++fallbacks;
     return c.type;
   };
@@ -181,7 +187,7 @@ int cmd_quantize(int argc, char** argv) {
     };
   o.threads = threads;
   if (args.count("type")) o.file_type = preset_file_type(args["type"].as<std::string>());
-  if (keep && is_gguf_file(o.input)) {  // the same tensors: the same general.file_type (e.g. Q4_K_M, not _S)
+  if (keep && !args.count("tensor-type") && is_gguf_file(o.input)) {  // the same tensors: the same general.file_type (e.g. Q4_K_M, not _S)
     const GgufShards in = GgufShards::open(o.input);
     if (in.first().has("general.file_type")) o.file_type = in.first().get_u32("general.file_type");
   }
@@ -195,7 +201,11 @@ int cmd_quantize(int argc, char** argv) {
     bar->update(p.bytes_in_done, p.tensor->name + " " + std::string(dtype_name(p.type)));
   };
   if (!quiet)
-    std::fprintf(stderr, "recipe: %s\n", recipe ? recipe->describe().c_str() : "every tensor keeps its type (--keep-types)");
+    std::fprintf(stderr, "recipe: %s\n",
+                 keep ? ("every tensor keeps its type (--keep-types)" +
+                         std::string(args.count("tensor-type") ? " but those --tensor-type names" : ""))
+                            .c_str()
+                      : recipe.describe().c_str());
   QuantizeResult r;
   {
     SigintScope sigint;

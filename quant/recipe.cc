@@ -266,6 +266,7 @@ RecipeChoice QuantRecipe::choose(const RecipeTensor& t) const {
   if (hit) {
     c.wanted = hit->type;
     c.why = "override '" + hit->spec + "'";
+    c.overridden = true;
   } else {
     const int layer = t.layer >= 0 ? t.layer : parts.layer;
     const Rule* match = nullptr;

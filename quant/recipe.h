@@ -52,6 +52,7 @@ struct RecipeChoice {
   DType type = DType::F32;    // what to write
   DType wanted = DType::F32;  // what the preset or override asked for, before the block fallback
   std::string why;            // one line: the rule or override, and the fallback if any
+  bool overridden = false;    // an override (add_override) chose it, not the preset
   bool fell_back() const { return type != wanted; }
 };
 

@@ -95,7 +95,6 @@ TEST_CASE("cli quantize: bad flags and inputs are one-line errors") {
       {"-m " + gold + " -o " + out + " --experts q4_k --rest zz", "--rest: 'zz'"},
       {"-m " + gold + " -o " + out + " --type q8_0 --experts q4_k", "give one of --type"},
       {"-m " + gold + " -o " + out + " --keep-types --type q8_0", "give one of --type"},
-      {"-m " + gold + " -o " + out + " --keep-types --tensor-type attn=q8_0", "--keep-types keeps every tensor's type"},
       {"-q -m " + gold + " -o " + out + " --keep-types", "--keep-types: the input does not hold tensor 'blk.0.attn_q_a.weight'"},
       {"-m " + gold + " -o " + out + " --type q8_0 --tensor-type attn", "--tensor-type: "},
       {"-m " + gold + " -o " + out + " --type q8_0 --tensor-type '(=q4_k'", "--tensor-type: "},
@@ -176,6 +175,27 @@ TEST_CASE("cli quantize: --split-max-size writes shards that logits, info and to
     }
     // The input's file type (Q4_K_M), not the one its bytes suggest (mostly Q8_0 here).
     CHECK(kept.first().get_u32("general.file_type") == 15);
+  }
+  // ...but for the tensors a --tensor-type override names.
+  const fs::path down = tmp.path / "down.gguf";
+  const CliRun d = run_hearth("quantize -q -m " + mixed.string() + " -o " + down.string() +
+                              " --keep-types --tensor-type 'ffn_up_exps=q6_k'");
+  INFO(d.all());
+  REQUIRE(d.code == 0);
+  {
+    const hearth::GgufFile one(mixed), got(down);
+    int64_t changed = 0;
+    for (const hearth::GgufTensor& t : one.tensors()) {
+      const hearth::GgufTensor& c = got.tensor(t.name);
+      if (t.name.find("ffn_up_exps") != std::string::npos) {
+        CHECK(c.type() == hearth::GgmlType::Q6_K);
+        changed += t.type() != hearth::GgmlType::Q6_K;
+      } else {
+        CHECK(c.type() == t.type());
+        CHECK(std::memcmp(c.data, t.data, t.nbytes) == 0);
+      }
+    }
+    CHECK(changed > 0);
   }
 
   const CliRun info = run_hearth("info -m " + shards[0].string());

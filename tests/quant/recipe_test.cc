@@ -312,6 +312,9 @@ TEST_CASE("recipe: overrides win in the order added and keep the F32 tensors") {
   CHECK(kb.wanted == DType::Q5_K);
   CHECK(kb.type == DType::Q8_0);
   CHECK(kb.why.find("override 'attn_k_b=Q5_K'") != std::string::npos);
+  CHECK(kb.overridden);
+  CHECK_FALSE(r.choose(t("blk.22.attn_q_b.weight", {1536, 24576})).overridden);
+  CHECK_FALSE(r.choose(t("blk.12.ffn_gate_inp.weight", {7168, 256})).overridden);  // F32 wins over the override
   CHECK(r.type_for(t("blk.12.ffn_gate_inp.weight", {7168, 256})) == DType::F32);
   CHECK(r.type_for(t("blk.12.attn_norm.weight", {7168})) == DType::F32);
   CHECK(r.why(t("blk.12.ffn_gate_inp.weight", {7168, 256})).find("router") != std::string::npos);
