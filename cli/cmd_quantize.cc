@@ -160,22 +160,18 @@ int cmd_quantize(int argc, char** argv) {
   o.output = out;
   o.split_max_bytes = split_max;
   // The recipe's layer rules count the blocks before the MTP layers.
-  const int n_layers = int(open_checkpoint(o.input).config.num_hidden_layers);
+  const OpenCheckpoint input = open_checkpoint(o.input);
+  const int n_layers = int(input.config.num_hidden_layers);
   int64_t fallbacks = 0, imatrix_hits = 0;
   o.type_for = [&](const GgufExportTensor& t) {
-    if (keep) {
-      const RecipeChoice c = recipe.choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
-      if (c.overridden) {
-        if (c.fell_back()) ++fallbacks;
-        return c.type;
-      }
+    const RecipeChoice c = recipe.choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
+    if (keep && !c.overridden) {
       if (!t.stored_type)
         throw std::runtime_error("--keep-types: the input does not hold tensor '" + t.name +
                                  "' in a GGUF type (an FP8 checkpoint, or attn_k_b from an older file's attn_kv_b): "
                                  "give --type");
       return *t.stored_type;
     }
-    const RecipeChoice c = recipe.choose(RecipeTensor{t.name, t.dims, int(t.layer), n_layers});
     if (c.fell_back()) ++fallbacks;
     return c.type;
   };
@@ -187,10 +183,9 @@ int cmd_quantize(int argc, char** argv) {
     };
   o.threads = threads;
   if (args.count("type")) o.file_type = preset_file_type(args["type"].as<std::string>());
-  if (keep && !args.count("tensor-type") && is_gguf_file(o.input)) {  // the same tensors: the same general.file_type (e.g. Q4_K_M, not _S)
-    const GgufShards in = GgufShards::open(o.input);
-    if (in.first().has("general.file_type")) o.file_type = in.first().get_u32("general.file_type");
-  }
+  // The same tensors: the same general.file_type (e.g. Q4_K_M, not the _S its bytes suggest).
+  if (keep && !args.count("tensor-type") && input.gguf && input.gguf->first().has("general.file_type"))
+    o.file_type = input.gguf->first().get_u32("general.file_type");
   if (args.count("name")) o.name = args["name"].as<std::string>();
   g_cancel.store(false);
   o.cancel = &g_cancel;

@@ -117,7 +117,7 @@ std::vector<GgufExportTensor> plan_gguf_export(const ModelConfig& c, const Weigh
         const std::string own = stem + (t.layout == GgufLayout::kKB ? "k_b_proj.weight" : "v_b_proj.weight");
         if (store.has(own)) {
           const TensorView& w = store.get(own);
-          const std::vector<int64_t> want{t.dims[1] * (t.dims.size() > 2 ? t.dims[2] : 1), t.dims[0]};
+          const std::vector<int64_t> want{t.rows(), t.row_elems()};
           if (w.shape == want && gguf_storable(w.dtype))
             stored_as(t, w.dtype, {static_cast<const uint8_t*>(w.data)}, want[0], row_bytes(w.dtype, want[1]));
         }

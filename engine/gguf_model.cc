@@ -763,8 +763,8 @@ OpenCheckpoint open_checkpoint(const fs::path& path) {
     auto shards = std::make_shared<const GgufShards>(GgufShards::open(path));
     OpenCheckpoint o;
     o.config = config_from_gguf(*shards);
-    o.store = gguf_weight_store(std::move(shards), o.config);
-    o.gguf = true;
+    o.store = gguf_weight_store(shards, o.config);
+    o.gguf = std::move(shards);
     return o;
   }
   if (fs::exists(path, ec))

@@ -161,7 +161,7 @@ bool is_gguf_file(const std::filesystem::path& path);
 struct OpenCheckpoint {
   ModelConfig config;
   WeightStore store;
-  bool gguf = false;
+  std::shared_ptr<const GgufShards> gguf;  // the GGUF file or shards; null for a directory
 };
 OpenCheckpoint open_checkpoint(const std::filesystem::path& path);
 

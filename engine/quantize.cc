@@ -73,9 +73,8 @@ uint32_t llama_file_type(DType t) {
 // written as llama.cpp's converter writes it. Returns where it came from ("" if none).
 static std::string add_tokenizer_metadata(GgufWriter& w, const fs::path& input, const OpenCheckpoint& ck) {
   if (ck.gguf) {
-    const GgufFile src(input);
     bool any = false;
-    for (const GgufKeyValue& kv : src.metadata())
+    for (const GgufKeyValue& kv : ck.gguf->first().metadata())
       if (kv.key.starts_with("tokenizer.")) w.add(kv.key, kv.value), any = true;
     return any ? input.string() : std::string();
   }
@@ -91,7 +90,8 @@ static std::string add_tokenizer_metadata(GgufWriter& w, const fs::path& input, 
   return json.string();
 }
 
-std::vector<fs::path> quantize_output_files(const QuantizeOptions& o, size_t shards) {
+// `output`, or the names of its `shards` shards when split_max_bytes asks for them.
+static std::vector<fs::path> quantize_output_files(const QuantizeOptions& o, size_t shards) {
   if (o.split_max_bytes == 0) return {o.output};
   std::string prefix = o.output.string();
   if (prefix.ends_with(".gguf")) prefix.resize(prefix.size() - 5);
@@ -104,9 +104,6 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
   const auto t0 = std::chrono::steady_clock::now();
   if (o.output.empty()) throw std::runtime_error("quantize: no output file given");
   std::error_code ec;
-  // (Shards are named apart from `output`: they are checked against the input below.)
-  if (o.split_max_bytes == 0 && fs::exists(o.output, ec) && fs::exists(o.input, ec) && fs::equivalent(o.input, o.output, ec))
-    throw std::runtime_error("quantize: output '" + o.output.string() + "' is the input");
   if (fs::is_directory(o.output, ec))
     throw std::runtime_error("quantize: output '" + o.output.string() + "' is a directory");
 
@@ -167,18 +164,17 @@ QuantizeResult quantize_model(const QuantizeOptions& o) {
     if (shards > 99999) throw std::runtime_error("quantize: --split-max-size gives more than 99999 shards");
   }
   res.files = quantize_output_files(o, shards);
-  if (o.split_max_bytes > 0) {  // no shard may replace the input or one of its shards
+  {  // no output file may replace the input or one of its shards
     std::vector<fs::path> inputs{o.input};
     if (ck.gguf) {
       inputs.clear();
-      const GgufShards in = GgufShards::open(o.input);
-      for (const auto& f : in.files()) inputs.push_back(f->path());
+      for (const auto& f : ck.gguf->files()) inputs.push_back(f->path());
     }
-    std::error_code ec;
     for (const fs::path& out : res.files)
       for (const fs::path& in : inputs)
         if (fs::exists(out, ec) && fs::equivalent(in, out, ec))
-          throw std::runtime_error("quantize: output shard '" + out.string() + "' is the input");
+          throw std::runtime_error(std::string("quantize: output ") + (o.split_max_bytes > 0 ? "shard '" : "'") +
+                                   out.string() + "' is the input");
   }
   std::vector<std::unique_ptr<GgufWriter>> writers;
   for (const fs::path& f : res.files) writers.push_back(std::make_unique<GgufWriter>(f));

@@ -76,9 +76,6 @@ struct QuantizeResult {
 // "quantize: cancelled" when *cancel was set.
 QuantizeResult quantize_model(const QuantizeOptions& options);
 
-// The files quantize_model writes for `options` when the model takes `shards` shards.
-std::vector<std::filesystem::path> quantize_output_files(const QuantizeOptions& options, size_t shards);
-
 // The type a tensor gets when the whole model is asked to be `type`: F32 for 1-D tensors
 // (norms, biases), the router (ffn_gate_inp, exp_probs_b) and the indexer's head weights
 // (indexer.proj), which are small and decide discrete choices; `type` for the rest,

@@ -278,6 +278,13 @@ TEST_CASE("quantize: --split-max-size writes llama.cpp's shards, which run as th
   QuantizeOptions again = o;
   again.input = r.files[0];
   hearth::testing::check_error([&] { quantize_model(again); }, {"output shard", "is the input"});
+  // Nor may one file (a shard of the input, or the input itself).
+  QuantizeOptions onto = tiny_q8_0(r.files[1]);
+  onto.input = r.files[0];
+  hearth::testing::check_error([&] { quantize_model(onto); }, {"output '" + r.files[1].string() + "' is the input"});
+  onto = tiny_q8_0(whole);
+  onto.input = whole;
+  hearth::testing::check_error([&] { quantize_model(onto); }, {"output '" + whole.string() + "' is the input"});
 }
 
 TEST_CASE("quantize: a cancel while writing shards leaves none of them") {
