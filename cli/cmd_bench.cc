@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/cpu_gemm_flag.h"
+#include "cli/flag_errors.h"
 #include "cli/generation.h"
 #include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
@@ -89,7 +90,7 @@ int cmd_bench(int argc, char** argv) {
   add_numa_option(opts);
   add_cpu_gemm_option(opts);
   add_offload_options(opts);
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/generation.h"
 
 namespace hearth::cli {
@@ -155,7 +156,7 @@ int cmd_chat(int argc, char** argv) {
                         "Type /help in the session for its commands.");
   opts.add_options()("system", "system prompt", cxxopts::value<std::string>());
   add_generation_options(opts, 4096);
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n%s", opts.help().c_str(), kHelp);
     return 0;

@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "cli/cpu_gemm_flag.h"
+#include "cli/flag_errors.h"
 #include "cli/text_input.h"
 #include "cli/generation.h"
 #include "cli/model_tokenizer.h"
@@ -53,7 +54,7 @@ void add_eval_options(cxxopts::Options& opts, const char* model_help) {
 
 // nullopt-like: returns false after printing help.
 bool parse_eval_flags(cxxopts::Options& opts, int argc, char** argv, size_t n_models, EvalFlags& f) {
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return false;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/generation.h"
 
 namespace hearth::cli {
@@ -37,7 +38,7 @@ int cmd_generate(int argc, char** argv) {
       ("f,file", "read the prompt from a file (- for stdin)", cxxopts::value<std::string>())
       ("chat", "wrap the prompt in the chat template (reasoning, then the answer)");
   add_generation_options(opts, 256);
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

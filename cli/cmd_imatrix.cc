@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/text_input.h"
 #include "cli/model_tokenizer.h"
 #include "engine/eval.h"
@@ -94,7 +95,7 @@ int cmd_imatrix(int argc, char** argv) {
                         "tokens) in llama.cpp's GGUF imatrix format, for hearth quantize --imatrix. Chunks as for\n"
                         "hearth perplexity: --ctx tokens each (BOS first), each run from an empty cache.");
   add_text_pass_options(opts, "the calibration text, UTF-8", "the imatrix file to write (GGUF)");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

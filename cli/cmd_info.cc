@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/generation.h"
 #include "engine/gguf_model.h"
 #include "engine/model.h"
@@ -32,7 +33,7 @@ int cmd_info(int argc, char** argv) {
       ("t,threads", "threads for --repack (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("h,help", "show this help");
   add_repack_option(opts);
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

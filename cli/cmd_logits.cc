@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/generation.h"
 #include "engine/forward.h"
 
@@ -47,7 +48,7 @@ int cmd_logits(int argc, char** argv) {
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("h,help", "show this help");
   add_repack_option(opts);
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "engine/model.h"
 #include "engine/placement_items.h"
 #include "offload/bandwidth.h"
@@ -102,7 +103,7 @@ int cmd_plan(int argc, char** argv) {
        cxxopts::value<int>()->default_value("0"))
       ("json", "print one JSON object (the plan with every item, the assumptions and the estimates)")
       ("h,help", "show this help");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/text_input.h"
 #include "cli/model_tokenizer.h"
 #include "engine/eval.h"
@@ -32,7 +33,7 @@ int cmd_profile_experts(int argc, char** argv) {
                         "and expert, the fraction of tokens routed there) as JSON, for hearth plan --profile. Chunks\n"
                         "as for hearth perplexity: --ctx tokens each (BOS first), each run from an empty cache.");
   add_text_pass_options(opts, "the text, UTF-8", "the profile to write (JSON; written to OUTPUT.tmp, then renamed)");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

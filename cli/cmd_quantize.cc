@@ -13,6 +13,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "engine/quantize.h"
 #include "cli/progress.h"
 #include "engine/gguf_model.h"
@@ -93,7 +94,7 @@ int cmd_quantize(int argc, char** argv) {
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("q,quiet", "no progress on stderr")
       ("h,help", "show this help");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

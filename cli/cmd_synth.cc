@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "engine/synth.h"
 
 namespace hearth::cli {
@@ -59,7 +60,7 @@ int cmd_synth(int argc, char** argv) {
        cxxopts::value<std::string>())
       ("q,quiet", "no progress output")
       ("h,help", "show this help");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

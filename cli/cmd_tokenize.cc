@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/flag_errors.h"
 #include "cli/model_tokenizer.h"
 #include "engine/chat_template.h"
 #include "engine/tokenizer.h"
@@ -58,7 +59,7 @@ int cmd_tokenize(int argc, char** argv) {
   opts.add_options()
       ("chat", "wrap the text as one user message in the chat template (adds BOS)")
       ("no-thinking", "with --chat: open the answer with </think> instead of <think>");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;
@@ -84,7 +85,7 @@ int cmd_tokenize(int argc, char** argv) {
 
 int cmd_detokenize(int argc, char** argv) {
   cxxopts::Options opts = options(argv[0], "Read a JSON array of token ids from stdin; print the text they decode to (byte-exact).");
-  const auto args = opts.parse(argc, argv);
+  const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
     return 0;

@@ -71,6 +71,8 @@ TEST_CASE("cli: bad input gives one clear line and a non-zero exit") {
       {"logits -m " + (tmp.path / "nope").string() + " --tokens 0 -o " + (tmp.path / "a").string(), "does not exist"},
       {"info -m " + tmp.path.string(), "config.json"},
       {"logits -m " + kGolden + " --tokens 0 -o " + (tmp.path / "no-dir" / "a.f32").string(), "cannot write"},
+      {"logits -m " + kGolden + " --tokens 0 -o " + (tmp.path / "a").string() + " -t x", "-t: 'x' is not a valid value"},
+      {"generate -m " + kGolden + " --prompt hi --temp=warm", "--temp: 'warm' is not a valid value"},
   };
   for (const Case& c : cases) {
     const CliRun r = run_hearth(c.args);
