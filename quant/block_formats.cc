@@ -22,12 +22,9 @@ namespace hearth {
 
 namespace kquants {
 
-void require_whole_blocks(int64_t n, int64_t block, const char* format) {
-  if (n < 0 || n % block != 0) {
-    throw std::invalid_argument(std::string(format) + ": row length " + std::to_string(n) +
-                                " is not a multiple of the block size " +
-                                std::to_string(block));
-  }
+void throw_partial_blocks(int64_t n, int64_t block, const char* format) {
+  throw std::invalid_argument(std::string(format) + ": row length " + std::to_string(n) +
+                              " is not a multiple of the block size " + std::to_string(block));
 }
 
 }  // namespace kquants
