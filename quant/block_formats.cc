@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "quant/act_quant.h"
 #include "quant/dot_simd.h"
 #include "quant/iq4.h"
 #include "quant/kquants.h"
@@ -326,8 +327,9 @@ VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa) {
   return simd ? simd : f.vec_dot;
 }
 
-void quantize_row_q8_0(const float* in, BlockQ8_0* out, int64_t n) {
-  require_whole_blocks(n, kQK8_0, "q8_0");
+namespace act_quant {
+
+void q8_0_scalar(const float* in, BlockQ8_0* out, int64_t n) {
   for (int64_t ib = 0; ib < n / kQK8_0; ++ib) {
     const float* x = in + ib * kQK8_0;
     double amax = 0;
@@ -336,8 +338,7 @@ void quantize_row_q8_0(const float* in, BlockQ8_0* out, int64_t n) {
   }
 }
 
-void quantize_row_q8_k(const float* in, BlockQ8_K* out, int64_t n) {
-  require_whole_blocks(n, kQK_K, "q8_K");
+void q8_k_scalar(const float* in, BlockQ8_K* out, int64_t n) {
   for (int64_t ib = 0; ib < n / kQK_K; ++ib) {
     const float* x = in + ib * kQK_K;
     BlockQ8_K& b = out[ib];
@@ -361,6 +362,20 @@ void quantize_row_q8_k(const float* in, BlockQ8_K* out, int64_t n) {
       b.bsums[j] = int16_t(sum);
     }
   }
+}
+
+}  // namespace act_quant
+
+void quantize_row_q8_0(const float* in, BlockQ8_0* out, int64_t n) {
+  require_whole_blocks(n, kQK8_0, "q8_0");
+  if (has_avx2(resolve_isa(KernelIsa::kAuto))) act_quant::q8_0_avx2(in, out, n);
+  else act_quant::q8_0_scalar(in, out, n);
+}
+
+void quantize_row_q8_k(const float* in, BlockQ8_K* out, int64_t n) {
+  require_whole_blocks(n, kQK_K, "q8_K");
+  if (has_avx2(resolve_isa(KernelIsa::kAuto))) act_quant::q8_k_avx2(in, out, n);
+  else act_quant::q8_k_scalar(in, out, n);
 }
 
 }  // namespace hearth
