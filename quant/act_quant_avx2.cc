@@ -4,21 +4,21 @@
 // inverse scale in double (four per vector, widened exactly from float), rounded the
 // same way, clamped to [-128, 127], with a NaN product giving what the scalar code gives.
 // Compiled without FMA: a fused multiply would skip the product's rounding that the
-// scalar code does before it rounds to an integer.
+// scalar code does before it rounds to an integer. Q8_0's f16 scale is converted by F16C.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "quant/act_quant.h"
 #include "quant/numbers.h"
-#include "quant/scale_search.h"
 
 namespace hearth::act_quant {
 
 namespace {
 
-#define HEARTH_AVX2_ONLY __attribute__((target("avx2")))
+#define HEARTH_AVX2_ONLY __attribute__((target("avx2,f16c")))
 
 // |x| with NaN lanes zeroed (so max ignores them, as the scalar loops do).
 HEARTH_AVX2_ONLY inline __m256 abs_no_nan(__m256 x) {
@@ -71,6 +71,14 @@ HEARTH_AVX2_ONLY inline void levels8(const float* x, __m256d inv, __m256d nan_va
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(w, w));
 }
 
+// scale_search::f16_saturating with the conversion in hardware: the same clamp and float
+// rounding, then vcvtps2ph to nearest even, which is what f32_to_f16 computes (d is
+// never NaN here: the largest magnitude ignores NaN).
+HEARTH_AVX2_ONLY inline uint16_t f16_saturating(double d) {
+  constexpr double kMaxHalf = 65504.0;
+  return uint16_t(_cvtss_sh(float(std::clamp(d, -kMaxHalf, kMaxHalf)), _MM_FROUND_TO_NEAREST_INT));
+}
+
 }  // namespace
 
 HEARTH_AVX2_ONLY void q8_0_avx2(const float* in, BlockQ8_0* out, int64_t n) {
@@ -79,7 +87,7 @@ HEARTH_AVX2_ONLY void q8_0_avx2(const float* in, BlockQ8_0* out, int64_t n) {
     BlockQ8_0& b = out[ib];
     // As store_q8_0 with ties away: d = amax / 127 saturated to f16, levels under the
     // stored d. A NaN product (a NaN or infinite value times 0) converts to -128 there.
-    b.d = scale_search::f16_saturating(double(max_abs(x, kQK8_0)) / 127.0);
+    b.d = f16_saturating(double(max_abs(x, kQK8_0)) / 127.0);
     const double stored = f16_to_f32(b.d);
     const __m256d inv = _mm256_set1_pd(stored != 0 ? 1 / stored : 0);
     for (int j = 0; j < kQK8_0; j += 8) levels8<true>(x + j, inv, _mm256_set1_pd(-128.0), b.qs + j);

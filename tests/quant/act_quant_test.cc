@@ -28,7 +28,9 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 std::vector<std::vector<float>> rows(int64_t n) {
   std::vector<std::vector<float>> out;
   std::mt19937 rng(41);
-  for (double scale : {1e-30, 1e-3, 1.0, 37.0, 1e30}) {
+  // Q8_0's f16 scale (amax / 127) is subnormal below about 6e-5 * 127 and clamped above
+  // 65504 * 127: scales on both sides of those edges.
+  for (double scale : {1e-30, 5e-8, 1e-6, 3e-5, 2e-3, 1.0, 37.0, 3e6, 1e7, 1e30}) {
     std::normal_distribution<float> g(0.0f, float(scale));
     for (int r = 0; r < 8; ++r) {
       std::vector<float> x(static_cast<size_t>(n));
