@@ -13,12 +13,16 @@ namespace hearth::cli {
 
 std::string read_text_file(const std::string& path) {
   if (path == "-") return std::string(std::istreambuf_iterator<char>(std::cin.rdbuf()), {});
+  // Any readable file but a directory: a pipe too, so `-f <(zcat text.gz)` works.
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) throw std::runtime_error("cannot read text file '" + path + "'");
+  const auto st = std::filesystem::status(path, ec);
+  if (!std::filesystem::exists(st)) throw std::runtime_error("text file '" + path + "' does not exist");
+  if (std::filesystem::is_directory(st)) throw std::runtime_error("'" + path + "' is a directory, not a text file");
   std::ifstream f(path, std::ios::binary);
   if (!f) throw std::runtime_error("cannot read text file '" + path + "'");
   std::ostringstream ss;
   ss << f.rdbuf();
+  if (f.bad()) throw std::runtime_error("cannot read text file '" + path + "'");
   return ss.str();
 }
 

@@ -2,11 +2,18 @@
 // evaluation, the tables, progress on stderr, and one-line errors.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/eval.h"
@@ -157,10 +164,47 @@ TEST_CASE("cli: hearth kld of a model against itself is zero and against another
     CHECK(t.out.find(needle) != std::string::npos);
 }
 
+TEST_CASE("cli: hearth perplexity reads its text from a pipe as from a file") {
+  // What `-f <(zcat text.gz)` hands over: a FIFO, which is not a regular file.
+  TextFile text;
+  const CliRun from_file = run_hearth("perplexity -m " + model() + " -f " + text.path + " --ctx 16 --chunks 1 -t 2 --json");
+  REQUIRE(from_file.code == 0);
+  const fs::path fifo = text.dir.path / "pipe";
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  // The writer waits (without blocking) for hearth to open the pipe and gives up once
+  // hearth has exited, so a hearth that never opens it fails the test instead of hanging it.
+  std::atomic<bool> exited{false};
+  std::thread writer([&] {
+    while (!exited) {
+      const int fd = open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+      if (fd >= 0) {
+        const std::string body = kText;
+        for (size_t done = 0; done < body.size();) {
+          const ssize_t n = write(fd, body.data() + done, body.size() - done);
+          if (n <= 0) break;
+          done += size_t(n);
+        }
+        close(fd);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  });
+  const CliRun from_pipe = run_hearth("perplexity -m " + model() + " -f " + fifo.string() + " --ctx 16 --chunks 1 -t 2 --json");
+  exited = true;
+  writer.join();
+  INFO(from_pipe.all());
+  REQUIRE(from_pipe.code == 0);
+  CHECK(nlohmann::json::parse(from_pipe.out)["perplexity"] == nlohmann::json::parse(from_file.out)["perplexity"]);
+}
+
 TEST_CASE("cli: hearth perplexity and kld report bad input in one line") {
   TextFile text;
   const std::string m = model(), tiny_v32 = std::string(HEARTH_TEST_DATA) + "/tiny-v32";
-  check_one_line_error(run_hearth("perplexity -m " + m + " -f /nonexistent/text.txt --ctx 16"), "/nonexistent/text.txt");
+  check_one_line_error(run_hearth("perplexity -m " + m + " -f /nonexistent/text.txt --ctx 16"),
+                       "text file '/nonexistent/text.txt' does not exist");
+  check_one_line_error(run_hearth("perplexity -m " + m + " -f " + text.dir.path.string() + " --ctx 16"),
+                       "is a directory, not a text file");
   TextFile short_text("Too short.");
   check_one_line_error(run_hearth("perplexity -m " + m + " -f " + short_text.path + " --ctx 16"), "the text has 4 tokens");
   check_one_line_error(run_hearth("kld -m " + m + " -m " + m + " -f " + short_text.path + " --ctx 16"), "the text has 4 tokens");
