@@ -193,8 +193,8 @@ void Model::repack(const ModelLoadOptions& options) {
       ++repack_.kept;
       continue;
     }
-    owned_.emplace_back();
-    *w = repack_matrix(*w, *to, pool, owned_.back());
+    if (!arena_) arena_ = std::make_shared<WeightArena>();
+    *w = repack_matrix(*w, *to, pool, *arena_);
     repacked_bytes_[name + ".weight"] = w->bytes();
     ++repack_.converted[*to];
   }

@@ -15,6 +15,7 @@
 
 #include "engine/config.h"
 #include "engine/safetensors.h"
+#include "offload/weight_arena.h"
 #include "quant/weight_matrix.h"
 
 namespace hearth {
@@ -120,7 +121,7 @@ class Model {
   ModelConfig config_;
   WeightStore store_;
   RepackSummary repack_;
-  std::vector<std::unique_ptr<uint8_t[]>> owned_;             // repacked weight data
+  std::shared_ptr<WeightArena> arena_;                        // repacked weight data (huge pages)
   std::unordered_map<std::string, int64_t> repacked_bytes_;  // by tensor name ("....weight")
 };
 

@@ -35,16 +35,16 @@ std::optional<DType> repack_format_for(DType target, int64_t cols) {
   return std::nullopt;
 }
 
-WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, std::unique_ptr<uint8_t[]>& storage) {
+WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, WeightArena& arena) {
   if (!block_format_of(to)) throw std::invalid_argument("cannot repack to " + std::string(dtype_name(to)));
   const int64_t rb = row_bytes(to, w.cols);  // throws unless cols fits the blocks
-  storage = std::make_unique_for_overwrite<uint8_t[]>(size_t(std::max<int64_t>(w.rows * rb, 1)));
-  repack_into(w, to, pool, storage.get());
+  uint8_t* storage = arena.allocate(size_t(w.rows * rb));
+  repack_into(w, to, pool, storage);
   WeightMatrix q;
   q.dtype = to;
   q.rows = w.rows;
   q.cols = w.cols;
-  q.data = storage.get();
+  q.data = storage;
   return q;
 }
 

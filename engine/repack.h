@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "offload/thread_pool.h"
+#include "offload/weight_arena.h"
 #include "quant/weight_matrix.h"
 
 namespace hearth {
@@ -24,10 +25,10 @@ std::string_view repack_target_names();
 std::optional<DType> repack_format_for(DType target, int64_t cols);
 
 // Converts w row by row (decoded with its scales, then quantize_row of `to`, no
-// importance weights) into newly allocated storage, returned in `storage`; the result
-// views that storage. Rows are split over the pool's threads; the result is the same for
-// any thread count.
-WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, std::unique_ptr<uint8_t[]>& storage);
+// importance weights) into storage taken from `arena` (huge-page memory,
+// offload/weight_arena.h); the result views that storage. Rows are split over the pool's
+// threads; the result is the same for any thread count.
+WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, WeightArena& arena);
 // The same conversion into caller-owned storage of w.rows * row_bytes(to, w.cols) bytes
 // (e.g. one band of rows of a larger matrix at a time: rows convert independently).
 void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out);

@@ -12,6 +12,7 @@
 #include "engine/synth.h"
 #include "offload/memory.h"
 #include "offload/thread_pool.h"
+#include "offload/weight_arena.h"
 #include "quant/weight_matrix.h"
 
 namespace hearth {
@@ -131,7 +132,9 @@ Model build_synthetic_model(const SyntheticModelOptions& o) {
   std::vector<TensorView> views;
   std::vector<std::shared_ptr<const void>> keepalive;
   views.reserve(plan.tensors.size() * 2);
-  keepalive.reserve(plan.builds.size());
+  // Every tensor in huge-page memory (offload/weight_arena.h), kept alive by the store.
+  const auto arena = std::make_shared<WeightArena>();
+  keepalive.push_back(arena);
   std::unique_ptr<uint8_t[]> band;
   uint64_t band_cap = 0, done = 0;
   const auto t0 = std::chrono::steady_clock::now();
@@ -140,16 +143,16 @@ Model build_synthetic_model(const SyntheticModelOptions& o) {
 
   for (const Build& b : plan.builds) {
     const SynthTensor& t = *b.tensor;
-    std::shared_ptr<uint8_t[]> data = std::make_shared_for_overwrite<uint8_t[]>(size_t(std::max<uint64_t>(b.bytes, 1)));
+    uint8_t* data = arena->allocate(size_t(b.bytes));
     TensorView w;
     w.name = t.weight.name;
     w.shape = t.weight.shape;
-    w.data = data.get();
+    w.data = data;
     w.nbytes = b.bytes;
     if (!b.convert_to) {
       // As synth writes it: the tensor, then (FP8) its scales.
-      synth_generate_rows(t, o.seed, plan.ue8m0, pool, 0, t.rows(), data.get(),
-                          t.fp8 ? reinterpret_cast<float*>(data.get() + t.weight.nbytes()) : nullptr);
+      synth_generate_rows(t, o.seed, plan.ue8m0, pool, 0, t.rows(), data,
+                          t.fp8 ? reinterpret_cast<float*>(data + t.weight.nbytes()) : nullptr);
       w.dtype = t.weight.dtype;
       w.nbytes = t.weight.nbytes();
       if (t.fp8) {
@@ -157,7 +160,7 @@ Model build_synthetic_model(const SyntheticModelOptions& o) {
         s.name = t.scale.name;
         s.dtype = t.scale.dtype;
         s.shape = t.scale.shape;
-        s.data = data.get() + t.weight.nbytes();
+        s.data = data + t.weight.nbytes();
         s.nbytes = t.scale.nbytes();
         views.push_back(std::move(s));
       }
@@ -182,12 +185,11 @@ Model build_synthetic_model(const SyntheticModelOptions& o) {
         stored.data = band.get();
         stored.scale = scales;  // band rows start on a block boundary, so block indexing holds
         stored.block = 128;
-        repack_into(stored, *b.convert_to, pool, data.get() + r0 * out_row);
+        repack_into(stored, *b.convert_to, pool, data + r0 * out_row);
       }
       w.dtype = *b.convert_to;
     }
     views.push_back(std::move(w));
-    keepalive.push_back(std::move(data));
     done += b.bytes;
     const auto now = std::chrono::steady_clock::now();
     if (o.log && now - last_log >= std::chrono::seconds(2)) {

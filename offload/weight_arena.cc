@@ -1,0 +1,89 @@
+#include "offload/weight_arena.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <new>
+
+namespace hearth {
+
+namespace {
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
+
+}  // namespace
+
+WeightArena::WeightArena(std::size_t chunk_bytes) : chunk_bytes_(round_up(std::max<std::size_t>(chunk_bytes, 1), kHugePage)) {}
+
+WeightArena::~WeightArena() {
+  for (const Chunk& c : chunks_) munmap(c.base, c.bytes);
+}
+
+std::uint8_t* WeightArena::map_chunk(std::size_t bytes) {
+  // Map one huge page more than needed and trim both ends, so the chunk starts on a 2 MiB
+  // boundary (a huge page can only back an aligned 2 MiB range).
+  if (bytes > SIZE_MAX - kHugePage) throw std::bad_alloc();
+  void* m = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) throw std::bad_alloc();
+  auto* raw = static_cast<std::uint8_t*>(m);
+  auto* start = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(raw) + kHugePage - 1) & ~(kHugePage - 1));
+  if (start > raw) munmap(raw, std::size_t(start - raw));
+  if (const std::size_t tail = std::size_t(raw + bytes + kHugePage - (start + bytes)); tail) munmap(start + bytes, tail);
+  bool advised = false;
+#ifdef MADV_HUGEPAGE
+  advised = madvise(start, bytes, MADV_HUGEPAGE) == 0;
+#endif
+  all_advised_ = all_advised_ && advised;
+  chunks_.push_back({start, bytes, 0});
+  return start;
+}
+
+std::uint8_t* WeightArena::allocate(std::size_t bytes) {
+  const std::size_t need = round_up(std::max<std::size_t>(bytes, 1), kAlignment);
+  const std::lock_guard<std::mutex> lock(mu_);
+  requested_ += bytes;
+  // The newest shared chunk if the piece fits; else a new chunk (one of its own when the
+  // piece is larger than a shared chunk, which then stays the newest shared one).
+  for (auto it = chunks_.rbegin(); it != chunks_.rend(); ++it) {
+    if (it->bytes != chunk_bytes_) continue;
+    if (it->bytes - it->used >= need) {
+      std::uint8_t* p = it->base + it->used;
+      it->used += need;
+      return p;
+    }
+    break;
+  }
+  if (need > chunk_bytes_) {
+    std::uint8_t* p = map_chunk(round_up(need, kHugePage));
+    chunks_.back().used = need;
+    return p;
+  }
+  std::uint8_t* p = map_chunk(chunk_bytes_);
+  chunks_.back().used = need;
+  return p;
+}
+
+std::size_t WeightArena::bytes_requested() const {
+  const std::lock_guard<std::mutex> lock(mu_);
+  return requested_;
+}
+
+std::size_t WeightArena::bytes_mapped() const {
+  const std::lock_guard<std::mutex> lock(mu_);
+  std::size_t n = 0;
+  for (const Chunk& c : chunks_) n += c.bytes;
+  return n;
+}
+
+std::size_t WeightArena::chunk_count() const {
+  const std::lock_guard<std::mutex> lock(mu_);
+  return chunks_.size();
+}
+
+bool WeightArena::huge_pages_advised() const {
+  const std::lock_guard<std::mutex> lock(mu_);
+  return !chunks_.empty() && all_advised_;
+}
+
+}  // namespace hearth
