@@ -53,12 +53,14 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
 
 void add_repack_option(cxxopts::Options& opts) {
   opts.add_options()("repack", "convert the linear weights at load to TYPE: " + std::string(repack_target_names()),
-                     cxxopts::value<std::string>(), "TYPE");
+                     cxxopts::value<std::string>(), "TYPE")(
+      "no-mmap", "copy the weights into memory (huge pages) at load instead of reading them from the mapped file");
 }
 
 ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int threads) {
   ModelLoadOptions o;
   o.threads = threads;
+  o.in_memory = args.count("no-mmap") > 0;
   if (args.count("repack")) {
     try {
       o.repack = parse_repack_target(args["repack"].as<std::string>());

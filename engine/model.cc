@@ -1,10 +1,15 @@
 #include "engine/model.h"
 
+#include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <stdexcept>
+#include <unordered_map>
 
 #include "engine/gguf_model.h"
 #include "engine/repack.h"
+#include "engine/synth_model.h"  // check_fits_in_memory
+#include "offload/memory.h"
 #include "offload/thread_pool.h"
 #include "quant/numbers.h"
 
@@ -147,6 +152,77 @@ Model::Model(ModelConfig config, WeightStore store, const ModelLoadOptions& opti
       L.moe.shared = load_mlp(ld, m + ".shared_experts", H, c.moe_intermediate_size * c.n_shared_experts);
   }
   if (options.repack) repack(options);
+  if (options.in_memory) copy_into_memory(options);
+}
+
+std::vector<WeightMatrix*> Model::matrices() {
+  std::vector<WeightMatrix*> all{&embed, &lm_head};
+  auto mlp = [&](Mlp& m) { all.insert(all.end(), {&m.gate, &m.up, &m.down}); };
+  for (Layer& L : layers) {
+    Attention& A = L.attn;
+    all.insert(all.end(), {&A.q_a, &A.q_b, &A.kv_a, &A.kv_b, &A.k_b, &A.v_b, &A.o});
+    if (A.has_indexer) all.insert(all.end(), {&A.indexer.wq_b, &A.indexer.wk, &A.indexer.weights_proj});
+    if (!L.is_moe) {
+      mlp(L.dense);
+      continue;
+    }
+    all.push_back(&L.moe.router);
+    for (Mlp& e : L.moe.experts) mlp(e);
+    if (L.moe.has_shared) mlp(L.moe.shared);
+  }
+  return all;
+}
+
+void Model::copy_into_memory(const ModelLoadOptions& options) {
+  if (!arena_) arena_ = std::make_shared<WeightArena>();
+  // What is still read in place: each tensor (or merged-expert slice, or FP8 scale array)
+  // once, whichever matrices share it (tied embeddings share one).
+  struct Piece {
+    const uint8_t* from;
+    size_t bytes;
+    uint8_t* to = nullptr;
+  };
+  std::vector<Piece> pieces;
+  std::unordered_map<const void*, size_t> index;
+  // Only what lies in a mapped file: weights already in memory (repacked, converted at
+  // load, built in memory) would just be held twice.
+  const std::vector<std::pair<uintptr_t, uintptr_t>> files = file_mapped_ranges();
+  auto in_file = [&](const void* p) {
+    const auto a = reinterpret_cast<uintptr_t>(p);
+    return std::any_of(files.begin(), files.end(), [&](const auto& r) { return a >= r.first && a < r.second; });
+  };
+  auto add = [&](const void* p, size_t bytes) {
+    if (p && in_file(p) && index.emplace(p, pieces.size()).second)
+      pieces.push_back({static_cast<const uint8_t*>(p), bytes});
+  };
+  const std::vector<WeightMatrix*> all = matrices();
+  for (WeightMatrix* w : all) {
+    add(w->data, size_t(w->bytes()));
+    if (w->scale) add(w->scale, size_t((w->rows + w->block - 1) / w->block * w->scale_cols()) * sizeof(float));
+  }
+  uint64_t total = 0;
+  for (const Piece& p : pieces) total += p.bytes;
+  if (const std::optional<uint64_t> available = mem_available_bytes())
+    check_fits_in_memory("--no-mmap: the copy of the weights", total, *available);
+  for (Piece& p : pieces) p.to = arena_->allocate(p.bytes);
+  // 4 MiB pieces of work over all tensors: the copy streams at the machine's bandwidth.
+  constexpr size_t kStep = size_t(4) << 20;
+  std::vector<std::pair<size_t, size_t>> work;  // (piece, offset)
+  for (size_t i = 0; i < pieces.size(); ++i)
+    for (size_t off = 0; off < std::max<size_t>(pieces[i].bytes, 1); off += kStep) work.emplace_back(i, off);
+  ThreadPool pool(options.threads);
+  pool.parallel_for(int64_t(work.size()), [&](int64_t a, int64_t b) {
+    for (int64_t k = a; k < b; ++k) {
+      const auto [i, off] = work[size_t(k)];
+      const Piece& p = pieces[i];
+      if (off < p.bytes) std::memcpy(p.to + off, p.from + off, std::min(kStep, p.bytes - off));
+    }
+  });
+  for (WeightMatrix* w : all) {
+    if (auto it = index.find(w->data); it != index.end()) w->data = pieces[it->second].to;
+    if (auto it = index.find(w->scale); w->scale && it != index.end())
+      w->scale = reinterpret_cast<const float*>(pieces[it->second].to);
+  }
 }
 
 void Model::repack(const ModelLoadOptions& options) {

@@ -84,7 +84,13 @@ struct ModelLoadOptions {
   // keys) stay as stored. A weight whose row length the target's blocks do not divide
   // gets Q8_0 when that fits (K-quant targets) or stays as stored. nullopt: no repacking.
   std::optional<DType> repack;
-  int threads = 0;  // threads for the conversion (0: one per physical core)
+  int threads = 0;  // threads for the conversion and the copy (0: one per physical core)
+  // Copy every weight still read in place from the checkpoint's mapped files (after any
+  // repack) into huge-page memory the model owns (offload/weight_arena.h), as llama.cpp's
+  // --no-mmap: decode streams 2 MiB pages instead of 4 KiB page-cache pages, and nothing
+  // is read from disk after the load. Refused, naming both sizes, when MemAvailable cannot
+  // hold the copy.
+  bool in_memory = false;
 };
 
 // What a repack did: how many weights got each format, and how many stayed as stored.
@@ -117,6 +123,9 @@ class Model {
 
  private:
   void repack(const ModelLoadOptions& options);
+  void copy_into_memory(const ModelLoadOptions& options);
+  // Every weight matrix of the forward pass (the MTP layer apart), each once.
+  std::vector<WeightMatrix*> matrices();
 
   ModelConfig config_;
   WeightStore store_;

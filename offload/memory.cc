@@ -3,6 +3,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <stdexcept>
 
 namespace hearth {
 
@@ -27,6 +28,33 @@ std::optional<uint64_t> mem_available_bytes() {
   std::ifstream f("/proc/meminfo");
   if (!f) return std::nullopt;
   return parse_mem_available(std::string(std::istreambuf_iterator<char>(f), {}));
+}
+
+std::vector<std::pair<uintptr_t, uintptr_t>> parse_file_mapped_ranges(const std::string& maps) {
+  std::vector<std::pair<uintptr_t, uintptr_t>> out;
+  std::istringstream in(maps);
+  std::string line;
+  while (std::getline(in, line)) {
+    // "begin-end perms offset dev inode [path]"; anonymous mappings have inode 0.
+    std::istringstream f(line);
+    std::string range, perms, offset, dev;
+    uint64_t inode = 0;
+    if (!(f >> range >> perms >> offset >> dev >> inode) || inode == 0) continue;
+    const size_t dash = range.find('-');
+    if (dash == std::string::npos) continue;
+    try {
+      out.emplace_back(uintptr_t(std::stoull(range.substr(0, dash), nullptr, 16)),
+                       uintptr_t(std::stoull(range.substr(dash + 1), nullptr, 16)));
+    } catch (const std::exception&) {
+    }
+  }
+  return out;
+}
+
+std::vector<std::pair<uintptr_t, uintptr_t>> file_mapped_ranges() {
+  std::ifstream f("/proc/self/maps");
+  if (!f) return {};
+  return parse_file_mapped_ranges(std::string(std::istreambuf_iterator<char>(f), {}));
 }
 
 }  // namespace hearth

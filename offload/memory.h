@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace hearth {
 
@@ -12,5 +14,12 @@ namespace hearth {
 std::optional<uint64_t> mem_available_bytes();
 // The same from a /proc/meminfo-format text (for tests); nullopt when the line is missing.
 std::optional<uint64_t> parse_mem_available(const std::string& meminfo);
+
+// The address ranges [begin, end) of this process's mappings of files (from
+// /proc/self/maps: those with an inode), e.g. to tell weights read in place from a
+// checkpoint from weights in memory the process allocated. Empty where it cannot be read.
+std::vector<std::pair<uintptr_t, uintptr_t>> file_mapped_ranges();
+// The same from a /proc/PID/maps-format text (for tests).
+std::vector<std::pair<uintptr_t, uintptr_t>> parse_file_mapped_ranges(const std::string& maps);
 
 }  // namespace hearth

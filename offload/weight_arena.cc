@@ -64,6 +64,14 @@ std::uint8_t* WeightArena::allocate(std::size_t bytes) {
   return p;
 }
 
+bool WeightArena::contains(const void* p) const {
+  const auto* b = static_cast<const std::uint8_t*>(p);
+  const std::lock_guard<std::mutex> lock(mu_);
+  for (const Chunk& c : chunks_)
+    if (b >= c.base && b < c.base + c.bytes) return true;
+  return false;
+}
+
 std::size_t WeightArena::bytes_requested() const {
   const std::lock_guard<std::mutex> lock(mu_);
   return requested_;

@@ -39,6 +39,9 @@ class WeightArena {
   // mapping.
   std::uint8_t* allocate(std::size_t bytes);
 
+  // Whether p points into memory this arena handed out (or its chunks' unused rest).
+  bool contains(const void* p) const;
+
   std::size_t bytes_requested() const;
   std::size_t bytes_mapped() const;
   std::size_t chunk_count() const;

@@ -32,10 +32,10 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 }  // namespace
 
-TEST_CASE("cli: hearth logits reproduces the golden logits through prefill and --decode") {
+TEST_CASE("cli: hearth logits reproduces the golden logits through prefill, --decode and --no-mmap") {
   TempDir tmp("hearth-cli");
   const std::vector<float> expected = read_f32(kGolden + "/logits_1.f32");  // tokens 0,17,923,4,511
-  for (const std::string extra : {"", " --decode", " -t 1"}) {
+  for (const std::string extra : {"", " --decode", " -t 1", " --no-mmap"}) {
     const fs::path out = tmp.path / "out.f32";
     const CliRun r = run_hearth("logits -m " + kGolden + " --tokens 0,17,923,4,511 -o " + out.string() + extra);
     INFO(r.all());
