@@ -24,6 +24,7 @@
 #include "quant/recipe.h"
 #include "support/errors.h"
 #include "support/golden.h"
+#include "support/golden_gguf.h"
 #include "support/scratch.h"
 
 namespace engine_gguf_model_suite {
@@ -47,15 +48,7 @@ std::function<DType(const GgufExportTensor&)> all(DType d) {
 // tiny-v32 written as a GGUF file.
 fs::path export_tiny(const TempDir& dir, const std::string& file, std::function<DType(const GgufExportTensor&)> type_for,
                      bool split_kv_b = true) {
-  QuantizeOptions o;
-  o.input = kGoldenDir;
-  o.output = dir.path / file;
-  o.type_for = std::move(type_for);
-  o.threads = 2;
-  o.split_kv_b = split_kv_b;
-  o.name = "tiny";
-  quantize_model(o);
-  return o.output;
+  return hearth::testing::golden_as_gguf(dir.path / file, std::move(type_for), split_kv_b);
 }
 
 // Prefill logits of every golden case.

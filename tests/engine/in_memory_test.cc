@@ -14,9 +14,9 @@
 
 #include "engine/forward.h"
 #include "engine/model.h"
-#include "engine/quantize.h"
 #include "offload/memory.h"
 #include "support/golden.h"
+#include "support/golden_gguf.h"
 #include "support/scratch.h"
 
 namespace engine_in_memory_suite {
@@ -84,13 +84,7 @@ TEST_CASE("in-memory load: the golden checkpoint's FP8 weights and scales, same 
 
 TEST_CASE("in-memory load: a GGUF file, and weights a repack already holds are not copied again") {
   TempDir dir("hearth-in-memory");
-  QuantizeOptions q;
-  q.input = kGoldenDir;
-  q.output = dir.path / "tiny-q8_0.gguf";
-  q.type_for = uniform_type_for(DType::Q8_0);
-  q.threads = 2;
-  quantize_model(q);
-  check_copy(q.output.string(), {});
+  check_copy(hearth::testing::golden_as_gguf(dir.path / "tiny-q8_0.gguf", uniform_type_for(DType::Q8_0)).string(), {});
   ModelLoadOptions r;
   r.repack = DType::Q8_0;
   check_copy(kGoldenDir, r);
