@@ -34,7 +34,7 @@ struct EvalFlags {
   EvalOptions eval;
   int threads = 0;
   bool json = false;
-  ModelLoadOptions load;  // --repack: the evaluated model (perplexity) or the candidate (kld)
+  ModelLoadOptions load;  // --repack: the evaluated model (perplexity) or the candidate (kld); --no-mmap: all
   NumaChoice numa;        // --numa
 };
 
@@ -167,7 +167,12 @@ int cmd_kld(int argc, char** argv) {
   const std::string text = read_text_file(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
-  Model base = Model::load(f.models[0]);
+  // --repack converts the candidate only (so -m M -m M --repack TYPE measures TYPE);
+  // --no-mmap holds both in memory.
+  ModelLoadOptions base_load;
+  base_load.threads = f.load.threads;
+  base_load.in_memory = f.load.in_memory;
+  Model base = Model::load(f.models[0], base_load);
   Model candidate = Model::load(f.models[1], f.load);
   if (base.config().vocab_size != candidate.config().vocab_size)
     throw std::invalid_argument("the models' vocabularies differ: '" + f.models[0] + "' has " +

@@ -111,6 +111,15 @@ TEST_CASE("cli: hearth kld --repack measures a quantized copy against the origin
   hearth::ModelLoadOptions o;
   o.repack = hearth::DType::Q8_0;
   CHECK(j["candidate"]["bytes"] == uint64_t(hearth::Model::load(model(), o).footprint().total().bytes));
+  // Both models held in memory instead of mapped: the same figures.
+  const CliRun in_memory = run_hearth("kld -m " + model() + " -m " + model() + " --repack q8_0 --no-mmap -f " +
+                                      text.path + " --ctx 16 --chunks 2 --json");
+  INFO(in_memory.all());
+  REQUIRE(in_memory.code == 0);
+  const auto k = nlohmann::json::parse(in_memory.out);
+  CHECK(k["kld"] == j["kld"]);
+  CHECK(k["base"]["perplexity"] == j["base"]["perplexity"]);
+  CHECK(k["candidate"]["perplexity"] == j["candidate"]["perplexity"]);
   const CliRun bad = run_hearth("kld -m " + model() + " -m " + model() + " --repack q9_9 -f " + text.path);
   CHECK(bad.code != 0);
   CHECK(bad.err.find("--repack") != std::string::npos);
