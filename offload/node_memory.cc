@@ -12,6 +12,8 @@
 #include <thread>
 #include <utility>
 
+#include "offload/huge_pages.h"
+
 namespace hearth {
 
 namespace {
@@ -50,26 +52,22 @@ NodeBuffer::NodeBuffer(const NumaLayout& layout, int node, std::size_t bytes) : 
   const bool huge = bytes >= kHugePage;
   alignment_ = huge ? kHugePage : page;
   // Whole pages (whole huge pages for big buffers), plus room to slide to a 2 MiB edge.
-  const std::size_t slack = huge ? kHugePage : 0;
-  if (bytes > std::numeric_limits<std::size_t>::max() - alignment_ - slack) throw error("size out of range");
+  if (bytes > std::numeric_limits<std::size_t>::max() - alignment_ - (huge ? kHugePage : 0)) throw error("size out of range");
   const std::size_t len = (bytes + alignment_ - 1) / alignment_ * alignment_;
-  void* m = mmap(nullptr, len + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) throw error(std::strerror(errno));
-  auto* base = static_cast<std::byte*>(m);
-  auto* start = base;
+  std::byte* start = nullptr;
   if (huge) {
-    start = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(base) + kHugePage - 1) & ~(kHugePage - 1));
-    if (start > base) munmap(base, std::size_t(start - base));
-    const std::size_t tail = std::size_t(base + len + slack - (start + len));
-    if (tail) munmap(start + len, tail);
+    const HugeMapping m = map_huge_aligned(len);
+    if (!m.start) throw error(std::strerror(errno));
+    start = static_cast<std::byte*>(m.start);
+    huge_advised_ = m.advised;
+  } else {
+    void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) throw error(std::strerror(errno));
+    start = static_cast<std::byte*>(m);
   }
   map_ = start;
   map_bytes_ = len;
   data_ = start;
-
-#ifdef MADV_HUGEPAGE
-  if (huge) huge_advised_ = madvise(start, len, MADV_HUGEPAGE) == 0;
-#endif
 
   if (!layout.binds()) {
     placement_ = Placement::kUnplaced;

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "offload/huge_pages.h"
 #include "offload/numa.h"
 
 namespace hearth {
@@ -33,7 +34,7 @@ class NodeBuffer {
     kFirstTouch,  // membind refused: pages touched by a thread on the node (see warning())
     kUnplaced,    // the layout does not bind (a synthetic machine): ordinary memory
   };
-  static constexpr std::size_t kHugePage = std::size_t(2) << 20;
+  static constexpr std::size_t kHugePage = kHugePageBytes;
   static constexpr std::size_t kMinAlignment = 64;
 
   NodeBuffer() = default;

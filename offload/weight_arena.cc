@@ -21,22 +21,11 @@ WeightArena::~WeightArena() {
 }
 
 std::uint8_t* WeightArena::map_chunk(std::size_t bytes) {
-  // Map one huge page more than needed and trim both ends, so the chunk starts on a 2 MiB
-  // boundary (a huge page can only back an aligned 2 MiB range).
-  if (bytes > SIZE_MAX - kHugePage) throw std::bad_alloc();
-  void* m = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (m == MAP_FAILED) throw std::bad_alloc();
-  auto* raw = static_cast<std::uint8_t*>(m);
-  auto* start = reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(raw) + kHugePage - 1) & ~(kHugePage - 1));
-  if (start > raw) munmap(raw, std::size_t(start - raw));
-  if (const std::size_t tail = std::size_t(raw + bytes + kHugePage - (start + bytes)); tail) munmap(start + bytes, tail);
-  bool advised = false;
-#ifdef MADV_HUGEPAGE
-  advised = madvise(start, bytes, MADV_HUGEPAGE) == 0;
-#endif
-  all_advised_ = all_advised_ && advised;
-  chunks_.push_back({start, bytes, 0});
-  return start;
+  const HugeMapping m = map_huge_aligned(bytes);
+  if (!m.start) throw std::bad_alloc();
+  all_advised_ = all_advised_ && m.advised;
+  chunks_.push_back({static_cast<std::uint8_t*>(m.start), bytes, 0});
+  return chunks_.back().base;
 }
 
 std::uint8_t* WeightArena::allocate(std::size_t bytes) {

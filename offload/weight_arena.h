@@ -19,11 +19,13 @@
 #include <mutex>
 #include <vector>
 
+#include "offload/huge_pages.h"
+
 namespace hearth {
 
 class WeightArena {
  public:
-  static constexpr std::size_t kHugePage = std::size_t(2) << 20;
+  static constexpr std::size_t kHugePage = kHugePageBytes;
   static constexpr std::size_t kAlignment = 64;
   static constexpr std::size_t kDefaultChunk = std::size_t(256) << 20;
 
