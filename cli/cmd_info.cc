@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cxxopts.hpp>
 #include <string>
+#include <utility>
 
 #include "cli/commands.h"
 #include "cli/flag_errors.h"
@@ -41,12 +42,13 @@ int cmd_info(int argc, char** argv) {
   if (!args.count("model")) throw std::invalid_argument("--model is required (see --help)");
   const int threads = args["threads"].as<int>();
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
-  const Model model = Model::load(args["model"].as<std::string>(), parse_load_options(args, threads));
-  const ModelConfig& c = model.config();
   const std::string path = args["model"].as<std::string>();
+  // Model::load's two steps, so the shard count comes from the files the load opened.
+  OpenCheckpoint ck = open_checkpoint(path);
   std::string shards;  // a split GGUF: how many files the model is in
-  if (is_gguf_file(path))
-    if (const size_t n = GgufShards::open(path).files().size(); n > 1) shards = ", " + std::to_string(n) + " shards";
+  if (const size_t n = ck.gguf ? ck.gguf->files().size() : 0; n > 1) shards = ", " + std::to_string(n) + " shards";
+  const Model model(std::move(ck.config), std::move(ck.store), parse_load_options(args, threads));
+  const ModelConfig& c = model.config();
   std::printf("model        %s (%s%s)\n", path.c_str(), c.model_type.c_str(), shards.c_str());
   std::printf("layers       %lld (%lld dense, %lld MoE) + %lld MTP\n", (long long)c.num_hidden_layers,
               (long long)c.first_k_dense_replace, (long long)(c.num_hidden_layers - c.first_k_dense_replace),
