@@ -17,6 +17,7 @@
 #include "engine/quantize.h"
 #include "support/errors.h"
 #include "support/golden.h"
+#include "support/golden_gguf.h"
 #include "support/scratch.h"
 
 namespace engine_gguf_shards_suite {
@@ -32,12 +33,7 @@ namespace {
 // tiny-v32 to `output` as Q8_0 (k_b/v_b split, as llama.cpp writes them); split_max_bytes
 // > 0 asks for shards of that size.
 QuantizeOptions tiny_q8_0(const fs::path& output, uint64_t split_max_bytes = 0) {
-  QuantizeOptions o;
-  o.input = kGoldenDir;
-  o.output = output;
-  o.type_for = uniform_type_for(DType::Q8_0);
-  o.threads = 2;
-  o.name = "tiny";
+  QuantizeOptions o = hearth::testing::golden_gguf_options(output, uniform_type_for(DType::Q8_0));
   o.split_max_bytes = split_max_bytes;
   return o;
 }
