@@ -25,7 +25,6 @@ namespace engine_gguf_shards_suite {
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::golden_cases;
-using hearth::testing::kGoldenDir;
 using hearth::testing::TempDir;
 
 namespace {
