@@ -12,6 +12,10 @@
 // the one-row kernel per token and with the four-row tiles (quant/dot_tiles.h) where the
 // format has them (AVX2, and AVX-512 VNNI where the CPU has it), in GMAC/s (weight values
 // times tokens per second).
+// Then Q4_K with eight rows interleaved (quant/interleaved.h, `--interleave`): the same M
+// MiB of rows through the one-row AVX2 kernel and, interleaved, through the eight-row
+// kernel with one token, in GB/s of weights; and four tokens through the four-row tile
+// against the eight-row kernel with four tokens, in GMAC/s.
 // And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
 // one activation row), in GB/s of weights.
 // Then float weights (F32, BF16, F16, FP8 with 128x128 block scales: a Hugging Face
@@ -32,6 +36,7 @@
 
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
+#include "quant/interleaved.h"
 #include "quant/numbers.h"
 #include "quant/onednn_gemm.h"
 #include "quant/weight_matrix.h"
@@ -136,6 +141,83 @@ void batched(int64_t cols, int64_t tokens, int reps) {
     std::printf("%-6s %7lld %12.2f %12.2f %7.2fx %12s%s\n", std::string(f.name).c_str(), static_cast<long long>(rows),
                 one, tiled, tiled / one, vnni_col, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
   }
+}
+
+// Q4_K rows (M MiB, a multiple of eight rows) through the plain AVX2 kernels and, the
+// same weights interleaved in groups of eight, through the eight-row kernel: one token
+// in GB/s of weights (decode streams them from DRAM), four in GMAC/s.
+void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
+  std::printf("\nq4_K, eight rows interleaved (q4_K_r8), single thread\n");
+  const BlockFormat& f = block_format(GgmlType::Q4_K);
+  const BlockFormat& act = block_format(GgmlType::Q8_K);
+  const int64_t row_bytes = f.row_bytes(cols), nb = cols / kQK_K;
+  const int64_t rows = std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes / kInterleavedRows) *
+                       kInterleavedRows;
+  const int64_t groups = rows / kInterleavedRows;
+  std::mt19937 rng(5);
+  const std::vector<uint8_t> w = eight_mib_of_weights(f, cols, rows, rng);
+  std::vector<BlockQ4_Kx8> x8(size_t(groups * nb));
+  for (int64_t g = 0; g < groups; ++g) {
+    const BlockQ4_K* group_rows[kInterleavedRows];
+    for (int r = 0; r < kInterleavedRows; ++r)
+      group_rows[r] = reinterpret_cast<const BlockQ4_K*>(w.data() + (g * kInterleavedRows + r) * row_bytes);
+    interleave_q4_k_x8(group_rows, nb, x8.data() + g * nb);
+  }
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols));
+  std::vector<uint8_t> q(static_cast<size_t>(act.row_bytes(cols) * 4));
+  const void* a[4];
+  for (int t = 0; t < 4; ++t) {
+    for (float& v : x) v = gauss(rng);
+    act.quantize_row(x.data(), q.data() + t * act.row_bytes(cols), cols, nullptr);
+    a[t] = q.data() + t * act.row_bytes(cols);
+  }
+  std::vector<float> y(size_t(rows * 4));
+  auto seconds = [&](auto&& fn) {
+    double best = 1e30;
+    for (int r = 0; r < reps; ++r) {
+      const double t0 = now();
+      fn();
+      best = std::min(best, now() - t0);
+    }
+    return best;
+  };
+  // The sums of the first token's results, to show that both paths compute the same
+  // products (they differ only by float rounding).
+  auto first_token_sum = [&](int64_t stride) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r) s += y[size_t(r * stride)];
+    return s;
+  };
+  const VecDotX8Fn x8_dot = vec_dot_q4_k_x8_kernel(KernelIsa::kAvx2);
+  const double bytes = double(row_bytes * rows);
+  const double one_row = bytes / seconds([&] {
+    for (int64_t r = 0; r < rows; ++r) y[size_t(r)] = f.vec_dot_avx2(w.data() + r * row_bytes, a[0], cols);
+  }) / 1e9;
+  const double sum_one_row = first_token_sum(1);
+  const double x8_one = bytes / seconds([&] {
+    for (int64_t g = 0; g < groups; ++g) x8_dot(x8.data() + g * nb, a, 1, cols, y.data() + g * kInterleavedRows);
+  }) / 1e9;
+  const double sum_x8 = first_token_sum(1);
+  std::printf("one token:   %7lld rows   one-row AVX2 %7.2f GB/s %5.1f%%   x8 %7.2f GB/s %5.1f%%   %5.2fx   "
+              "(sums %.6g / %.6g)\n",
+              static_cast<long long>(rows), one_row, 100 * one_row / bw, x8_one, 100 * x8_one / bw, x8_one / one_row,
+              sum_one_row, sum_x8);
+  const VecDot4Fn tile = vec_dot_tile_kernel(f, 4, KernelIsa::kAvx2);
+  const double macs = double(rows * cols * 4);
+  const double tiled = macs / seconds([&] {
+    for (int64_t r = 0; r < rows; ++r) tile(w.data() + r * row_bytes, a, cols, y.data() + 4 * r);
+  }) / 1e9;
+  const double sum_tiled = first_token_sum(4);
+  const double x8_four = macs / seconds([&] {
+    for (int64_t g = 0; g < groups; ++g) x8_dot(x8.data() + g * nb, a, 4, cols, y.data() + g * 4 * kInterleavedRows);
+  }) / 1e9;
+  double sum_x8_four = 0;  // token 0 of group g: y[32g .. 32g + 7]
+  for (int64_t g = 0; g < groups; ++g)
+    for (int r = 0; r < kInterleavedRows; ++r) sum_x8_four += y[size_t(g * 4 * kInterleavedRows + r)];
+  std::printf("four tokens: %7lld rows   four-row tile %6.2f GMAC/s          x8 %7.2f GMAC/s          %5.2fx   "
+              "(sums %.6g / %.6g)\n",
+              static_cast<long long>(rows), tiled, x8_four, x8_four / tiled, sum_tiled, sum_x8_four);
 }
 
 // matmul_t_accumulate over 8 MiB of each format (what absorbed MLA does per head with
@@ -356,6 +438,7 @@ int run(int argc, char** argv) {
                 vnni ? (" / " + std::to_string(rn)).c_str() : "");
   }
   batched(cols, tokens, reps);
+  if (avx2) interleaved_q4_k(cols, mb, reps, bw);
   transposed(cols, reps, bw);
   float_decode(cols, mb, reps, bw);
   if (has_avx2(best_isa())) float_gemm(cols, reps);

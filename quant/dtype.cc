@@ -22,6 +22,7 @@ struct Geometry {
 // defines their layout; FP8 (scales held apart) is not a ggml format.
 Geometry geometry(DType t) {
   if (t == DType::F8_E4M3) return {1, 1};
+  if (t == DType::Q4_K_R8) return geometry(DType::Q4_K);  // eight Q4_K rows' bytes per group
   const BlockFormat* f = block_format_of(t);
   if (!f) throw std::invalid_argument("unknown dtype " + std::to_string(int(t)));
   return {f->block_elems, f->block_bytes};
@@ -76,6 +77,7 @@ std::string_view dtype_name(DType t) {
     case DType::Q5_1: return "Q5_1";
     case DType::IQ4_NL: return "IQ4_NL";
     case DType::IQ4_XS: return "IQ4_XS";
+    case DType::Q4_K_R8: return "Q4_K_R8";
   }
   return "?";
 }

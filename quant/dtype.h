@@ -32,10 +32,18 @@ enum class DType : uint8_t {
   Q5_1,
   IQ4_NL,
   IQ4_XS,
+  // Q4_K with eight rows interleaved (quant/interleaved.h): a layout hearth builds in
+  // memory for the CPU kernels (`--interleave`), never read from or written to a file. Its
+  // rows take Q4_K's bytes (row_bytes), but a row's bytes are spread over its group of
+  // eight: only the kernels of quant/weight_matrix.h read it.
+  Q4_K_R8,
 };
 
-// True for the ggml block formats.
+// True for the ggml block formats (and Q4_K_R8, made of them).
 bool is_block_dtype(DType t);
+// True for the layouts that interleave rows (Q4_K_R8): no ggml descriptor, and rows are
+// read only through the kernels.
+inline bool is_interleaved_dtype(DType t) { return t == DType::Q4_K_R8; }
 // Values per block (1 for the element formats) and bytes per block (the element size for
 // the element formats).
 int64_t dtype_block_elems(DType t);

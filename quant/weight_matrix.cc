@@ -13,6 +13,7 @@
 #include "quant/avx2_blocks.h"
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
+#include "quant/interleaved.h"
 #include "quant/numbers.h"
 #include "quant/onednn_gemm.h"
 
@@ -372,6 +373,21 @@ const char* block_row(const WeightMatrix& w, const BlockFormat& f, int64_t r) {
   return static_cast<const char*>(w.data) + r * f.row_bytes(w.cols);
 }
 
+// The ggml format whose blocks make up w's rows: its own, or Q4_K for Q4_K_R8.
+const BlockFormat& plain_format(DType t) {
+  if (t == DType::Q4_K_R8) return block_format(GgmlType::Q4_K);
+  return *block_format_of(t);
+}
+
+// Block b of row r in its plain format's bytes: in place, or, for an interleaved matrix,
+// gathered from the row's group into tmp.
+const char* row_block(const WeightMatrix& w, const BlockFormat& f, int64_t r, int64_t b, BlockQ4_K& tmp) {
+  if (w.dtype != DType::Q4_K_R8) return block_row(w, f, r) + b * f.block_bytes;
+  const auto* group = static_cast<const BlockQ4_Kx8*>(w.data) + (r / kInterleavedRows) * (w.cols / kQK_K);
+  deinterleave_q4_k_x8(group + b, 1, int(r % kInterleavedRows), &tmp);
+  return reinterpret_cast<const char*>(&tmp);
+}
+
 // Per-thread scratch that only grows (a call never needs more than one at a time).
 template <class T>
 T* scratch(std::vector<T>& v, size_t n) {
@@ -434,15 +450,42 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, 
   }
 }
 
+// dot_rows_tiled for Q4_K_R8: each group of eight rows that meets [r0, r1) against up to
+// four tokens per kernel call (the weights are unpacked once for all of them); rows of a
+// group outside the range are computed and dropped. A token's results are the same bits
+// whichever tokens share its call.
+void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, int64_t act_row, const int32_t* pick,
+                          int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
+  const int64_t nb = w.cols / kQK_K;
+  const auto* groups = static_cast<const BlockQ4_Kx8*>(w.data);
+  for (int64_t g = r0 / kInterleavedRows; g * kInterleavedRows < r1; ++g) {
+    const int64_t first = std::max(r0, g * kInterleavedRows), last = std::min(r1, (g + 1) * kInterleavedRows);
+    for (int64_t t = 0; t < n; t += 4) {
+      const int tokens = int(std::min<int64_t>(4, n - t));
+      const void* a[4];
+      for (int k = 0; k < tokens; ++k) a[k] = q + (pick ? pick[t + k] : t + k) * act_row;
+      float out[4 * kInterleavedRows];
+      dot(groups + g * nb, a, tokens, w.cols, out);
+      for (int k = 0; k < tokens; ++k)
+        for (int64_t r = first; r < last; ++r) y[(t + k) * ldy + r] = out[k * kInterleavedRows + (r % kInterleavedRows)];
+    }
+  }
+}
+
+// The activation format w's dot products take.
+const BlockFormat& activation_format(DType weight) { return block_format(plain_format(weight).vec_dot_type); }
+
 void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
                         int64_t r0, int64_t r1, KernelIsa isa) {
   if (r0 >= r1 || n <= 0) return;
-  const BlockFormat& f = *block_format_of(w.dtype);
+  const BlockFormat& f = plain_format(w.dtype);
   const BlockFormat& act = block_format(f.vec_dot_type);
   const int64_t act_row = act.row_bytes(w.cols);
   static thread_local std::vector<uint64_t> buf;  // 8-byte aligned for the float d of Q8_K
   auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
   for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * act_row, w.cols, nullptr);
+  if (w.dtype == DType::Q4_K_R8) return dot_rows_interleaved(w, isa, q, act_row, nullptr, n, y, ldy, r0, r1);
   dot_rows_tiled(w, f, isa, q, act_row, nullptr, n, y, ldy, r0, r1);
 }
 
@@ -450,6 +493,7 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
 void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_row, const int32_t* pick,
                               int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
   if (r0 >= r1 || n <= 0) return;
+  if (w.dtype == DType::Q4_K_R8) return dot_rows_interleaved(w, isa, q, act_row, pick, n, y, ldy, r0, r1);
   const BlockFormat& f = *block_format_of(w.dtype);
   const VecDotFn dot = vec_dot_kernel(f, isa);
   const int64_t stride = f.row_bytes(w.cols);
@@ -466,12 +510,12 @@ void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_
 // each whole block that overlaps the range and passing only the part inside it.
 template <class Fn>
 void for_each_block_piece(const WeightMatrix& w, int64_t r, int64_t c0, int64_t c1, Fn&& fn) {
-  const BlockFormat& f = *block_format_of(w.dtype);
+  const BlockFormat& f = plain_format(w.dtype);
   const int64_t be = f.block_elems;
   alignas(32) float tmp[kQK_K];
-  const char* row = block_row(w, f, r);
+  BlockQ4_K gathered;
   for (int64_t b = c0 / be; b * be < c1; ++b) {
-    f.dequantize_row(row + b * f.block_bytes, tmp, be);
+    f.dequantize_row(row_block(w, f, r, b, gathered), tmp, be);
     const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
     fn(lo, tmp + (lo - b * be), hi - lo);
   }
@@ -536,11 +580,9 @@ HEARTH_AVX2_NOFMA void decode_q6_k_avx2(const BlockQ6_K& b, float* out) {
 }
 
 // Decodes block b of row r (be values) into out (32-byte aligned).
-inline void decode_block(const WeightMatrix& w, const BlockFormat& f, const char* row, int64_t b, float* out,
-                         bool avx2) {
-  const char* blk = row + b * f.block_bytes;
+inline void decode_block(const WeightMatrix& w, const BlockFormat& f, const char* blk, float* out, bool avx2) {
   if (avx2 && w.dtype == DType::Q8_0) return decode_q8_0_avx2(*reinterpret_cast<const BlockQ8_0*>(blk), out);
-  if (avx2 && w.dtype == DType::Q4_K) return decode_q4_k_avx2(*reinterpret_cast<const BlockQ4_K*>(blk), out);
+  if (avx2 && (w.dtype == DType::Q4_K || w.dtype == DType::Q4_K_R8)) return decode_q4_k_avx2(*reinterpret_cast<const BlockQ4_K*>(blk), out);
   if (avx2 && w.dtype == DType::Q6_K) return decode_q6_k_avx2(*reinterpret_cast<const BlockQ6_K*>(blk), out);
   f.dequantize_row(blk, out, f.block_elems);
 }
@@ -600,7 +642,7 @@ HEARTH_AVX2_F16C_NOFMA void add_scaled_q8_0_blocks_avx2(float* y, const float* x
 
 void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x, int64_t ldx,
                           int64_t n, float* y, int64_t ldy, int64_t c0, int64_t c1, KernelIsa isa) {
-  const BlockFormat& f = *block_format_of(w.dtype);
+  const BlockFormat& f = plain_format(w.dtype);
   const int64_t be = f.block_elems, stride = f.row_bytes(w.cols);
   const bool avx2 = has_avx2(resolve_isa(isa));
   const bool fused_q8_0 = avx2 && n == 1 && w.dtype == DType::Q8_0;
@@ -614,7 +656,10 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
     for (int k = 0; k < m; ++k) rows[k] = block_row(w, f, row0 + i) + k * stride;
     auto decode_and_add = [&](int64_t b) {
       const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
-      for (int k = 0; k < m; ++k) decode_block(w, f, rows[k], b, tmp[k], avx2);
+      for (int k = 0; k < m; ++k) {
+        BlockQ4_K gathered;
+        decode_block(w, f, row_block(w, f, row0 + i + k, b, gathered), tmp[k], avx2);
+      }
       const float* v[kGroup];
       for (int k = 0; k < m; ++k) v[k] = tmp[k] + (lo - b * be);
       for (int64_t t = 0; t < n; ++t) {
@@ -733,6 +778,8 @@ void matmul_t_accumulate_rows(const WeightMatrix& w, int64_t row0, int64_t nrows
 
 WeightMatrix row_slice(const WeightMatrix& w, int64_t r0, int64_t r1) {
   if (r0 < 0 || r1 < r0 || r1 > w.rows) throw std::invalid_argument("row_slice: rows out of range");
+  if (w.dtype == DType::Q4_K_R8 && (r0 % kInterleavedRows != 0 || (r1 % kInterleavedRows != 0 && r1 != w.rows)))
+    throw std::invalid_argument("row_slice: Q4_K_R8 rows must start and end on a group of 8");
   WeightMatrix s = w;
   s.rows = r1 - r0;
   s.data = static_cast<const char*>(w.data) + r0 * row_bytes(w.dtype, w.cols);
@@ -760,7 +807,7 @@ void ActivationRows::prepare(DType weight, const float* x, int64_t ldx, int64_t 
     row_bytes_ = 0;
     return;
   }
-  const BlockFormat& act = block_format(block_format_of(weight)->vec_dot_type);
+  const BlockFormat& act = activation_format(weight);
   act_ = int(act.type);
   row_bytes_ = act.row_bytes(cols);
   auto* q = reinterpret_cast<char*>(scratch(q_, size_t((n * row_bytes_ + 7) / 8)));
@@ -770,7 +817,7 @@ void ActivationRows::prepare(DType weight, const float* x, int64_t ldx, int64_t 
 bool ActivationRows::fits(const WeightMatrix& w) const {
   if (w.cols != cols_) return false;
   if (!is_block_dtype(w.dtype)) return act_ < 0;
-  return act_ == int(block_format_of(w.dtype)->vec_dot_type);
+  return act_ == int(activation_format(w.dtype).type);
 }
 
 void matmul_rows(const WeightMatrix& w, const ActivationRows& a, const int32_t* pick, int64_t n, float* y,
