@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "quant/interleaved.h"
 
 namespace hearth {
 
@@ -62,6 +63,8 @@ ShardPieces pieces(const Mlp& e, const ExpertSlice& s) {
 
 // Copies rows [begin, end) of w (and their scale rows) to dst; returns the view.
 WeightMatrix copy_rows(const WeightMatrix& w, int64_t begin, int64_t end, std::byte*& dst) {
+  if (is_interleaved_dtype(w.dtype) && (begin % kInterleavedRows != 0 || end % kInterleavedRows != 0))
+    throw std::invalid_argument("expert shards: rows of an interleaved weight must be split on groups of 8");
   WeightMatrix v = w;
   v.rows = end - begin;
   const int64_t rb = row_bytes(w.dtype, w.cols);
@@ -83,13 +86,16 @@ WeightMatrix copy_rows(const WeightMatrix& w, int64_t begin, int64_t end, std::b
 WeightMatrix copy_columns(const WeightMatrix& w, int64_t begin, int64_t end, std::byte*& dst) {
   WeightMatrix v = w;
   v.cols = end - begin;
-  const int64_t src_rb = row_bytes(w.dtype, w.cols);
-  const int64_t skip = row_bytes(w.dtype, begin);  // begin is on a block edge (the plan's unit)
-  const int64_t rb = row_bytes(w.dtype, v.cols);
+  // An interleaved weight's group of eight rows holds its blocks in column order, like one
+  // row eight times as wide: the same copy, group by group.
+  const int64_t k = is_interleaved_dtype(w.dtype) ? kInterleavedRows : 1, lines = w.rows / k;
+  const int64_t src_rb = k * row_bytes(w.dtype, w.cols);
+  const int64_t skip = k * row_bytes(w.dtype, begin);  // begin is on a block edge (the plan's unit)
+  const int64_t rb = k * row_bytes(w.dtype, v.cols);
   const auto* src = static_cast<const std::byte*>(w.data);
-  for (int64_t r = 0; r < w.rows; ++r) std::memcpy(dst + r * rb, src + r * src_rb + skip, size_t(rb));
+  for (int64_t r = 0; r < lines; ++r) std::memcpy(dst + r * rb, src + r * src_rb + skip, size_t(rb));
   v.data = dst;
-  dst += pad(w.rows * rb);
+  dst += pad(lines * rb);
   v.scale = nullptr;
   if (scale_block(w) > 1) {
     const int64_t c0 = begin / w.block, nc = scale_rows(w, begin, end), src_cols = w.scale_cols();

@@ -81,6 +81,12 @@ void count(ParamCounts& c, const TensorView& t, int64_t bytes) {
   c.bytes += bytes;
 }
 
+// Whether p lies in one of the file mappings `files` (offload/memory.h's file_mapped_ranges).
+bool in_file_mapping(const void* p, const std::vector<std::pair<uintptr_t, uintptr_t>>& files) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  return std::any_of(files.begin(), files.end(), [&](const auto& r) { return a >= r.first && a < r.second; });
+}
+
 }  // namespace
 
 ParamCounts ModelFootprint::total() const {
@@ -152,6 +158,7 @@ Model::Model(ModelConfig config, WeightStore store, const ModelLoadOptions& opti
       L.moe.shared = load_mlp(ld, m + ".shared_experts", H, c.moe_intermediate_size * c.n_shared_experts);
   }
   if (options.repack) repack(options);
+  if (options.interleave) interleave(options);
   if (options.in_memory) copy_into_memory(options);
 }
 
@@ -187,12 +194,8 @@ void Model::copy_into_memory(const ModelLoadOptions& options) {
   // Only what lies in a mapped file: weights already in memory (repacked, converted at
   // load, built in memory) would just be held twice.
   const std::vector<std::pair<uintptr_t, uintptr_t>> files = file_mapped_ranges();
-  auto in_file = [&](const void* p) {
-    const auto a = reinterpret_cast<uintptr_t>(p);
-    return std::any_of(files.begin(), files.end(), [&](const auto& r) { return a >= r.first && a < r.second; });
-  };
   auto add = [&](const void* p, size_t bytes) {
-    if (p && in_file(p) && index.emplace(p, pieces.size()).second)
+    if (p && in_file_mapping(p, files) && index.emplace(p, pieces.size()).second)
       pieces.push_back({static_cast<const uint8_t*>(p), bytes});
   };
   const std::vector<WeightMatrix*> all = matrices();
@@ -225,8 +228,8 @@ void Model::copy_into_memory(const ModelLoadOptions& options) {
   }
 }
 
-void Model::repack(const ModelLoadOptions& options) {
-  // The weights to convert, by checkpoint name (see ModelLoadOptions for the choice).
+std::vector<std::pair<std::string, WeightMatrix*>> Model::linear_weights() {
+  // See ModelLoadOptions::repack for the choice.
   std::vector<std::pair<std::string, WeightMatrix*>> todo;
   auto mlp = [&](const std::string& p, Mlp& m) {
     todo.emplace_back(p + ".gate_proj", &m.gate);
@@ -259,7 +262,11 @@ void Model::repack(const ModelLoadOptions& options) {
     if (L.moe.has_shared) mlp(p + ".mlp.shared_experts", L.moe.shared);
   }
   todo.emplace_back("lm_head", &lm_head);
+  return todo;
+}
 
+void Model::repack(const ModelLoadOptions& options) {
+  const std::vector<std::pair<std::string, WeightMatrix*>> todo = linear_weights();
   const DType target = *options.repack;
   repack_.target = target;
   ThreadPool pool(options.threads);
@@ -273,6 +280,36 @@ void Model::repack(const ModelLoadOptions& options) {
     *w = repack_matrix(*w, *to, pool, *arena_);
     repacked_bytes_[name + ".weight"] = w->bytes();
     ++repack_.converted[*to];
+  }
+}
+
+void Model::interleave(const ModelLoadOptions& options) {
+  ThreadPool pool(options.threads);
+  // A weight is rearranged where it lies when only it reads that memory and the memory is
+  // the process's own (a repack's output, a synthetic model, a tensor converted at load):
+  // no second copy. One in a mapped file, or shared with another matrix (tied embeddings),
+  // is copied into the arena instead.
+  const std::vector<std::pair<uintptr_t, uintptr_t>> files = file_mapped_ranges();
+  std::unordered_map<const void*, int> readers;
+  for (const WeightMatrix* w : matrices()) ++readers[w->data];
+  std::vector<WeightMatrix*> todo;
+  uint64_t copied = 0;
+  for (auto& [name, w] : linear_weights()) {
+    if (name.ends_with(".kv_b_proj") || name.ends_with(".k_b_proj") || name.ends_with(".v_b_proj")) continue;
+    if (!can_interleave(*w)) continue;
+    todo.push_back(w);
+    if (readers[w->data] != 1 || in_file_mapping(w->data, files)) copied += uint64_t(w->bytes());
+  }
+  if (const std::optional<uint64_t> available = mem_available_bytes(); available && copied > 0)
+    check_fits_in_memory("--interleave: the rearranged copy of the mapped Q4_K weights", copied, *available);
+  for (WeightMatrix* w : todo) {
+    if (readers[w->data] == 1 && !in_file_mapping(w->data, files)) {
+      *w = interleave_in_place(*w, pool);
+    } else {
+      if (!arena_) arena_ = std::make_shared<WeightArena>();
+      *w = interleave_matrix(*w, pool, *arena_);
+    }
+    ++repack_.interleaved;
   }
 }
 

@@ -91,6 +91,13 @@ struct ModelLoadOptions {
   // is read from disk after the load. Refused, naming both sizes, when MemAvailable cannot
   // hold the copy.
   bool in_memory = false;
+  // Lay out every Q4_K linear weight whose rows come in whole groups of eight as Q4_K_R8
+  // (quant/interleaved.h) after any repack: eight rows side by side, which the CPU's
+  // kernels compute together. Same values; the dot products round differently from plain
+  // Q4_K's. kv_b (and k_b / v_b) stay as stored: absorbed attention reads them
+  // transposed. The rearranged copy lives in huge-page memory the model owns. For the
+  // CPU only: a GPU cannot run the layout.
+  bool interleave = false;
 };
 
 // What a repack did: how many weights got each format, and how many stayed as stored.
@@ -98,6 +105,7 @@ struct RepackSummary {
   std::optional<DType> target;
   std::map<DType, int64_t> converted;  // by resulting format
   int64_t kept = 0;                    // already in the format, or no format fits
+  int64_t interleaved = 0;             // Q4_K weights laid out as Q4_K_R8 (ModelLoadOptions::interleave)
 };
 
 class Model {
@@ -123,7 +131,10 @@ class Model {
 
  private:
   void repack(const ModelLoadOptions& options);
+  void interleave(const ModelLoadOptions& options);
   void copy_into_memory(const ModelLoadOptions& options);
+  // The linear weights repack and interleave consider, by checkpoint name.
+  std::vector<std::pair<std::string, WeightMatrix*>> linear_weights();
   // Every weight matrix of the forward pass (the MTP layer apart), each once.
   std::vector<WeightMatrix*> matrices();
 

@@ -1,10 +1,12 @@
 #include "engine/repack.h"
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "quant/block_formats.h"
+#include "quant/interleaved.h"
 
 namespace hearth {
 
@@ -62,6 +64,57 @@ void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out
         }
       },
       16);
+}
+
+bool can_interleave(const WeightMatrix& w) {
+  return w.dtype == DType::Q4_K && w.rows > 0 && w.rows % kInterleavedRows == 0 && w.cols % kQK_K == 0;
+}
+
+namespace {
+
+void require_interleavable(const WeightMatrix& w) {
+  if (!can_interleave(w))
+    throw std::invalid_argument("cannot interleave a " + std::string(dtype_name(w.dtype)) + " weight of " +
+                                std::to_string(w.rows) + " x " + std::to_string(w.cols));
+}
+
+// Groups of w's rows interleaved into out; in place when out is w's own storage (each
+// group goes through a buffer first, and groups do not overlap).
+void interleave_groups(const WeightMatrix& w, ThreadPool& pool, BlockQ4_Kx8* out) {
+  const int64_t nb = w.cols / kQK_K, groups = w.rows / kInterleavedRows;
+  const auto* rows = static_cast<const BlockQ4_K*>(w.data);
+  pool.parallel_for(
+      groups,
+      [&](int64_t g0, int64_t g1) {
+        std::vector<BlockQ4_Kx8> buf(static_cast<size_t>(nb));
+        for (int64_t g = g0; g < g1; ++g) {
+          const BlockQ4_K* group[kInterleavedRows];
+          for (int r = 0; r < kInterleavedRows; ++r) group[r] = rows + (g * kInterleavedRows + r) * nb;
+          interleave_q4_k_x8(group, nb, buf.data());
+          std::memcpy(out + g * nb, buf.data(), buf.size() * sizeof(BlockQ4_Kx8));
+        }
+      },
+      4);
+}
+
+}  // namespace
+
+WeightMatrix interleave_matrix(const WeightMatrix& w, ThreadPool& pool, WeightArena& arena) {
+  require_interleavable(w);
+  auto* out = reinterpret_cast<BlockQ4_Kx8*>(arena.allocate(size_t(w.bytes())));
+  interleave_groups(w, pool, out);
+  WeightMatrix v = w;
+  v.dtype = DType::Q4_K_R8;
+  v.data = out;
+  return v;
+}
+
+WeightMatrix interleave_in_place(const WeightMatrix& w, ThreadPool& pool) {
+  require_interleavable(w);
+  interleave_groups(w, pool, static_cast<BlockQ4_Kx8*>(const_cast<void*>(w.data)));
+  WeightMatrix v = w;
+  v.dtype = DType::Q4_K_R8;
+  return v;
 }
 
 }  // namespace hearth

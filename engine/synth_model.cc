@@ -204,7 +204,10 @@ Model build_synthetic_model(const SyntheticModelOptions& o) {
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     std::fflush(o.log);
   }
-  return Model(plan.config, WeightStore::from_views(origin, std::move(views), std::move(keepalive)));
+  ModelLoadOptions load;
+  load.threads = o.threads;
+  load.interleave = o.interleave;
+  return Model(plan.config, WeightStore::from_views(origin, std::move(views), std::move(keepalive)), load);
 }
 
 }  // namespace hearth

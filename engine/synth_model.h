@@ -28,6 +28,8 @@ struct SyntheticModelOptions {
   // format while generating them; the result equals loading the written checkpoint with
   // that repack. nullopt: keep synth's formats (FP8 + BF16).
   std::optional<DType> type;
+  // Then lay out Q4_K weights as Q4_K_R8, in place (ModelLoadOptions::interleave).
+  bool interleave = false;
   int threads = 0;               // 0: one per physical core
   uint64_t extra_bytes = 0;      // more memory the caller will need (a KV cache), for the RAM check
   std::optional<uint64_t> available_bytes;  // the RAM to check against; default MemAvailable

@@ -1,6 +1,7 @@
 // `--repack TYPE` through the CLI: logits and info convert at load, bad names are errors.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -70,6 +71,48 @@ TEST_CASE("cli repack: an unknown type is a one-line error naming it") {
     CHECK(r.code < 128);
     CHECK(r.all().find("--repack: 'q9_9'") != std::string::npos);
   }
+}
+
+}  // namespace cli_repack_cli_suite
+
+namespace cli_repack_cli_suite {
+
+TEST_CASE("cli repack: --interleave lays out the Q4_K weights, runs, and is refused with --offload cuda") {
+  TempDir tmp("hearth-interleave");
+  const CliRun info = run_hearth("info -m " + kGolden + " --repack q4_k --interleave -t 2");
+  INFO(info.all());
+  REQUIRE(info.code == 0);
+  CHECK(info.out.find("interleave   121 Q4_K weights as Q4_K_R8") != std::string::npos);
+  // Nothing to interleave: no line, no error.
+  const CliRun fp8 = run_hearth("info -m " + kGolden + " --interleave -t 2");
+  CHECK(fp8.code == 0);
+  CHECK(fp8.out.find("interleave") == std::string::npos);
+
+  // The same tokens through the plain and the interleaved Q4_K model: rounding apart, the
+  // same network (the top token at every position of this sequence).
+  const int64_t V = 1024;
+  std::vector<std::vector<float>> outs;
+  for (const std::string flags : {"", " --interleave"}) {
+    const fs::path out = tmp.path / "out.f32";
+    const CliRun r = run_hearth("logits -m " + kGolden + " --tokens 0,17,923,4,511 -t 2 --repack q4_k" + flags +
+                                " -o " + out.string());
+    INFO(flags << "\n" << r.all());
+    REQUIRE(r.code == 0);
+    outs.push_back(read_f32(out));
+  }
+  REQUIRE(outs[0].size() == size_t(5 * V));
+  REQUIRE(outs[1].size() == outs[0].size());
+  CHECK(outs[0] != outs[1]);  // another kernel ran
+  for (int64_t t = 0; t < 5; ++t) {
+    auto top = [&](const std::vector<float>& l) {
+      return std::max_element(l.begin() + t * V, l.begin() + (t + 1) * V) - l.begin();
+    };
+    CHECK(top(outs[0]) == top(outs[1]));
+  }
+
+  const CliRun cuda = run_hearth("generate -m " + kGolden + " -p hi --repack q4_k --interleave --offload cuda");
+  CHECK(cuda.code != 0);
+  CHECK(cuda.err.find("--interleave: Q4_K_R8 is a CPU layout") != std::string::npos);
 }
 
 }  // namespace cli_repack_cli_suite

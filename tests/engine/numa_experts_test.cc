@@ -170,6 +170,40 @@ TEST_CASE("numa experts: sharded experts match the unsharded ones - 2 nodes and 
   }
 }
 
+TEST_CASE("numa experts: interleaved Q4_K experts (Q4_K_R8) split by groups of rows and by columns") {
+  // Experts of intermediate 512: gate and up (512 x 256) and down (256 x 512) all Q4_K,
+  // laid out as Q4_K_R8; two nodes take 256 of the intermediate dimension each, so gate
+  // and up are cut between groups of rows and down between super-block columns.
+  SyntheticModelOptions o;
+  o.preset = "tiny";
+  o.sets = {"num_nextn_predict_layers=0", "moe_intermediate_size=512"};
+  o.type = DType::Q4_K;
+  o.threads = 2;
+  const Model plain = build_synthetic_model(o);
+  o.interleave = true;
+  const Model m = build_synthetic_model(o);
+  const int64_t layer = first_moe_layer(m);
+  REQUIRE(layer >= 0);
+  const Mlp& e = m.layers[size_t(layer)].moe.experts[0];
+  REQUIRE(e.gate.dtype == DType::Q4_K_R8);
+  REQUIRE(e.down.dtype == DType::Q4_K_R8);
+  const NumaLayout two = NumaLayout::synthetic("pack:2 numa:1 core:2 pu:1");
+  for (int64_t T : {1, 6}) {
+    INFO("T=" << T);
+    const Step s = random_step(m, layer, T, uint32_t(40 + T));
+    Step sp = s;  // the same routing on the plain model's experts
+    for (size_t k = 0; k < sp.work.size(); ++k) sp.work[k].mlp = &plain.layers[size_t(layer)].moe.experts[k];
+    const std::vector<float> ref = unsharded(m, s);
+    CHECK(relative_diff(ref, unsharded(plain, sp)) < 1e-5);
+    const NumaExperts n(m, two, {2, 2});
+    const ExpertShardPlan* p = n.plan(layer);
+    REQUIRE(p);
+    REQUIRE(p->slices.size() == 2);
+    CHECK(p->slices[0].end == 256);
+    CHECK(relative_diff(sharded(n, layer, s), ref) < 1e-5);
+  }
+}
+
 TEST_CASE("numa experts: 3 and 4 nodes - nodes without a slice take no part") {
   const Model& m = q8_model();
   const int64_t layer = first_moe_layer(m);
