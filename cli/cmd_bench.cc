@@ -151,7 +151,7 @@ int cmd_bench(int argc, char** argv) {
       }
     }
     so.threads = threads;
-    so.interleave = args.count("interleave") > 0;
+    so.interleave = interleave_by_default(args);
     so.log = stderr;
     // The cache the tests fill and the logits they read count against the RAM too.
     // (Each sequence's last page may be partly used: up to 64 more tokens per sequence.)

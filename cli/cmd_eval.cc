@@ -34,7 +34,7 @@ struct EvalFlags {
   EvalOptions eval;
   int threads = 0;
   bool json = false;
-  ModelLoadOptions load;  // --repack: the evaluated model (perplexity) or the candidate (kld); --no-mmap, --interleave: all
+  ModelLoadOptions load;  // --repack: the evaluated model (perplexity) or the candidate (kld); --no-mmap, --no-interleave: all
   NumaChoice numa;        // --numa
 };
 
@@ -168,7 +168,7 @@ int cmd_kld(int argc, char** argv) {
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
   // --repack converts the candidate only (so -m M -m M --repack TYPE measures TYPE);
-  // --no-mmap holds both in memory; --interleave lays out both.
+  // --no-mmap holds both in memory; --no-interleave keeps both as stored.
   ModelLoadOptions base_load;
   base_load.threads = f.load.threads;
   base_load.in_memory = f.load.in_memory;

@@ -81,8 +81,12 @@ int cmd_info(int argc, char** argv) {
     std::printf(" %lld as stored (linear weights; embeddings, router, weights_proj as stored)\n", (long long)rp.kept);
   }
 
-  if (const int64_t n = model.repack_summary().interleaved)
-    std::printf("interleave   %lld Q4_K weights as Q4_K_R8 (eight rows side by side)\n", (long long)n);
+  if (const RepackSummary& rp = model.repack_summary(); rp.interleaved || rp.not_interleaved) {
+    std::printf("interleave   %lld Q4_K weights as Q4_K_R8 (eight rows side by side)", (long long)rp.interleaved);
+    if (rp.not_interleaved)
+      std::printf("; %lld left as Q4_K: MemAvailable cannot hold their copy", (long long)rp.not_interleaved);
+    std::printf("\n");
+  }
 
   const ModelFootprint f = model.footprint();
   std::printf("\n%-16s %14s %14s\n", "kind", "params", "bytes");

@@ -55,16 +55,21 @@ void add_repack_option(cxxopts::Options& opts) {
   opts.add_options()("repack", "convert the linear weights at load to TYPE: " + std::string(repack_target_names()),
                      cxxopts::value<std::string>(), "TYPE")(
       "no-mmap", "copy the weights into memory (huge pages) at load instead of reading them from the mapped file")(
-      "interleave", "lay out Q4_K weights eight rows side by side (Q4_K_R8) for the CPU's kernels; not with --offload cuda");
+      "no-interleave", "keep Q4_K weights as stored (by default the CPU runs them laid out eight rows side by side, "
+                       "Q4_K_R8; never with --offload cuda)");
+}
+
+bool interleave_by_default(const cxxopts::ParseResult& args) {
+  // The CUDA kernels do not take Q4_K_R8; the simulated device runs the CPU's kernels.
+  const bool cuda = args.count("offload") && args["offload"].as<std::string>() == "cuda";
+  return !args.count("no-interleave") && !cuda;
 }
 
 ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int threads) {
   ModelLoadOptions o;
   o.threads = threads;
   o.in_memory = args.count("no-mmap") > 0;
-  o.interleave = args.count("interleave") > 0;
-  if (o.interleave && args.count("offload") && args["offload"].as<std::string>() == "cuda")
-    throw std::invalid_argument("--interleave: Q4_K_R8 is a CPU layout, which --offload cuda cannot run");
+  o.interleave = interleave_by_default(args);
   if (args.count("repack")) {
     try {
       o.repack = parse_repack_target(args["repack"].as<std::string>());

@@ -42,10 +42,14 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens);
 // Throws std::invalid_argument with the flag's name on a bad value.
 GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args);
 
-// --repack TYPE, shared by generate, chat, logits and info: the option, and the load
-// options it asks for (std::invalid_argument naming the flag on an unknown type).
+// --repack TYPE, --no-mmap and --no-interleave, shared by every command that loads a
+// model: the options, and the load options they ask for (std::invalid_argument naming the
+// flag on an unknown type).
 void add_repack_option(cxxopts::Options& opts);
 ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int threads);
+// Whether Q4_K weights get the CPU's interleaved layout: unless --no-interleave, or
+// --offload cuda (whose kernels do not take it). args must hold add_repack_option's flags.
+bool interleave_by_default(const cxxopts::ParseResult& args);
 
 // The model, its tokenizer (--tokenizer, MODEL/tokenizer.json, or a .gguf model's own) and
 // a generator over both.

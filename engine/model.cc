@@ -300,14 +300,24 @@ void Model::interleave(const ModelLoadOptions& options) {
     todo.push_back(w);
     if (readers[w->data] != 1 || in_file_mapping(w->data, files)) copied += uint64_t(w->bytes());
   }
-  if (const std::optional<uint64_t> available = mem_available_bytes(); available && copied > 0)
-    check_fits_in_memory("--interleave: the rearranged copy of the mapped Q4_K weights", copied, *available);
+  // The layout only changes speed, so a copy the RAM cannot hold is skipped, not refused.
+  bool copy_fits = true;
+  if (const std::optional<uint64_t> available = mem_available_bytes(); available && copied > 0) {
+    try {
+      check_fits_in_memory("the rearranged copy", copied, *available);
+    } catch (const std::runtime_error&) {
+      copy_fits = false;
+    }
+  }
   for (WeightMatrix* w : todo) {
     if (readers[w->data] == 1 && !in_file_mapping(w->data, files)) {
       *w = interleave_in_place(*w, pool);
-    } else {
+    } else if (copy_fits) {
       if (!arena_) arena_ = std::make_shared<WeightArena>();
       *w = interleave_matrix(*w, pool, *arena_);
+    } else {
+      ++repack_.not_interleaved;
+      continue;
     }
     ++repack_.interleaved;
   }

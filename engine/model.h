@@ -96,7 +96,8 @@ struct ModelLoadOptions {
   // kernels compute together. Same values; the dot products round differently from plain
   // Q4_K's. kv_b (and k_b / v_b) stay as stored: absorbed attention reads them
   // transposed. The rearranged copy lives in huge-page memory the model owns. For the
-  // CPU only: a GPU cannot run the layout.
+  // CPU only: a GPU cannot run the layout. Weights that would need a copy stay Q4_K
+  // when MemAvailable cannot hold it (counted in RepackSummary::not_interleaved).
   bool interleave = false;
 };
 
@@ -106,6 +107,7 @@ struct RepackSummary {
   std::map<DType, int64_t> converted;  // by resulting format
   int64_t kept = 0;                    // already in the format, or no format fits
   int64_t interleaved = 0;             // Q4_K weights laid out as Q4_K_R8 (ModelLoadOptions::interleave)
+  int64_t not_interleaved = 0;         // ... left as Q4_K: no RAM for their copy
 };
 
 class Model {

@@ -77,14 +77,17 @@ TEST_CASE("cli repack: an unknown type is a one-line error naming it") {
 
 namespace cli_repack_cli_suite {
 
-TEST_CASE("cli repack: --interleave lays out the Q4_K weights, runs, and is refused with --offload cuda") {
+TEST_CASE("cli repack: Q4_K weights are interleaved by default, --no-interleave keeps them, cuda never gets them") {
   TempDir tmp("hearth-interleave");
-  const CliRun info = run_hearth("info -m " + kGolden + " --repack q4_k --interleave -t 2");
+  const CliRun info = run_hearth("info -m " + kGolden + " --repack q4_k -t 2");
   INFO(info.all());
   REQUIRE(info.code == 0);
   CHECK(info.out.find("interleave   121 Q4_K weights as Q4_K_R8") != std::string::npos);
-  // Nothing to interleave: no line, no error.
-  const CliRun fp8 = run_hearth("info -m " + kGolden + " --interleave -t 2");
+  const CliRun kept = run_hearth("info -m " + kGolden + " --repack q4_k --no-interleave -t 2");
+  CHECK(kept.code == 0);
+  CHECK(kept.out.find("interleave") == std::string::npos);
+  // Nothing to interleave (FP8): no line.
+  const CliRun fp8 = run_hearth("info -m " + kGolden + " -t 2");
   CHECK(fp8.code == 0);
   CHECK(fp8.out.find("interleave") == std::string::npos);
 
@@ -92,7 +95,7 @@ TEST_CASE("cli repack: --interleave lays out the Q4_K weights, runs, and is refu
   // same network (the top token at every position of this sequence).
   const int64_t V = 1024;
   std::vector<std::vector<float>> outs;
-  for (const std::string flags : {"", " --interleave"}) {
+  for (const std::string flags : {" --no-interleave", ""}) {
     const fs::path out = tmp.path / "out.f32";
     const CliRun r = run_hearth("logits -m " + kGolden + " --tokens 0,17,923,4,511 -t 2 --repack q4_k" + flags +
                                 " -o " + out.string());
@@ -109,10 +112,6 @@ TEST_CASE("cli repack: --interleave lays out the Q4_K weights, runs, and is refu
     };
     CHECK(top(outs[0]) == top(outs[1]));
   }
-
-  const CliRun cuda = run_hearth("generate -m " + kGolden + " -p hi --repack q4_k --interleave --offload cuda");
-  CHECK(cuda.code != 0);
-  CHECK(cuda.err.find("--interleave: Q4_K_R8 is a CPU layout") != std::string::npos);
 }
 
 }  // namespace cli_repack_cli_suite
