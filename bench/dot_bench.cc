@@ -49,6 +49,18 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The fastest of `reps` runs of fn, in seconds.
+template <class Fn>
+double best_seconds(int reps, Fn&& fn) {
+  double best = 1e30;
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = now();
+    fn();
+    best = std::min(best, now() - t0);
+  }
+  return best;
+}
+
 __attribute__((target("avx2"))) uint64_t stream_sum_avx2(const uint64_t* p, size_t n) {
   __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
   size_t i = 0;
@@ -117,15 +129,7 @@ void batched(int64_t cols, int64_t tokens, int reps) {
     std::vector<uint8_t> q(size_t(act.row_bytes(cols) * tokens));
     for (int64_t t = 0; t < tokens; ++t)
       act.quantize_row(x.data() + t * cols, q.data() + t * act.row_bytes(cols), cols, nullptr);
-    auto best_of = [&](auto&& fn) {
-      double best = 1e30;
-      for (int r = 0; r < reps; ++r) {
-        const double t0 = now();
-        fn();
-        best = std::min(best, now() - t0);
-      }
-      return double(rows * cols * tokens) / best / 1e9;
-    };
+    auto best_of = [&](auto&& fn) { return double(rows * cols * tokens) / best_seconds(reps, fn) / 1e9; };
     const double one = best_of([&] {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t t = 0; t < tokens; ++t)
@@ -173,15 +177,7 @@ void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
     a[t] = q.data() + t * act.row_bytes(cols);
   }
   std::vector<float> y(size_t(rows * 4));
-  auto seconds = [&](auto&& fn) {
-    double best = 1e30;
-    for (int r = 0; r < reps; ++r) {
-      const double t0 = now();
-      fn();
-      best = std::min(best, now() - t0);
-    }
-    return best;
-  };
+  auto seconds = [&](auto&& fn) { return best_seconds(reps, fn); };
   // The sums of the first token's results, to show that both paths compute the same
   // products (they differ only by float rounding).
   auto first_token_sum = [&](int64_t stride) {
@@ -236,12 +232,7 @@ void transposed(int64_t cols, int reps, double bw) {
     const WeightMatrix m{*dt, rows, cols, w.data()};
     std::vector<float> x(static_cast<size_t>(rows)), y(static_cast<size_t>(cols), 0.0f);
     for (float& v : x) v = gauss(rng);
-    double best = 1e30;
-    for (int r = 0; r < reps; ++r) {
-      const double t0 = now();
-      matmul_t_accumulate(m, 0, rows, x.data(), y.data(), 0, cols);
-      best = std::min(best, now() - t0);
-    }
+    const double best = best_seconds(reps, [&] { matmul_t_accumulate(m, 0, rows, x.data(), y.data(), 0, cols); });
     const double gbs = double(row_bytes * rows) / best / 1e9;
     std::printf("%-6s %7lld %10.2f %5.1f%%\n", std::string(f.name).c_str(), static_cast<long long>(rows), gbs, 100 * gbs / bw);
   }
@@ -288,12 +279,7 @@ void float_decode(int64_t cols, double mb, int reps, double bw) {
     const FloatWeight m = random_float_weight(dt, rows, cols, rng);
     std::vector<float> x(static_cast<size_t>(cols)), y(static_cast<size_t>(rows));
     for (float& v : x) v = gauss(rng);
-    double best = 1e30;
-    for (int r = 0; r < reps; ++r) {
-      const double t0 = now();
-      matmul_rows(m.view, x.data(), cols, 1, y.data(), rows, 0, rows);
-      best = std::min(best, now() - t0);
-    }
+    const double best = best_seconds(reps, [&] { matmul_rows(m.view, x.data(), cols, 1, y.data(), rows, 0, rows); });
     const double gbs = double(rows * row_bytes) / best / 1e9;
     std::printf("%-8s %9lld %7lld %11.2f %5.1f%%\n", std::string(dtype_name(dt)).c_str(),
                 static_cast<long long>(row_bytes), static_cast<long long>(rows), gbs, 100 * gbs / bw);
@@ -317,12 +303,7 @@ void float_gemm(int64_t cols, int reps) {
       double gmac[2] = {0, 0};
       for (int g = 0; g < 2; ++g) {
         const CpuGemm previous = set_cpu_gemm(g ? CpuGemm::kOnednn : CpuGemm::kKernels);
-        double best = 1e30;
-        for (int r = 0; r < reps; ++r) {
-          const double t0 = now();
-          matmul_rows(m.view, x.data(), cols, n, y.data(), rows, 0, rows);
-          best = std::min(best, now() - t0);
-        }
+        const double best = best_seconds(reps, [&] { matmul_rows(m.view, x.data(), cols, n, y.data(), rows, 0, rows); });
         set_cpu_gemm(previous);
         gmac[g] = double(rows * cols * n) / best / 1e9;
       }
@@ -416,14 +397,11 @@ int run(int argc, char** argv) {
     act.quantize_row(y.data(), a.data(), cols, nullptr);
 
     auto measure = [&](VecDotFn dot, float& result) {
-      double best = 1e30;
-      for (int r = 0; r < reps; ++r) {
-        const double t0 = now();
+      const double best = best_seconds(reps, [&] {
         float s = 0;
         for (int64_t i = 0; i < rows; ++i) s += dot(w.data() + i * row_bytes, a.data(), cols);
-        best = std::min(best, now() - t0);
         result = s;
-      }
+      });
       return double(row_bytes * rows) / best / 1e9;
     };
     float rs = 0, rv = 0, rn = 0;

@@ -11,20 +11,11 @@
 #include <string>
 
 #include "quant/avx2_blocks.h"  // unpack_scale_min (plain C++, no AVX2 needed)
+#include "quant/interleaved_kernels.h"
 #include "quant/kquants.h"
 #include "quant/numbers.h"
 
 namespace hearth {
-
-// The two files' shared internals (no header: quant/interleaved_avx2.cc declares the same).
-namespace interleaved_avx2 {
-// Defined in quant/interleaved_avx2.cc; reached only through vec_dot_q4_k_x8_kernel,
-// which checks that the CPU has AVX2, FMA and F16C.
-void vec_dot_q4_k_x8(const void* group, const void* const* act, int tokens, int64_t n, float* out);
-// Throws std::invalid_argument unless n is a multiple of 256 and tokens is 1..4: both
-// kernels check their arguments with the same words.
-void check_x8_call(int tokens, int64_t n);
-}  // namespace interleaved_avx2
 
 namespace {
 

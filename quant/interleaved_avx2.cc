@@ -15,12 +15,9 @@
 
 #include "quant/avx2_blocks.h"
 #include "quant/interleaved.h"
+#include "quant/interleaved_kernels.h"
 
 namespace hearth::interleaved_avx2 {
-
-// Declared in quant/interleaved.cc too (no header is shared between the two files).
-void vec_dot_q4_k_x8(const void* group, const void* const* act, int tokens, int64_t n, float* out);
-void check_x8_call(int tokens, int64_t n);
 
 namespace {
 

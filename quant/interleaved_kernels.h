@@ -1,0 +1,15 @@
+// Internal to quant/: what quant/interleaved.cc and quant/interleaved_avx2.cc share. Use
+// the kernels through vec_dot_q4_k_x8_kernel() (quant/interleaved.h), which checks that
+// the CPU has the instructions.
+#pragma once
+#include <cstdint>
+
+namespace hearth::interleaved_avx2 {
+
+// The AVX2 (+ FMA + F16C) eight-row kernel; faults on a CPU without those extensions.
+void vec_dot_q4_k_x8(const void* group, const void* const* act, int tokens, int64_t n, float* out);
+// Throws std::invalid_argument unless n is a multiple of 256 and tokens is 1..4: both
+// kernels check their arguments with the same words.
+void check_x8_call(int tokens, int64_t n);
+
+}  // namespace hearth::interleaved_avx2
