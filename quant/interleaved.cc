@@ -71,14 +71,21 @@ void interleave_q4_k_x8(const BlockQ4_K* const rows[kInterleavedRows], int64_t n
         o.scales[64 + j] = uint8_t(sc(s) >> 4 | (sc(s + 4) >> 4) << 2 | (m(s) >> 4) << 4 | (m(s + 4) >> 4) << 6);
       }
       // Sub-block s is nibble h = s % 2 of Q4_K's bytes 32c .. 32c + 31 (c = s / 2);
-      // interleaved, its values w and 16 + w (w < 16) share a byte. Written a byte at a
-      // time rather than a nibble at a time: a load interleaves whole models.
+      // interleaved, its values w and 16 + w (w < 16) share a byte, and bytes w = 4p ..
+      // 4p + 3 go to qs[128 s + 32 p + 4 r ..]. Eight bytes at a time in 64-bit words: a
+      // load interleaves whole models, and byte by byte this ran at 0.3 GB/s per thread.
+      constexpr uint64_t kLow = 0x0F0F0F0F0F0F0F0FULL;
       for (int s = 0; s < kSubBlocks; ++s) {
         const uint8_t* src = b.qs + 32 * (s / 2);
         const int h = 4 * (s % 2);
-        for (int w = 0; w < 16; ++w)
-          o.qs[128 * s + 32 * (w / 4) + 4 * r + w % 4] =
-              uint8_t(((src[w] >> h) & 15) | ((src[16 + w] >> h) & 15) << 4);
+        for (int half = 0; half < 2; ++half) {  // values w = 8 half .. 8 half + 7
+          uint64_t lo, hi;
+          std::memcpy(&lo, src + 8 * half, 8);
+          std::memcpy(&hi, src + 16 + 8 * half, 8);
+          const uint64_t v = ((lo >> h) & kLow) | (((hi >> h) & kLow) << 4);
+          std::memcpy(o.qs + 128 * s + 32 * (2 * half) + 4 * r, &v, 4);
+          std::memcpy(o.qs + 128 * s + 32 * (2 * half + 1) + 4 * r, reinterpret_cast<const uint8_t*>(&v) + 4, 4);
+        }
       }
     }
   }
