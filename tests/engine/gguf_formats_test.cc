@@ -23,6 +23,7 @@ namespace engine_gguf_formats_suite {
 using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::golden_cases;
+using hearth::testing::golden_logits;
 using hearth::testing::GoldenCase;
 using hearth::testing::kGoldenDir;
 using hearth::testing::TempDir;
@@ -46,20 +47,6 @@ std::vector<float> wave(int64_t n, float scale) {
   std::vector<float> v(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) v[size_t(i)] = scale * std::sin(0.29f * float(i) + 0.3f) + 0.02f * float(i % 5);
   return v;
-}
-
-std::vector<std::vector<float>> golden_logits(const Model& m) {
-  ThreadPool pool(2);
-  std::vector<std::vector<float>> out;
-  for (const GoldenCase& g : golden_cases()) {
-    Forward fwd(m, pool);
-    KvCache cache(m.config(), 16);
-    const SeqId s = cache.add_sequence();
-    std::vector<float> logits(g.tokens.size() * size_t(m.config().vocab_size));
-    fwd.step(cache, {{s, g.tokens}}, logits.data(), AttentionPath::kAuto);
-    out.push_back(std::move(logits));
-  }
-  return out;
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ using namespace hearth;
 namespace fs = std::filesystem;
 using hearth::testing::check_error;
 using hearth::testing::golden_cases;
+using hearth::testing::golden_logits;
 using hearth::testing::GoldenCase;
 using hearth::testing::kGoldenDir;
 using hearth::testing::TempDir;
@@ -49,21 +50,6 @@ std::function<DType(const GgufExportTensor&)> all(DType d) {
 fs::path export_tiny(const TempDir& dir, const std::string& file, std::function<DType(const GgufExportTensor&)> type_for,
                      bool split_kv_b = true) {
   return hearth::testing::golden_as_gguf(dir.path / file, std::move(type_for), split_kv_b);
-}
-
-// Prefill logits of every golden case.
-std::vector<std::vector<float>> golden_logits(const Model& m) {
-  ThreadPool pool(2);
-  std::vector<std::vector<float>> out;
-  for (const GoldenCase& g : golden_cases()) {
-    Forward fwd(m, pool);
-    KvCache cache(m.config(), 16);
-    const SeqId s = cache.add_sequence();
-    std::vector<float> logits(g.tokens.size() * size_t(m.config().vocab_size));
-    fwd.step(cache, {{s, g.tokens}}, logits.data(), AttentionPath::kAuto);
-    out.push_back(std::move(logits));
-  }
-  return out;
 }
 
 struct Agreement {

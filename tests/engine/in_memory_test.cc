@@ -12,7 +12,6 @@
 #include <utility>
 #include <vector>
 
-#include "engine/forward.h"
 #include "engine/model.h"
 #include "offload/memory.h"
 #include "support/golden.h"
@@ -22,25 +21,11 @@
 namespace engine_in_memory_suite {
 
 using namespace hearth;
-using hearth::testing::golden_cases;
+using hearth::testing::golden_logits;
 using hearth::testing::kGoldenDir;
 using hearth::testing::TempDir;
 
 namespace {
-
-std::vector<float> logits(const Model& m) {
-  ThreadPool pool(2);
-  std::vector<float> out;
-  for (const auto& g : golden_cases()) {
-    Forward fwd(m, pool);
-    KvCache cache(m.config(), 16);
-    const SeqId s = cache.add_sequence();
-    std::vector<float> l(g.tokens.size() * size_t(m.config().vocab_size));
-    fwd.step(cache, {{s, g.tokens}}, l.data(), AttentionPath::kAuto);
-    out.insert(out.end(), l.begin(), l.end());
-  }
-  return out;
-}
 
 // How many of the model's weight pointers (data and FP8 scales) lie in a mapped file.
 int in_files(const Model& m) {
@@ -72,7 +57,7 @@ void check_copy(const std::string& path, ModelLoadOptions o) {
   const Model copied = Model::load(path, o);
   CHECK(in_files(mapped) > 0);
   CHECK(in_files(copied) == 0);
-  CHECK(logits(copied) == logits(mapped));
+  CHECK(golden_logits(copied) == golden_logits(mapped));
 }
 
 }  // namespace

@@ -11,9 +11,12 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "engine/forward.h"
 #include "engine/model.h"
+#include "offload/thread_pool.h"
 
 namespace hearth::testing {
 
@@ -56,6 +59,22 @@ inline const std::vector<GoldenCase>& golden_cases() {
 inline const Model& golden_model() {
   static const Model m = Model::load(kGoldenDir);
   return m;
+}
+
+// m's logits for every golden case, one prefill step each on a fresh cache (two threads):
+// [case][tokens x vocab], in golden_cases() order.
+inline std::vector<std::vector<float>> golden_logits(const Model& m) {
+  ThreadPool pool(2);
+  std::vector<std::vector<float>> out;
+  for (const GoldenCase& g : golden_cases()) {
+    Forward fwd(m, pool);
+    KvCache cache(m.config(), 16);
+    const SeqId s = cache.add_sequence();
+    std::vector<float> logits(g.tokens.size() * size_t(m.config().vocab_size));
+    fwd.step(cache, {{s, g.tokens}}, logits.data(), AttentionPath::kAuto);
+    out.push_back(std::move(logits));
+  }
+  return out;
 }
 
 // Logits for every position of g against the reference: within 1e-3 and the same argmax
