@@ -292,13 +292,17 @@ void Model::interleave(const ModelLoadOptions& options) {
   const std::vector<std::pair<uintptr_t, uintptr_t>> files = file_mapped_ranges();
   std::unordered_map<const void*, int> readers;
   for (const WeightMatrix* w : matrices()) ++readers[w->data];
-  std::vector<WeightMatrix*> todo;
+  struct Job {
+    WeightMatrix* w;
+    bool in_place;
+  };
+  std::vector<Job> todo;
   uint64_t copied = 0;
   for (auto& [name, w] : linear_weights()) {
     if (name.ends_with(".kv_b_proj") || name.ends_with(".k_b_proj") || name.ends_with(".v_b_proj")) continue;
     if (!can_interleave(*w)) continue;
-    todo.push_back(w);
-    if (readers[w->data] != 1 || in_file_mapping(w->data, files)) copied += uint64_t(w->bytes());
+    todo.push_back({w, readers[w->data] == 1 && !in_file_mapping(w->data, files)});
+    if (!todo.back().in_place) copied += uint64_t(w->bytes());
   }
   // The layout only changes speed, so a copy the RAM cannot hold is skipped, not refused.
   bool copy_fits = true;
@@ -309,8 +313,8 @@ void Model::interleave(const ModelLoadOptions& options) {
       copy_fits = false;
     }
   }
-  for (WeightMatrix* w : todo) {
-    if (readers[w->data] == 1 && !in_file_mapping(w->data, files)) {
+  for (auto [w, in_place] : todo) {
+    if (in_place) {
       *w = interleave_in_place(*w, pool);
     } else if (copy_fits) {
       if (!arena_) arena_ = std::make_shared<WeightArena>();

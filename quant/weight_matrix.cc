@@ -480,7 +480,7 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
                         int64_t r0, int64_t r1, KernelIsa isa) {
   if (r0 >= r1 || n <= 0) return;
   const BlockFormat& f = plain_format(w.dtype);
-  const BlockFormat& act = block_format(f.vec_dot_type);
+  const BlockFormat& act = activation_format(w.dtype);
   const int64_t act_row = act.row_bytes(w.cols);
   static thread_local std::vector<uint64_t> buf;  // 8-byte aligned for the float d of Q8_K
   auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
@@ -778,7 +778,7 @@ void matmul_t_accumulate_rows(const WeightMatrix& w, int64_t row0, int64_t nrows
 
 WeightMatrix row_slice(const WeightMatrix& w, int64_t r0, int64_t r1) {
   if (r0 < 0 || r1 < r0 || r1 > w.rows) throw std::invalid_argument("row_slice: rows out of range");
-  if (w.dtype == DType::Q4_K_R8 && (r0 % kInterleavedRows != 0 || (r1 % kInterleavedRows != 0 && r1 != w.rows)))
+  if (w.dtype == DType::Q4_K_R8 && (r0 % kInterleavedRows != 0 || r1 % kInterleavedRows != 0))
     throw std::invalid_argument("row_slice: Q4_K_R8 rows must start and end on a group of 8");
   WeightMatrix s = w;
   s.rows = r1 - r0;
