@@ -46,7 +46,8 @@ TEST_CASE("cuda gemm policy names parse back") {
     CHECK(cuda::parse_gemm_policy(cuda::gemm_policy_name(p)) == p);
   CHECK(!cuda::parse_gemm_policy("cublas"));
   CHECK(!cuda::parse_gemm_policy(""));
-  CHECK(cuda::GemmOptions{}.policy == cuda::GemmPolicy::kKernels);  // untested on a GPU: not the default yet
+  // The kernels stay the default: their results do not depend on how many rows a step batches.
+  CHECK(cuda::GemmOptions{}.policy == cuda::GemmPolicy::kKernels);
 }
 
 #if HEARTH_HAVE_CUDA

@@ -29,6 +29,7 @@
 #include "engine/offload_forward.h"
 #include "engine/ops.h"
 #include "engine/rope.h"
+#include "engine/safetensors.h"
 #include "quant/cuda/kernels.h"
 #include "quant/numbers.h"
 #endif
@@ -104,32 +105,42 @@ int64_t bit_mismatches(const float* a, const float* b, size_t n) {
   return bad;
 }
 
-// How far GPU logits are from the CPU's: the largest difference against the logits' scale
-// (their largest magnitude), at most `tolerance` of it, and on how many rows the top token
-// agrees, at least `same_percent` of them.
-void check_logits_close(const std::vector<float>& gpu_logits, const std::vector<float>& cpu_logits, int64_t V,
-                        const std::string& what, double tolerance = 2e-3, int64_t same_percent = 99) {
-  REQUIRE(gpu_logits.size() == cpu_logits.size());
-  REQUIRE(!cpu_logits.empty());
+// How far logits `got` are from `want`: the largest difference, the logits' scale (the
+// largest |want|), and on how many of the rows the top token agrees.
+struct LogitGap {
   double worst = 0, scale = 0;
-  int64_t rows = int64_t(cpu_logits.size()) / V, same = 0;
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* a = gpu_logits.data() + t * V;
-    const float* b = cpu_logits.data() + t * V;
+  int64_t rows = 0, same = 0;
+};
+LogitGap logit_gap(const std::vector<float>& got, const std::vector<float>& want, int64_t V) {
+  REQUIRE(got.size() == want.size());
+  REQUIRE(!want.empty());
+  LogitGap g;
+  g.rows = int64_t(want.size()) / V;
+  for (int64_t t = 0; t < g.rows; ++t) {
+    const float* a = got.data() + t * V;
+    const float* b = want.data() + t * V;
     int64_t ia = 0, ib = 0;
     for (int64_t v = 0; v < V; ++v) {
-      worst = std::max(worst, double(std::fabs(a[v] - b[v])));
-      scale = std::max(scale, double(std::fabs(b[v])));
+      g.worst = std::max(g.worst, double(std::fabs(a[v] - b[v])));
+      g.scale = std::max(g.scale, double(std::fabs(b[v])));
       if (a[v] > a[ia]) ia = v;
       if (b[v] > b[ib]) ib = v;
     }
-    same += ia == ib;
+    g.same += ia == ib;
   }
-  MESSAGE(what << ": rows=" << rows << " max|dlogit|=" << worst << " logit scale=" << scale
-                << " same argmax=" << same);
-  CHECK(std::isfinite(worst));
-  CHECK(worst <= tolerance * scale);
-  CHECK(same * 100 >= rows * same_percent);
+  return g;
+}
+
+// GPU logits against the CPU's: the largest difference at most `tolerance` of the logits'
+// scale, and the same top token on at least `same_percent` of the rows.
+void check_logits_close(const std::vector<float>& gpu_logits, const std::vector<float>& cpu_logits, int64_t V,
+                        const std::string& what, double tolerance = 2e-3, int64_t same_percent = 99) {
+  const LogitGap g = logit_gap(gpu_logits, cpu_logits, V);
+  MESSAGE(what << ": rows=" << g.rows << " max|dlogit|=" << g.worst << " logit scale=" << g.scale
+                << " same argmax=" << g.same);
+  CHECK(std::isfinite(g.worst));
+  CHECK(g.worst <= tolerance * g.scale);
+  CHECK(g.same * 100 >= g.rows * same_percent);
 }
 
 // Every logit of `tokens` as one chunk, or one token per step, on the CPU or through the GPU.
@@ -726,37 +737,60 @@ TEST_CASE("cuda model: half the experts on the GPU and the rest on the CPU or st
                      "half resident, decode, CPU experts");
 }
 
-TEST_CASE("cuda model: cuBLAS bf16 GEMMs keep prefill and batch logits near the CPU's") {
-  // The projections and MLPs of every chunk of 4 rows or more go through cuBLAS on bf16
-  // copies of weights and activations (each rounded with relative error <= 2^-8). The
-  // CPU path itself rounds activations to 8-bit blocks, so the two differ by a few bf16
-  // roundings per matmul carried through 4 layers: allowed 1e-2 of the logits' scale (5x
-  // the fp32 kernels' 2e-3) and the same top token on 95% of the rows.
+TEST_CASE("cuda model: cuBLAS bf16 GEMMs stay within bf16 rounding of the CPU where no choice can flip") {
+  // The cuBLAS path rounds both operands of every projection and MLP of 4 rows or more to
+  // bf16 (relative error <= 2^-8 each). On this random model a perturbation that size flips
+  // the indexer's key selection (index_topk 8) and expert choices, after which the logits
+  // are unrelated: the H200 measured max|dlogit| 8.3 on a logit scale of 9 for 64 tokens,
+  // and gguf_model_test sees the same for BF16 weights on the CPU. So the comparison runs
+  // on the same weights with every choice made continuous: index_topk past every sequence
+  // and all 16 experts routed to every token. Then logits move smoothly with rounding,
+  // and the test measures how far on the CPU: the model with its weights rounded to bf16
+  // (--repack bf16) against the model as stored, d_w (0.5-0.9 % of the logit scale). The
+  // cuBLAS path rounds the activations too, about as much again: allowed 4 d_w, and the
+  // same top token on 90 % of the rows (the H200 measured 1.3-1.4 d_w and every top token
+  // the same). A misdecoded weight tile, a wrong stride or an unordered scratch moves
+  // logits by their own scale, far beyond that.
   auto dev = gpu();
   if (!dev) return;
-  const Model& m = tiny_model();
+  ModelConfig dc = tiny_model().config();
+  dc.index_topk = 64;  // >= every sequence below: every key is attended
+  dc.num_experts_per_tok = dc.n_routed_experts;
+  dc.topk_group = dc.n_group;
+  const Model m(dc, WeightStore::open(kGoldenDir));
+  ModelLoadOptions ro;
+  ro.repack = DType::BF16;
+  const Model rounded(dc, WeightStore::open(kGoldenDir), ro);
   ThreadPool pool(2);
   cuda::GemmOptions gemm;
   gemm.policy = cuda::GemmPolicy::kCublasBf16;
   gemm.min_rows = 4;
   auto dm = make_cuda_device_model(m, *dev, all_experts(), kMaxPages, gemm);
   OffloadForward off(m, pool, *dev, *dm);
-  Forward cpu(m, pool);
-  const int64_t V = m.config().vocab_size;
+  Forward cpu(m, pool), cpu_rounded(rounded, pool);
+  const int64_t V = dc.vocab_size;
+  // GPU logits against the CPU's, within 4x the CPU's own bf16-weight movement.
+  const auto check = [&](const std::vector<float>& gpu_logits, const std::vector<float>& want,
+                         const std::vector<float>& weights_rounded, const std::string& what) {
+    const LogitGap dw = logit_gap(weights_rounded, want, V);
+    MESSAGE(what << ": bf16 weights on the CPU move logits by " << dw.worst << " (scale " << dw.scale << ")");
+    CHECK(dw.worst > 0);  // the rounding changed something: the bound below is not vacuous
+    check_logits_close(gpu_logits, want, V, what, 4 * dw.worst / dw.scale, 90);
+  };
   const int64_t calls_before = cuda::cublas_gemm_calls();
   for (const GoldenCase& g : golden_cases()) {
     if (g.tokens.size() < 4) continue;  // below min_rows: the kernels, checked above
     const std::string what = "cuBLAS prefill of " + std::to_string(g.tokens.size()) + " tokens";
     INFO(what);
-    const std::vector<float> got = run_sequence(off, g.tokens, false);
-    check_logits_close(got, run_sequence(cpu, g.tokens, false), V, what, 1e-2, 95);
-    check_logits_close(got, g.logits, V, what + " against the reference", 1e-2, 95);
+    check(run_sequence(off, g.tokens, false), run_sequence(cpu, g.tokens, false),
+          run_sequence(cpu_rounded, g.tokens, false), what);
   }
   CHECK(cuda::cublas_gemm_calls() > calls_before);  // the path under test ran
   const auto [ga, gb] = run_batch(off);
   const auto [ca, cb] = run_batch(cpu);
-  check_logits_close(ga, ca, V, "cuBLAS batch: sequence A", 1e-2, 95);
-  check_logits_close(gb, cb, V, "cuBLAS batch: sequence B", 1e-2, 95);
+  const auto [ra, rb] = run_batch(cpu_rounded);
+  check(ga, ca, ra, "cuBLAS batch: sequence A");
+  check(gb, cb, rb, "cuBLAS batch: sequence B");
 }
 
 #endif
