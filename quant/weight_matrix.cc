@@ -22,7 +22,7 @@ namespace hearth {
 namespace {
 
 constexpr int64_t kChunk = 128;  // columns decoded at a time (= the FP8 scale block)
-static_assert((kChunk & (kChunk - 1)) == 0, "dot_tile_avx2 finds chunk ends with a mask");
+static_assert(kChunk % 8 == 0, "chunks are whole 8-column vectors");
 
 inline float block_scale(const WeightMatrix& w, int64_t r, int64_t c) {
   if (w.dtype != DType::F8_E4M3 || !w.scale) return 1.0f;
@@ -161,41 +161,46 @@ inline float simd_unscale(const WeightMatrix& w) { return w.dtype == DType::F8_E
 constexpr int64_t kFloatPrefetchBytes = 4096;
 
 // The float kernels' product of rows [r, r + R) with activation rows [t, t + T): each
-// weight chunk is widened once for the T tokens and each activation vector loaded once
-// for the R rows, with 2 R T independent FMA chains. Per (row, token) and 128-column
-// chunk the operations never change: two accumulators over 16-column steps, an 8-column
-// step, the horizontal sum, a scalar tail, then the chunk's scale added to the result.
-// So a token's result is the same bits whatever R and T it went through, alone or in a
-// batch. The dtype is a template parameter so widening 8 weights is branch-free; decode
-// uses R = 4, T = 1 and batches R = 1, T = 4 (a weight chunk widened once per 4 tokens).
+// weight vector is widened once for the T tokens and each activation vector loaded once
+// for the R rows, with R T independent FMA chains. Per (row, token) the operations never
+// change: one 8-lane accumulator over the columns in steps of 8, per chunk (a 128 x 128
+// FP8 scale block, else the whole row); a scalar sum of the chunk's last len % 8 columns;
+// the chunk's scale applied lane by lane to the accumulator (and to the scalar) into the
+// row's 8-lane total; the horizontal sum of that total plus the scalars' at the end. So a
+// token's result is the same bits whatever R and T it went through, alone or in a batch.
+// One accumulator per pair, the scale applied to vectors and one horizontal sum per row
+// keep the loop at FMAs and loads: decode uses R = 4, T = 1 and batches R = 2, T = 4, whose
+// 8 chains fill both FMA pipes from 8 loads per 16 FMAs, in 14 of the 16 ymm registers.
+// The dtype is a template parameter so widening 8 weights is branch-free.
 template <DType D, int R, int T>
 HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
   constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
-  const float unscale = simd_unscale(w);
-  // The chunks and their scales are walked incrementally: chunk_len and block_scale
-  // divide by the block size, which costs more than the chunk's arithmetic.
   const bool scaled = D == DType::F8_E4M3 && w.scale;
+  const __m256 unscale = _mm256_set1_ps(simd_unscale(w));
   const char* row[R];
   const float* scale[R];
-  float out[R][T];
+  __m256 total[R][T];
+  float tails[R][T];
   for (int k = 0; k < R; ++k) {
     row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * elem;
     scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
-    for (int t = 0; t < T; ++t) out[k][t] = 0.0f;
+    for (int t = 0; t < T; ++t) {
+      total[k][t] = _mm256_setzero_ps();
+      tails[k][t] = 0.0f;
+    }
   }
-  int64_t block_end = scaled ? w.block : w.cols, block_col = 0;
-  for (int64_t c0 = 0, len = 0; c0 < w.cols; c0 += len) {
-    len = std::min({kChunk - (c0 & (kChunk - 1)), w.cols - c0, block_end - c0});
-    // Past a row's end too: rows are contiguous, and a prefetch never faults.
+  const int64_t chunk = scaled ? w.block : w.cols;
+  for (int64_t c0 = 0, block_col = 0; c0 < w.cols; c0 += chunk, ++block_col) {
+    const int64_t len = std::min(chunk, w.cols - c0), vec = len & ~int64_t(7);
+    __m256 acc[R][T];
     for (int k = 0; k < R; ++k)
-      for (int64_t b = 0; b < len * elem; b += 64)
-        _mm_prefetch(row[k] + c0 * elem + b + kFloatPrefetchBytes, _MM_HINT_T0);
-    const int64_t vec = len & ~int64_t(7);
-    __m256 acc0[R][T], acc1[R][T];
-    for (int k = 0; k < R; ++k)
-      for (int t = 0; t < T; ++t) acc0[k][t] = acc1[k][t] = _mm256_setzero_ps();
+      for (int t = 0; t < T; ++t) acc[k][t] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= vec; i += 16) {
+      // One prefetch per 64 bytes of each row (past a row's end too: rows are contiguous,
+      // and a prefetch never faults).
+      if (((c0 + i) * elem & 63) < 16 * elem)
+        for (int k = 0; k < R; ++k) _mm_prefetch(row[k] + (c0 + i) * elem + kFloatPrefetchBytes, _MM_HINT_T0);
       __m256 w0[R], w1[R];
       for (int k = 0; k < R; ++k) {
         if constexpr (D == DType::F8_E4M3) {
@@ -208,10 +213,7 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
       for (int t = 0; t < T; ++t) {
         const float* xt = x + t * ldx + c0 + i;
         const __m256 x0 = _mm256_loadu_ps(xt), x1 = _mm256_loadu_ps(xt + 8);
-        for (int k = 0; k < R; ++k) {
-          acc0[k][t] = _mm256_fmadd_ps(w0[k], x0, acc0[k][t]);
-          acc1[k][t] = _mm256_fmadd_ps(w1[k], x1, acc1[k][t]);
-        }
+        for (int k = 0; k < R; ++k) acc[k][t] = _mm256_fmadd_ps(w1[k], x1, _mm256_fmadd_ps(w0[k], x0, acc[k][t]));
       }
     }
     for (; i < vec; i += 8) {
@@ -219,7 +221,7 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
       for (int k = 0; k < R; ++k) w0[k] = load8(D, row[k], c0 + i);
       for (int t = 0; t < T; ++t) {
         const __m256 x0 = _mm256_loadu_ps(x + t * ldx + c0 + i);
-        for (int k = 0; k < R; ++k) acc0[k][t] = _mm256_fmadd_ps(w0[k], x0, acc0[k][t]);
+        for (int k = 0; k < R; ++k) acc[k][t] = _mm256_fmadd_ps(w0[k], x0, acc[k][t]);
       }
     }
     for (int k = 0; k < R; ++k) {
@@ -230,24 +232,38 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
           for (int64_t j = 0; j < len - i; ++j) tail[j] *= 1.0f / 256.0f;
       }
       const float s = scaled ? scale[k][block_col] : 1.0f;
+      const __m256 sv = _mm256_set1_ps(s);
       for (int t = 0; t < T; ++t) {
-        float acc = hsum(_mm256_add_ps(acc0[k][t], acc1[k][t]));
-        const float* xt = x + t * ldx + c0;
-        for (int64_t j = i; j < len; ++j) acc += tail[j - i] * xt[j];
-        out[k][t] += (acc * unscale) * s;
+        // (sum * unscale) * s, as the scalar tail below: a huge block scale cannot overflow
+        // where the true product does not (see simd_unscale).
+        total[k][t] = _mm256_fmadd_ps(_mm256_mul_ps(acc[k][t], unscale), sv, total[k][t]);
+        if (i < len) {
+          const float* xt = x + t * ldx + c0;
+          float sc = 0.0f;
+          for (int64_t j = i; j < len; ++j) sc += tail[j - i] * xt[j];
+          tails[k][t] += (sc * simd_unscale(w)) * s;
+        }
       }
-    }
-    if (c0 + len == block_end) {
-      block_end += w.block;
-      ++block_col;
     }
   }
   for (int k = 0; k < R; ++k)
-    for (int t = 0; t < T; ++t) y[t * ldy + r + k] = out[k][t];
+    for (int t = 0; t < T; ++t) y[t * ldy + r + k] = hsum(total[k][t]) + tails[k][t];
+}
+
+// dot_tile_avx2 with R rows (1 or 2) and n - t < 4 tokens left over.
+template <DType D, int R>
+HEARTH_AVX2 void dot_tile_avx2_tokens(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy,
+                                      int64_t r, int64_t tokens) {
+  switch (tokens) {
+    case 3: return dot_tile_avx2<D, R, 3>(w, x, ldx, y, ldy, r);
+    case 2: return dot_tile_avx2<D, R, 2>(w, x, ldx, y, ldy, r);
+    case 1: return dot_tile_avx2<D, R, 1>(w, x, ldx, y, ldy, r);
+    default: return;
+  }
 }
 
 // Rows [r0, r1) times n activation rows through dot_tile_avx2: one token four rows at a
-// time, more tokens four (then the last one to three) at a time per row.
+// time; more tokens two rows by four tokens at a time.
 template <DType D>
 HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
                                         int64_t ldy, int64_t r0, int64_t r1) {
@@ -262,18 +278,19 @@ HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, i
   // come from L1, where a token-group-outer order streams all n activation rows from L3
   // once per weight row.
   const int64_t row_bytes = w.cols * int64_t(dtype_size(D));
-  const int64_t block = std::max<int64_t>(1, (int64_t(256) << 10) / std::max<int64_t>(1, row_bytes));
+  const int64_t block = std::max<int64_t>(2, (int64_t(256) << 10) / std::max<int64_t>(1, row_bytes));
   for (int64_t b0 = r0; b0 < r1; b0 += block) {
     const int64_t b1 = std::min(r1, b0 + block);
     int64_t t = 0;
-    for (; t + 4 <= n; t += 4)
-      for (int64_t r = b0; r < b1; ++r) dot_tile_avx2<D, 1, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
-    for (int64_t r = b0; r < b1; ++r) switch (n - t) {
-        case 3: dot_tile_avx2<D, 1, 3>(w, x + t * ldx, ldx, y + t * ldy, ldy, r); break;
-        case 2: dot_tile_avx2<D, 1, 2>(w, x + t * ldx, ldx, y + t * ldy, ldy, r); break;
-        case 1: dot_tile_avx2<D, 1, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r); break;
-        default: break;
-      }
+    for (; t + 4 <= n; t += 4) {
+      int64_t r = b0;
+      for (; r + 2 <= b1; r += 2) dot_tile_avx2<D, 2, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+      if (r < b1) dot_tile_avx2<D, 1, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
+    }
+    if (t == n) continue;
+    int64_t r = b0;
+    for (; r + 2 <= b1; r += 2) dot_tile_avx2_tokens<D, 2>(w, x + t * ldx, ldx, y + t * ldy, ldy, r, n - t);
+    if (r < b1) dot_tile_avx2_tokens<D, 1>(w, x + t * ldx, ldx, y + t * ldy, ldy, r, n - t);
   }
 }
 

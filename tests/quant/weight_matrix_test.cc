@@ -513,28 +513,34 @@ TEST_CASE("weight_matrix: decode_rows is dequantize_row for every float format")
 }
 
 TEST_CASE("weight_matrix: CpuGemm kernels keep a token's float result independent of the batch") {
-  // The property --cpu-gemm kernels promises (and oneDNN does not): each row of a 40-token
+  // The property --cpu-gemm kernels promises (and oneDNN does not): each row of a 43-token
   // product is bit for bit the one-token product of that row.
-  // 70 rows: the one-token kernel's four-row groups and two single rows; FP8 also with
-  // 200-column scale blocks, which its chunk walk must follow, and without scales.
+  // 71 rows: the one-token kernel's four-row groups and three single rows, the batch
+  // kernel's two-row pairs and one single row, its four-token groups and three tokens left
+  // over; also rows [3, 68), which start the pairs on an odd row. FP8 also with 200-column
+  // scale blocks, which its chunk walk must follow, and without scales.
   CpuGemmScope kernels(CpuGemm::kKernels);
   std::vector<TestWeight> weights;
-  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3}) weights.push_back(make_random(dt, 70, 300, 51));
-  weights.push_back(make_random(DType::F8_E4M3, 70, 450, 53, 200));
-  weights.push_back(make_random(DType::F8_E4M3, 70, 300, 54, 128, false));
+  for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3}) weights.push_back(make_random(dt, 71, 300, 51));
+  weights.push_back(make_random(DType::F8_E4M3, 71, 450, 53, 200));
+  weights.push_back(make_random(DType::F8_E4M3, 71, 300, 54, 128, false));
   for (const TestWeight& tw : weights) {
-    const int64_t n = 40;
+    const int64_t n = 43;
     std::mt19937 rng(52);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    std::vector<float> x(size_t(n * tw.cols)), all(size_t(n * tw.rows)), one(size_t(tw.rows));
+    std::vector<float> x(size_t(n * tw.cols));
     for (float& v : x) v = u(rng);
-    matmul_rows(tw.view(), x.data(), tw.cols, n, all.data(), tw.rows, 0, tw.rows);
-    int differ = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      matmul_rows(tw.view(), x.data() + t * tw.cols, tw.cols, 1, one.data(), tw.rows, 0, tw.rows);
-      differ += std::memcmp(one.data(), all.data() + t * tw.rows, one.size() * sizeof(float)) != 0;
+    for (const auto& [r0, r1] : {std::pair<int64_t, int64_t>{0, tw.rows}, {3, 68}}) {
+      CAPTURE(r0);
+      std::vector<float> all(size_t(n * tw.rows)), one(size_t(tw.rows));
+      matmul_rows(tw.view(), x.data(), tw.cols, n, all.data(), tw.rows, r0, r1);
+      int differ = 0;
+      for (int64_t t = 0; t < n; ++t) {
+        matmul_rows(tw.view(), x.data() + t * tw.cols, tw.cols, 1, one.data(), tw.rows, r0, r1);
+        differ += std::memcmp(one.data() + r0, all.data() + t * tw.rows + r0, size_t(r1 - r0) * sizeof(float)) != 0;
+      }
+      CHECK_MESSAGE(differ == 0, tw.name() << ": " << differ << " tokens differ from their one-token product");
     }
-    CHECK_MESSAGE(differ == 0, tw.name() << ": " << differ << " tokens differ from their one-token product");
   }
   CHECK(parse_cpu_gemm("onednn") == CpuGemm::kOnednn);
   CHECK(parse_cpu_gemm("kernels") == CpuGemm::kKernels);
