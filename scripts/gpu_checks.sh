@@ -1,18 +1,42 @@
 #!/usr/bin/env bash
-# The checks only a GPU can run, on an already built tree (scripts/test.sh builds the CUDA
-# code whenever nvcc exists): every CUDA test, the kernel throughput table, and
-# `hearth bench` on the pinned bench preset without offload, with everything on the GPU,
-# with half the routed experts on the CPU, and a prefill that streams every routed expert
-# (its Chrome trace shows the upload/compute overlap), and the all-GPU prefill again with
-# the cuBLAS GEMM policy (--cuda-gemm cublas-bf16).
+# The checks only a GPU machine can run, on an already built tree (scripts/test.sh builds
+# the CUDA code whenever nvcc exists; scripts/gpu_bundle.sh carries such a build to a GPU
+# machine that lacks hearth's build dependencies):
+# - every CUDA test, and the CUDA kernel throughput table;
+# - the AVX-512 VNNI kernels run natively, where the CPU has them (GPU hosts usually do),
+#   then every other test through ctest, and bench/dot_bench;
+# - `hearth bench` on the pinned bench preset at Q8_0: on the CPU (its best kernels, then
+#   capped at AVX2), with everything on the GPU, with half the routed experts on the CPU,
+#   a prefill that streams every routed expert (its Chrome trace gives the upload/compute
+#   overlap), and the all-GPU prefill with each GEMM policy (--cuda-gemm).
 #
 # The CUDA build links libcublas.so.13 dynamically (cuda::matmul's cuBLAS path). A GPU
 # machine without the CUDA toolkit may have it only as the pip package nvidia-cublas: when
 # the dynamic linker does not know libcublas.so.13, the package's lib folder is added to
 # LD_LIBRARY_PATH below.
 #
-#   scripts/gpu_checks.sh [BUILD_DIR] [OUT_DIR] [THREADS]
+#   scripts/gpu_checks.sh [BUILD_DIR (build)] [OUT_DIR (gpu-checks)] [THREADS (all)]
 set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="$(cd "${1:-$root/build}" && pwd)" || { echo "gpu_checks: no build directory ${1:-$root/build}" >&2; exit 1; }
+out="${2:-$root/gpu-checks}"
+threads="${3:-$(nproc)}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+hearth="$build/cli/hearth"
+status=0
+# A build carried here by scripts/gpu_bundle.sh brings the libraries it links, and its
+# tests find their data and the CLI through the source path it was built in: make that
+# path lead here when it does not exist.
+if [ -d "$build/bundled-lib" ]; then
+  export LD_LIBRARY_PATH="$build/bundled-lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if [ -f "$build/source-dir" ]; then
+  src="$(cat "$build/source-dir")"
+  if [ "$src" != "$root" ] && [ ! -e "$src" ]; then
+    mkdir -p "$(dirname "$src")" && ln -s "$root" "$src" && echo "gpu_checks: $src -> $root (the build's source path)"
+  fi
+fi
 if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so\.13'; then
   # The package's own folder (nvidia/cublas/lib), else wherever under the nvidia namespace
   # its wheel put libcublas.so.13 (CUDA 13 wheels may use nvidia/cu13/lib).
@@ -45,24 +69,36 @@ PY
 fi
 
 nvidia-smi -L || { echo "gpu_checks: no GPU (nvidia-smi failed)"; exit 1; }
+{
+  lscpu | grep -E 'Model name|^CPU\(s\)|Socket|NUMA node\(s\)|L3'
+  echo "AVX-512 flags: $(grep -o -w -E 'avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|amx_tile' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+} | tee "$out/machine.txt"
 echo "== CUDA tests"
-"$build/tests/hearth_tests" -tc='cuda*' 2>&1 | tee "$out/cuda_tests.txt" | tail -n 60 || status=1
+"$build/tests/hearth_tests" -tc='cuda*' > "$out/cuda_tests.txt" 2>&1 || status=1
+tail -n 40 "$out/cuda_tests.txt"
 echo "== CUDA kernel throughput"
 "$build/bench/cuda_matmul_bench" 2>&1 | tee "$out/cuda_matmul_bench.md" || status=1
+echo "== the AVX-512 VNNI kernels, natively where this CPU has them (else emulated)"
+"$build/tests/hearth_tests" -tc='dot vnni*' 2>&1 | tail -n 4 || status=1
+echo "== every other test"
+(cd "$build" && ctest -j"$threads" -E '^cuda' --timeout 300 > "$out/ctest.txt" 2>&1) || status=1
+tail -n 4 "$out/ctest.txt"
+echo "== CPU kernel throughput (one thread)"
+"$build/bench/dot_bench" --reps 2 --mb 32 2>&1 | tee "$out/dot_bench.md" || status=1
 
 bench="bench --synthetic bench --type q8_0 -t $threads -r 2"
-echo "== bench: CPU only"
-$hearth $bench -p 128 -n 32 --batch 1,8 2>&1 | tee "$out/bench_cpu.md" || status=1
-echo "== bench: all on the GPU"
-$hearth $bench -p 128 -n 32 --batch 1,8 --offload cuda 2>&1 | tee "$out/bench_gpu.md" || status=1
-echo "== bench: half the routed experts on the CPU"
-$hearth $bench -p 128 -n 32 --batch 1,8 --offload cuda --place 'ffn_exps\.[0-9]*[13579]$=cpu' \
-  --trace "$out/trace_half.json" 2>&1 | tee "$out/bench_half.md" || status=1
-echo "== bench: prefill streaming every routed expert"
-$hearth $bench -p 512 -n 0 --offload cuda --place 'ffn_exps=cpu' --stream-rows 1 --trace "$out/trace_stream.json" 2>&1 |
-  tee "$out/bench_stream.md" || status=1
-echo "== bench: prefill all on the GPU, cuBLAS bf16 GEMMs"
-$hearth $bench -p 512 -n 0 --offload cuda --cuda-gemm cublas-bf16 2>&1 | tee "$out/bench_gpu_cublas.md" || status=1
-echo "== bench: prefill all on the GPU, hearth's kernels (the baseline for the line above)"
-$hearth $bench -p 512 -n 0 --offload cuda 2>&1 | tee "$out/bench_gpu_kernels.md" || status=1
+run_bench() {  # NAME ARGS...: one hearth bench run, its table in OUT/bench_NAME.md
+  local name=$1
+  shift
+  echo "== bench: $name"
+  $hearth $bench "$@" 2>&1 | grep -v -E 'building synthetic|repetition' | tee "$out/bench_$name.md" || status=1
+}
+run_bench cpu -p 128 -n 32 --batch 1,8
+run_bench cpu_avx2 -p 128 -n 32 --batch 1,8 --isa avx2
+run_bench gpu_kernels -p 512 -n 0 --offload cuda
+run_bench gpu_cublas -p 512 -n 0 --offload cuda --cuda-gemm cublas-bf16
+run_bench gpu -p 128 -n 32 --batch 1,8 --offload cuda
+run_bench half -p 128 -n 32 --batch 1,8 --offload cuda --place 'ffn_exps\.[0-9]*[13579]$=cpu' \
+  --trace "$out/trace_half.json"
+run_bench stream -p 512 -n 0 --offload cuda --place 'ffn_exps=cpu' --stream-rows 1 --trace "$out/trace_stream.json"
 exit $status
