@@ -54,6 +54,36 @@ void refine_levels(int n, int lo, int hi, const float* x, const float* w, Level*
   }
 }
 
+// The candidate scales of fit_signed and fit_affine are tried four at a time, one per
+// lane of a vector of doubles (GCC's vector extensions: AVX where the function is built for
+// it, two SSE2 halves otherwise). Each lane does exactly the operations, in the same order,
+// that one candidate did alone, so the results are the same bits; the lanes only overlap
+// what used to wait on the previous addition, with no conversion to int per value.
+constexpr int kBatch = 4;
+typedef double Lanes __attribute__((vector_size(32)));
+typedef long long LaneBits __attribute__((vector_size(32)));
+
+inline Lanes splat(double v) { return Lanes{v, v, v, v}; }
+
+// std::clamp(round_int(v), lo, hi) per lane, as a double: adding and subtracting 1.5 * 2^52
+// rounds to the nearest integer (ties to even) as round_int does; values too large for
+// that, or beyond round_int's saturation at +-2^30, land beyond lo or hi either way; NaN
+// gives 0 as round_int does (0 is in [lo, hi] for every caller); adding +0 turns a -0 into
+// round_int's +0.
+inline Lanes clamped_levels(Lanes v, double lo, double hi) {
+  const Lanes magic = splat(6755399441055744.0), zero = splat(0.0);
+  Lanes r = (v + magic) - magic;
+  r = r == r ? r : zero;
+  r = r < splat(lo) ? splat(lo) : r;
+  r = r > splat(hi) ? splat(hi) : r;
+  return r + zero;
+}
+
+// |v| per lane, as std::fabs: the sign bit cleared.
+inline Lanes abs_lanes(Lanes v) {
+  return reinterpret_cast<Lanes>(reinterpret_cast<LaneBits>(v) & ~reinterpret_cast<LaneBits>(splat(-0.0)));
+}
+
 bool all_zero(int n, const float* w) {
   return std::all_of(w, w + n, [](float v) { return !(v > 0); });
 }
@@ -85,6 +115,7 @@ uint16_t f16_saturating(double d) {
   return f32_to_f16(float(std::clamp(d, -kMaxHalf, kMaxHalf)));
 }
 
+__attribute__((target_clones("avx2", "default")))
 double fit_signed(int n, int nmax, const float* x, const float* w, int8_t* q, bool refine) {
   assert(n <= kMaxGroup && nmax >= 1 && nmax <= 128);
   if (all_zero(n, w)) w = ones();
@@ -98,28 +129,35 @@ double fit_signed(int n, int nmax, const float* x, const float* w, int8_t* q, bo
   std::fill(q, q + n, int8_t(0));
   if (amax < kTinyGroup) return 0;
 
-  std::array<int8_t, kMaxGroup> cand;
+  // The 19 candidate scales, four at a time (see Lanes), compared in order. A short last
+  // batch repeats its first candidate in the unused lanes, which are ignored.
+  std::array<Lanes, kMaxGroup> cand;  // cand[i][j]: candidate j's level for value i
   double best_xl = 0, best_ll = 0;
-  for (int k = -9; k <= 9; ++k) {
-    const double inv = -(nmax + 0.1 * k) / max;
-    double sxl = 0, sll = 0;
+  for (int k0 = -9; k0 <= 9; k0 += kBatch) {
+    const int count = std::min(kBatch, 10 - k0);
+    Lanes inv;
+    for (int j = 0; j < kBatch; ++j) inv[j] = -(nmax + 0.1 * (k0 + (j < count ? j : 0))) / max;
+    Lanes sxl = splat(0.0), sll = splat(0.0);
     for (int i = 0; i < n; ++i) {
-      const int l = std::clamp(round_int(inv * x[i]), -nmax, nmax - 1);
-      cand[i] = int8_t(l);
-      sxl += double(w[i]) * x[i] * l;
-      sll += double(w[i]) * l * l;
+      const double wi = w[i], xi = x[i];
+      const Lanes l = clamped_levels(inv * splat(xi), -nmax, nmax - 1);
+      cand[size_t(i)] = l;
+      sxl += splat(wi * xi) * l;
+      sll += splat(wi) * l * l;
     }
-    if (sll > 0 && (best_ll == 0 || sxl * sxl * best_ll > best_xl * best_xl * sll)) {
-      std::copy(cand.begin(), cand.begin() + n, q);
-      best_xl = sxl;
-      best_ll = sll;
-    }
+    for (int j = 0; j < count; ++j)
+      if (sll[j] > 0 && (best_ll == 0 || sxl[j] * sxl[j] * best_ll > best_xl * best_xl * sll[j])) {
+        for (int i = 0; i < n; ++i) q[i] = int8_t(cand[size_t(i)][j]);
+        best_xl = sxl[j];
+        best_ll = sll[j];
+      }
   }
   if (best_ll == 0) return 0;  // every weighted value rounds to level 0
   if (refine) refine_levels(n, -nmax, nmax - 1, x, w, q, best_xl, best_ll);
   return best_xl / best_ll;
 }
 
+__attribute__((target_clones("avx2", "default")))
 double fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* q, double* min,
                   const AffineSearch& search) {
   assert(n <= kMaxGroup && nmax >= 1 && nmax <= 255);
@@ -143,33 +181,52 @@ double fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* q, d
   for (int i = 0; i < n; ++i) q[i] = uint8_t(std::clamp(round_int((x[i] - lo) / scale), 0, nmax));
   double best = affine_error(n, x, w, q, scale, offset, search.abs_error);
 
-  std::array<uint8_t, kMaxGroup> cand;
-  for (int step = 0; step <= search.nstep; ++step) {
-    const double inv = (nmax + search.rmin + search.rdelta * step) / (hi - lo);
-    double sl = 0, sll = 0, sxl = 0;
+  // The other candidates four at a time (see Lanes), then fitted and compared in order.
+  std::array<Lanes, kMaxGroup> cand;  // cand[i][j]: candidate j's level for value i
+  for (int step0 = 0; step0 <= search.nstep; step0 += kBatch) {
+    const int count = std::min(kBatch, search.nstep + 1 - step0);
+    Lanes inv;
+    for (int j = 0; j < kBatch; ++j)
+      inv[j] = (nmax + search.rmin + search.rdelta * (step0 + (j < count ? j : 0))) / (hi - lo);
+    Lanes sl = splat(0.0), sll = splat(0.0), sxl = splat(0.0);
     for (int i = 0; i < n; ++i) {
-      const int l = std::clamp(round_int(inv * (x[i] - lo)), 0, nmax);
-      cand[i] = uint8_t(l);
-      sl += double(w[i]) * l;
-      sll += double(w[i]) * l * l;
-      sxl += double(w[i]) * x[i] * l;
+      const double wi = w[i], xi = x[i];
+      const Lanes l = clamped_levels(inv * splat(xi - lo), 0, nmax);
+      cand[size_t(i)] = l;
+      sl += splat(wi) * l;
+      sll += splat(wi) * l * l;
+      sxl += splat(wi * xi) * l;
     }
-    // Weighted least squares for x ~ s * l + o, with o clamped to <= 0.
-    const double det = sw * sll - sl * sl;
-    if (!(det > 0)) continue;
-    double s = (sw * sxl - swx * sl) / det;
-    double o = (sll * swx - sl * sxl) / det;
-    if (o > 0 && !search.free_offset) {
-      o = 0;
-      s = sxl / sll;
+    // Weighted least squares for x ~ s * l + o, with o clamped to <= 0; lanes whose
+    // system is singular are skipped.
+    Lanes fit_s = splat(0.0), fit_o = splat(0.0);
+    bool solved[kBatch] = {};
+    for (int j = 0; j < count; ++j) {
+      const double det = sw * sll[j] - sl[j] * sl[j];
+      if (!(det > 0)) continue;
+      double s = (sw * sxl[j] - swx * sl[j]) / det;
+      double o = (sll[j] * swx - sl[j] * sxl[j]) / det;
+      if (o > 0 && !search.free_offset) {
+        o = 0;
+        s = sxl[j] / sll[j];
+      }
+      fit_s[j] = s;
+      fit_o[j] = o;
+      solved[j] = true;
     }
-    const double e = affine_error(n, x, w, cand.data(), s, o, search.abs_error);
-    if (e < best) {
-      best = e;
-      scale = s;
-      offset = o;
-      std::copy(cand.begin(), cand.begin() + n, q);
+    // affine_error of every lane's candidate, as above lane by lane.
+    Lanes e = splat(0.0);
+    for (int i = 0; i < n; ++i) {
+      const Lanes diff = fit_s * cand[size_t(i)] + fit_o - splat(x[i]);
+      e += splat(w[i]) * (search.abs_error ? abs_lanes(diff) : diff * diff);
     }
+    for (int j = 0; j < count; ++j)
+      if (solved[j] && e[j] < best) {
+        best = e[j];
+        scale = fit_s[j];
+        offset = fit_o[j];
+        for (int i = 0; i < n; ++i) q[i] = uint8_t(cand[size_t(i)][j]);
+      }
   }
   *min = -offset;
   return scale;
