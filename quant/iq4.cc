@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "quant/block_formats.h"
+#include "quant/candidate_lanes.h"
 #include "quant/kquants.h"
 #include "quant/numbers.h"
 #include "quant/scale_search.h"
@@ -57,8 +58,16 @@ void pack_indices(const uint8_t idx[kSub], uint8_t* qs) {
 }
 
 // The best scale for x[0..32) under weights w (ggml's search, see the top); 0 for a (near)
-// zero group.
+// zero group. The 16 candidates (the start, then the 15 around the end level) go four at a
+// time (quant/candidate_lanes.h), their levels found by the same midpoint count as
+// nearest_level, and are compared in order.
+__attribute__((target_clones("avx2", "default")))
 double fit_group(const float* x, const double* w) {
+  using candidate_lanes::LaneBits;
+  using candidate_lanes::Lanes;
+  using candidate_lanes::splat;
+  using candidate_lanes::splat_bits;
+  constexpr int kLanes = candidate_lanes::kLanes;
   double amax = 0, max = 0;
   for (int i = 0; i < kSub; ++i) {
     if (std::fabs(double(x[i])) > amax) {
@@ -67,26 +76,39 @@ double fit_group(const float* x, const double* w) {
     }
   }
   if (amax < scale_search::kTinyGroup) return 0;
-  // sum w x l and sum w l^2 of the levels the inverse scale `inv` picks.
-  auto sums = [&](double inv, double& sxl, double& sll) {
-    sxl = sll = 0;
+  constexpr int kCandidates = 2 * kTries + 2;
+  static_assert(kCandidates % kLanes == 0, "whole batches of candidates");
+  double inv[kCandidates];
+  inv[0] = -double(kIq4nlValues[0]) / max;  // the largest value on level +127 (clamped to 113)
+  for (int t = -kTries; t <= kTries; ++t) inv[1 + t + kTries] = (t + kIq4nlValues[0]) / max;  // near level -127
+  double best_d = 0, best = 0;
+  for (int c0 = 0; c0 < kCandidates; c0 += kLanes) {
+    const Lanes scale = {inv[c0], inv[c0 + 1], inv[c0 + 2], inv[c0 + 3]};
+    Lanes sxl = splat(0.0), sll = splat(0.0);
     for (int i = 0; i < kSub; ++i) {
-      const double l = kIq4nlValues[nearest_level(inv * x[i])];
-      sxl += w[i] * x[i] * l;
-      sll += w[i] * l * l;
+      // sum w x l and sum w l^2 of the levels each lane's inverse scale picks.
+      const Lanes v = scale * splat(x[i]);
+      LaneBits idx = splat_bits(0);
+      for (double m : kMidpoints) idx -= v >= splat(m);  // a true comparison is -1
+      idx = v == v ? idx : splat_bits(8);                 // NaN: the level nearest zero
+      const Lanes l = {double(kIq4nlValues[idx[0]]), double(kIq4nlValues[idx[1]]), double(kIq4nlValues[idx[2]]),
+                       double(kIq4nlValues[idx[3]])};
+      sxl += splat(w[i] * x[i]) * l;
+      sll += splat(w[i]) * l * l;
     }
-  };
-  double sxl, sll;
-  sums(-double(kIq4nlValues[0]) / max, sxl, sll);  // the largest value on level +127 (clamped to 113)
-  double best_d = sll > 0 ? sxl / sll : 0, best = best_d * sxl;
-  for (int t = -kTries; t <= kTries; ++t) {
-    sums((t + kIq4nlValues[0]) / max, sxl, sll);  // the largest value near level -127
-    // A candidate must win by more than rounding: on exact ties (e.g. a constant group,
-    // which both ends of the grid fit) every group of a row then keeps the same end, and
-    // IQ4_XS's shared 6-bit scale grid stays exact for them.
-    if (sll > 0 && sxl * sxl > best * sll * (1 + 1e-9)) {
-      best_d = sxl / sll;
-      best = best_d * sxl;
+    for (int j = 0; j < kLanes; ++j) {
+      if (c0 + j == 0) {
+        best_d = sll[0] > 0 ? sxl[0] / sll[0] : 0;
+        best = best_d * sxl[0];
+        continue;
+      }
+      // A candidate must win by more than rounding: on exact ties (e.g. a constant group,
+      // which both ends of the grid fit) every group of a row then keeps the same end, and
+      // IQ4_XS's shared 6-bit scale grid stays exact for them.
+      if (sll[j] > 0 && sxl[j] * sxl[j] > best * sll[j] * (1 + 1e-9)) {
+        best_d = sxl[j] / sll[j];
+        best = best_d * sxl[j];
+      }
     }
   }
   return best_d;

@@ -5,6 +5,7 @@
 #include <cassert>
 #include <cmath>
 
+#include "quant/candidate_lanes.h"
 #include "quant/numbers.h"
 
 namespace hearth::scale_search {
@@ -54,16 +55,12 @@ void refine_levels(int n, int lo, int hi, const float* x, const float* w, Level*
   }
 }
 
-// The candidate scales of fit_signed and fit_affine are tried four at a time, one per
-// lane of a vector of doubles (GCC's vector extensions: AVX where the function is built for
-// it, two SSE2 halves otherwise). Each lane does exactly the operations, in the same order,
-// that one candidate did alone, so the results are the same bits; the lanes only overlap
-// what used to wait on the previous addition, with no conversion to int per value.
-constexpr int kBatch = 4;
-typedef double Lanes __attribute__((vector_size(32)));
-typedef long long LaneBits __attribute__((vector_size(32)));
-
-inline Lanes splat(double v) { return Lanes{v, v, v, v}; }
+// fit_signed and fit_affine try their candidate scales four at a time
+// (quant/candidate_lanes.h).
+using candidate_lanes::LaneBits;
+using candidate_lanes::Lanes;
+using candidate_lanes::splat;
+constexpr int kBatch = candidate_lanes::kLanes;
 
 // std::clamp(round_int(v), lo, hi) per lane, as a double: adding and subtracting 1.5 * 2^52
 // rounds to the nearest integer (ties to even) as round_int does; values too large for
