@@ -476,16 +476,22 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
   const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
   const int64_t nb = w.cols / kQK_K;
   const auto* groups = static_cast<const BlockQ4_Kx8*>(w.data);
-  for (int64_t g = r0 / kInterleavedRows; g * kInterleavedRows < r1; ++g) {
-    const int64_t first = std::max(r0, g * kInterleavedRows), last = std::min(r1, (g + 1) * kInterleavedRows);
-    for (int64_t t = 0; t < n; t += 4) {
-      const int tokens = int(std::min<int64_t>(4, n - t));
-      const void* a[4];
-      for (int k = 0; k < tokens; ++k) a[k] = q + (pick ? pick[t + k] : t + k) * act_row;
-      float out[4 * kInterleavedRows];
-      dot(groups + g * nb, a, tokens, w.cols, out);
-      for (int k = 0; k < tokens; ++k)
-        for (int64_t r = first; r < last; ++r) y[(t + k) * ldy + r] = out[k * kInterleavedRows + (r % kInterleavedRows)];
+  // Tokens in blocks whose activations stay in L2 (about 128 KB) while every group of rows
+  // passes over them; a group's weights (8 rows) stay in L1 across the block's passes.
+  const int64_t block = std::max<int64_t>(4, ((int64_t(128) << 10) / std::max<int64_t>(1, act_row)) / 4 * 4);
+  for (int64_t t0 = 0; t0 < n; t0 += block) {
+    const int64_t t1 = std::min(n, t0 + block);
+    for (int64_t g = r0 / kInterleavedRows; g * kInterleavedRows < r1; ++g) {
+      const int64_t first = std::max(r0, g * kInterleavedRows), last = std::min(r1, (g + 1) * kInterleavedRows);
+      for (int64_t t = t0; t < t1; t += 4) {
+        const int tokens = int(std::min<int64_t>(4, t1 - t));
+        const void* a[4];
+        for (int k = 0; k < tokens; ++k) a[k] = q + (pick ? pick[t + k] : t + k) * act_row;
+        float out[4 * kInterleavedRows];
+        dot(groups + g * nb, a, tokens, w.cols, out);
+        for (int k = 0; k < tokens; ++k)
+          for (int64_t r = first; r < last; ++r) y[(t + k) * ldy + r] = out[k * kInterleavedRows + (r % kInterleavedRows)];
+      }
     }
   }
 }
