@@ -412,13 +412,21 @@ T* scratch(std::vector<T>& v, size_t n) {
   return v.data();
 }
 
-// y[t * ldy + r] = row r . activation row (pick ? pick[t] : t), for r in [r0, r1): each
-// weight row is read once for all n rows, four at a time through the format's tile
-// kernel where it has one (bit-identical to the one-row kernel), a last two or three
-// through the tile for that many, a last one alone. Where the format has a two-row tile,
-// weight rows go in pairs through it. Every kernel is the one of f for isa.
-void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, const char* q, int64_t act_row,
-                    const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+// Tokens per block of a many-token product: about 128 KB of quantized activations, which
+// stay in L2 while every weight row (or group of rows) passes over them, instead of the
+// whole batch coming from L3 again for each row. A multiple of 4, the tiles' width.
+int64_t token_block(int64_t act_row) {
+  return std::max<int64_t>(4, ((int64_t(128) << 10) / std::max<int64_t>(1, act_row)) / 4 * 4);
+}
+
+// dot_rows_tiled for one block of n tokens: y[t * ldy + r] = row r . activation row
+// (pick ? pick[t] : t), for r in [r0, r1): each weight row is read once for all n rows,
+// four at a time through the format's tile kernel where it has one (bit-identical to the
+// one-row kernel), a last two or three through the tile for that many, a last one alone.
+// Where the format has a two-row tile, weight rows go in pairs through it. Every kernel
+// is the one of f for isa.
+void dot_rows_tiled_block(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, const char* q, int64_t act_row,
+                          const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
   auto act = [&](int64_t t) { return q + (pick ? pick[t] : t) * act_row; };
@@ -467,6 +475,17 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, 
   }
 }
 
+// Rows [r0, r1) of a block-format weight times n activation rows quantized beforehand
+// (row t at q + act_row * (pick ? pick[t] : t)), one token_block at a time. Which block
+// a token falls in changes none of its bits (the tiles give the one-row kernel's).
+void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, const char* q, int64_t act_row,
+                    const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  const int64_t block = token_block(act_row);
+  for (int64_t t0 = 0; t0 < n; t0 += block)
+    dot_rows_tiled_block(w, f, isa, pick ? q : q + t0 * act_row, act_row, pick ? pick + t0 : nullptr,
+                         std::min(block, n - t0), y + t0 * ldy, ldy, r0, r1);
+}
+
 // dot_rows_tiled for Q4_K_R8: each group of eight rows that meets [r0, r1) against up to
 // four tokens per kernel call (the weights are unpacked once for all of them); rows of a
 // group outside the range are computed and dropped. A token's results are the same bits
@@ -476,9 +495,8 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
   const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
   const int64_t nb = w.cols / kQK_K;
   const auto* groups = static_cast<const BlockQ4_Kx8*>(w.data);
-  // Tokens in blocks whose activations stay in L2 (about 128 KB) while every group of rows
-  // passes over them; a group's weights (8 rows) stay in L1 across the block's passes.
-  const int64_t block = std::max<int64_t>(4, ((int64_t(128) << 10) / std::max<int64_t>(1, act_row)) / 4 * 4);
+  // Tokens by blocks (token_block); a group's weights (8 rows) stay in L1 across a block.
+  const int64_t block = token_block(act_row);
   for (int64_t t0 = 0; t0 < n; t0 += block) {
     const int64_t t1 = std::min(n, t0 + block);
     for (int64_t g = r0 / kInterleavedRows; g * kInterleavedRows < r1; ++g) {

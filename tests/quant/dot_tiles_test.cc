@@ -144,7 +144,9 @@ TEST_CASE("dot tiles: two-by-four kernels equal the one-row kernel bit for bit")
 
 TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bit for bit") {
   // Formats with and without a tile kernel; n covers whole tiles, remainders of 1 to 3
-  // tokens and n < 4.
+  // tokens and n < 4, and 243 tokens: more than one block of tokens that share L2 (240 at
+  // these 512 columns for Q8_0 activations, 224 for Q8_K's), the last block ending in a
+  // remainder.
   const DType types[] = {DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q4_0, DType::Q3_K};
   std::mt19937 rng(5);
   std::normal_distribution<float> g(0.0f, 1.0f);
@@ -158,7 +160,7 @@ TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bi
     for (int64_t r = 0; r < rows; ++r)
       f.quantize_row(wf.data() + r * cols, wq.data() + r * f.row_bytes(cols), cols, nullptr);
     const WeightMatrix w{dt, rows, cols, wq.data()};
-    for (int64_t n : {2, 3, 4, 5, 6, 7, 9}) {
+    for (int64_t n : {2, 3, 4, 5, 6, 7, 9, 243}) {
       CAPTURE(n);
       std::vector<float> x(size_t(n * cols));
       for (float& v : x) v = g(rng);
