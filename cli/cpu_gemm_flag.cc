@@ -11,7 +11,7 @@ namespace hearth::cli {
 void add_cpu_gemm_option(cxxopts::Options& opts) {
   opts.add_options()("cpu-gemm",
                      "multiply float weights (FP8, BF16, F16, F32) by many tokens with hearth's kernels (results never "
-                     "depend on the batch) or with oneDNN's sgemm from 16 tokens on (prefill 2-4x faster, "
+                     "depend on the batch) or with oneDNN's sgemm from 16 tokens on (FP8 prefill ~1.5x faster, "
                      "results equal to rounding): kernels or onednn",
                      cxxopts::value<std::string>()->default_value("kernels"), "GEMM");
 }
