@@ -524,6 +524,11 @@ TEST_CASE("weight_matrix: CpuGemm kernels keep a token's float result independen
   for (DType dt : {DType::F32, DType::F16, DType::BF16, DType::F8_E4M3}) weights.push_back(make_random(dt, 71, 300, 51));
   weights.push_back(make_random(DType::F8_E4M3, 71, 450, 53, 200));
   weights.push_back(make_random(DType::F8_E4M3, 71, 300, 54, 128, false));
+  // Longer rows: whole rows of 1100 columns (F32, BF16) and FP8 scale blocks of 600, each
+  // ending in a tail of fewer than 8 columns.
+  weights.push_back(make_random(DType::F32, 71, 1100, 55));
+  weights.push_back(make_random(DType::BF16, 71, 1100, 56));
+  weights.push_back(make_random(DType::F8_E4M3, 71, 1300, 57, 600));
   for (const TestWeight& tw : weights) {
     const int64_t n = 43;
     std::mt19937 rng(52);
