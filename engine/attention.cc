@@ -178,6 +178,38 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
   weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
 }
 
+// Rows that attend_prefix_rows takes together in the prefill path (dot_rows_f32's four
+// queries by two keys).
+constexpr int64_t kRowGroup = 4;
+
+// attend_picked for `rows` queries of one head whose picked positions are prefixes of the
+// last one's: query k (at q + k * ldq, its rope part at qr + k * ldq, its output at out +
+// k * ldo) attends to the first counts[k] of the np keys. The scores of all rows against
+// all keys come from one dot_rows_f32 (a key loaded once serves every row); each row's
+// softmax covers only its own keys, and the others' weights are 0, so its weighted sum
+// adds exact zeros after its own products. Every row's result is bit for bit what
+// attend_picked gives it alone (the tiles compute each dot product with the same
+// operations, and adding a zero product leaves a sum that started at +0 unchanged).
+void attend_prefix_rows(const float* q, int64_t ldq, int64_t dim, const float* qr, int64_t rope, int64_t rows,
+                        const int64_t* counts, const std::vector<const float*>& keys,
+                        const std::vector<const float*>& rope_keys, const std::vector<const float*>& values,
+                        int64_t vdim, float scale, float* out, int64_t ldo, std::vector<float>& sc,
+                        std::vector<float>& sr) {
+  const int64_t np = int64_t(keys.size());
+  sc.resize(size_t(rows * np));
+  sr.resize(size_t(rows * np));
+  dot_rows_f32(q, ldq, rows, keys.data(), np, dim, sc.data(), np);
+  dot_rows_f32(qr, ldq, rows, rope_keys.data(), np, rope, sr.data(), np);
+  for (int64_t k = 0; k < rows; ++k) {
+    float* s = sc.data() + k * np;
+    const float* t = sr.data() + k * np;
+    for (int64_t j = 0; j < counts[k]; ++j) s[j] = (s[j] + t[j]) * scale;
+    softmax_inplace(s, counts[k]);
+    std::fill(s + counts[k], s + np, 0.0f);
+  }
+  weighted_rows_f32(sc.data(), np, rows, values.data(), np, vdim, out, ldo);
+}
+
 }  // namespace
 
 int64_t prefill_path_positions(const ModelConfig& c) {
@@ -251,26 +283,58 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     }
     observe_rows(ctx.probes, A.kv_b, lat.data(), nk, kvr);
     linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
-    ctx.pool.parallel_for(n * nh, [&](int64_t i0, int64_t i1) {
+    // One work item per head and group of up to kRowGroup consecutive rows. Where every
+    // row of a group picked a prefix of the positions its last row picked (prompt rows
+    // while they have fewer positions than index_topk: every earlier one), the group's
+    // queries share each key loaded (attend_prefix_rows); otherwise each row attends
+    // alone. Either way a row's scores, softmax and sums are the same operations, so the
+    // grouping never changes a bit.
+    const int64_t groups = (n + kRowGroup - 1) / kRowGroup;
+    ctx.pool.parallel_for(groups * nh, [&](int64_t i0, int64_t i1) {
       std::vector<float> sc, sr;
       std::vector<const float*> kh, kpe, vh;
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = first + i / nh, h = i % nh;
-        const float* qh = q.data() + (r * nh + h) * qk;
-        const std::vector<int32_t>& pk = picked[size_t(r)];
-        const int64_t np = int64_t(pk.size());
-        kh.resize(size_t(np));
-        kpe.resize(size_t(np));
-        vh.resize(size_t(np));
-        for (int64_t j = 0; j < np; ++j) {
-          const int64_t s = pk[size_t(j)];
-          kh[size_t(j)] = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
-          vh[size_t(j)] = kh[size_t(j)] + nope;
-          kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, s);
+        const int64_t h = i % nh, r0 = first + (i / nh) * kRowGroup;
+        const int64_t rows = std::min(kRowGroup, first + n - r0);
+        // The head's keys, values and rope keys at the positions `pk` picked.
+        auto gather = [&](const std::vector<int32_t>& pk) {
+          const int64_t np = int64_t(pk.size());
+          kh.resize(size_t(np));
+          kpe.resize(size_t(np));
+          vh.resize(size_t(np));
+          for (int64_t j = 0; j < np; ++j) {
+            const int64_t s = pk[size_t(j)];
+            kh[size_t(j)] = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
+            vh[size_t(j)] = kh[size_t(j)] + nope;
+            kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, s);
+          }
+        };
+        const std::vector<int32_t>& last = picked[size_t(r0 + rows - 1)];
+        bool nested = rows > 1;
+        for (int64_t k = 0; nested && k + 1 < rows; ++k) {
+          const std::vector<int32_t>& pk = picked[size_t(r0 + k)];
+          nested = pk.size() <= last.size() && std::equal(pk.begin(), pk.end(), last.begin());
         }
-        float* o = attn.data() + (r * nh + h) * vd;
-        std::fill(o, o + vd, 0.0f);
-        attend_picked(qh, qk, nope, qh + nope, qk, rope, 1, kh, kpe, vh, vd, scale, o, vd, sc, sr);
+        if (nested) {
+          gather(last);
+          int64_t counts[kRowGroup];
+          for (int64_t k = 0; k < rows; ++k) {
+            counts[k] = int64_t(picked[size_t(r0 + k)].size());
+            float* o = attn.data() + ((r0 + k) * nh + h) * vd;
+            std::fill(o, o + vd, 0.0f);
+          }
+          const float* qh = q.data() + (r0 * nh + h) * qk;
+          attend_prefix_rows(qh, nh * qk, nope, qh + nope, rope, rows, counts, kh, kpe, vh, vd, scale,
+                             attn.data() + (r0 * nh + h) * vd, nh * vd, sc, sr);
+          continue;
+        }
+        for (int64_t r = r0; r < r0 + rows; ++r) {
+          gather(picked[size_t(r)]);
+          const float* qh = q.data() + (r * nh + h) * qk;
+          float* o = attn.data() + (r * nh + h) * vd;
+          std::fill(o, o + vd, 0.0f);
+          attend_picked(qh, qk, nope, qh + nope, qk, rope, 1, kh, kpe, vh, vd, scale, o, vd, sc, sr);
+        }
       }
     });
   }
