@@ -156,59 +156,42 @@ void softmax_inplace(float* s, int64_t n) {
 }
 
 
-// Softmax attention of m heads over the same picked positions, the core both paths share:
-//   p(i, j) = softmax over j of (q_i . keys[j] + qr_i . rope_keys[j]) * scale,
-//   out_i += sum_j p(i, j) values[j]
-// with head i's query at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope
-// values) and its output at out + i * ldo (vdim values). The scores go eight keys per pass
-// (dot_rows_f32: 9 loads per 8 FMAs, where a dot product per key loads 2 per FMA) and
-// several heads share each key loaded; the sums are bit-identical to an axpy per key.
-// sc and sr are scratch.
+// Softmax attention of m queries over the same picked positions, the core both paths
+// share (the heads of a group on the absorbed path, consecutive rows of one head on the
+// prefill path):
+//   p(i, j) = softmax over j < n_i of (q_i . keys[j] + qr_i . rope_keys[j]) * scale,
+//   out_i += sum_{j < n_i} p(i, j) values[j]
+// with query i at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope values)
+// and its output at out + i * ldo (vdim values); n_i is counts[i], or every key when
+// counts is null. The scores go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs,
+// where a dot product per key loads 2 per FMA) and the queries share each key loaded; the
+// sums are bit-identical to an axpy per key. A query's weights past its n_i keys are 0,
+// which adds nothing to a sum that started at +0, and the tiles compute each dot product
+// with the same operations: a query's result is the same bits whichever queries share its
+// call. sc and sr are scratch.
 void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, int64_t ldqr, int64_t rope, int64_t m,
                    const std::vector<const float*>& keys, const std::vector<const float*>& rope_keys,
                    const std::vector<const float*>& values, int64_t vdim, float scale, float* out, int64_t ldo,
-                   std::vector<float>& sc, std::vector<float>& sr) {
+                   std::vector<float>& sc, std::vector<float>& sr, const int64_t* counts = nullptr) {
   const int64_t np = int64_t(keys.size());
   sc.resize(size_t(m * np));
   sr.resize(size_t(m * np));
   dot_rows_f32(q, ldq, m, keys.data(), np, dim, sc.data(), np);
   dot_rows_f32(qr, ldqr, m, rope_keys.data(), np, rope, sr.data(), np);
-  for (size_t i = 0; i < sc.size(); ++i) sc[i] = (sc[i] + sr[i]) * scale;
-  for (int64_t k = 0; k < m; ++k) softmax_inplace(sc.data() + k * np, np);
+  for (int64_t k = 0; k < m; ++k) {
+    const int64_t n = counts ? counts[k] : np;
+    float* s = sc.data() + k * np;
+    const float* t = sr.data() + k * np;
+    for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
+    softmax_inplace(s, n);
+    std::fill(s + n, s + np, 0.0f);
+  }
   weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
 }
 
-// Rows that attend_prefix_rows takes together in the prefill path (dot_rows_f32's four
-// queries by two keys).
+// Rows of one head that the prefill path attends together (dot_rows_f32's four queries by
+// two keys).
 constexpr int64_t kRowGroup = 4;
-
-// attend_picked for `rows` queries of one head whose picked positions are prefixes of the
-// last one's: query k (at q + k * ldq, its rope part at qr + k * ldq, its output at out +
-// k * ldo) attends to the first counts[k] of the np keys. The scores of all rows against
-// all keys come from one dot_rows_f32 (a key loaded once serves every row); each row's
-// softmax covers only its own keys, and the others' weights are 0, so its weighted sum
-// adds exact zeros after its own products. Every row's result is bit for bit what
-// attend_picked gives it alone (the tiles compute each dot product with the same
-// operations, and adding a zero product leaves a sum that started at +0 unchanged).
-void attend_prefix_rows(const float* q, int64_t ldq, int64_t dim, const float* qr, int64_t rope, int64_t rows,
-                        const int64_t* counts, const std::vector<const float*>& keys,
-                        const std::vector<const float*>& rope_keys, const std::vector<const float*>& values,
-                        int64_t vdim, float scale, float* out, int64_t ldo, std::vector<float>& sc,
-                        std::vector<float>& sr) {
-  const int64_t np = int64_t(keys.size());
-  sc.resize(size_t(rows * np));
-  sr.resize(size_t(rows * np));
-  dot_rows_f32(q, ldq, rows, keys.data(), np, dim, sc.data(), np);
-  dot_rows_f32(qr, ldq, rows, rope_keys.data(), np, rope, sr.data(), np);
-  for (int64_t k = 0; k < rows; ++k) {
-    float* s = sc.data() + k * np;
-    const float* t = sr.data() + k * np;
-    for (int64_t j = 0; j < counts[k]; ++j) s[j] = (s[j] + t[j]) * scale;
-    softmax_inplace(s, counts[k]);
-    std::fill(s + counts[k], s + np, 0.0f);
-  }
-  weighted_rows_f32(sc.data(), np, rows, values.data(), np, vdim, out, ldo);
-}
 
 }  // namespace
 
@@ -285,10 +268,10 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
     // One work item per head and group of up to kRowGroup consecutive rows. Where every
     // row of a group picked a prefix of the positions its last row picked (prompt rows
-    // while they have fewer positions than index_topk: every earlier one), the group's
-    // queries share each key loaded (attend_prefix_rows); otherwise each row attends
-    // alone. Either way a row's scores, softmax and sums are the same operations, so the
-    // grouping never changes a bit.
+    // while they have fewer positions than index_topk: every earlier one), the group goes
+    // through attend_picked together, each row over its own count of keys, and its
+    // queries share each key loaded; otherwise each row attends alone. Either way a row's
+    // result is the same bits, so the grouping never changes one.
     const int64_t groups = (n + kRowGroup - 1) / kRowGroup;
     ctx.pool.parallel_for(groups * nh, [&](int64_t i0, int64_t i1) {
       std::vector<float> sc, sr;
@@ -324,8 +307,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
             std::fill(o, o + vd, 0.0f);
           }
           const float* qh = q.data() + (r0 * nh + h) * qk;
-          attend_prefix_rows(qh, nh * qk, nope, qh + nope, rope, rows, counts, kh, kpe, vh, vd, scale,
-                             attn.data() + (r0 * nh + h) * vd, nh * vd, sc, sr);
+          attend_picked(qh, nh * qk, nope, qh + nope, nh * qk, rope, rows, kh, kpe, vh, vd, scale,
+                        attn.data() + (r0 * nh + h) * vd, nh * vd, sc, sr, counts);
           continue;
         }
         for (int64_t r = r0; r < r0 + rows; ++r) {
