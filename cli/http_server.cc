@@ -156,6 +156,7 @@ struct OpenAiServer::Impl {
   std::condition_variable drained;  // `active` lost a member
   std::set<std::shared_ptr<Exchange>> active;
   bool stopping = false;
+  int listen_fd = -1;  // the listening socket, as httplib's socket-options hook saw it
 
   Impl(BatchScheduler& s, ServeOptions o) : scheduler(s), options(std::move(o)) {}
 
@@ -462,9 +463,10 @@ OpenAiServer::OpenAiServer(BatchScheduler& scheduler, ServeOptions options)
   s.http.set_payload_max_length(s.options.max_body);
   // httplib's default also sets SO_REUSEPORT, which would let a second server share the
   // port silently; SO_REUSEADDR alone still allows a quick restart.
-  s.http.set_socket_options([](socket_t sock) {
+  s.http.set_socket_options([&s](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    s.listen_fd = int(sock);
   });
   const size_t threads = size_t(std::max(1, s.options.http_threads));
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
@@ -486,6 +488,12 @@ int OpenAiServer::bind() {
   if (port <= 0)
     throw std::runtime_error("cannot listen on " + s.options.host + ":" + std::to_string(s.options.port) +
                              (errno ? std::string(" (") + std::strerror(errno) + ")" : std::string()));
+  // httplib listens with a backlog of 5 connections waiting to be accepted. Clients that
+  // connect at once beyond that wait on the kernel's retransmissions (a second or more)
+  // or fail; listening again on the bound socket raises the backlog (the kernel caps it
+  // at net.core.somaxconn). A failure here leaves httplib's backlog, which still works.
+  constexpr int kListenBacklog = 1024;
+  if (s.listen_fd >= 0) (void)::listen(s.listen_fd, kListenBacklog);
   return port;
 }
 

@@ -165,7 +165,7 @@ struct Reply {
 
 Reply post(httplib::Client& c, const std::string& path, const std::string& body) {
   const auto r = c.Post(path.c_str(), body, "application/json");
-  if (!r) return {};
+  if (!r) return Reply{-1, httplib::to_string(r.error())};  // the body says why
   Reply out{r->status, json()};
   out.body = json::parse(r->body, nullptr, /*allow_exceptions=*/false);
   return out;
@@ -420,17 +420,27 @@ TEST_CASE("serve: 16 concurrent clients get the answers each gets alone") {
     b["stream"] = k % 2 == 0;
     return b;
   };
-  auto answer = [&](httplib::Client& c, int k) -> std::optional<Choice> {
+  // A request's choice, or nullopt with why in `why`.
+  auto answer = [&](httplib::Client& c, int k, std::string& why) -> std::optional<Choice> {
     const json b = request(k);
     if (b["stream"].get<bool>()) {
       const Streamed s = post_stream(c, "/v1/chat/completions", b);
-      if (s.status != 200) return std::nullopt;
+      if (s.status != 200) {
+        why = "streamed request: HTTP status " + std::to_string(s.status) + ", body " + s.wire;
+        return std::nullopt;
+      }
       Assembled a = assemble(s.wire, true);
-      if (!a.done || a.choices.size() != 1) return std::nullopt;
+      if (!a.done || a.choices.size() != 1) {
+        why = "streamed request: incomplete stream " + s.wire;
+        return std::nullopt;
+      }
       return a.choices[0];
     }
     const Reply r = post(c, "/v1/chat/completions", b.dump());
-    if (r.status != 200) return std::nullopt;
+    if (r.status != 200) {
+      why = "request: HTTP status " + std::to_string(r.status) + " (-1: no response), body " + r.body.dump();
+      return std::nullopt;
+    }
     return choices_of(r.body)[0];
   };
 
@@ -439,7 +449,9 @@ TEST_CASE("serve: 16 concurrent clients get the answers each gets alone") {
   {
     auto c = server.client();
     for (int k = 0; k < kClients; ++k) {
-      const auto a = answer(*c, k);
+      std::string why;
+      const auto a = answer(*c, k, why);
+      INFO(why);
       REQUIRE(a);
       CHECK(!a->finish.empty());
       alone.push_back(*a);
@@ -448,17 +460,20 @@ TEST_CASE("serve: 16 concurrent clients get the answers each gets alone") {
   // All at once.
   const json before = server.health();
   std::vector<std::optional<Choice>> together(kClients);
+  std::vector<std::string> why(kClients);
   std::vector<std::thread> threads;
   std::latch start(kClients);  // every client thread ready before any sends
   for (int k = 0; k < kClients; ++k)
     threads.emplace_back([&, k] {
       auto c = server.client();
       start.arrive_and_wait();
-      together[size_t(k)] = answer(*c, k);
+      together[size_t(k)] = answer(*c, k, why[size_t(k)]);
     });
   for (auto& t : threads) t.join();
   for (int k = 0; k < kClients; ++k) {
     CAPTURE(k);
+    INFO(why[size_t(k)]);
+    if (!together[size_t(k)]) MESSAGE("server log:\n" << server.log());
     REQUIRE(together[size_t(k)]);
     check_choice(*together[size_t(k)], alone[size_t(k)]);
   }
