@@ -176,7 +176,8 @@ template <DType D, int R, int T>
 HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
   constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
   const bool scaled = D == DType::F8_E4M3 && w.scale;
-  const __m256 unscale = _mm256_set1_ps(simd_unscale(w));
+  const float unscale_s = simd_unscale(w);
+  const __m256 unscale = _mm256_set1_ps(unscale_s);
   const char* row[R];
   const float* scale[R];
   __m256 total[R][T];
@@ -241,7 +242,7 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
           const float* xt = x + t * ldx + c0;
           float sc = 0.0f;
           for (int64_t j = i; j < len; ++j) sc += tail[j - i] * xt[j];
-          tails[k][t] += (sc * simd_unscale(w)) * s;
+          tails[k][t] += (sc * unscale_s) * s;
         }
       }
     }
@@ -274,9 +275,9 @@ HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, i
     return;
   }
   // Blocks of rows small enough to stay in L2 while every group of four tokens passes over
-  // them: the weights are then read from memory once and the four tokens' activations
-  // come from L1, where a token-group-outer order streams all n activation rows from L3
-  // once per weight row.
+  // them: the weights are then read from memory once, and the four tokens' activations come
+  // from L1 or L2 (a row of 7168 floats is 28 KB), where a token-group-outer order would
+  // stream all n activation rows from L3 once per weight row.
   const int64_t row_bytes = w.cols * int64_t(dtype_size(D));
   const int64_t block = std::max<int64_t>(2, (int64_t(256) << 10) / std::max<int64_t>(1, row_bytes));
   for (int64_t b0 = r0; b0 < r1; b0 += block) {
@@ -419,6 +420,16 @@ int64_t token_block(int64_t act_row) {
   return std::max<int64_t>(4, ((int64_t(128) << 10) / std::max<int64_t>(1, act_row)) / 4 * 4);
 }
 
+// Calls fn(q, pick, n, y) once per token_block of the n activation rows (row t at
+// q + act_row * (pick ? pick[t] : t), its outputs at y + t * ldy), each call's pointers
+// moved to its block's first token.
+template <class Fn>
+void for_token_blocks(const char* q, int64_t act_row, const int32_t* pick, int64_t n, float* y, int64_t ldy, Fn&& fn) {
+  const int64_t block = token_block(act_row);
+  for (int64_t t0 = 0; t0 < n; t0 += block)
+    fn(pick ? q : q + t0 * act_row, pick ? pick + t0 : nullptr, std::min(block, n - t0), y + t0 * ldy);
+}
+
 // dot_rows_tiled for one block of n tokens: y[t * ldy + r] = row r . activation row
 // (pick ? pick[t] : t), for r in [r0, r1): each weight row is read once for all n rows,
 // four at a time through the format's tile kernel where it has one (bit-identical to the
@@ -480,10 +491,9 @@ void dot_rows_tiled_block(const WeightMatrix& w, const BlockFormat& f, KernelIsa
 // a token falls in changes none of its bits (the tiles give the one-row kernel's).
 void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, const char* q, int64_t act_row,
                     const int32_t* pick, int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
-  const int64_t block = token_block(act_row);
-  for (int64_t t0 = 0; t0 < n; t0 += block)
-    dot_rows_tiled_block(w, f, isa, pick ? q : q + t0 * act_row, act_row, pick ? pick + t0 : nullptr,
-                         std::min(block, n - t0), y + t0 * ldy, ldy, r0, r1);
+  for_token_blocks(q, act_row, pick, n, y, ldy, [&](const char* qb, const int32_t* pb, int64_t nb, float* yb) {
+    dot_rows_tiled_block(w, f, isa, qb, act_row, pb, nb, yb, ldy, r0, r1);
+  });
 }
 
 // dot_rows_tiled for Q4_K_R8: each group of eight rows that meets [r0, r1) against up to
@@ -495,23 +505,21 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
   const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
   const int64_t nb = w.cols / kQK_K;
   const auto* groups = static_cast<const BlockQ4_Kx8*>(w.data);
-  // Tokens by blocks (token_block); a group's weights (8 rows) stay in L1 across a block.
-  const int64_t block = token_block(act_row);
-  for (int64_t t0 = 0; t0 < n; t0 += block) {
-    const int64_t t1 = std::min(n, t0 + block);
+  // Token blocks as dot_rows_tiled; a group's weights (8 rows) stay in L1 across a block.
+  for_token_blocks(q, act_row, pick, n, y, ldy, [&](const char* qb, const int32_t* pb, int64_t n_b, float* yb) {
     for (int64_t g = r0 / kInterleavedRows; g * kInterleavedRows < r1; ++g) {
       const int64_t first = std::max(r0, g * kInterleavedRows), last = std::min(r1, (g + 1) * kInterleavedRows);
-      for (int64_t t = t0; t < t1; t += 4) {
-        const int tokens = int(std::min<int64_t>(4, t1 - t));
+      for (int64_t t = 0; t < n_b; t += 4) {
+        const int tokens = int(std::min<int64_t>(4, n_b - t));
         const void* a[4];
-        for (int k = 0; k < tokens; ++k) a[k] = q + (pick ? pick[t + k] : t + k) * act_row;
+        for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
         float out[4 * kInterleavedRows];
         dot(groups + g * nb, a, tokens, w.cols, out);
         for (int k = 0; k < tokens; ++k)
-          for (int64_t r = first; r < last; ++r) y[(t + k) * ldy + r] = out[k * kInterleavedRows + (r % kInterleavedRows)];
+          for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * kInterleavedRows + (r % kInterleavedRows)];
       }
     }
-  }
+  });
 }
 
 // The activation format w's dot products take.
