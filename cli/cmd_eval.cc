@@ -172,6 +172,7 @@ int cmd_kld(int argc, char** argv) {
   ModelLoadOptions base_load;
   base_load.threads = f.load.threads;
   base_load.in_memory = f.load.in_memory;
+  base_load.populate = f.load.populate;
   base_load.interleave = f.load.interleave;
   Model base = Model::load(f.models[0], base_load);
   Model candidate = Model::load(f.models[1], f.load);

@@ -69,6 +69,7 @@ ModelLoadOptions parse_load_options(const cxxopts::ParseResult& args, int thread
   ModelLoadOptions o;
   o.threads = threads;
   o.in_memory = args.count("no-mmap") > 0;
+  o.populate = true;
   o.interleave = interleave_by_default(args);
   if (args.count("repack")) {
     try {

@@ -252,6 +252,7 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   report.kernels = isa_name(best_isa());
   if (best_isa() != cpu_isa()) report.kernels += std::string(" (limited; the CPU has ") + isa_name(cpu_isa()) + ")";
   report.gemm = cpu_gemm_name(cpu_gemm());
+  report.mapped = model.mapped_weights();
   if (cpu_gemm() == CpuGemm::kOnednn)
     report.gemm += " (" + onednn_version() + ", float weights from " + std::to_string(kOnednnMinRows) + " rows)";
 
@@ -375,6 +376,13 @@ std::string bench_markdown(const BenchReport& rep) {
          mb(double(a.head)) + ", norms " + mb(double(a.norms)) + ") + " + fmt("%.0f", double(a.embedding_row)) +
          " B embedding row per token\n";
   out += "numa: " + rep.numa + "\n";
+  if (const MappedWeights& mw = rep.mapped; mw.bytes > 0) {
+    out += "mapped weights: " + fmt("%.2f", double(mw.bytes) / 1e9) + " GB read in place from the checkpoint, ";
+    out += mw.populated ? std::string("page tables filled at load")
+                        : "not filled at load (more than MemAvailable, " +
+                              fmt("%.2f", double(mw.available.value_or(0)) / 1e9) + " GB): decode may wait on page faults";
+    out += "\n";
+  }
   out += "cpu kernels: " + rep.kernels + "\n";
   out += "cpu gemm: " + rep.gemm + "\n";
   // Offloaded, the CPU's memory wall says nothing about the step (the device reads the
@@ -444,6 +452,7 @@ nlohmann::json bench_json(const BenchReport& rep) {
   json j;
   if (!rep.device.empty()) j["device"] = rep.device;
   j["numa"] = {{"nodes", rep.numa_nodes}, {"summary", rep.numa}};
+  j["mapped_weights"] = {{"bytes", rep.mapped.bytes}, {"populated", rep.mapped.populated}};
   j["cpu_kernels"] = rep.kernels;
   j["cpu_gemm"] = rep.gemm;
   j["model"] = {{"name", m.name},

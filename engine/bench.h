@@ -117,6 +117,7 @@ struct BenchReport {
   std::string kernels;  // the CPU kernels' instruction set (isa_name), and the CPU's best if lower
   std::string gemm;     // how float weights meet many tokens (--cpu-gemm): "kernels", or "onednn (...)"
   std::string numa;    // a line: the NUMA layout and the experts' split, or that there is none
+  MappedWeights mapped;  // the weights read in place from the checkpoint's mapped files
 };
 
 // Measures the bandwidth with `pool`'s threads, then runs every test.

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <stdexcept>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "engine/gguf_model.h"
 #include "engine/repack.h"
@@ -160,6 +161,7 @@ Model::Model(ModelConfig config, WeightStore store, const ModelLoadOptions& opti
   if (options.repack) repack(options);
   if (options.interleave) interleave(options);
   if (options.in_memory) copy_into_memory(options);
+  else if (options.populate) populate_mapped(options);
 }
 
 std::vector<WeightMatrix*> Model::matrices() {
@@ -180,52 +182,73 @@ std::vector<WeightMatrix*> Model::matrices() {
   return all;
 }
 
-void Model::copy_into_memory(const ModelLoadOptions& options) {
-  if (!arena_) arena_ = std::make_shared<WeightArena>();
-  // What is still read in place: each tensor (or merged-expert slice, or FP8 scale array)
-  // once, whichever matrices share it (tied embeddings share one).
-  struct Piece {
-    const uint8_t* from;
-    size_t bytes;
-    uint8_t* to = nullptr;
-  };
-  std::vector<Piece> pieces;
-  std::unordered_map<const void*, size_t> index;
-  // Only what lies in a mapped file: weights already in memory (repacked, converted at
-  // load, built in memory) would just be held twice.
+std::vector<MappedPiece> Model::mapped_pieces() {
+  // Each tensor (or merged-expert slice, or FP8 scale array) once, whichever matrices
+  // share it (tied embeddings share one), and only what lies in a mapped file: weights
+  // already in memory (repacked, converted at load, built in memory) are left alone.
+  std::vector<MappedPiece> pieces;
+  std::unordered_set<const void*> seen;
   const std::vector<std::pair<uintptr_t, uintptr_t>> files = file_mapped_ranges();
   auto add = [&](const void* p, size_t bytes) {
-    if (p && in_file_mapping(p, files) && index.emplace(p, pieces.size()).second)
-      pieces.push_back({static_cast<const uint8_t*>(p), bytes});
+    if (p && in_file_mapping(p, files) && seen.insert(p).second) pieces.push_back({static_cast<const uint8_t*>(p), bytes});
   };
-  const std::vector<WeightMatrix*> all = matrices();
-  for (WeightMatrix* w : all) {
+  for (WeightMatrix* w : matrices()) {
     add(w->data, size_t(w->bytes()));
     if (w->scale) add(w->scale, size_t((w->rows + w->block - 1) / w->block * w->scale_cols()) * sizeof(float));
   }
-  uint64_t total = 0;
-  for (const Piece& p : pieces) total += p.bytes;
-  if (const std::optional<uint64_t> available = mem_available_bytes())
-    check_fits_in_memory("--no-mmap: the copy of the weights", total, *available);
-  for (Piece& p : pieces) p.to = arena_->allocate(p.bytes);
-  // 4 MiB pieces of work over all tensors: the copy streams at the machine's bandwidth.
-  constexpr size_t kStep = size_t(4) << 20;
+  return pieces;
+}
+
+namespace {
+
+// Runs fn(piece index, offset, bytes) over the pieces in steps of at most `step` bytes,
+// on the pool: work over every tensor that streams at the machine's bandwidth.
+template <class Fn>
+void for_piece_steps(ThreadPool& pool, const std::vector<MappedPiece>& pieces, size_t step, Fn&& fn) {
   std::vector<std::pair<size_t, size_t>> work;  // (piece, offset)
   for (size_t i = 0; i < pieces.size(); ++i)
-    for (size_t off = 0; off < std::max<size_t>(pieces[i].bytes, 1); off += kStep) work.emplace_back(i, off);
-  ThreadPool pool(options.threads);
+    for (size_t off = 0; off < pieces[i].bytes; off += step) work.emplace_back(i, off);
   pool.parallel_for(int64_t(work.size()), [&](int64_t a, int64_t b) {
     for (int64_t k = a; k < b; ++k) {
       const auto [i, off] = work[size_t(k)];
-      const Piece& p = pieces[i];
-      if (off < p.bytes) std::memcpy(p.to + off, p.from + off, std::min(kStep, p.bytes - off));
+      fn(i, off, std::min(step, pieces[i].bytes - off));
     }
   });
-  for (WeightMatrix* w : all) {
-    if (auto it = index.find(w->data); it != index.end()) w->data = pieces[it->second].to;
-    if (auto it = index.find(w->scale); w->scale && it != index.end())
-      w->scale = reinterpret_cast<const float*>(pieces[it->second].to);
+}
+
+}  // namespace
+
+void Model::copy_into_memory(const ModelLoadOptions& options) {
+  if (!arena_) arena_ = std::make_shared<WeightArena>();
+  const std::vector<MappedPiece> pieces = mapped_pieces();
+  uint64_t total = 0;
+  for (const MappedPiece& p : pieces) total += p.bytes;
+  if (const std::optional<uint64_t> available = mem_available_bytes())
+    check_fits_in_memory("--no-mmap: the copy of the weights", total, *available);
+  std::unordered_map<const void*, uint8_t*> moved;
+  std::vector<uint8_t*> to(pieces.size());
+  for (size_t i = 0; i < pieces.size(); ++i) moved[pieces[i].from] = to[i] = arena_->allocate(pieces[i].bytes);
+  ThreadPool pool(options.threads);
+  for_piece_steps(pool, pieces, size_t(4) << 20,
+                  [&](size_t i, size_t off, size_t n) { std::memcpy(to[i] + off, pieces[i].from + off, n); });
+  for (WeightMatrix* w : matrices()) {
+    if (auto it = moved.find(w->data); it != moved.end()) w->data = it->second;
+    if (auto it = moved.find(w->scale); w->scale && it != moved.end()) w->scale = reinterpret_cast<const float*>(it->second);
   }
+}
+
+void Model::populate_mapped(const ModelLoadOptions& options) {
+  const std::vector<MappedPiece> pieces = mapped_pieces();
+  mapped_.bytes = 0;
+  for (const MappedPiece& p : pieces) mapped_.bytes += p.bytes;
+  mapped_.available = mem_available_bytes();
+  // Beyond what memory can hold, filling the tables would read the whole file through
+  // the page cache only to evict its start again: decode reads from disk either way.
+  if (mapped_.bytes == 0 || (mapped_.available && mapped_.bytes > *mapped_.available)) return;
+  ThreadPool pool(options.threads);
+  for_piece_steps(pool, pieces, size_t(64) << 20,
+                  [&](size_t i, size_t off, size_t n) { populate_read(pieces[i].from + off, n); });
+  mapped_.populated = true;
 }
 
 std::vector<std::pair<std::string, WeightMatrix*>> Model::linear_weights() {

@@ -98,6 +98,8 @@ TEST_CASE("cli bench: -o json has the model, the bandwidth and every test's fiel
   CHECK(j["bandwidth"]["threads"] == 2);
   CHECK(j["cpu_kernels"] == hearth::isa_name(hearth::cpu_isa()));
   CHECK(j["cpu_gemm"] == "kernels");
+  CHECK(j["mapped_weights"]["bytes"] == 0);  // synthetic: built in memory
+  CHECK(j["mapped_weights"]["populated"] == false);
   REQUIRE(j["tests"].size() == 3);
   std::vector<std::string> names;
   for (const auto& t : j["tests"]) {
@@ -158,6 +160,9 @@ TEST_CASE("cli bench: a model directory") {
   REQUIRE(rows.count("tg2") == 1);
   CHECK(rows.at("tg2")[0] == "tinymodel");
   CHECK(rows.at("tg2")[3] == "Q8_0");
+  // The weights the repack left in the safetensors files (embeddings, router) are read in
+  // place, their pages mapped at load.
+  CHECK(r.out.find("GB read in place from the checkpoint, page tables filled at load\n") != std::string::npos);
 }
 
 TEST_CASE("cli bench: v32-full in f32 is refused before anything is allocated") {
