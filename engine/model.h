@@ -94,10 +94,9 @@ struct ModelLoadOptions {
   // Without in_memory: fill the page tables of every weight read in place from a mapped
   // file during the load (offload/memory.h's populate_read), reading from disk what the
   // page cache lacks, as llama.cpp maps its files with MAP_POPULATE. Otherwise each
-  // weight's first use faults page by page: a fresh load's first tokens pick routed
-  // experts never read before, and on the bench preset at Q8_0 tg32 ran at 12 t/s (+-8.5)
-  // against 18-22 once every page was mapped. Skipped when the mapped weights exceed
-  // MemAvailable (Model::mapped_weights says so).
+  // weight's first use faults page by page, and waits on the disk where the page cache
+  // lacks it: a fresh load's first tokens pick routed experts never read before. Skipped
+  // when the mapped weights exceed MemAvailable (Model::mapped_weights says so).
   bool populate = false;
   // Lay out every Q4_K linear weight whose rows come in whole groups of eight as Q4_K_R8
   // (quant/interleaved.h) after any repack: eight rows side by side, which the CPU's
