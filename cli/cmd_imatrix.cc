@@ -108,7 +108,10 @@ int cmd_imatrix(int argc, char** argv) {
   const std::vector<int32_t>& ids = text.ids;
   const int64_t chunks = text.count;
 
-  const Model model = Model::load(model_path);
+  ModelLoadOptions load;
+  load.threads = threads;
+  load.populate = true;  // every chunk of the text runs the forward pass
+  const Model model = Model::load(model_path, load);
   if (eo.ctx > model.config().max_position_embeddings)
     throw std::invalid_argument("--ctx " + std::to_string(eo.ctx) + " exceeds the model's context of " +
                                 std::to_string(model.config().max_position_embeddings));

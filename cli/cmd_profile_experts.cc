@@ -46,7 +46,10 @@ int cmd_profile_experts(int argc, char** argv) {
   const std::vector<int32_t>& ids = text.ids;
   const int64_t chunks = text.count;
 
-  const Model model = Model::load(model_path);
+  ModelLoadOptions load;
+  load.threads = threads;
+  load.populate = true;  // every chunk of the text runs the forward pass
+  const Model model = Model::load(model_path, load);
   const ModelConfig& c = model.config();
   if (eo.ctx > c.max_position_embeddings)
     throw std::invalid_argument("--ctx " + std::to_string(eo.ctx) + " exceeds the model's context of " +
