@@ -239,7 +239,6 @@ void Model::copy_into_memory(const ModelLoadOptions& options) {
 
 void Model::populate_mapped(const ModelLoadOptions& options) {
   const std::vector<MappedPiece> pieces = mapped_pieces();
-  mapped_.bytes = 0;
   for (const MappedPiece& p : pieces) mapped_.bytes += p.bytes;
   mapped_.available = mem_available_bytes();
   // Beyond what memory can hold, filling the tables would read the whole file through

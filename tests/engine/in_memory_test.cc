@@ -6,9 +6,8 @@
 //
 // ModelLoadOptions::populate: the weights stay in the file mapping, and every page of
 // them is in the page tables after the load (the mapping's resident size, from
-// /proc/self/smaps, covers them), where a load without it maps far less.
+// /proc/self/smaps, covers them).
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -35,7 +34,6 @@ using namespace hearth;
 using hearth::testing::golden_logits;
 using hearth::testing::kGoldenDir;
 using hearth::testing::TempDir;
-using hearth::testing::pattern;
 
 namespace {
 
@@ -56,26 +54,29 @@ void each_matrix(const Model& m, Fn&& count) {
   }
 }
 
-bool in_a_file(const void* p) {
-  const auto files = file_mapped_ranges();
+using FileRanges = std::vector<std::pair<uintptr_t, uintptr_t>>;
+
+bool in_a_file(const void* p, const FileRanges& files) {
   const auto a = reinterpret_cast<uintptr_t>(p);
   return p && std::any_of(files.begin(), files.end(), [&](const auto& r) { return a >= r.first && a < r.second; });
 }
 
 // How many of the model's weight pointers (data and FP8 scales) lie in a mapped file.
 int in_files(const Model& m) {
+  const FileRanges files = file_mapped_ranges();
   int n = 0;
-  each_matrix(m, [&](const WeightMatrix& w) { n += in_a_file(w.data) + in_a_file(w.scale); });
+  each_matrix(m, [&](const WeightMatrix& w) { n += in_a_file(w.data, files) + in_a_file(w.scale, files); });
   return n;
 }
 
 // The bytes of the distinct weight data in mapped files (no FP8 scales: for GGUF models).
 uint64_t mapped_data_bytes(const Model& m) {
+  const FileRanges files = file_mapped_ranges();
   std::vector<const void*> seen;
   uint64_t total = 0;
   each_matrix(m, [&](const WeightMatrix& w) {
     CHECK(w.scale == nullptr);
-    if (!in_a_file(w.data) || std::find(seen.begin(), seen.end(), w.data) != seen.end()) return;
+    if (!in_a_file(w.data, files) || std::find(seen.begin(), seen.end(), w.data) != seen.end()) return;
     seen.push_back(w.data);
     total += uint64_t(w.bytes());
   });
