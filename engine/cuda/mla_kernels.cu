@@ -3,7 +3,8 @@
 // Where the CPU's result is bit-exact by construction (the indexer's rope, Hadamard
 // transform, LayerNorm, FP8 quantization and scores) the kernels spell every float
 // operation out with __fmul_rn / __fadd_rn / __fsub_rn so nvcc cannot fuse them into FMAs,
-// and keep the CPU's order of operations. Attention itself (softmax, weighted sums) only
+// or with __fmaf_rn where the CPU fuses them (the scores' products), and keep the CPU's
+// order of operations. Attention itself (softmax, weighted sums) only
 // has to agree up to rounding and is written for parallelism.
 #include <cuda_runtime.h>
 
@@ -262,12 +263,12 @@ __global__ void index_scores_kernel(KvPages kv, StepTables st, int64_t layer, in
     float dot = 0.0f;
     for (int64_t d4 = 0; d4 < dim / 4; ++d4) {
       const uint32_t k4 = key[d4];
-      dot = __fadd_rn(dot, __fmul_rn(qh[4 * d4 + 0], lut[k4 & 0xffu]));
-      dot = __fadd_rn(dot, __fmul_rn(qh[4 * d4 + 1], lut[(k4 >> 8) & 0xffu]));
-      dot = __fadd_rn(dot, __fmul_rn(qh[4 * d4 + 2], lut[(k4 >> 16) & 0xffu]));
-      dot = __fadd_rn(dot, __fmul_rn(qh[4 * d4 + 3], lut[k4 >> 24]));
+      dot = __fmaf_rn(qh[4 * d4 + 0], lut[k4 & 0xffu], dot);
+      dot = __fmaf_rn(qh[4 * d4 + 1], lut[(k4 >> 8) & 0xffu], dot);
+      dot = __fmaf_rn(qh[4 * d4 + 2], lut[(k4 >> 16) & 0xffu], dot);
+      dot = __fmaf_rn(qh[4 * d4 + 3], lut[k4 >> 24], dot);
     }
-    total = __fadd_rn(total, __fmul_rn(ws[h], dot < 0.0f ? 0.0f : dot));  // std::max(dot, 0.0f)
+    total = __fmaf_rn(ws[h], dot < 0.0f ? 0.0f : dot, total);  // std::fma(w, std::max(dot, 0.0f), total)
   }
   scores[g * ld + s] = __fmul_rn(total, key_scale);
 }

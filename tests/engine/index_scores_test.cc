@@ -62,9 +62,10 @@ TEST_CASE("index scores: AVX2 equals the scalar reference bit for bit") {
     return;
   }
   std::mt19937 rng(31);
-  // Head counts with and without a remainder of the eight-head groups (and fewer heads
-  // than one group); position counts with and without a remainder of the eight-lane
-  // groups; V3.2's 64 x 128.
+  // Head counts with and without a remainder of the four-head tiles (and fewer heads
+  // than one tile); position counts that end in a sixteen-position pass, an eight-position
+  // pass or a partial one (the tail: 1 to 7 positions, alone or after full passes); V3.2's
+  // 64 x 128.
   for (auto [heads, dim, n] : {std::tuple<int64_t, int64_t, int64_t>{64, 128, 37}, {5, 64, 8}, {3, 32, 5}, {7, 128, 100},
                                {13, 64, 24}, {9, 32, 17}}) {
     CAPTURE(heads);
