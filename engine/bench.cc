@@ -56,6 +56,7 @@ void fill_depth(Forward& fwd, KvCache& cache, const std::vector<SeqId>& seqs, in
     std::mt19937_64 rng(tokens.take(1)[0]);
     std::normal_distribution<float> g(0.0f, 1.0f);
     std::vector<float> key(static_cast<size_t>(std::max<int64_t>(c.index_head_dim, 1)));
+    std::vector<uint8_t> code(key.size());
     for (const SeqId s : seqs) {
       const int64_t from = cache.length(s);
       cache.extend(s, from + depth);
@@ -65,7 +66,8 @@ void fill_depth(Forward& fwd, KvCache& cache, const std::vector<SeqId>& seqs, in
           for (float* p = cache.rope_key(layer, s, pos), *e = p + c.qk_rope_head_dim; p < e; ++p) *p = g(rng);
           if (c.has_indexer()) {
             for (float& v : key) v = g(rng);
-            *cache.index_scale(layer, s, pos) = quantize_fp8_block_pow2(key.data(), c.index_head_dim, cache.index_key(layer, s, pos));
+            const float scale = quantize_fp8_block_pow2(key.data(), c.index_head_dim, code.data());
+            cache.write_index_key(layer, s, pos, code.data(), scale);
           }
         }
     }

@@ -16,12 +16,12 @@ namespace {
 constexpr int64_t kMaxDim = 512;
 
 // The reference: one position at a time.
-void index_scores_scalar(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* const* keys,
+void index_scores_scalar(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* codes, int64_t ld,
                          const float* key_scales, int64_t n, float* out) {
   const float* lut = fp8_e4m3_table();
   float k[kMaxDim];
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t d = 0; d < dim; ++d) k[d] = lut[keys[i][d]];
+    for (int64_t d = 0; d < dim; ++d) k[d] = lut[codes[d * ld + i]];
     float total = 0.0f;
     for (int64_t h = 0; h < heads; ++h) {
       const float* qh = q + h * dim;
@@ -33,7 +33,7 @@ void index_scores_scalar(const float* q, const float* w, int64_t heads, int64_t 
   }
 }
 
-// kVecs x 8 positions per pass (one per lane), their keys transposed to [dim][kVecs * 8]
+// kVecs x 8 positions per pass (one per lane), their keys decoded to [dim][kVecs * 8]
 // floats. Per head, a running sum per lane takes one fused multiply-add per dimension, and
 // one more adds the head's weighted sum to the total in head order: the reference's
 // std::fma calls, one for one, so the bits are the same (and, every operation spelled out,
@@ -68,58 +68,47 @@ __attribute__((target("avx2,fma"))) inline void add_head_block(const float* q, c
   }
 }
 
-// kt[d * ld + j] = the FP8 code keys[j][d] decoded, for eight positions j and every d < dim:
-// the same floats as the lookup table gives (NaN codes included), so the scores' bits do
-// not change. Sixteen dimensions at a time: the 8 x 16 code bytes are transposed with
-// byte/word/dword unpacks, each code is rebuilt as the half-precision number with the same
-// sign, exponent and mantissa bits (an e4m3 value times 2^-8, exact, subnormals included:
-// half has the wider exponent), widened by vcvtph2ps and multiplied back by 2^8 (exact).
-// A scalar decode of 1024 codes per pass cost a fifth of the scoring time.
-__attribute__((target("avx2,f16c"))) void decode_keys8(const uint8_t* const* keys, int64_t dim, float* kt, int64_t ld) {
+// The float of each of eight or sixteen FP8 codes, exactly as the lookup table gives it
+// (NaN codes included), so the scores' bits do not change: each code is rebuilt as the
+// half-precision number with the same sign, exponent and mantissa bits (an e4m3 value
+// times 2^-8, exact, subnormals included: half has the wider exponent), widened by
+// vcvtph2ps and multiplied back by 2^8 (exact).
+__attribute__((target("avx2,f16c"))) inline __m256i fp8_to_half16(__m256i c) {  // c: 16 codes as u16
   const __m256i low7 = _mm256_set1_epi16(0x7f), sign = _mm256_set1_epi16(0x80), nan_h = _mm256_set1_epi16(0x7e00);
+  const __m256i mag = _mm256_and_si256(c, low7);
+  const __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7), _mm256_slli_epi16(_mm256_and_si256(c, sign), 8));
+  return _mm256_blendv_epi8(h, nan_h, _mm256_cmpeq_epi16(mag, low7));
+}
+
+// kt[d * 8 * kVecs + j] = the float of codes[d * ld + j], j < 8 * kVecs: the page keeps
+// each dimension's codes of consecutive positions in a row, so a dimension's codes are one
+// load.
+template <int kVecs>
+__attribute__((target("avx2,f16c"))) void decode_keys(const uint8_t* codes, int64_t ld, int64_t dim, float* kt) {
   const __m256 two8 = _mm256_set1_ps(256.0f);
-  int64_t d = 0;
-  for (; d + 16 <= dim; d += 16) {
-    __m128i r[8];
-    for (int j = 0; j < 8; ++j) r[j] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(keys[j] + d));
-    // bytes -> pairs of positions, then quads, then all eight: t2[k] holds dims d+2k and
-    // d+2k+1, eight positions each.
-    __m128i t0[8], t1[8], t2[8];
-    for (int j = 0; j < 4; ++j) {
-      t0[2 * j] = _mm_unpacklo_epi8(r[2 * j], r[2 * j + 1]);
-      t0[2 * j + 1] = _mm_unpackhi_epi8(r[2 * j], r[2 * j + 1]);
-    }
-    for (int j = 0; j < 2; ++j)
-      for (int h = 0; h < 2; ++h) {
-        t1[4 * j + 2 * h] = _mm_unpacklo_epi16(t0[4 * j + h], t0[4 * j + 2 + h]);
-        t1[4 * j + 2 * h + 1] = _mm_unpackhi_epi16(t0[4 * j + h], t0[4 * j + 2 + h]);
-      }
-    for (int k = 0; k < 4; ++k) {
-      t2[2 * k] = _mm_unpacklo_epi32(t1[k], t1[4 + k]);
-      t2[2 * k + 1] = _mm_unpackhi_epi32(t1[k], t1[4 + k]);
-    }
-    for (int k = 0; k < 8; ++k) {
-      const __m256i c = _mm256_cvtepu8_epi16(t2[k]);
-      const __m256i mag = _mm256_and_si256(c, low7);
-      __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7), _mm256_slli_epi16(_mm256_and_si256(c, sign), 8));
-      h = _mm256_blendv_epi8(h, nan_h, _mm256_cmpeq_epi16(mag, low7));
-      _mm256_store_ps(kt + (d + 2 * k) * ld, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), two8));
-      _mm256_store_ps(kt + (d + 2 * k + 1) * ld, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), two8));
+  for (int64_t d = 0; d < dim; ++d) {
+    const uint8_t* row = codes + d * ld;
+    float* out = kt + d * 8 * kVecs;
+    if constexpr (kVecs == 2) {
+      const __m256i h = fp8_to_half16(_mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row))));
+      _mm256_store_ps(out, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), two8));
+      _mm256_store_ps(out + 8, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), two8));
+    } else {
+      static_assert(kVecs == 1);
+      const __m256i h = fp8_to_half16(_mm256_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row))));
+      _mm256_store_ps(out, _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), two8));
     }
   }
-  const float* lut = fp8_e4m3_table();
-  for (; d < dim; ++d)
-    for (int j = 0; j < 8; ++j) kt[d * ld + j] = lut[keys[j][d]];
 }
 
 // kVecs x 8 positions: keys decoded, then the heads in tiles of four (and one at a time
 // for the rest).
 template <int kVecs>
-__attribute__((target("avx2,fma"))) inline void score_positions(const float* q, const float* w, int64_t heads,
-                                                                int64_t dim, const uint8_t* const* keys,
-                                                                const float* key_scales, float* out, float* kt) {
+__attribute__((target("avx2,fma,f16c"))) inline void score_positions(const float* q, const float* w, int64_t heads,
+                                                                     int64_t dim, const uint8_t* codes, int64_t ld,
+                                                                     const float* key_scales, float* out, float* kt) {
   constexpr int kHeadBlock = 4;
-  for (int v = 0; v < kVecs; ++v) decode_keys8(keys + 8 * v, dim, kt + 8 * v, 8 * kVecs);
+  decode_keys<kVecs>(codes, ld, dim, kt);
   __m256 total[kVecs];
   for (int v = 0; v < kVecs; ++v) total[v] = _mm256_setzero_ps();
   int64_t h = 0;
@@ -129,33 +118,33 @@ __attribute__((target("avx2,fma"))) inline void score_positions(const float* q, 
     _mm256_storeu_ps(out + 8 * v, _mm256_mul_ps(total[v], _mm256_loadu_ps(key_scales + 8 * v)));
 }
 
-__attribute__((target("avx2,fma"))) void index_scores_avx2(const float* q, const float* w, int64_t heads,
-                                                            int64_t dim, const uint8_t* const* keys,
-                                                            const float* key_scales, int64_t n, float* out) {
+__attribute__((target("avx2,fma,f16c"))) void index_scores_avx2(const float* q, const float* w, int64_t heads,
+                                                                 int64_t dim, const uint8_t* codes, int64_t ld,
+                                                                 const float* key_scales, int64_t n, float* out) {
   alignas(32) float kt[kMaxDim * 16];
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) score_positions<2>(q, w, heads, dim, keys + i, key_scales + i, out + i, kt);
-  for (; i + 8 <= n; i += 8) score_positions<1>(q, w, heads, dim, keys + i, key_scales + i, out + i, kt);
+  for (; i + 16 <= n; i += 16) score_positions<2>(q, w, heads, dim, codes + i, ld, key_scales + i, out + i, kt);
+  for (; i + 8 <= n; i += 8) score_positions<1>(q, w, heads, dim, codes + i, ld, key_scales + i, out + i, kt);
   if (i < n) {  // the last 1-7 positions: a full pass with the last key repeated, the extra lanes dropped
-    const uint8_t* tail_keys[8];
+    const int64_t m = n - i;
+    uint8_t tail_codes[kMaxDim * 8];
     float tail_scales[8], tail_out[8];
-    for (int j = 0; j < 8; ++j) {
-      const int64_t from = std::min(i + j, n - 1);
-      tail_keys[j] = keys[from];
-      tail_scales[j] = key_scales[from];
-    }
-    score_positions<1>(q, w, heads, dim, tail_keys, tail_scales, tail_out, kt);
-    std::copy_n(tail_out, n - i, out + i);
+    for (int64_t d = 0; d < dim; ++d)
+      for (int64_t j = 0; j < 8; ++j) tail_codes[d * 8 + j] = codes[d * ld + i + std::min(j, m - 1)];
+    for (int64_t j = 0; j < 8; ++j) tail_scales[j] = key_scales[i + std::min(j, m - 1)];
+    score_positions<1>(q, w, heads, dim, tail_codes, 8, tail_scales, tail_out, kt);
+    std::copy_n(tail_out, m, out + i);
   }
 }
 
 }  // namespace
 
-void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* const* keys,
+void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* codes, int64_t ld,
                   const float* key_scales, int64_t n, float* out, KernelIsa isa) {
   if (dim <= 0 || dim > kMaxDim) throw std::invalid_argument("index_scores: index_head_dim must be in 1.." + std::to_string(kMaxDim));
-  if (has_avx2(resolve_isa(isa))) index_scores_avx2(q, w, heads, dim, keys, key_scales, n, out);
-  else index_scores_scalar(q, w, heads, dim, keys, key_scales, n, out);
+  if (n > ld) throw std::invalid_argument("index_scores: " + std::to_string(n) + " positions in rows of " + std::to_string(ld));
+  if (has_avx2(resolve_isa(isa))) index_scores_avx2(q, w, heads, dim, codes, ld, key_scales, n, out);
+  else index_scores_scalar(q, w, heads, dim, codes, ld, key_scales, n, out);
 }
 
 }  // namespace hearth

@@ -21,9 +21,11 @@
 
 namespace hearth {
 
-// out[i] = score of the key at keys[i] (dim FP8 e4m3 codes) with scale key_scales[i], for
-// i < n; q: [heads][dim], w: [heads]. dim <= 512.
-void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* const* keys,
+// out[i] = score of the key of position i, for i < n: its FP8 e4m3 codes at
+// codes[d * ld + i] for d < dim (ld >= n: a KvCache page keeps its positions' codes
+// dimension by dimension, KvCache::index_keys), its scale at key_scales[i].
+// q: [heads][dim], w: [heads]. dim <= 512.
+void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* codes, int64_t ld,
                   const float* key_scales, int64_t n, float* out, KernelIsa isa = KernelIsa::kAuto);
 
 }  // namespace hearth

@@ -9,13 +9,21 @@ namespace hearth {
 KvCache::KvCache(const ModelConfig& c, int64_t page_tokens)
     : layers_(c.num_hidden_layers), page_tokens_(page_tokens) {
   if (page_tokens_ <= 0) throw std::invalid_argument("KvCache: page_tokens must be positive");
-  // One token's slot for one layer: floats first (aligned), then the FP8 index key.
+  // A page holds page_tokens positions of every layer, in three regions:
+  //   entries [layer][slot]: the latent, then the rope key (floats), what attention
+  //     gathers for each picked position;
+  //   index key codes [layer][dim][slot]: the indexer scores every cached position at
+  //     every step, and its kernel takes sixteen positions' code d as sixteen bytes in a
+  //     row (one load, no transpose), one layer's codes in one block of a page;
+  //   index key scales [layer][slot].
+  const int64_t slots = page_tokens_ * layers_;
   latent_off_ = 0;
   rope_off_ = latent_off_ + c.kv_lora_rank * 4;
-  iscale_off_ = rope_off_ + c.qk_rope_head_dim * 4;
-  ikey_off_ = iscale_off_ + (c.has_indexer() ? 4 : 0);
-  token_bytes_ = ikey_off_ + (c.has_indexer() ? c.index_head_dim : 0);
-  token_bytes_ = (token_bytes_ + 15) / 16 * 16;
+  entry_bytes_ = (rope_off_ + c.qk_rope_head_dim * 4 + 15) / 16 * 16;
+  index_dim_ = c.has_indexer() ? c.index_head_dim : 0;
+  ikey_base_ = slots * entry_bytes_;
+  iscale_base_ = (ikey_base_ + slots * index_dim_ + 15) / 16 * 16;
+  page_bytes_ = (iscale_base_ + (c.has_indexer() ? slots * 4 : 0) + 63) / 64 * 64;
 }
 
 SeqId KvCache::add_sequence() {
@@ -67,8 +75,7 @@ int32_t KvCache::allocate_page() {
     refs_[size_t(p)] = 1;
     return p;
   }
-  const int64_t bytes = page_tokens_ * layers_ * token_bytes_;
-  pages_.emplace_back(new uint8_t[size_t(bytes)]());
+  pages_.emplace_back(new uint8_t[size_t(page_bytes_)]());
   refs_.push_back(1);
   return int32_t(pages_.size() - 1);
 }
@@ -107,7 +114,7 @@ void KvCache::extend(SeqId s, int64_t new_length) {
     int32_t& page = q.pages[size_t(q.length / page_tokens_)];
     if (refs_[size_t(page)] > 1) {
       const int32_t copy = allocate_page();
-      std::copy_n(pages_[size_t(page)].get(), size_t(page_tokens_ * layers_ * token_bytes_), pages_[size_t(copy)].get());
+      std::copy_n(pages_[size_t(page)].get(), size_t(page_bytes_), pages_[size_t(copy)].get());
       release_page(page);
       page = copy;
       ++pages_copied_;
@@ -143,17 +150,49 @@ int64_t KvCache::pages_shared() const {
   return n;
 }
 
-uint8_t* KvCache::slot(int64_t layer, SeqId s, int64_t pos, int64_t offset) {
+// Where (layer, pos) of sequence s lives: its page, and its slot within that page's
+// regions ([layer][slot], so one layer's positions are contiguous).
+std::pair<uint8_t*, int64_t> KvCache::slot(int64_t layer, SeqId s, int64_t pos) const {
   const Sequence& q = seqs_[size_t(s)];
   const int32_t page = q.pages[size_t(pos / page_tokens_)];
-  // Within a page: [layer][token] so one layer's positions are contiguous.
-  const int64_t index = layer * page_tokens_ + pos % page_tokens_;
-  return pages_[size_t(page)].get() + index * token_bytes_ + offset;
+  return {pages_[size_t(page)].get(), layer * page_tokens_ + pos % page_tokens_};
 }
 
-float* KvCache::latent(int64_t layer, SeqId s, int64_t pos) { return reinterpret_cast<float*>(slot(layer, s, pos, latent_off_)); }
-float* KvCache::rope_key(int64_t layer, SeqId s, int64_t pos) { return reinterpret_cast<float*>(slot(layer, s, pos, rope_off_)); }
-uint8_t* KvCache::index_key(int64_t layer, SeqId s, int64_t pos) { return slot(layer, s, pos, ikey_off_); }
-float* KvCache::index_scale(int64_t layer, SeqId s, int64_t pos) { return reinterpret_cast<float*>(slot(layer, s, pos, iscale_off_)); }
+float* KvCache::latent(int64_t layer, SeqId s, int64_t pos) {
+  const auto [page, i] = slot(layer, s, pos);
+  return reinterpret_cast<float*>(page + i * entry_bytes_ + latent_off_);
+}
+
+float* KvCache::rope_key(int64_t layer, SeqId s, int64_t pos) {
+  const auto [page, i] = slot(layer, s, pos);
+  return reinterpret_cast<float*>(page + i * entry_bytes_ + rope_off_);
+}
+
+float* KvCache::index_scale(int64_t layer, SeqId s, int64_t pos) {
+  const auto [page, i] = slot(layer, s, pos);
+  return reinterpret_cast<float*>(page + iscale_base_ + i * 4);
+}
+
+void KvCache::write_index_key(int64_t layer, SeqId s, int64_t pos, const uint8_t* codes, float scale) {
+  const auto [page, i] = slot(layer, s, pos);
+  const int64_t t = pos % page_tokens_;
+  uint8_t* block = page + ikey_base_ + layer * page_tokens_ * index_dim_;
+  for (int64_t d = 0; d < index_dim_; ++d) block[d * page_tokens_ + t] = codes[d];
+  *reinterpret_cast<float*>(page + iscale_base_ + i * 4) = scale;
+}
+
+void KvCache::read_index_key(int64_t layer, SeqId s, int64_t pos, uint8_t* codes) const {
+  const auto [page, i] = slot(layer, s, pos);
+  const int64_t t = pos % page_tokens_;
+  const uint8_t* block = page + ikey_base_ + layer * page_tokens_ * index_dim_;
+  for (int64_t d = 0; d < index_dim_; ++d) codes[d] = block[d * page_tokens_ + t];
+}
+
+KvCache::IndexKeys KvCache::index_keys(int64_t layer, SeqId s, int64_t page_index) const {
+  const Sequence& q = seqs_[size_t(s)];
+  const uint8_t* page = pages_[size_t(q.pages[size_t(page_index)])].get();
+  return {page + ikey_base_ + layer * page_tokens_ * index_dim_,
+          reinterpret_cast<const float*>(page + iscale_base_ + layer * page_tokens_ * 4)};
+}
 
 }  // namespace hearth

@@ -2,7 +2,8 @@
 //
 // Per token and layer it holds only what absorbed MLA needs: the normalized latent
 // (kv_lora_rank floats), the rotated shared rope key (qk_rope_head_dim floats) and,
-// on V3.2, the indexer's FP8 key (index_head_dim bytes) with its power-of-two scale.
+// on V3.2, the indexer's FP8 key (index_head_dim bytes) with its power-of-two scale,
+// kept apart from the rest and dimension-major within a page (kv_cache.cc).
 // Per-head keys and values are never stored.
 //
 // Storage is split into fixed-size pages of `page_tokens` positions (all layers of
@@ -18,6 +19,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "engine/config.h"
@@ -48,16 +50,28 @@ class KvCache {
 
   float* latent(int64_t layer, SeqId s, int64_t pos);
   float* rope_key(int64_t layer, SeqId s, int64_t pos);
-  uint8_t* index_key(int64_t layer, SeqId s, int64_t pos);
   float* index_scale(int64_t layer, SeqId s, int64_t pos);
   const float* latent(int64_t layer, SeqId s, int64_t pos) const { return const_cast<KvCache*>(this)->latent(layer, s, pos); }
   const float* rope_key(int64_t layer, SeqId s, int64_t pos) const { return const_cast<KvCache*>(this)->rope_key(layer, s, pos); }
-  const uint8_t* index_key(int64_t layer, SeqId s, int64_t pos) const { return const_cast<KvCache*>(this)->index_key(layer, s, pos); }
   const float* index_scale(int64_t layer, SeqId s, int64_t pos) const { return const_cast<KvCache*>(this)->index_scale(layer, s, pos); }
+  // The indexer's FP8 key of a position (index_head_dim codes) and its scale. A page keeps
+  // one layer's codes dimension by dimension (see index_keys), so a key is written and read
+  // by copy, not through a pointer.
+  void write_index_key(int64_t layer, SeqId s, int64_t pos, const uint8_t* codes, float scale);
+  void read_index_key(int64_t layer, SeqId s, int64_t pos, uint8_t* codes) const;
+  // One page's index keys for one layer, as the scoring kernel reads them: code d of the
+  // page's slot t (position page_index * page_tokens + t) at codes[d * page_tokens + t],
+  // its scale at scales[t].
+  struct IndexKeys {
+    const uint8_t* codes;
+    const float* scales;
+  };
+  IndexKeys index_keys(int64_t layer, SeqId s, int64_t page_index) const;
 
-  int64_t bytes_per_token() const { return token_bytes_ * layers_; }
+  // All layers of one position (rounded up: a page's bytes over its positions).
+  int64_t bytes_per_token() const { return (page_bytes_ + page_tokens_ - 1) / page_tokens_; }
   int64_t page_tokens() const { return page_tokens_; }
-  int64_t page_bytes() const { return page_tokens_ * bytes_per_token(); }
+  int64_t page_bytes() const { return page_bytes_; }
   int64_t pages_in_use() const;  // distinct pages referenced by some sequence
 
   // At most `pages` pages in use at once (0: no limit, the default).
@@ -79,14 +93,17 @@ class KvCache {
     int64_t length = 0;
     std::vector<int32_t> pages;
   };
-  uint8_t* slot(int64_t layer, SeqId s, int64_t pos, int64_t offset);
+  std::pair<uint8_t*, int64_t> slot(int64_t layer, SeqId s, int64_t pos) const;
   Sequence& live(SeqId s);
   const Sequence& live(SeqId s) const;
   int32_t allocate_page();
   void release_page(int32_t page);
 
   int64_t layers_, page_tokens_;
-  int64_t latent_off_, rope_off_, ikey_off_, iscale_off_, token_bytes_;
+  // A page's layout (kv_cache.cc): entries of entry_bytes_ (latent at latent_off_, rope key
+  // at rope_off_), then the index key codes from ikey_base_ (index_dim_ bytes per slot),
+  // then the index key scales from iscale_base_.
+  int64_t latent_off_, rope_off_, entry_bytes_, index_dim_, ikey_base_, iscale_base_, page_bytes_;
   std::vector<std::unique_ptr<uint8_t[]>> pages_;
   std::vector<int32_t> refs_;  // per page; 0: in free_pages_
   std::vector<int32_t> free_pages_;

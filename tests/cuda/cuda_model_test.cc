@@ -390,13 +390,15 @@ TEST_CASE("cuda kernels: index scores equal the CPU's bit for bit through the pa
     const int64_t n = pos[size_t(r)] + 1;
     std::vector<float> want(static_cast<size_t>(ld), -1.0f);
     if (n > topk) {
-      std::vector<const uint8_t*> keys;
+      // The device's entries, laid out as the CPU kernel takes them: code d of position s
+      // at codes[d * n + s].
+      std::vector<uint8_t> codes(static_cast<size_t>(D * n));
       std::vector<float> scales;
       for (int64_t s = 0; s < n; ++s) {
-        keys.push_back(pool.entry(s) + pool.kv.ikey_off);
+        for (int64_t d = 0; d < D; ++d) codes[size_t(d * n + s)] = pool.entry(s)[pool.kv.ikey_off + d];
         scales.push_back(*reinterpret_cast<const float*>(pool.entry(s) + pool.kv.iscale_off));
       }
-      index_scores(q.data() + r * heads * D, w.data() + r * heads, heads, D, keys.data(), scales.data(), n,
+      index_scores(q.data() + r * heads * D, w.data() + r * heads, heads, D, codes.data(), n, scales.data(), n,
                    want.data(), KernelIsa::kScalar);
     }
     CHECK(bit_mismatches(got.data() + r * ld, want.data(), size_t(ld)) == 0);

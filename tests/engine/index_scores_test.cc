@@ -24,12 +24,21 @@ namespace {
 struct Case {
   int64_t heads, dim, n;
   std::vector<float> q, w, scales;
-  std::vector<std::vector<uint8_t>> keys;
-  std::vector<const uint8_t*> ptrs;
+  std::vector<std::vector<uint8_t>> keys;  // [position][dim]
+  // The keys as a KvCache page lays them out: code d of position i at codes[d * ld + i],
+  // with rows longer than n (a page's other positions) holding codes no score may read.
+  int64_t ld = 0;
+  std::vector<uint8_t> codes;
+  void lay_out() {
+    ld = n + 5;
+    codes.assign(size_t(dim * ld), 0x7f);  // NaN: a score that read one would be NaN
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t d = 0; d < dim; ++d) codes[size_t(d * ld + i)] = keys[size_t(i)][size_t(d)];
+  }
 };
 
 Case make_case(int64_t heads, int64_t dim, int64_t n, std::mt19937& rng) {
-  Case c{heads, dim, n, {}, {}, {}, {}, {}};
+  Case c{heads, dim, n, {}, {}, {}, {}, 0, {}};
   const float* lut = fp8_e4m3_table();
   c.q.resize(size_t(heads * dim));
   // Queries hold FP8 values (as the indexer rounds them), NaN codes left out.
@@ -49,8 +58,8 @@ Case make_case(int64_t heads, int64_t dim, int64_t n, std::mt19937& rng) {
       do b = uint8_t(rng()); while ((b & 0x7f) == 0x7f);
     }
     c.scales[size_t(i)] = std::ldexp(1.0f, int(rng() % 20) - 10);
-    c.ptrs.push_back(c.keys[size_t(i)].data());
   }
+  c.lay_out();
   return c;
 }
 
@@ -72,8 +81,8 @@ TEST_CASE("index scores: AVX2 equals the scalar reference bit for bit") {
     CAPTURE(n);
     Case c = make_case(heads, dim, n, rng);
     std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n));
-    index_scores(c.q.data(), c.w.data(), heads, dim, c.ptrs.data(), c.scales.data(), n, ref.data(), KernelIsa::kScalar);
-    index_scores(c.q.data(), c.w.data(), heads, dim, c.ptrs.data(), c.scales.data(), n, got.data(), KernelIsa::kAvx2);
+    index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, ref.data(), KernelIsa::kScalar);
+    index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, got.data(), KernelIsa::kAvx2);
     CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
   }
 }
@@ -83,24 +92,38 @@ TEST_CASE("index scores: AVX2 decodes every FP8 code as the scalar reference doe
     MESSAGE("CPU lacks AVX2: the AVX2 indexer kernel is not tested");
     return;
   }
-  // The AVX2 kernel decodes sixteen dimensions of eight keys at a time and the rest one by
-  // one: head dims with and without such a tail, and keys that between them hold every
-  // one of the 256 codes (subnormals, both zeros, the largest values, both NaN codes) in
-  // every dimension position of the sixteen.
+  // The AVX2 kernel decodes one dimension of sixteen (or eight) positions at a time, one
+  // position per lane. Position i's code in dimension d is (i + i / 16 + 16 d) mod 256, so
+  // over 16 passes of sixteen positions every lane meets all 256 codes (subnormals, both
+  // zeros, the largest values, both NaN codes) once head dims reach 16. The whole range
+  // goes through the sixteen-position passes; windows of 8 positions through the
+  // eight-position pass, and windows of 5 through the tail (the last key repeated).
   std::mt19937 rng(47);
   for (int64_t dim : {16, 40, 128, 24}) {
     CAPTURE(dim);
-    const int64_t n = 256 / std::min<int64_t>(dim, 16) * 2 + 3;
+    const int64_t n = 16 * 16 + 3;
     Case c = make_case(4, dim, n, rng);
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t d = 0; d < dim; ++d) c.keys[size_t(i)][size_t(d)] = uint8_t(i * 16 + d % 16 + d / 16 * 7);
-    std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n));
-    index_scores(c.q.data(), c.w.data(), 4, dim, c.ptrs.data(), c.scales.data(), n, ref.data(), KernelIsa::kScalar);
-    index_scores(c.q.data(), c.w.data(), 4, dim, c.ptrs.data(), c.scales.data(), n, got.data(), KernelIsa::kAvx2);
-    CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+      for (int64_t d = 0; d < dim; ++d) c.keys[size_t(i)][size_t(d)] = uint8_t(i + i / 16 + 16 * d);
+    c.lay_out();
+    auto check_window = [&](int64_t first, int64_t m) {
+      CAPTURE(first);
+      CAPTURE(m);
+      std::vector<float> ref(static_cast<size_t>(m)), got(static_cast<size_t>(m));
+      const uint8_t* codes = c.codes.data() + first;
+      index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, ref.data(), KernelIsa::kScalar);
+      index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, got.data(), KernelIsa::kAvx2);
+      CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+      return got;
+    };
+    const std::vector<float> all = check_window(0, n);
+    for (int64_t first = 0; first + 16 <= n; first += 16) {
+      check_window(first, 8);
+      check_window(first + 8, 5);
+    }
     // Keys holding a NaN code score NaN; the others are finite.
     int nan_scores = 0;
-    for (float v : got) nan_scores += std::isnan(v);
+    for (float v : all) nan_scores += std::isnan(v);
     CHECK(nan_scores > 0);
     CHECK(nan_scores < n);
   }
@@ -111,7 +134,7 @@ TEST_CASE("index scores: the reference computes the DSA formula") {
   const float* lut = fp8_e4m3_table();
   Case c = make_case(6, 64, 20, rng);
   std::vector<float> got(static_cast<size_t>(c.n));
-  index_scores(c.q.data(), c.w.data(), c.heads, c.dim, c.ptrs.data(), c.scales.data(), c.n, got.data());
+  index_scores(c.q.data(), c.w.data(), c.heads, c.dim, c.codes.data(), c.ld, c.scales.data(), c.n, got.data());
   for (int64_t i = 0; i < c.n; ++i) {
     double total = 0, mag = 0;
     for (int64_t h = 0; h < c.heads; ++h) {
@@ -130,11 +153,11 @@ TEST_CASE("index scores: the reference computes the DSA formula") {
   }
 }
 
-TEST_CASE("index scores: a head dimension over 512 is refused") {
-  float q = 0, w = 0, s = 1, out = 0;
-  const uint8_t key = 0;
-  const uint8_t* keys[] = {&key};
-  CHECK_THROWS_AS(index_scores(&q, &w, 1, 513, keys, &s, 1, &out), std::invalid_argument);
+TEST_CASE("index scores: a head dimension over 512, or more positions than a row holds, is refused") {
+  float q = 0, w = 0, s[2] = {1, 1}, out[2] = {0, 0};
+  const uint8_t codes[2] = {0, 0};
+  CHECK_THROWS_AS(index_scores(&q, &w, 1, 513, codes, 1, s, 1, out), std::invalid_argument);
+  CHECK_THROWS_AS(index_scores(&q, &w, 1, 1, codes, 1, s, 2, out), std::invalid_argument);
 }
 
 }  // namespace engine_index_scores_suite

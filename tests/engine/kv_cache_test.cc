@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/config.h"
 #include "engine/kv_cache.h"
@@ -27,18 +28,24 @@ void write(KvCache& cache, SeqId s, int tag, int64_t from, int64_t to) {
     for (int64_t p = from; p < to; ++p) {
       *cache.latent(l, s, p) = mark(tag, l, p);
       cache.rope_key(l, s, p)[config().qk_rope_head_dim - 1] = mark(tag, l, p) + 0.5f;
-      *cache.index_scale(l, s, p) = mark(tag, l, p) + 0.25f;
-      cache.index_key(l, s, p)[0] = uint8_t(tag * 7 + p);
+      std::vector<uint8_t> key(size_t(config().index_head_dim), uint8_t(l));
+      key[0] = uint8_t(tag * 7 + p);
+      key.back() = uint8_t(tag * 5 + p);
+      cache.write_index_key(l, s, p, key.data(), mark(tag, l, p) + 0.25f);
     }
 }
 
 bool holds(const KvCache& cache, SeqId s, int tag, int64_t from, int64_t to) {
   for (int64_t l = 0; l < config().num_hidden_layers; ++l)
-    for (int64_t p = from; p < to; ++p)
+    for (int64_t p = from; p < to; ++p) {
+      std::vector<uint8_t> key(size_t(config().index_head_dim));
+      cache.read_index_key(l, s, p, key.data());
       if (*cache.latent(l, s, p) != mark(tag, l, p) ||
           cache.rope_key(l, s, p)[config().qk_rope_head_dim - 1] != mark(tag, l, p) + 0.5f ||
-          *cache.index_scale(l, s, p) != mark(tag, l, p) + 0.25f || cache.index_key(l, s, p)[0] != uint8_t(tag * 7 + p))
+          *cache.index_scale(l, s, p) != mark(tag, l, p) + 0.25f || key[0] != uint8_t(tag * 7 + p) ||
+          key.back() != uint8_t(tag * 5 + p) || key[1] != uint8_t(l))
         return false;
+    }
   return true;
 }
 
@@ -153,6 +160,36 @@ TEST_CASE("kv cache: the page limit refuses growth without changing anything") {
   CHECK_THROWS_AS(cache.fork(a, 1), std::logic_error);
   CHECK_THROWS_AS(cache.page_table(a), std::logic_error);
   CHECK_THROWS_AS(cache.set_page_limit(-1), std::invalid_argument);
+}
+
+TEST_CASE("kv cache: a page's index keys read back dimension by dimension, as the indexer's kernel takes them") {
+  const ModelConfig& c = config();
+  const int64_t D = c.index_head_dim, pt = 4;
+  KvCache cache(c, pt);
+  const SeqId other = cache.add_sequence(), s = cache.add_sequence();
+  cache.extend(other, 3);
+  cache.extend(s, 7);  // pages of positions 0-3 and 4-6
+  auto code = [](int64_t layer, int64_t pos, int64_t d) { return uint8_t(layer * 50 + pos * 7 + d); };
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (int64_t p = 0; p < 7; ++p) {
+      std::vector<uint8_t> key(static_cast<size_t>(D));
+      for (int64_t d = 0; d < D; ++d) key[size_t(d)] = code(l, p, d);
+      cache.write_index_key(l, s, p, key.data(), float(l * 10 + p));
+    }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (int64_t page = 0; page < 2; ++page) {
+      const KvCache::IndexKeys keys = cache.index_keys(l, s, page);
+      for (int64_t t = 0; t < pt && page * pt + t < 7; ++t) {
+        const int64_t p = page * pt + t;
+        CHECK(keys.scales[t] == float(l * 10 + p));
+        CHECK(*cache.index_scale(l, s, p) == float(l * 10 + p));
+        for (int64_t d = 0; d < D; ++d) CHECK(keys.codes[d * pt + t] == code(l, p, d));
+      }
+    }
+  // The other sequence's page kept its zeros.
+  std::vector<uint8_t> key(static_cast<size_t>(D), 1);
+  cache.read_index_key(0, other, 2, key.data());
+  CHECK(key == std::vector<uint8_t>(static_cast<size_t>(D), 0));
 }
 
 }  // namespace engine_kv_cache_suite

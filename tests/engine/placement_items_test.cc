@@ -94,9 +94,9 @@ TEST_CASE("placement items: the golden model's items add up to its footprint") {
       CHECK(it.expert == 5);
     }
 
-  // KV cache: per token and layer the latent, the rope key, the indexer's scale and FP8 key,
-  // padded to 16 bytes; 100 positions take two pages of 64; two sequences.
-  const int64_t per_token = (c.kv_lora_rank * 4 + c.qk_rope_head_dim * 4 + 4 + c.index_head_dim + 15) / 16 * 16;
+  // KV cache: per token and layer the latent and rope key (padded to 16 bytes), the
+  // indexer's FP8 key and its scale; 100 positions take two pages of 64; two sequences.
+  const int64_t per_token = (c.kv_lora_rank * 4 + c.qk_rope_head_dim * 4 + 15) / 16 * 16 + c.index_head_dim + 4;
   CHECK(items[0].name == "kv_cache");
   CHECK(items[0].bytes == per_token * c.num_hidden_layers * 128 * 2);
   CHECK(kv_cache_bytes(c, 128, 1) == per_token * c.num_hidden_layers * 128);
