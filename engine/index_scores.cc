@@ -41,7 +41,7 @@ void index_scores_scalar(const float* q, const float* w, int64_t heads, int64_t 
 // kVecs keys and kHeads broadcast queries per dimension for kHeads * kVecs FMAs. With 4 x 2
 // that is 6 loads per 8 FMAs, and the FMA pipes set the pace; 8 heads x 1 vector loads 9
 // per 8 and waited on the loads (a throwaway driver, two threads scoring a 16K cache's
-// keys: 4 x 2 took 0.26-0.34 us per position, 8 x 1 0.37-0.40, 6 x 2 0.28-0.31, 4 x 3
+// keys: 4 x 2 took 0.24-0.34 us per position, 8 x 1 0.36-0.40, 6 x 2 0.28-0.31, 4 x 3
 // 0.32-0.36).
 // max(0, dot) with 0 first returns dot for NaN and -0.0 for -0.0, as std::max(dot, 0.0f)
 // does.
