@@ -147,4 +147,34 @@ void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, co
   else index_scores_scalar(q, w, heads, dim, codes, ld, key_scales, n, out);
 }
 
+namespace {
+
+// Whether position a ranks before position b: the higher score, or the earlier position
+// on equal scores.
+struct Better {
+  const float* score;
+  bool operator()(int32_t a, int32_t b) const {
+    return score[a] > score[b] || (score[a] == score[b] && a < b);
+  }
+};
+
+}  // namespace
+
+void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<int32_t>& kept) {
+  for (int64_t p = begin; p < end; ++p) kept.push_back(int32_t(p));
+  if (int64_t(kept.size()) > 2 * topk) {
+    std::nth_element(kept.begin(), kept.begin() + (topk - 1), kept.end(), Better{score});
+    kept.resize(static_cast<size_t>(topk));
+  }
+}
+
+std::vector<int32_t> best_positions(const float* score, int64_t topk, std::vector<int32_t> candidates) {
+  if (int64_t(candidates.size()) > topk) {
+    std::nth_element(candidates.begin(), candidates.begin() + (topk - 1), candidates.end(), Better{score});
+    candidates.resize(static_cast<size_t>(topk));
+  }
+  std::sort(candidates.begin(), candidates.end());
+  return candidates;
+}
+
 }  // namespace hearth

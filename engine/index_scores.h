@@ -16,6 +16,7 @@
 // add (which use four pipes for what two FMA pipes do).
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "quant/weight_matrix.h"  // KernelIsa
 
@@ -27,5 +28,16 @@ namespace hearth {
 // q: [heads][dim], w: [heads]. dim <= 512.
 void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* codes, int64_t ld,
                   const float* key_scales, int64_t n, float* out, KernelIsa isa = KernelIsa::kAuto);
+
+// Picking the topk best positions: highest score first, ties to the earlier position.
+// That order is total, so the set is unique, and threads that each score some of the
+// positions can each cut theirs to its best topk (the whole set's best are among each
+// part's best) before one merge: the picks never depend on who scored what.
+//
+// Adds positions [begin, end) to `kept`, then cuts `kept` to its topk best when it holds
+// more than 2 * topk (a linear-time selection, so a part costs O(its positions)).
+void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<int32_t>& kept);
+// The topk best of `candidates` (all of them when there are no more), in increasing order.
+std::vector<int32_t> best_positions(const float* score, int64_t topk, std::vector<int32_t> candidates);
 
 }  // namespace hearth

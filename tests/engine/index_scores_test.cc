@@ -10,6 +10,7 @@
 #include <random>
 #include <stdexcept>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "engine/index_scores.h"
@@ -158,6 +159,41 @@ TEST_CASE("index scores: a head dimension over 512, or more positions than a row
   const uint8_t codes[2] = {0, 0};
   CHECK_THROWS_AS(index_scores(&q, &w, 1, 513, codes, 1, s, 1, out), std::invalid_argument);
   CHECK_THROWS_AS(index_scores(&q, &w, 1, 1, codes, 1, s, 2, out), std::invalid_argument);
+}
+
+TEST_CASE("index scores: positions picked part by part are the topk of a full sort") {
+  // Scores from a small set of values, so that many positions tie and the earlier one must
+  // win; parts of every size (a chunk at a time, as threads take them) in shuffled order.
+  std::mt19937 rng(53);
+  for (auto [n, topk] : {std::pair<int64_t, int64_t>{5000, 100}, {3000, 2048}, {700, 8}, {64, 63}, {10, 10}}) {
+    CAPTURE(n);
+    CAPTURE(topk);
+    std::vector<float> score(static_cast<size_t>(n));
+    for (float& v : score) v = float(int(rng() % 37) - 18) * 0.25f;
+    // The reference: every position sorted by score (higher first), then by position.
+    std::vector<int32_t> order(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) order[size_t(i)] = int32_t(i);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return score[size_t(a)] > score[size_t(b)]; });
+    std::vector<int32_t> want(order.begin(), order.begin() + std::min(n, topk));
+    std::sort(want.begin(), want.end());
+    for (int64_t chunk : {int64_t(1), int64_t(7), int64_t(64), int64_t(512), n}) {
+      CAPTURE(chunk);
+      std::vector<std::pair<int64_t, int64_t>> chunks;
+      for (int64_t b = 0; b < n; b += chunk) chunks.emplace_back(b, std::min(n, b + chunk));
+      std::shuffle(chunks.begin(), chunks.end(), rng);
+      for (int parts : {1, 2, 3}) {
+        std::vector<std::vector<int32_t>> kept(static_cast<size_t>(parts));
+        for (size_t i = 0; i < chunks.size(); ++i) {
+          std::vector<int32_t>& k = kept[i % size_t(parts)];
+          keep_best_positions(score.data(), topk, chunks[i].first, chunks[i].second, k);
+          CHECK(int64_t(k.size()) <= 2 * topk + chunk);
+        }
+        std::vector<int32_t> candidates;
+        for (const auto& k : kept) candidates.insert(candidates.end(), k.begin(), k.end());
+        CHECK(best_positions(score.data(), topk, candidates) == want);
+      }
+    }
+  }
 }
 
 }  // namespace engine_index_scores_suite
