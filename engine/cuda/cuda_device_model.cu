@@ -3,7 +3,8 @@
 // Weights are uploaded once, in their stored formats (quant/cuda/kernels.h multiplies
 // them in place); kv_b is also kept as float [heads * (nope + v)][kv_rank] for the
 // absorbed attention kernel. The KV pages are one device allocation of max_pages pages
-// laid out as the host KvCache's, made at the first step (when the page size is known).
+// (entries as engine/cuda/mla_kernels.h's KvPages lays them out), made at the first step
+// (when the page size is known).
 //
 // Host data a step's kernels read (row tables, expert row lists, head rows) is copied into
 // pinned staging memory and uploaded on the stream of the call that needs it, so the
@@ -481,7 +482,7 @@ class CudaDeviceModel final : public DeviceModel {
   // ---- per-step state -------------------------------------------------------------------
   void allocate_pages(int64_t page_tokens) {
     const ModelConfig& c = c_;
-    // The host KvCache's entry layout (engine/kv_cache.cc): floats first, then the index key.
+    // One entry per layer and position: the floats first, then the index scale and key.
     kv_.page_tokens = page_tokens;
     kv_.latent_off = 0;
     kv_.rope_off = kv_.latent_off + c.kv_lora_rank * 4;

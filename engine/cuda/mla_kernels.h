@@ -15,9 +15,11 @@
 
 namespace hearth::cuda_mla {
 
-// Where the KV pages live and how one token's entry is laid out: the host KvCache's
-// layout (engine/kv_cache.cc), so page p holds, for layer l and slot t (= position %
-// page_tokens), the entry at base + p * page_bytes + (l * page_tokens + t) * token_bytes.
+// Where the KV pages live and how one token's entry is laid out. The device keeps pages of
+// its own (nothing copies pages to or from the host's KvCache, which keeps the index keys
+// in a region apart): page p holds, for layer l and slot t (= position % page_tokens), the
+// entry at base + p * page_bytes + (l * page_tokens + t) * token_bytes, index key and
+// scale inside it.
 struct KvPages {
   uint8_t* base = nullptr;
   int64_t page_bytes = 0, page_tokens = 0, token_bytes = 0;
