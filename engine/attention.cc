@@ -170,7 +170,8 @@ void softmax_inplace(float* s, int64_t n) {
 //   out_i += sum_{j < n_i} p(i, j) values[j]
 // with query i at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope values)
 // and its output at out + i * ldo (vdim values); n_i is counts[i], or every key when
-// counts is null. The scores go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs,
+// counts is null. With rope 0 there is no rope part (qr and rope_keys unused): the keys
+// already hold it (the absorbed path's cache entries, latent then rope key). The scores go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs,
 // where a dot product per key loads 2 per FMA) and the queries share each key loaded; the
 // sums are bit-identical to an axpy per key. A query's weights past its n_i keys are 0,
 // which adds nothing to a sum that started at +0, and the tiles compute each dot product
@@ -182,14 +183,17 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
                    std::vector<float>& sc, std::vector<float>& sr, const int64_t* counts = nullptr) {
   const int64_t np = int64_t(keys.size());
   sc.resize(size_t(m * np));
-  sr.resize(size_t(m * np));
+  sr.resize(size_t(rope > 0 ? m * np : 0));
   dot_rows_f32(q, ldq, m, keys.data(), np, dim, sc.data(), np);
-  dot_rows_f32(qr, ldqr, m, rope_keys.data(), np, rope, sr.data(), np);
+  if (rope > 0) dot_rows_f32(qr, ldqr, m, rope_keys.data(), np, rope, sr.data(), np);
   for (int64_t k = 0; k < m; ++k) {
     const int64_t n = counts ? counts[k] : np;
     float* s = sc.data() + k * np;
     const float* t = sr.data() + k * np;
-    for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
+    if (rope > 0)
+      for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
+    else
+      for (int64_t j = 0; j < n; ++j) s[j] *= scale;
     softmax_inplace(s, n);
     std::fill(s + n, s + np, 0.0f);
   }
@@ -337,8 +341,9 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     // token. Within a group the position loops take the group's heads together
     // (attend_picked): each picked latent chunk loaded serves every head
     // of the group, where one head at a time would stream all index_topk picked latents
-    // (4 MB on V3.2, beyond L2) from L3 twice per head. Groups of up to eight heads (16 KB
-    // of latent-space queries, which stay in L1 beside the row pair being scored): on two
+    // (4 MB on V3.2, beyond L2) from L3 twice per head. Groups of up to eight heads (18 KB
+    // of latent-space queries with their rope parts, which stay in L1 beside the row pair
+    // being scored): on two
     // threads each thread then gathers the picked latents once per layer, where groups of
     // four gathered them twice. A score's bits do not depend on the grouping, so the
     // group size only follows the thread count.
@@ -351,9 +356,9 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     ctx.pool.parallel_for((nh + group - 1) / group, [&](int64_t g0, int64_t g1) {
       // qlat and olat: [head of the group][row][kvr].
       std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(group * R * kvr)),
-          olat(static_cast<size_t>(group * R * kvr)), sc, sr;
+          olat(static_cast<size_t>(group * R * kvr)), qcat(static_cast<size_t>(group * (kvr + rope))), sc, sr;
       std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
-      std::vector<const float*> lat, kpe;
+      std::vector<const float*> lat;
       ActivationRows olat_rows;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t h0 = g * group, m = std::min(group, nh - h0);
@@ -376,13 +381,19 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           const std::vector<int32_t>& pk = picked[size_t(r)];
           const int64_t np = int64_t(pk.size());
           lat.resize(size_t(np));
-          kpe.resize(size_t(np));
-          for (int64_t j = 0; j < np; ++j) {
-            lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
-            kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, pk[size_t(j)]);
+          for (int64_t j = 0; j < np; ++j) lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
+          // Each head's score is q_lat . latent + q_pe . k_pe, and a cache entry holds the
+          // latent with the rope key right after it (KvCache::latent): so [q_lat | q_pe]
+          // against the entry's kv_lora_rank + rope floats is one pass over each picked
+          // entry, where a second pass for the rope keys came back for their lines (0.25
+          // of 1.28 ms per layer for 8 heads over 2048 entries, a throwaway driver).
+          for (int64_t k = 0; k < m; ++k) {
+            float* qc = qcat.data() + k * (kvr + rope);
+            std::copy_n(qlat.data() + (k * R + t) * kvr, kvr, qc);
+            std::copy_n(q.data() + (r * nh + h0 + k) * qk + nope, rope, qc + kvr);
           }
-          attend_picked(qlat.data() + t * kvr, R * kvr, kvr, q.data() + (r * nh + h0) * qk + nope, qk, rope, m, lat, kpe,
-                        lat, kvr, scale, olat.data() + t * kvr, R * kvr, sc, sr);
+          attend_picked(qcat.data(), kvr + rope, kvr + rope, nullptr, 0, 0, m, lat, {}, lat, kvr, scale,
+                        olat.data() + t * kvr, R * kvr, sc, sr);
         }
         for (int64_t k = 0; k < m; ++k) {
           const int64_t h = h0 + k, v0 = h * kvb_stride + nope;

@@ -48,6 +48,9 @@ class KvCache {
   // new end go back to the pool. The next step continues at new_length.
   void truncate(SeqId s, int64_t new_length);
 
+  // A position's latent (kv_lora_rank floats) and, right after it, its rope key
+  // (qk_rope_head_dim floats): rope_key(l, s, p) == latent(l, s, p) + kv_lora_rank, so
+  // absorbed attention scores both with one pass over the entry.
   float* latent(int64_t layer, SeqId s, int64_t pos);
   float* rope_key(int64_t layer, SeqId s, int64_t pos);
   float* index_scale(int64_t layer, SeqId s, int64_t pos);

@@ -186,6 +186,9 @@ TEST_CASE("kv cache: a page's index keys read back dimension by dimension, as th
         for (int64_t d = 0; d < D; ++d) CHECK(keys.codes[d * pt + t] == code(l, p, d));
       }
     }
+  // A rope key follows its latent: absorbed attention scores both in one pass.
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (int64_t p = 0; p < 7; ++p) CHECK(cache.rope_key(l, s, p) == cache.latent(l, s, p) + c.kv_lora_rank);
   // The other sequence's page kept its zeros.
   std::vector<uint8_t> key(static_cast<size_t>(D), 1);
   cache.read_index_key(0, other, 2, key.data());
