@@ -171,8 +171,9 @@ void softmax_inplace(float* s, int64_t n) {
 // with query i at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope values)
 // and its output at out + i * ldo (vdim values); n_i is counts[i], or every key when
 // counts is null. With rope 0 there is no rope part (qr and rope_keys unused): the keys
-// already hold it (the absorbed path's cache entries, latent then rope key). The scores go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs,
-// where a dot product per key loads 2 per FMA) and the queries share each key loaded; the
+// already hold it (the absorbed path's cache entries, latent then rope key). The scores
+// go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs, where a dot product per key
+// loads 2 per FMA) and the queries share each key loaded; the
 // sums are bit-identical to an axpy per key. A query's weights past its n_i keys are 0,
 // which adds nothing to a sum that started at +0, and the tiles compute each dot product
 // with the same operations: a query's result is the same bits whichever queries share its
@@ -189,11 +190,12 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
   for (int64_t k = 0; k < m; ++k) {
     const int64_t n = counts ? counts[k] : np;
     float* s = sc.data() + k * np;
-    const float* t = sr.data() + k * np;
-    if (rope > 0)
+    if (rope > 0) {
+      const float* t = sr.data() + k * np;
       for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
-    else
+    } else {
       for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+    }
     softmax_inplace(s, n);
     std::fill(s + n, s + np, 0.0f);
   }
@@ -343,9 +345,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     // of the group, where one head at a time would stream all index_topk picked latents
     // (4 MB on V3.2, beyond L2) from L3 twice per head. Groups of up to eight heads (18 KB
     // of latent-space queries with their rope parts, which stay in L1 beside the row pair
-    // being scored): on two
-    // threads each thread then gathers the picked latents once per layer, where groups of
-    // four gathered them twice. A score's bits do not depend on the grouping, so the
+    // being scored): on two threads each thread then gathers the picked latents once per
+    // layer, where groups of four gathered them twice. A score's bits do not depend on the grouping, so the
     // group size only follows the thread count.
     const int64_t R = int64_t(absorbed.size());
     // A GGUF's k_b / v_b in their block format (Attention::k_b), else kv_b's bands.

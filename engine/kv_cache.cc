@@ -173,26 +173,24 @@ float* KvCache::index_scale(int64_t layer, SeqId s, int64_t pos) {
   return reinterpret_cast<float*>(page + iscale_base_ + i * 4);
 }
 
+uint8_t* KvCache::key_codes(uint8_t* page, int64_t layer) const { return page + ikey_base_ + layer * page_tokens_ * index_dim_; }
+
 void KvCache::write_index_key(int64_t layer, SeqId s, int64_t pos, const uint8_t* codes, float scale) {
-  const auto [page, i] = slot(layer, s, pos);
+  uint8_t* block = key_codes(slot(layer, s, pos).first, layer);
   const int64_t t = pos % page_tokens_;
-  uint8_t* block = page + ikey_base_ + layer * page_tokens_ * index_dim_;
   for (int64_t d = 0; d < index_dim_; ++d) block[d * page_tokens_ + t] = codes[d];
-  *reinterpret_cast<float*>(page + iscale_base_ + i * 4) = scale;
+  *index_scale(layer, s, pos) = scale;
 }
 
 void KvCache::read_index_key(int64_t layer, SeqId s, int64_t pos, uint8_t* codes) const {
-  const auto [page, i] = slot(layer, s, pos);
+  const uint8_t* block = key_codes(slot(layer, s, pos).first, layer);
   const int64_t t = pos % page_tokens_;
-  const uint8_t* block = page + ikey_base_ + layer * page_tokens_ * index_dim_;
   for (int64_t d = 0; d < index_dim_; ++d) codes[d] = block[d * page_tokens_ + t];
 }
 
 KvCache::IndexKeys KvCache::index_keys(int64_t layer, SeqId s, int64_t page_index) const {
-  const Sequence& q = seqs_[size_t(s)];
-  const uint8_t* page = pages_[size_t(q.pages[size_t(page_index)])].get();
-  return {page + ikey_base_ + layer * page_tokens_ * index_dim_,
-          reinterpret_cast<const float*>(page + iscale_base_ + layer * page_tokens_ * 4)};
+  const auto [page, i] = slot(layer, s, page_index * page_tokens_);
+  return {key_codes(page, layer), reinterpret_cast<const float*>(page + iscale_base_ + i * 4)};
 }
 
 }  // namespace hearth

@@ -97,6 +97,8 @@ class KvCache {
     std::vector<int32_t> pages;
   };
   std::pair<uint8_t*, int64_t> slot(int64_t layer, SeqId s, int64_t pos) const;
+  // A page's block of index key codes for one layer ([dim][page_tokens]).
+  uint8_t* key_codes(uint8_t* page, int64_t layer) const;
   Sequence& live(SeqId s);
   const Sequence& live(SeqId s) const;
   int32_t allocate_page();
