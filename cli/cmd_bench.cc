@@ -11,6 +11,7 @@
 
 #include "cli/commands.h"
 #include "cli/cpu_gemm_flag.h"
+#include "cli/kv_cache_flag.h"
 #include "cli/flag_errors.h"
 #include "cli/generation.h"
 #include "cli/numa_flags.h"
@@ -89,6 +90,7 @@ int cmd_bench(int argc, char** argv) {
   add_repack_option(opts);
   add_numa_option(opts);
   add_cpu_gemm_option(opts);
+  add_kv_cache_option(opts);
   add_offload_options(opts);
   const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
@@ -120,6 +122,7 @@ int cmd_bench(int argc, char** argv) {
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   const NumaChoice numa = parse_numa_flag(args, args.count("offload") > 0);
   apply_cpu_gemm_flag(args);
+  apply_kv_cache_flag(args);
   const std::string isa_flag = args["isa"].as<std::string>();
   const std::optional<KernelIsa> isa = parse_isa(isa_flag);
   if (!isa) throw std::invalid_argument("--isa: '" + isa_flag + "' is not auto, avx512vnni, avx2 or scalar");

@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "cli/cpu_gemm_flag.h"
+#include "cli/kv_cache_flag.h"
 #include "cli/flag_errors.h"
 #include "cli/text_input.h"
 #include "cli/generation.h"
@@ -50,6 +51,7 @@ void add_eval_options(cxxopts::Options& opts, const char* model_help) {
   add_repack_option(opts);
   add_numa_option(opts);
   add_cpu_gemm_option(opts);
+  add_kv_cache_option(opts);
 }
 
 // nullopt-like: returns false after printing help.
@@ -77,6 +79,7 @@ bool parse_eval_flags(cxxopts::Options& opts, int argc, char** argv, size_t n_mo
   f.load = parse_load_options(args, f.threads);
   f.numa = parse_numa_flag(args);
   apply_cpu_gemm_flag(args);
+  apply_kv_cache_flag(args);
   return true;
 }
 

@@ -9,6 +9,7 @@
 #include "cli/commands.h"
 #include "cli/flag_errors.h"
 #include "cli/generation.h"
+#include "cli/kv_cache_flag.h"
 #include "engine/forward.h"
 
 namespace hearth::cli {
@@ -48,6 +49,7 @@ int cmd_logits(int argc, char** argv) {
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("h,help", "show this help");
   add_repack_option(opts);
+  add_kv_cache_option(opts);
   const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
     std::printf("%s\n", opts.help().c_str());
@@ -56,6 +58,7 @@ int cmd_logits(int argc, char** argv) {
   for (const char* req : {"model", "tokens", "output"})
     if (!args.count(req)) throw std::invalid_argument(std::string("--") + req + " is required (see --help)");
   const std::vector<int32_t> tokens = parse_tokens(args["tokens"].as<std::string>());
+  apply_kv_cache_flag(args);
   const int threads = args["threads"].as<int>();
   if (threads < 0 || threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
 

@@ -15,6 +15,7 @@
 
 #include "cli/commands.h"
 #include "cli/cpu_gemm_flag.h"
+#include "cli/kv_cache_flag.h"
 #include "cli/flag_errors.h"
 #include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
@@ -132,6 +133,7 @@ int cmd_prove(int argc, char** argv) {
   opts.parse_positional({"problem-file"});
   add_numa_option(opts);
   add_cpu_gemm_option(opts);
+  add_kv_cache_option(opts);
   add_offload_options(opts);
   const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
@@ -177,6 +179,7 @@ int cmd_prove(int argc, char** argv) {
   const ModelLoadOptions load = parse_load_options(args, threads);
   (void)parse_numa_flag(args, args.count("offload") > 0);  // a bad --numa before the model loads
   apply_cpu_gemm_flag(args);
+  apply_kv_cache_flag(args);
 
   std::set<std::string> given = {"templates"};  // the templates in use must always be the run's
   const std::pair<const char*, const char*> flag_keys[] = {

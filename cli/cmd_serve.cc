@@ -12,6 +12,7 @@
 
 #include "cli/commands.h"
 #include "cli/cpu_gemm_flag.h"
+#include "cli/kv_cache_flag.h"
 #include "cli/flag_errors.h"
 #include "cli/numa_flags.h"
 #include "cli/offload_flags.h"
@@ -65,6 +66,7 @@ int cmd_serve(int argc, char** argv) {
   add_repack_option(opts);
   add_numa_option(opts);
   add_cpu_gemm_option(opts);
+  add_kv_cache_option(opts);
   add_offload_options(opts);
   const auto args = parse_flags(opts, argc, argv);
   if (args.count("help")) {
@@ -90,6 +92,7 @@ int cmd_serve(int argc, char** argv) {
   so.http_threads = in_range<int>(args, "http-threads", 0, 65536, "must be between 0 and 65536");
   (void)parse_numa_flag(args, args.count("offload") > 0);  // a bad --numa before the model loads
   apply_cpu_gemm_flag(args);
+  apply_kv_cache_flag(args);
   if (so.http_threads == 0) so.http_threads = int(std::min<int64_t>(2 * parallel + 8, 65536));
   so.default_thinking = !args.count("no-thinking");
   so.model_id = model_id_of(model_path);

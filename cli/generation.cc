@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "cli/cpu_gemm_flag.h"
+#include "cli/kv_cache_flag.h"
 #include "cli/model_tokenizer.h"
 #include "cli/offload_flags.h"
 #include "engine/repack.h"
@@ -48,6 +49,7 @@ void add_generation_options(cxxopts::Options& opts, int64_t default_max_tokens) 
   add_repack_option(opts);
   add_numa_option(opts);
   add_cpu_gemm_option(opts);
+  add_kv_cache_option(opts);
   add_offload_options(opts);
 }
 
@@ -118,6 +120,7 @@ GenerationFlags parse_generation_flags(const cxxopts::ParseResult& args) {
   f.threads = args["threads"].as<int>();
   if (f.threads < 0 || f.threads > 4096) throw std::invalid_argument("--threads: must be between 0 and 4096");
   f.load = parse_load_options(args, f.threads);
+  apply_kv_cache_flag(args);  // before the offload flags: their context budget counts cache bytes
   f.offload = parse_offload_flags(args, f.threads, f.context);
   f.numa = parse_numa_flag(args, f.offload.has_value());
   apply_cpu_gemm_flag(args);

@@ -162,6 +162,23 @@ void softmax_inplace(float* s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
+// Scores to softmax weights, query by query (rows of sc, np apart): query k's first n_k
+// scores (counts[k], or np) plus its rope scores sr (when not null), times scale, then
+// softmax; its weights past n_k are 0.
+void scores_to_weights(float* sc, const float* sr, int64_t m, int64_t np, float scale, const int64_t* counts) {
+  for (int64_t k = 0; k < m; ++k) {
+    const int64_t n = counts ? counts[k] : np;
+    float* s = sc + k * np;
+    if (sr) {
+      const float* t = sr + k * np;
+      for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+    }
+    softmax_inplace(s, n);
+    std::fill(s + n, s + np, 0.0f);
+  }
+}
 
 // Softmax attention of m queries over the same picked positions, the core both paths
 // share (the heads of a group on the absorbed path, consecutive rows of one head on the
@@ -187,19 +204,46 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
   sr.resize(size_t(rope > 0 ? m * np : 0));
   dot_rows_f32(q, ldq, m, keys.data(), np, dim, sc.data(), np);
   if (rope > 0) dot_rows_f32(qr, ldqr, m, rope_keys.data(), np, rope, sr.data(), np);
-  for (int64_t k = 0; k < m; ++k) {
-    const int64_t n = counts ? counts[k] : np;
-    float* s = sc.data() + k * np;
-    if (rope > 0) {
-      const float* t = sr.data() + k * np;
-      for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
-    } else {
-      for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-    }
-    softmax_inplace(s, n);
-    std::fill(s + n, s + np, 0.0f);
-  }
+  scores_to_weights(sc.data(), rope > 0 ? sr.data() : nullptr, m, np, scale, counts);
   weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
+}
+
+// Picked entries decoded per chunk (attend_entries): 32 entries of 576 floats on V3.2,
+// 72 KB of scratch, which stays in L2 between the decode and the products.
+constexpr int64_t kDecodeChunk = 32;
+
+// attend_picked's absorbed form (rope 0, every key) over cache entries that must be
+// decoded first (KvCache::decode_entry, an fp8 cache): the entries go kDecodeChunk at a
+// time into scratch, once for the scores and again for the weighted sum of their first
+// vdim values. dot_rows_f32 scores each pair alone and weighted_rows_f32 adds rows in
+// order, so the result is the bits attend_picked gives for the decoded entries. The next
+// chunk's entries are prefetched while one is decoded: the picked positions lie anywhere
+// in the cache. buf and rows are scratch.
+void attend_entries(const KvCache& cache, const std::vector<const uint8_t*>& entries, int64_t entry_bytes,
+                    const float* q, int64_t ldq, int64_t dim, int64_t m, int64_t vdim, float scale, float* out,
+                    int64_t ldo, std::vector<float>& sc, std::vector<float>& buf, std::vector<const float*>& rows) {
+  const int64_t np = int64_t(entries.size());
+  sc.resize(size_t(m * np));
+  buf.resize(size_t(kDecodeChunk * dim));
+  rows.resize(size_t(kDecodeChunk));
+  for (int64_t j = 0; j < kDecodeChunk; ++j) rows[size_t(j)] = buf.data() + j * dim;
+  auto decode = [&](int64_t j0, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      if (j0 + kDecodeChunk + j < np) prefetch_bytes(entries[size_t(j0 + kDecodeChunk + j)], entry_bytes);
+      cache.decode_entry(entries[size_t(j0 + j)], buf.data() + j * dim);
+    }
+  };
+  for (int64_t j0 = 0; j0 < np; j0 += kDecodeChunk) {
+    const int64_t n = std::min(kDecodeChunk, np - j0);
+    decode(j0, n);
+    dot_rows_f32(q, ldq, m, rows.data(), n, dim, sc.data() + j0, np);
+  }
+  scores_to_weights(sc.data(), nullptr, m, np, scale, nullptr);
+  for (int64_t j0 = 0; j0 < np; j0 += kDecodeChunk) {
+    const int64_t n = std::min(kDecodeChunk, np - j0);
+    decode(j0, n);
+    weighted_rows_f32(sc.data() + j0, np, m, rows.data(), n, vdim, out, ldo);
+  }
 }
 
 // Rows of one head that the prefill path attends together (dot_rows_f32's four queries by
@@ -236,7 +280,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
     for (int64_t h = 0; h < nh; ++h) ctx.rope.apply_interleaved(q.data() + (r * nh + h) * qk + nope, pos);
     float* kvr_row = kv.data() + r * (kvr + rope);
-    rms_norm(kvr_row, A.kv_a_norm.data(), kvr, c.rms_norm_eps, ctx.cache.latent(layer, seq, pos));
+    rms_norm(kvr_row, A.kv_a_norm.data(), kvr, c.rms_norm_eps, kvr_row);
+    ctx.cache.write_latent(layer, seq, pos, kvr_row);
     float* kpe = ctx.cache.rope_key(layer, seq, pos);
     std::copy(kvr_row + kvr, kvr_row + kvr + rope, kpe);
     ctx.rope.apply_interleaved(kpe, pos);
@@ -275,7 +320,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     std::vector<float> lat(static_cast<size_t>(nk * kvr)), kvb(static_cast<size_t>(nk * nh * kvb_stride));
     for (int64_t i = 0; i < nk; ++i) {
       slot[size_t(keys[size_t(i)])] = int32_t(i);
-      std::copy_n(ctx.cache.latent(layer, seq, keys[size_t(i)]), kvr, lat.data() + i * kvr);
+      ctx.cache.read_latent(layer, seq, keys[size_t(i)], lat.data() + i * kvr);
     }
     observe_rows(ctx.probes, A.kv_b, lat.data(), nk, kvr);
     linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
@@ -354,12 +399,17 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     const bool slice_ok = split || A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale ||
                           (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
     const int64_t group = std::clamp<int64_t>(nh / ctx.pool.size(), 1, 8);
+    // An fp8 cache's entries are decoded as they are read (attend_entries).
+    const bool fp8 = ctx.cache.type() == KvCacheType::kFp8;
+    const int64_t entry_bytes = ctx.cache.bytes_per_entry();
     ctx.pool.parallel_for((nh + group - 1) / group, [&](int64_t g0, int64_t g1) {
       // qlat and olat: [head of the group][row][kvr].
       std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(group * R * kvr)),
           olat(static_cast<size_t>(group * R * kvr)), qcat(static_cast<size_t>(group * (kvr + rope))), sc, sr;
       std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
-      std::vector<const float*> lat;
+      std::vector<const float*> lat, rows;
+      std::vector<const uint8_t*> entries;
+      std::vector<float> buf;
       ActivationRows olat_rows;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t h0 = g * group, m = std::min(group, nh - h0);
@@ -381,8 +431,6 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
           const std::vector<int32_t>& pk = picked[size_t(r)];
           const int64_t np = int64_t(pk.size());
-          lat.resize(size_t(np));
-          for (int64_t j = 0; j < np; ++j) lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
           // Each head's score is q_lat . latent + q_pe . k_pe, and a cache entry holds the
           // latent with the rope key right after it (KvCache::latent): so [q_lat | q_pe]
           // against the entry's kv_lora_rank + rope floats is one pass over each picked
@@ -393,8 +441,17 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
             std::copy_n(qlat.data() + (k * R + t) * kvr, kvr, qc);
             std::copy_n(q.data() + (r * nh + h0 + k) * qk + nope, rope, qc + kvr);
           }
-          attend_picked(qcat.data(), kvr + rope, kvr + rope, nullptr, 0, 0, m, lat, {}, lat, kvr, scale,
-                        olat.data() + t * kvr, R * kvr, sc, sr);
+          if (fp8) {
+            entries.resize(size_t(np));
+            for (int64_t j = 0; j < np; ++j) entries[size_t(j)] = ctx.cache.entry(layer, seq, pk[size_t(j)]);
+            attend_entries(ctx.cache, entries, entry_bytes, qcat.data(), kvr + rope, kvr + rope, m, kvr, scale,
+                           olat.data() + t * kvr, R * kvr, sc, buf, rows);
+          } else {
+            lat.resize(size_t(np));
+            for (int64_t j = 0; j < np; ++j) lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
+            attend_picked(qcat.data(), kvr + rope, kvr + rope, nullptr, 0, 0, m, lat, {}, lat, kvr, scale,
+                          olat.data() + t * kvr, R * kvr, sc, sr);
+          }
         }
         for (int64_t k = 0; k < m; ++k) {
           const int64_t h = h0 + k, v0 = h * kvb_stride + nope;

@@ -57,12 +57,14 @@ void fill_depth(Forward& fwd, KvCache& cache, const std::vector<SeqId>& seqs, in
     std::normal_distribution<float> g(0.0f, 1.0f);
     std::vector<float> key(static_cast<size_t>(std::max<int64_t>(c.index_head_dim, 1)));
     std::vector<uint8_t> code(key.size());
+    std::vector<float> latent(static_cast<size_t>(c.kv_lora_rank));
     for (const SeqId s : seqs) {
       const int64_t from = cache.length(s);
       cache.extend(s, from + depth);
       for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
         for (int64_t pos = from; pos < from + depth; ++pos) {
-          for (float* p = cache.latent(layer, s, pos), *e = p + c.kv_lora_rank; p < e; ++p) *p = g(rng);
+          for (float& v : latent) v = g(rng);
+          cache.write_latent(layer, s, pos, latent.data());
           for (float* p = cache.rope_key(layer, s, pos), *e = p + c.qk_rope_head_dim; p < e; ++p) *p = g(rng);
           if (c.has_indexer()) {
             for (float& v : key) v = g(rng);
@@ -255,6 +257,11 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   if (best_isa() != cpu_isa()) report.kernels += std::string(" (limited; the CPU has ") + isa_name(cpu_isa()) + ")";
   report.gemm = cpu_gemm_name(cpu_gemm());
   report.mapped = model.mapped_weights();
+  {
+    const KvCache probe(c);  // allocates nothing
+    report.kv_cache = std::string(kv_cache_type_name(probe.type())) + " latents, " +
+                      std::to_string(probe.bytes_per_token()) + " bytes per position (all layers)";
+  }
   if (cpu_gemm() == CpuGemm::kOnednn)
     report.gemm += " (" + onednn_version() + ", float weights from " + std::to_string(kOnednnMinRows) + " rows)";
 
@@ -387,6 +394,7 @@ std::string bench_markdown(const BenchReport& rep) {
   }
   out += "cpu kernels: " + rep.kernels + "\n";
   out += "cpu gemm: " + rep.gemm + "\n";
+  out += "kv cache: " + rep.kv_cache + "\n";
   // Offloaded, the CPU's memory wall says nothing about the step (the device reads the
   // resident weights), so the wall columns are left out.
   const bool dev = !rep.device.empty();
@@ -457,6 +465,7 @@ nlohmann::json bench_json(const BenchReport& rep) {
   j["mapped_weights"] = {{"bytes", rep.mapped.bytes}, {"populated", rep.mapped.populated}};
   j["cpu_kernels"] = rep.kernels;
   j["cpu_gemm"] = rep.gemm;
+  j["kv_cache"] = rep.kv_cache;
   j["model"] = {{"name", m.name},
                 {"size_bytes", m.weight_bytes},
                 {"size_gib", double(m.weight_bytes) / double(uint64_t(1) << 30)},

@@ -116,6 +116,7 @@ struct BenchReport {
   int numa_nodes = 1;  // nodes the routed experts are sharded over (1: not sharded)
   std::string kernels;  // the CPU kernels' instruction set (isa_name), and the CPU's best if lower
   std::string gemm;     // how float weights meet many tokens (--cpu-gemm): "kernels", or "onednn (...)"
+  std::string kv_cache;  // the KV cache's latent type and bytes per position (--kv-cache)
   std::string numa;    // a line: the NUMA layout and the experts' split, or that there is none
   MappedWeights mapped;  // the weights read in place from the checkpoint's mapped files
 };

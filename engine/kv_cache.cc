@@ -4,21 +4,50 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/ops.h"
+#include "engine/vec_ops.h"
+
 namespace hearth {
 
-KvCache::KvCache(const ModelConfig& c, int64_t page_tokens)
-    : layers_(c.num_hidden_layers), page_tokens_(page_tokens) {
+namespace {
+KvCacheType g_default_type = KvCacheType::kF32;
+}  // namespace
+
+const char* kv_cache_type_name(KvCacheType t) { return t == KvCacheType::kFp8 ? "fp8" : "f32"; }
+
+std::optional<KvCacheType> parse_kv_cache_type(std::string_view name) {
+  if (name == "f32") return KvCacheType::kF32;
+  if (name == "fp8") return KvCacheType::kFp8;
+  return std::nullopt;
+}
+
+KvCacheType default_kv_cache_type() { return g_default_type; }
+void set_default_kv_cache_type(KvCacheType t) { g_default_type = t; }
+
+KvCache::KvCache(const ModelConfig& c, int64_t page_tokens, KvCacheType type)
+    : type_(type),
+      layers_(c.num_hidden_layers),
+      page_tokens_(page_tokens),
+      latent_dim_(c.kv_lora_rank),
+      rope_dim_(c.qk_rope_head_dim) {
   if (page_tokens_ <= 0) throw std::invalid_argument("KvCache: page_tokens must be positive");
   // A page holds page_tokens positions of every layer, in three regions:
-  //   entries [layer][slot]: the latent, then the rope key (floats), what attention
-  //     gathers for each picked position;
+  //   entries [layer][slot]: the latent (floats, or kFp8's codes and then their
+  //     scales), then the rope key (floats), what attention gathers for each picked
+  //     position;
   //   index key codes [layer][dim][slot]: the indexer scores every cached position at
   //     every step, and its kernel takes sixteen positions' code d as sixteen bytes in a
   //     row (one load, no transpose), one layer's codes in one block of a page;
   //   index key scales [layer][slot].
   const int64_t slots = page_tokens_ * layers_;
   latent_off_ = 0;
-  rope_off_ = latent_off_ + c.kv_lora_rank * 4;
+  if (type_ == KvCacheType::kFp8) {
+    lscale_off_ = (latent_off_ + c.kv_lora_rank + 15) / 16 * 16;
+    rope_off_ = lscale_off_ + (c.kv_lora_rank + kFp8Block - 1) / kFp8Block * 4;
+  } else {
+    lscale_off_ = latent_off_ + c.kv_lora_rank * 4;
+    rope_off_ = lscale_off_;
+  }
   entry_bytes_ = (rope_off_ + c.qk_rope_head_dim * 4 + 15) / 16 * 16;
   index_dim_ = c.has_indexer() ? c.index_head_dim : 0;
   ikey_base_ = slots * entry_bytes_;
@@ -158,7 +187,54 @@ std::pair<uint8_t*, int64_t> KvCache::slot(int64_t layer, SeqId s, int64_t pos) 
   return {pages_[size_t(page)].get(), layer * page_tokens_ + pos % page_tokens_};
 }
 
+void KvCache::write_latent(int64_t layer, SeqId s, int64_t pos, const float* latent) {
+  const auto [page, i] = slot(layer, s, pos);
+  uint8_t* e = page + i * entry_bytes_;
+  if (type_ == KvCacheType::kF32) {
+    std::copy_n(latent, latent_dim_, reinterpret_cast<float*>(e + latent_off_));
+    return;
+  }
+  float* scales = reinterpret_cast<float*>(e + lscale_off_);
+  for (int64_t b = 0; b * kFp8Block < latent_dim_; ++b) {
+    const int64_t c0 = b * kFp8Block;
+    scales[b] = quantize_fp8_block_pow2(latent + c0, std::min(kFp8Block, latent_dim_ - c0), e + latent_off_ + c0);
+  }
+}
+
+void KvCache::read_latent(int64_t layer, SeqId s, int64_t pos, float* out) const {
+  const auto [page, i] = slot(layer, s, pos);
+  const uint8_t* e = page + i * entry_bytes_;
+  if (type_ == KvCacheType::kF32) {
+    std::copy_n(reinterpret_cast<const float*>(e + latent_off_), latent_dim_, out);
+    return;
+  }
+  const float* scales = reinterpret_cast<const float*>(e + lscale_off_);
+  for (int64_t b = 0; b * kFp8Block < latent_dim_; ++b) {
+    const int64_t c0 = b * kFp8Block;
+    decode_fp8_block(e + latent_off_ + c0, std::min(kFp8Block, latent_dim_ - c0), scales[b], out + c0);
+  }
+}
+
+const uint8_t* KvCache::entry(int64_t layer, SeqId s, int64_t pos) const {
+  const auto [page, i] = slot(layer, s, pos);
+  return page + i * entry_bytes_;
+}
+
+void KvCache::decode_entry(const uint8_t* e, float* out) const {
+  if (type_ == KvCacheType::kF32) {
+    std::copy_n(reinterpret_cast<const float*>(e + latent_off_), latent_dim_ + rope_dim_, out);
+    return;
+  }
+  const float* scales = reinterpret_cast<const float*>(e + lscale_off_);
+  for (int64_t b = 0; b * kFp8Block < latent_dim_; ++b) {
+    const int64_t c0 = b * kFp8Block;
+    decode_fp8_block(e + latent_off_ + c0, std::min(kFp8Block, latent_dim_ - c0), scales[b], out + c0);
+  }
+  std::copy_n(reinterpret_cast<const float*>(e + rope_off_), rope_dim_, out + latent_dim_);
+}
+
 float* KvCache::latent(int64_t layer, SeqId s, int64_t pos) {
+  if (type_ != KvCacheType::kF32) throw std::logic_error("KvCache::latent: an fp8 cache's latent is read by copy (read_latent)");
   const auto [page, i] = slot(layer, s, pos);
   return reinterpret_cast<float*>(page + i * entry_bytes_ + latent_off_);
 }

@@ -45,4 +45,11 @@ void dot_rows_f32(const float* q, int64_t ldq, int64_t nq, const float* const* r
 void weighted_rows_f32(const float* p, int64_t ldp, int64_t nq, const float* const* rows, int64_t nrows,
                        int64_t dim, float* out, int64_t ldo, KernelIsa isa = KernelIsa::kAuto);
 
+// out[i] = fp8_e4m3(codes[i]) * scale for i < n: one block of an FP8 cache entry decoded
+// (KvCache with KvCacheType::kFp8). Every product is exact (a code has 4 significant bits
+// and scale is a power of two), so the AVX2 kernel, which widens the codes through F16,
+// gives the scalar reference's bits for every code but the two NaNs (0x7f, 0xff), which
+// it reads as +-480 and the quantizer never writes.
+void decode_fp8_block(const uint8_t* codes, int64_t n, float scale, float* out, KernelIsa isa = KernelIsa::kAuto);
+
 }  // namespace hearth

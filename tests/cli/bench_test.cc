@@ -147,6 +147,30 @@ TEST_CASE("cli bench: --profile adds the per-phase table and --depth the @d test
   CHECK(p["total_ms_per_token"].get<double>() > 0);
 }
 
+TEST_CASE("cli bench: --kv-cache fp8 runs the tests on an FP8 latent cache and says so") {
+  // Depth written both ways (random entries go through KvCache::write_latent, a prefill
+  // through the forward pass), and a decode test on top of each.
+  const CliRun f = run_hearth("bench --synthetic tiny -p 0 -n 2 --depth 40 -r 1 -t 2 -o json");
+  const CliRun r = run_hearth("bench --synthetic tiny --kv-cache fp8 -p 0 -n 2 --depth 40 --depth-fill random -r 1 -t 2 -o json");
+  const CliRun p = run_hearth("bench --synthetic tiny --kv-cache fp8 -p 0 -n 2 --depth 40 -r 1 -t 2 -o json");
+  INFO(f.all() << r.all() << p.all());
+  REQUIRE(f.code == 0);
+  REQUIRE(r.code == 0);
+  REQUIRE(p.code == 0);
+  const std::string f32 = nlohmann::json::parse(f.out)["kv_cache"], fp8 = nlohmann::json::parse(r.out)["kv_cache"];
+  CHECK(f32.rfind("f32 latents, ", 0) == 0);
+  CHECK(fp8.rfind("fp8 latents, ", 0) == 0);
+  CHECK(nlohmann::json::parse(p.out)["kv_cache"] == fp8);
+  // Bytes per position: the number after the comma, smaller for fp8.
+  CHECK(std::stol(fp8.substr(13)) < std::stol(f32.substr(13)));
+  for (const CliRun* run : {&r, &p}) {
+    const nlohmann::json j = nlohmann::json::parse(run->out);
+    REQUIRE(j["tests"].size() == 1);
+    CHECK(j["tests"][0]["name"] == "tg2@d40");
+    CHECK(j["tests"][0]["mean"].get<double>() > 0);
+  }
+}
+
 TEST_CASE("cli bench: a model directory") {
   TempDir tmp("hearth-bench-m");
   hearth::SynthOptions so;
@@ -222,6 +246,7 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
       {"bench --synthetic tiny --depth 8 --depth-fill zeros", "--depth-fill: 'zeros' is not prefill or random"},
       {"bench --synthetic tiny --isa sse2", "--isa: 'sse2' is not auto, avx512vnni, avx2 or scalar"},
       {"bench --synthetic tiny --cpu-gemm blas", "--cpu-gemm: unknown choice 'blas' (expected kernels or onednn)"},
+      {"bench --synthetic tiny --kv-cache q8", "--kv-cache: unknown type 'q8' (expected f32 or fp8)"},
   };
   for (const auto& [args, message] : cases) {
     CAPTURE(args);

@@ -78,6 +78,7 @@ TEST_CASE("cli: bad offload flags get one line naming the flag") {
            {"--offload sim --cuda-gemm fast", "--cuda-gemm"},         // not a policy
            {"--offload sim --cuda-gemm cublas-bf16", "--cuda-gemm"},  // only for --offload cuda
            {"--cuda-gemm kernels", "--cuda-gemm"},                    // without --offload
+           {"--offload cuda --kv-cache fp8", "--kv-cache fp8: the CUDA device keeps a float cache"},
        }) {
     INFO(args);
     const CliRun r = run_hearth(base + args);
