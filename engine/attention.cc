@@ -162,24 +162,6 @@ void softmax_inplace(float* s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
-// Scores to softmax weights, query by query (rows of sc, np apart): query k's first n_k
-// scores (counts[k], or np) plus its rope scores sr (when not null), times scale, then
-// softmax; its weights past n_k are 0.
-void scores_to_weights(float* sc, const float* sr, int64_t m, int64_t np, float scale, const int64_t* counts) {
-  for (int64_t k = 0; k < m; ++k) {
-    const int64_t n = counts ? counts[k] : np;
-    float* s = sc + k * np;
-    if (sr) {
-      const float* t = sr + k * np;
-      for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
-    } else {
-      for (int64_t j = 0; j < n; ++j) s[j] *= scale;
-    }
-    softmax_inplace(s, n);
-    std::fill(s + n, s + np, 0.0f);
-  }
-}
-
 // Softmax attention of m queries over the same picked positions, the core both paths
 // share (the heads of a group on the absorbed path, consecutive rows of one head on the
 // prefill path):
@@ -204,7 +186,18 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
   sr.resize(size_t(rope > 0 ? m * np : 0));
   dot_rows_f32(q, ldq, m, keys.data(), np, dim, sc.data(), np);
   if (rope > 0) dot_rows_f32(qr, ldqr, m, rope_keys.data(), np, rope, sr.data(), np);
-  scores_to_weights(sc.data(), rope > 0 ? sr.data() : nullptr, m, np, scale, counts);
+  for (int64_t k = 0; k < m; ++k) {
+    const int64_t n = counts ? counts[k] : np;
+    float* s = sc.data() + k * np;
+    if (rope > 0) {
+      const float* t = sr.data() + k * np;
+      for (int64_t j = 0; j < n; ++j) s[j] = (s[j] + t[j]) * scale;
+    } else {
+      for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+    }
+    softmax_inplace(s, n);
+    std::fill(s + n, s + np, 0.0f);
+  }
   weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
 }
 
@@ -231,7 +224,8 @@ constexpr int64_t kMaxGroupHeads = 8;
 // scratch holds the chunk's scores, the sums and the running maxima.
 template <class RowsOf>
 void attend_fp8_online(RowsOf&& rows_of, int64_t np, const float* q, int64_t ldq, int64_t dim, int64_t m, int64_t vdim,
-                   float scale, float* out, int64_t ldo, std::vector<float>& scratch) {
+                       float scale, float* out, int64_t ldo, std::vector<float>& scratch) {
+  if (np == 0) return;  // no weights to normalize (a row always picks its own position)
   scratch.resize(size_t(m * kEntryChunk + m * vdim + m));
   float* s = scratch.data();
   float* acc = s + m * kEntryChunk;
@@ -424,8 +418,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
       // qlat and olat: [head of the group][row][kvr].
       std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(group * R * kvr)),
           olat(static_cast<size_t>(group * R * kvr)), qcat(static_cast<size_t>(group * (kvr + rope))), sc, sr;
-      std::vector<const float*> lat;
       std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
+      std::vector<const float*> lat;
       // An fp8 cache's chunk of picked entries, decoded (attend_fp8_online).
       std::vector<const float*> rows(static_cast<size_t>(kEntryChunk));
       std::vector<float> buf(static_cast<size_t>(fp8 ? kEntryChunk * (kvr + rope) : 0));

@@ -201,9 +201,7 @@ void KvCache::write_latent(int64_t layer, SeqId s, int64_t pos, const float* lat
   }
 }
 
-void KvCache::read_latent(int64_t layer, SeqId s, int64_t pos, float* out) const {
-  const auto [page, i] = slot(layer, s, pos);
-  const uint8_t* e = page + i * entry_bytes_;
+void KvCache::decode_latent(const uint8_t* e, float* out) const {
   if (type_ == KvCacheType::kF32) {
     std::copy_n(reinterpret_cast<const float*>(e + latent_off_), latent_dim_, out);
     return;
@@ -215,21 +213,15 @@ void KvCache::read_latent(int64_t layer, SeqId s, int64_t pos, float* out) const
   }
 }
 
+void KvCache::read_latent(int64_t layer, SeqId s, int64_t pos, float* out) const { decode_latent(entry(layer, s, pos), out); }
+
 const uint8_t* KvCache::entry(int64_t layer, SeqId s, int64_t pos) const {
   const auto [page, i] = slot(layer, s, pos);
   return page + i * entry_bytes_;
 }
 
 void KvCache::decode_entry(const uint8_t* e, float* out) const {
-  if (type_ == KvCacheType::kF32) {
-    std::copy_n(reinterpret_cast<const float*>(e + latent_off_), latent_dim_ + rope_dim_, out);
-    return;
-  }
-  const float* scales = reinterpret_cast<const float*>(e + lscale_off_);
-  for (int64_t b = 0; b * kFp8Block < latent_dim_; ++b) {
-    const int64_t c0 = b * kFp8Block;
-    decode_fp8_block(e + latent_off_ + c0, std::min(kFp8Block, latent_dim_ - c0), scales[b], out + c0);
-  }
+  decode_latent(e, out);
   std::copy_n(reinterpret_cast<const float*>(e + rope_off_), rope_dim_, out + latent_dim_);
 }
 

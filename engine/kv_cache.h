@@ -96,9 +96,9 @@ class KvCache {
   };
   IndexKeys index_keys(int64_t layer, SeqId s, int64_t page_index) const;
 
-  // kFp8: a position's entry as stored (its latent's codes, scales and rope key), and the
-  // whole entry decoded into kv_lora_rank + qk_rope_head_dim floats (latent, then rope key),
-  // what absorbed attention scores against. Values per scale: kFp8Block.
+  // A position's entry as stored (kFp8: its latent's codes and scales, then the rope key),
+  // and an entry decoded into kv_lora_rank + qk_rope_head_dim floats (latent, then rope
+  // key), what absorbed attention scores against. kFp8's values per scale: kFp8Block.
   static constexpr int64_t kFp8Block = 128;
   const uint8_t* entry(int64_t layer, SeqId s, int64_t pos) const;
   void decode_entry(const uint8_t* entry, float* out) const;
@@ -130,6 +130,8 @@ class KvCache {
     std::vector<int32_t> pages;
   };
   std::pair<uint8_t*, int64_t> slot(int64_t layer, SeqId s, int64_t pos) const;
+  // An entry's latent as floats (kFp8: decoded block by block).
+  void decode_latent(const uint8_t* entry, float* out) const;
   // A page's block of index key codes for one layer ([dim][page_tokens]).
   uint8_t* key_codes(uint8_t* page, int64_t layer) const;
   Sequence& live(SeqId s);
