@@ -41,18 +41,7 @@ ModelConfig config_with_rank(int64_t kv_lora_rank) {
 // Runs `tokens` through a cache of `type`, as one prefill chunk or one token per step.
 std::vector<float> run(const Model& m, ThreadPool& pool, KvCacheType type, const std::vector<int32_t>& tokens,
                        bool one_at_a_time, AttentionPath path) {
-  const int64_t V = m.config().vocab_size;
-  Forward fwd(m, pool);
-  KvCache cache(m.config(), 16, type);
-  const SeqId s = cache.add_sequence();
-  std::vector<float> logits(tokens.size() * size_t(V));
-  if (!one_at_a_time) {
-    fwd.step(cache, {{s, tokens}}, logits.data(), path);
-  } else {
-    for (size_t i = 0; i < tokens.size(); ++i)
-      fwd.step(cache, {{s, std::span<const int32_t>(&tokens[i], 1)}}, logits.data() + i * size_t(V), path);
-  }
-  return logits;
+  return hearth::testing::run_tokens(m, pool, tokens, one_at_a_time, path, type);
 }
 
 }  // namespace

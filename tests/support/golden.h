@@ -9,12 +9,14 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "engine/forward.h"
+#include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "offload/thread_pool.h"
 
@@ -59,6 +61,24 @@ inline const std::vector<GoldenCase>& golden_cases() {
 inline const Model& golden_model() {
   static const Model m = Model::load(kGoldenDir);
   return m;
+}
+
+// Runs `tokens` through m on a fresh cache of `type` (16-position pages), as one prefill
+// chunk or one token per step (decode), and returns all logits.
+inline std::vector<float> run_tokens(const Model& m, ThreadPool& pool, const std::vector<int32_t>& tokens,
+                                     bool one_at_a_time, AttentionPath path, KvCacheType type = KvCacheType::kF32) {
+  const int64_t V = m.config().vocab_size;
+  Forward fwd(m, pool);
+  KvCache cache(m.config(), 16, type);
+  const SeqId s = cache.add_sequence();
+  std::vector<float> logits(tokens.size() * size_t(V));
+  if (!one_at_a_time) {
+    fwd.step(cache, {{s, tokens}}, logits.data(), path);
+  } else {
+    for (size_t i = 0; i < tokens.size(); ++i)
+      fwd.step(cache, {{s, std::span<const int32_t>(&tokens[i], 1)}}, logits.data() + i * size_t(V), path);
+  }
+  return logits;
 }
 
 // m's logits for every golden case, one prefill step each on a fresh cache (two threads):
