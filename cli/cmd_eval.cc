@@ -170,8 +170,10 @@ int cmd_kld(int argc, char** argv) {
   const std::string text = read_text_file(f.text_file);
   const std::vector<int32_t> ids = tokenize_text(f.models[0], text, f);
 
-  // --repack converts the candidate only (so -m M -m M --repack TYPE measures TYPE);
-  // --no-mmap holds both in memory; --no-interleave keeps both as stored.
+  // --repack converts the candidate only (so -m M -m M --repack TYPE measures TYPE), and
+  // --kv-cache is the candidate's cache (-m M -m M --kv-cache fp8 measures the FP8
+  // cache; the base keeps f32); --no-mmap holds both in memory; --no-interleave keeps
+  // both as stored.
   ModelLoadOptions base_load;
   base_load.threads = f.load.threads;
   base_load.in_memory = f.load.in_memory;
@@ -187,6 +189,7 @@ int cmd_kld(int argc, char** argv) {
   const std::unique_ptr<NumaExperts> base_numa = shard_experts(f.numa, base, f.threads);
   const std::unique_ptr<NumaExperts> candidate_numa = shard_experts(f.numa, candidate, f.threads);
   f.eval.numa_experts = {base_numa.get(), candidate_numa.get()};
+  f.eval.kv_cache = {KvCacheType::kF32, default_kv_cache_type()};
   ThreadPool pool(f.threads);
   print_plan(f, ids.size());
   f.eval.progress = [](const EvalProgress& p) {
@@ -202,7 +205,8 @@ int cmd_kld(int argc, char** argv) {
     const nlohmann::json j = {
         {"base", {{"model", f.models[0]}, {"bytes", r.base_bytes}, {"mean_nll", r.base.mean_nll}, {"perplexity", r.base.perplexity}}},
         {"candidate",
-         {{"model", f.models[1]}, {"bytes", r.candidate_bytes}, {"mean_nll", r.candidate.mean_nll}, {"perplexity", r.candidate.perplexity}}},
+         {{"model", f.models[1]}, {"bytes", r.candidate_bytes}, {"mean_nll", r.candidate.mean_nll}, {"perplexity", r.candidate.perplexity},
+          {"kv_cache", kv_cache_type_name(default_kv_cache_type())}}},
         {"ctx", f.eval.ctx},
         {"chunks", r.base.chunks},
         {"tokens", ids.size()},
@@ -217,6 +221,8 @@ int cmd_kld(int argc, char** argv) {
   std::printf("%-9s  %-*s  %9.3f  %14.4f\n", "base", w, f.models[0].c_str(), gb(r.base_bytes), r.base.perplexity);
   std::printf("%-9s  %-*s  %9.3f  %14.4f\n", "candidate", w, f.models[1].c_str(), gb(r.candidate_bytes),
               r.candidate.perplexity);
+  if (default_kv_cache_type() != KvCacheType::kF32)
+    std::printf("(KV cache: %s for the candidate, f32 for the base)\n", kv_cache_type_name(default_kv_cache_type()));
   std::printf("\nKLD mean    %12.6f\nKLD median  %12.6f\nKLD p99     %12.6f\nKLD max     %12.6f\ntop-1       %11.2f %%\n",
               k.mean, k.median, k.p99, k.max, 100.0 * r.top1_agreement);
   std::printf("\n%zu positions scored in %lld chunk%s of %lld tokens\n", r.kld.size(), (long long)r.base.chunks,

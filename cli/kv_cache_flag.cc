@@ -12,7 +12,7 @@ void add_kv_cache_option(cxxopts::Options& opts) {
   opts.add_options()("kv-cache",
                      "how the KV cache keeps each position's latent: f32 (as computed; the reference logits) or fp8 "
                      "(e4m3 with a power-of-two scale per 128 values, as DeepSeek deploys V3.2: a third of the bytes, "
-                     "logits move by the rounding)",
+                     "logits move by the rounding; kld: the candidate's cache, the base keeps f32)",
                      cxxopts::value<std::string>()->default_value("f32"), "TYPE");
 }
 

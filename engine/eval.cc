@@ -114,11 +114,13 @@ class ChunkRunner {
     std::vector<std::vector<float>> logits(models_.size(), std::vector<float>(ctx * V));
     std::vector<std::unique_ptr<Forward>> forwards;
     std::vector<std::unique_ptr<KvCache>> caches;
-    for (const Model* m : models_) {
+    for (size_t i = 0; i < models_.size(); ++i) {
+      const Model* m = models_[i];
       forwards.push_back(std::make_unique<Forward>(*m, pool_));
       for (const NumaExperts* n : o_.numa_experts)
         if (n && &n->model() == m) forwards.back()->set_numa_experts(n);
-      caches.push_back(std::make_unique<KvCache>(m->config()));
+      const KvCacheType type = i < o_.kv_cache.size() ? o_.kv_cache[i] : default_kv_cache_type();
+      caches.push_back(std::make_unique<KvCache>(m->config(), 64, type));
     }
     std::vector<int32_t> chunk(ctx);
     for (int64_t c = 0; c < chunks_; ++c) {

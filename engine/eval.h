@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/forward.h"
+#include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "offload/thread_pool.h"
 
@@ -64,6 +65,9 @@ struct EvalOptions {
   // Routed experts sharded over NUMA nodes (engine/numa_experts.h): each model's steps
   // use the entry built from it, if any.
   std::vector<const NumaExperts*> numa_experts;
+  // Each model's KV cache type, in the order the models are given (perplexity: one; KLD:
+  // base, candidate); a model past the end gets default_kv_cache_type().
+  std::vector<KvCacheType> kv_cache;
 };
 
 // Whole chunks the tokens make, capped by max_chunks. Throws std::invalid_argument for

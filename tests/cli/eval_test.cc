@@ -125,6 +125,26 @@ TEST_CASE("cli: hearth kld --repack measures a quantized copy against the origin
   CHECK(bad.err.find("--repack") != std::string::npos);
 }
 
+TEST_CASE("cli: hearth kld --kv-cache fp8 measures the FP8 cache against the base's f32 one") {
+  TextFile text;
+  const std::string args = " -f " + text.path + " --ctx 16 --chunks 2 -t 2 --json";
+  const CliRun r = run_hearth("kld -m " + model() + " -m " + model() + " --kv-cache fp8" + args);
+  const CliRun f32 = run_hearth("perplexity -m " + model() + args);
+  const CliRun fp8 = run_hearth("perplexity -m " + model() + " --kv-cache fp8" + args);
+  INFO(r.all() << f32.all() << fp8.all());
+  REQUIRE(r.code == 0);
+  REQUIRE(f32.code == 0);
+  REQUIRE(fp8.code == 0);
+  const auto j = nlohmann::json::parse(r.out);
+  CHECK(j["kld"]["mean"].get<double>() > 0.0);
+  CHECK(j["candidate"]["kv_cache"] == "fp8");
+  CHECK(j["base"]["bytes"] == j["candidate"]["bytes"]);
+  // The base ran on f32 and the candidate on fp8: each perplexity is that command's.
+  CHECK(j["base"]["perplexity"] == nlohmann::json::parse(f32.out)["perplexity"]);
+  CHECK(j["candidate"]["perplexity"] == nlohmann::json::parse(fp8.out)["perplexity"]);
+  CHECK(j["base"]["perplexity"] != j["candidate"]["perplexity"]);
+}
+
 TEST_CASE("cli: hearth kld of a model against itself is zero and against another model positive") {
   TextFile text;
   const CliRun self = run_hearth("kld -m " + model() + " -m " + model() + " -f " + text.path + " --ctx 16 --chunks 2 --json");
