@@ -403,8 +403,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     // (4 MB on V3.2, beyond L2) from L3 twice per head. Groups of up to eight heads (18 KB
     // of latent-space queries with their rope parts, which stay in L1 beside the row pair
     // being scored): on two threads each thread then gathers the picked latents once per
-    // layer, where groups of four gathered them twice. A score's bits do not depend on the grouping, so the
-    // group size only follows the thread count.
+    // layer, where groups of four gathered them twice. A score's bits do not depend on the
+    // grouping, so the group size only follows the thread count.
     const int64_t R = int64_t(absorbed.size());
     // A GGUF's k_b / v_b in their block format (Attention::k_b), else kv_b's bands.
     const bool split = A.split_kv_b();

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "quant/fp8_avx2.h"
 #include "quant/numbers.h"
 
 namespace hearth {
@@ -202,18 +203,15 @@ void decode_fp8_scalar(const uint8_t* codes, int64_t n, float scale, float* out)
   for (int64_t i = 0; i < n; ++i) out[i] = lut[codes[i]] * scale;
 }
 
-// A code's byte in the high half of a 16-bit lane, shifted right by one (arithmetic) and
-// bit 14 cleared, is the F16 of its value times 2^-8 (E4M3's exponent bias is 7, F16's
-// 15; subnormals line up too). Times 256 and then the scale, each product exact: the
-// scale is not folded into one factor, which could overflow where the result does not.
+// The codes widened through F16 (quant/fp8_avx2.h, their values times 2^-8), times 256
+// and then the scale, each product exact: the scale is not folded into one factor, which
+// could overflow where the result does not.
 __attribute__((target("avx2,f16c"))) void decode_fp8_avx2(const uint8_t* codes, int64_t n, float scale, float* out) {
   const __m256 up = _mm256_set1_ps(256.0f), sv = _mm256_set1_ps(scale);
-  const __m128i z = _mm_setzero_si128(), mask = _mm_set1_epi16(int16_t(0xbfff));
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
-    const __m256 lo = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(z, b), 1), mask));
-    const __m256 hi = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(z, b), 1), mask));
+    __m256 lo, hi;
+    fp8x16_times_2m8(codes + i, lo, hi);
     _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(lo, up), sv));
     _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(_mm256_mul_ps(hi, up), sv));
   }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "quant/avx2_blocks.h"
+#include "quant/fp8_avx2.h"
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
 #include "quant/interleaved.h"
@@ -105,13 +106,8 @@ void matmul_t_scalar(const WeightMatrix& w, int64_t row0, int64_t nrows, const f
 
 #define HEARTH_AVX2 __attribute__((target("avx2,fma,f16c")))
 
-// Decodes 8 weights at p + i to floats. FP8 goes through half precision and gives its
-// value times 2^-8 (the kernels undo that on partial sums, see simd_unscale): with the
-// code in the high byte of a 16-bit lane, an arithmetic shift right by one puts exponent
-// and mantissa where fp16 has them (the exponent biases are 7 and 15) and copies the sign
-// into bit 14, which the mask clears. vcvtph2ps then handles subnormal codes like the
-// rest; building float bits directly would make float denormals there, and multiplying
-// those costs a microcode assist per vector on this machine's cores.
+// Decodes 8 weights at p + i to floats. FP8 gives its value times 2^-8
+// (quant/fp8_avx2.h); the kernels undo that on partial sums, see simd_unscale.
 HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
   switch (dt) {
     case DType::F32: return _mm256_loadu_ps(static_cast<const float*>(p) + i);
@@ -123,11 +119,7 @@ HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
       __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(p) + i));
       return _mm256_cvtph_ps(h);
     }
-    case DType::F8_E4M3: {
-      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i));
-      const __m128i h = _mm_srai_epi16(_mm_unpacklo_epi8(_mm_setzero_si128(), b), 1);
-      return _mm256_cvtph_ps(_mm_and_si128(h, _mm_set1_epi16(int16_t(0xbfff))));
-    }
+    case DType::F8_E4M3: return fp8x8_times_2m8(static_cast<const uint8_t*>(p) + i);
     default: break;  // block formats: not decoded 8 at a time
   }
   return _mm256_setzero_ps();
@@ -135,10 +127,7 @@ HEARTH_AVX2 inline __m256 load8(DType dt, const void* p, int64_t i) {
 
 // load8 for 16 FP8 codes at p + i: the same floats, with the widening done once.
 HEARTH_AVX2 inline void load16_fp8(const void* p, int64_t i, __m256& lo, __m256& hi) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint8_t*>(p) + i));
-  const __m128i z = _mm_setzero_si128(), mask = _mm_set1_epi16(int16_t(0xbfff));
-  lo = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(z, b), 1), mask));
-  hi = _mm256_cvtph_ps(_mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(z, b), 1), mask));
+  fp8x16_times_2m8(static_cast<const uint8_t*>(p) + i, lo, hi);
 }
 
 HEARTH_AVX2 inline float hsum(__m256 v) {
