@@ -2,7 +2,8 @@
 // quant/block_formats.cc step for step: the block's largest magnitude (NaN ignored), the
 // scale computed in double by the same scalar code, then every value multiplied by the
 // inverse scale in double (four per vector, widened exactly from float), rounded the
-// same way, clamped to [-128, 127], with a NaN product giving what the scalar code gives.
+// same way, clamped to the same range (Q8_0 -127..127, Q8_K -128..127), with a NaN
+// product giving what the scalar code gives.
 // Compiled without FMA: a fused multiply would skip the product's rounding that the
 // scalar code does before it rounds to an integer. Q8_0's f16 scale is converted by F16C.
 #include <immintrin.h>
@@ -40,10 +41,10 @@ HEARTH_AVX2_ONLY inline float max_abs(const float* x, int n) {
   return hmax(m);
 }
 
-// Rounds v to an integer the way the scalar code does, clamped to [-128, 127]; lanes whose
+// Rounds v to an integer the way the scalar code does, clamped to [kLow, 127]; lanes whose
 // v is NaN become `nan_value`. kTiesAway: std::round (halves away from zero), else
 // round-to-nearest-even (scale_search::round_int).
-template <bool kTiesAway>
+template <bool kTiesAway, int kLow>
 HEARTH_AVX2_ONLY inline __m128i levels4(__m256d v, __m256d nan_value) {
   __m256d r;
   if constexpr (kTiesAway) {
@@ -56,17 +57,17 @@ HEARTH_AVX2_ONLY inline __m128i levels4(__m256d v, __m256d nan_value) {
   } else {
     r = _mm256_round_pd(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  r = _mm256_min_pd(_mm256_max_pd(r, _mm256_set1_pd(-128.0)), _mm256_set1_pd(127.0));
+  r = _mm256_min_pd(_mm256_max_pd(r, _mm256_set1_pd(double(kLow))), _mm256_set1_pd(127.0));
   r = _mm256_blendv_pd(r, nan_value, _mm256_cmp_pd(v, v, _CMP_UNORD_Q));
   return _mm256_cvttpd_epi32(r);
 }
 
 // 8 floats times inv (in double) to 8 int8 levels at out.
-template <bool kTiesAway>
+template <bool kTiesAway, int kLow>
 HEARTH_AVX2_ONLY inline void levels8(const float* x, __m256d inv, __m256d nan_value, int8_t* out) {
   const __m256 xf = _mm256_loadu_ps(x);
-  const __m128i lo = levels4<kTiesAway>(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xf)), inv), nan_value);
-  const __m128i hi = levels4<kTiesAway>(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xf, 1)), inv), nan_value);
+  const __m128i lo = levels4<kTiesAway, kLow>(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(xf)), inv), nan_value);
+  const __m128i hi = levels4<kTiesAway, kLow>(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(xf, 1)), inv), nan_value);
   const __m128i w = _mm_packs_epi32(lo, hi);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(w, w));
 }
@@ -86,11 +87,11 @@ HEARTH_AVX2_ONLY void q8_0_avx2(const float* in, BlockQ8_0* out, int64_t n) {
     const float* x = in + ib * kQK8_0;
     BlockQ8_0& b = out[ib];
     // As store_q8_0 with ties away: d = amax / 127 saturated to f16, levels under the
-    // stored d. A NaN product (a NaN or infinite value times 0) converts to -128 there.
+    // stored d, in -127..127. A NaN product (a NaN or infinite value times 0) gives -127.
     b.d = f16_saturating(double(max_abs(x, kQK8_0)) / 127.0);
     const double stored = f16_to_f32(b.d);
     const __m256d inv = _mm256_set1_pd(stored != 0 ? 1 / stored : 0);
-    for (int j = 0; j < kQK8_0; j += 8) levels8<true>(x + j, inv, _mm256_set1_pd(-128.0), b.qs + j);
+    for (int j = 0; j < kQK8_0; j += 8) levels8<true, -127>(x + j, inv, _mm256_set1_pd(-127.0), b.qs + j);
   }
 }
 
@@ -113,7 +114,7 @@ HEARTH_AVX2_ONLY void q8_k_avx2(const float* in, BlockQ8_K* out, int64_t n) {
     }
     const double inv = -127.0 / double(x[first]);
     // round_int gives 0 for NaN.
-    for (int j = 0; j < kQK_K; j += 8) levels8<false>(x + j, _mm256_set1_pd(inv), _mm256_setzero_pd(), b.qs + j);
+    for (int j = 0; j < kQK_K; j += 8) levels8<false, -128>(x + j, _mm256_set1_pd(inv), _mm256_setzero_pd(), b.qs + j);
     b.d = float(1 / inv);
     for (int j = 0; j < kQK_K / 16; ++j) {
       int sum = 0;

@@ -94,14 +94,16 @@ void dequantize_q8_0(const void* blocks, float* out, int64_t n) {
 
 // Stores scale d (saturated to f16) and the levels round(x / d) under the stored value,
 // so the f16 rounding of d does not leak into the levels' choice more than necessary.
+// ties_away (quantize_row_q8_0, the activations): halves away from zero, levels in
+// -127..127 and NaN to -127; otherwise nearest even, -128..127.
 void store_q8_0(const float* x, double d, BlockQ8_0& out, bool ties_away) {
   out.d = f16_saturating(d);
   const double stored = f16_to_f32(out.d);
   const double inv = stored != 0 ? 1 / stored : 0;
   for (int i = 0; i < kQK8_0; ++i) {
     const double v = x[i] * inv;
-    const int l = ties_away ? int(std::clamp(std::round(v), -128.0, 127.0)) : round_int(v);
-    out.qs[i] = int8_t(std::clamp(l, -128, 127));
+    if (ties_away) out.qs[i] = int8_t(std::isnan(v) ? -127 : std::clamp(std::round(v), -127.0, 127.0));
+    else out.qs[i] = int8_t(std::clamp(round_int(v), -128, 127));
   }
 }
 

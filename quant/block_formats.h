@@ -264,8 +264,10 @@ VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
 // Activation quantizers: what the table's Q8_K entry and its Q8_0 entry without
 // importance do. Q8_0: d = amax / 127 stored as f16, levels round(x / d) (ties away from
 // zero) under the stored d, so they may differ from ggml's by one where the f16 rounding
-// of d moves a value across a midpoint. Q8_K: float d = -max / 127 with max the value of
-// largest magnitude, levels round-to-nearest-even, bsums filled in.
+// of d moves a value across a midpoint; clamped to -127..127, NaN to -127 (the Q8_0
+// weight kernels take activations in that range, quant/dot_kernels.inc; only a subnormal
+// or saturated d or a NaN could reach -128). Q8_K: float d = -max / 127 with max the
+// value of largest magnitude, levels round-to-nearest-even, bsums filled in.
 void quantize_row_q8_0(const float* in, BlockQ8_0* out, int64_t n);
 void quantize_row_q8_k(const float* in, BlockQ8_K* out, int64_t n);
 

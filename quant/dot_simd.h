@@ -7,7 +7,8 @@
 //
 // Each computes what the format's scalar vec_dot computes: the integer sums (levels
 // times activation quants times small per-sub-block scales) are exact, for every level
-// and every int8 activation including -128; only the float part (the per-block factors
+// and every int8 activation including -128 (Q8_0 weights: activations -127..127, what
+// quantize_row_q8_0 writes); only the float part (the per-block factors
 // applied and the blocks summed) runs in a different order. The two sets give the same
 // floats, bit for bit (quant/dot_kernels.inc says why). The K-quant kernels, like
 // ggml's and like the scalar Q4_K/Q5_K/Q2_K references, take the activations' bsums as

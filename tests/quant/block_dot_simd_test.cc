@@ -205,13 +205,18 @@ TEST_CASE("block dot simd: all-zero rows give zero and extreme quants give the e
     const auto az = act_row(f, n, rng, 0, 0.0f);
     CHECK(f.vec_dot_avx2(wz.data(), az.data(), n) == 0.0f);
   }
-  // Q8_0 with every quant -128 on both sides: 32 * 128 * 128 per block, the case a
-  // vpmaddubsw sign trick gets wrong.
+  // Q8_0 at the ends of its sign trick: weights -128 (|x| = 128 as an unsigned byte)
+  // against activations -127 and 127, 32 * 128 * 127 per block, each vpmaddubsw pair at
+  // 2 * 128 * 127, next to int16's limit.
   const BlockFormat& q8 = block_format(GgmlType::Q8_0);
   const auto w = weight_row(q8, 3, rng, 0x80, 0x3C00);
-  const auto a = act_row(q8, 3 * kQK8_0, rng, -128, 1.0f);
-  CHECK(q8.vec_dot(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
-  CHECK(q8.vec_dot_avx2(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
+  for (int quant : {-127, 127}) {
+    CAPTURE(quant);
+    const auto a = act_row(q8, 3 * kQK8_0, rng, quant, 1.0f);
+    const float want = -3.0f * 32 * 128 * float(quant);
+    CHECK(q8.vec_dot(w.data(), a.data(), 3 * kQK8_0) == want);
+    CHECK(q8.vec_dot_avx2(w.data(), a.data(), 3 * kQK8_0) == want);
+  }
 }
 
 TEST_CASE("block dot simd: the new formats' extreme levels against -128 activations give the exact sum") {

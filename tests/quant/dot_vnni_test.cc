@@ -213,7 +213,7 @@ TEST_CASE("dot vnni: random and quantized rows give the AVX2 floats bit for bit"
 
 TEST_CASE("dot vnni: adversarial blocks give the AVX2 floats bit for bit") {
   // The ends of every range: all-ones and sign-bit quant bytes (largest levels, Q8_0's
-  // -128), activations at -128 and 127, extreme f16 factors.
+  // -128), activations at their lowest (lowest_act_quant) and 127, extreme f16 factors.
   SKIP_WITHOUT_AVX2();
   std::mt19937 rng(43);
   for (GgmlType t : kSimdFormats) {
@@ -226,13 +226,14 @@ TEST_CASE("dot vnni: adversarial blocks give the AVX2 floats bit for bit") {
     CHECK(cases > 100);
     CHECK(bad == 0);
   }
-  // The integer sums themselves: unit scales, -128 everywhere, exact in float.
+  // The integer sums themselves: unit scales, weights -128 and activations -127
+  // everywhere (the ends of Q8_0's sign trick), exact in float.
   const BlockFormat& q8 = block_format(GgmlType::Q8_0);
   const auto w = weight_row(q8, 3, rng, 0x80, 0x3C00);
-  const auto a = act_row(q8, 3 * kQK8_0, rng, -128, 1.0f);
+  const auto a = act_row(q8, 3 * kQK8_0, rng, -127, 1.0f);
   for (const Flavour& fl : flavours()) {
     CAPTURE(fl.name);
-    CHECK(fl.row(GgmlType::Q8_0)(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 128);
+    CHECK(fl.row(GgmlType::Q8_0)(w.data(), a.data(), 3 * kQK8_0) == 3.0f * 32 * 128 * 127);
   }
 }
 

@@ -76,14 +76,19 @@ inline std::vector<uint8_t> weight_row(const BlockFormat& f, int nblocks, std::m
   return b;
 }
 
-// Activations in f's vec_dot_type: quants from `quant` (random in -128..127 where
-// quant == kRandom), scales from `scale` (random where NaN); Q8_K bsums filled in.
+// The lowest activation quant f's kernels take: -127 for Q8_0 weights (their sign trick,
+// quant/dot_kernels.inc; quantize_row_q8_0 writes -127..127), -128 for the others.
+inline int lowest_act_quant(const BlockFormat& f) { return f.type == GgmlType::Q8_0 ? -127 : -128; }
+
+// Activations in f's vec_dot_type: quants from `quant` (random in lowest_act_quant(f)..127
+// where quant == kRandom), scales from `scale` (random where NaN); Q8_K bsums filled in.
 inline constexpr int kRandom = 1000;
 inline std::vector<uint8_t> act_row(const BlockFormat& f, int64_t n, std::mt19937& rng, int quant = kRandom,
                              float scale = NAN) {
   const BlockFormat& act = block_format(f.vec_dot_type);
   std::vector<uint8_t> b(size_t(act.row_bytes(n)));
-  auto q = [&] { return int8_t(quant == kRandom ? int(rng() % 256) - 128 : quant); };
+  const int lowest = lowest_act_quant(f);
+  auto q = [&] { return int8_t(quant == kRandom ? lowest + int(rng() % unsigned(128 - lowest)) : quant); };
   if (act.type == GgmlType::Q8_0) {
     auto* blk = reinterpret_cast<BlockQ8_0*>(b.data());
     for (int64_t ib = 0; ib < n / kQK8_0; ++ib) {
@@ -112,7 +117,7 @@ inline std::vector<uint8_t> act_row(const BlockFormat& f, int64_t n, std::mt1993
 // quant range with extreme scales, zero, and random.
 using ActRows4 = std::array<std::vector<uint8_t>, 4>;
 inline ActRows4 extreme_act_rows(const BlockFormat& f, int64_t n, std::mt19937& rng) {
-  return {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f), act_row(f, n, rng, 0, 1.0f),
+  return {act_row(f, n, rng, lowest_act_quant(f), 3.0e4f), act_row(f, n, rng, 127, 1e-7f), act_row(f, n, rng, 0, 1.0f),
           act_row(f, n, rng)};
 }
 inline ActRows4 random_act_rows(const BlockFormat& f, int64_t n, std::mt19937& rng) {
@@ -129,7 +134,7 @@ template <class Fn>
 int for_each_adversarial_row(const BlockFormat& f, std::mt19937& rng, Fn&& fn) {
   const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, 0xAA, -1};
   const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x03FF, 0x0400, 0x3C00, 0x8000, -1};
-  const int quants[] = {127, -127, -128, 0, kRandom};
+  const int quants[] = {127, -127, lowest_act_quant(f), 0, kRandom};
   const float scales[] = {1.0f, 3.0e4f, 1e-7f, 1e-40f, -2.5f, NAN};
   int calls = 0;
   for (int nblocks : {1, 3}) {
