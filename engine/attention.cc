@@ -420,7 +420,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           olat(static_cast<size_t>(group * R * kvr)), qcat(static_cast<size_t>(group * (kvr + rope))), sc, sr;
       std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
       std::vector<const float*> lat;
-      // An fp8 cache's chunk of picked entries, decoded (attend_fp8_online).
+      // An fp8 cache's picked entries as stored, and a chunk of them decoded (attend_fp8_online).
+      std::vector<const uint8_t*> entries;
       std::vector<const float*> rows(static_cast<size_t>(kEntryChunk));
       std::vector<float> buf(static_cast<size_t>(fp8 ? kEntryChunk * (kvr + rope) : 0));
       for (int64_t j = 0; fp8 && j < kEntryChunk; ++j) rows[size_t(j)] = buf.data() + j * (kvr + rope);
@@ -457,14 +458,16 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           }
           float* o = olat.data() + t * kvr;
           if (fp8) {
+            entries.resize(size_t(np));
+            for (int64_t j = 0; j < np; ++j) entries[size_t(j)] = ctx.cache.entry(layer, seq, pk[size_t(j)]);
             attend_fp8_online(
                 [&](int64_t j0, int64_t n) {
                   // The next chunk's entries are asked for while this one is decoded: the
                   // picked positions lie anywhere in the cache.
                   for (int64_t j = 0; j < n; ++j) {
                     if (const int64_t ahead = j0 + kEntryChunk + j; ahead < np)
-                      prefetch_bytes(ctx.cache.entry(layer, seq, pk[size_t(ahead)]), entry_bytes);
-                    ctx.cache.decode_entry(ctx.cache.entry(layer, seq, pk[size_t(j0 + j)]), buf.data() + j * (kvr + rope));
+                      prefetch_bytes(entries[size_t(ahead)], entry_bytes);
+                    ctx.cache.decode_entry(entries[size_t(j0 + j)], buf.data() + j * (kvr + rope));
                   }
                   return rows.data();
                 },

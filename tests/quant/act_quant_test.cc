@@ -139,7 +139,6 @@ TEST_CASE("activation quantizers: the special rows take the paths they are built
   CHECK(qk[0].d == float(6.0 / 127.0));
 }
 
-
 TEST_CASE("activation quantizers: Q8_0 levels stay in -127..127, the range the Q8_0 weight kernel takes") {
   // The Q8_0 dot product's sign trick (quant/dot_kernels.inc) is exact only for activations
   // above -128. Every special row: a saturated scale (values past 65504 * 127), subnormal
