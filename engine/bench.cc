@@ -247,6 +247,39 @@ BenchModelInfo describe_model(const Model& m, const std::string& name, int threa
   return info;
 }
 
+std::vector<ByteRange> decode_weight_ranges(const Model& m) {
+  std::vector<ByteRange> out;
+  auto add = [&](const WeightMatrix& w) {
+    if (w.data) out.push_back({w.data, uint64_t(w.bytes())});
+  };
+  auto mlp = [&](const Mlp& p) {
+    add(p.gate);
+    add(p.up);
+    add(p.down);
+  };
+  for (const Layer& L : m.layers) {
+    const Attention& A = L.attn;
+    for (const WeightMatrix* w : {&A.q_a, &A.q_b, &A.kv_a, &A.o}) add(*w);
+    if (A.split_kv_b()) {
+      add(A.k_b);
+      add(A.v_b);
+    } else {
+      add(A.kv_b);
+    }
+    if (A.has_indexer)
+      for (const WeightMatrix* w : {&A.indexer.wq_b, &A.indexer.wk, &A.indexer.weights_proj}) add(*w);
+    if (!L.is_moe) {
+      mlp(L.dense);
+      continue;
+    }
+    add(L.moe.router);
+    for (const Mlp& e : L.moe.experts) mlp(e);
+    if (L.moe.has_shared) mlp(L.moe.shared);
+  }
+  add(m.lm_head);
+  return out;
+}
+
 BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& model_name, const BenchOptions& o) {
   validate(o);
   const ModelConfig& c = model.config();
@@ -264,6 +297,17 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   }
   if (cpu_gemm() == CpuGemm::kOnednn)
     report.gemm += " (" + onednn_version() + ", float weights from " + std::to_string(kOnednnMinRows) + " rows)";
+
+  // The weights' own read rate: only where the CPU reads them all from memory. Offloaded,
+  // the device reads the hot ones; sharded, the experts live in the shards (their copy in
+  // the model released); mapped and not filled at load, a pass would read the disk.
+  std::vector<ByteRange> weight_ranges;
+  if (o.offload) report.weights_read_skipped = "offloaded: the device reads the resident weights";
+  else if (o.numa_experts) report.weights_read_skipped = "the routed experts are sharded over NUMA nodes";
+  else if (report.mapped.bytes > 0 && !report.mapped.populated)
+    report.weights_read_skipped = "mapped weights not filled at load: a pass would read the disk";
+  else weight_ranges = decode_weight_ranges(model);
+  if (!weight_ranges.empty()) report.weights_read = measure_read_rate(pool, weight_ranges);
 
   Forward fwd(model, pool);
   fwd.set_numa_experts(o.numa_experts);
@@ -305,8 +349,10 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
     int64_t steps = 0;
     // Offloaded, the device reads the weights: the CPU's wall is not reported.
     const bool walled = t.decode && !o.offload;
+    const bool weights_walled = walled && !weight_ranges.empty();
     const double bandwidth_before =
         walled ? measure_read_bandwidth(pool, o.bandwidth_bytes).bytes_per_second : 0.0;
+    const double weights_before = weights_walled ? measure_read_rate(pool, weight_ranges).bytes_per_second : 0.0;
     for (int rep = 0; rep < o.reps; ++rep) {
       if (o.progress) o.progress(r.name + ": repetition " + std::to_string(rep + 1) + " of " + std::to_string(o.reps));
       TokenSource tokens(o.token_seed + uint64_t(rep) * 7919 + uint64_t(t.depth), V);
@@ -352,12 +398,15 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
     }
     mean_sd(r.tok_s, r.mean, r.sd);
     if (walled) r.bandwidth = (bandwidth_before + measure_read_bandwidth(pool, o.bandwidth_bytes).bytes_per_second) / 2;
+    if (weights_walled) r.weights_rate = (weights_before + measure_read_rate(pool, weight_ranges).bytes_per_second) / 2;
     if (t.decode) {
       r.experts_per_layer = usage.layer_steps ? double(usage.distinct_experts) / double(usage.layer_steps) : 0;
       r.routed_bytes_per_step = steps ? double(usage.bytes) / double(steps) : 0;
       r.active_bytes_per_step = double(report.model.active.per_step(t.batch));
       r.wall_tok_s = r.bandwidth / r.bytes_per_step() * double(t.batch);
       r.efficiency = r.wall_tok_s > 0 ? r.mean / r.wall_tok_s : 0;
+      r.weights_wall_tok_s = r.weights_rate / r.bytes_per_step() * double(t.batch);
+      r.weights_efficiency = r.weights_wall_tok_s > 0 ? r.mean / r.weights_wall_tok_s : 0;
     }
     if (o.profile) {
       std::array<double, kPhaseCount> s{};
@@ -384,6 +433,13 @@ std::string bench_markdown(const BenchReport& rep) {
          ", shared experts " + mb(double(a.shared_experts)) + ", router " + mb(double(a.router)) + ", head " +
          mb(double(a.head)) + ", norms " + mb(double(a.norms)) + ") + " + fmt("%.0f", double(a.embedding_row)) +
          " B embedding row per token\n";
+  if (rep.weights_read.bytes > 0)
+    out += "weights read where they lie: " + fmt("%.2f", rep.weights_read.bytes_per_second / 1e9) + " GB/s (" +
+           std::to_string(rep.weights_read.threads) + " threads, best of " + std::to_string(rep.weights_read.runs) +
+           " plain-sum passes over the " + fmt("%.2f", double(rep.weights_read.bytes) / 1e9) +
+           " GB a decode step may read; each decode test's is measured around it: the weights GB/s column)\n";
+  else if (!rep.weights_read_skipped.empty())
+    out += "weights read where they lie: not measured (" + rep.weights_read_skipped + ")\n";
   out += "numa: " + rep.numa + "\n";
   if (const MappedWeights& mw = rep.mapped; mw.bytes > 0) {
     out += "mapped weights: " + fmt("%.2f", double(mw.bytes) / 1e9) + " GB read in place from the checkpoint, ";
@@ -409,9 +465,13 @@ std::string bench_markdown(const BenchReport& rep) {
   }
   if (dev) out += rep.device + "\n";
   out += std::string("\n| model | size | params | quant | threads | ") + (dev ? "device | " : "") + "test | t/s |";
+  bool any_weights = false;
+  for (const BenchResult& r : rep.results) any_weights = any_weights || r.weights_rate > 0;
   if (any_decode) out += " MB/step | GB/s | wall t/s | efficiency |";
+  if (any_weights) out += " weights GB/s | efficiency vs weights |";
   out += std::string("\n| --- | ---: | ---: | --- | ---: | ") + (dev ? "--- | " : "") + "--- | ---: |";
   if (any_decode) out += " ---: | ---: | ---: | ---: |";
+  if (any_weights) out += " ---: | ---: |";
   out += "\n";
   const std::string size = fmt("%.2f GiB", double(m.weight_bytes) / double(uint64_t(1) << 30));
   const std::string params = fmt("%.2f B", double(m.params) / 1e9);
@@ -424,6 +484,12 @@ std::string bench_markdown(const BenchReport& rep) {
                " | " + fmt("%.1f", 100 * r.efficiency) + "% |";
       else
         out += " - | - | - | - |";
+    }
+    if (any_weights) {
+      if (r.weights_rate > 0)
+        out += ' ' + fmt("%.2f", r.weights_rate / 1e9) + " | " + fmt("%.1f", 100 * r.weights_efficiency) + "% |";
+      else
+        out += " - | - |";
     }
     out += "\n";
   }
@@ -488,6 +554,13 @@ nlohmann::json bench_json(const BenchReport& rep) {
                     {"buffer_bytes", rep.bandwidth.buffer_bytes},
                     {"threads", rep.bandwidth.threads},
                     {"runs", rep.bandwidth.runs}};
+  if (rep.weights_read.bytes > 0)
+    j["weights_read"] = {{"bytes_per_second", rep.weights_read.bytes_per_second},
+                         {"bytes", rep.weights_read.bytes},
+                         {"threads", rep.weights_read.threads},
+                         {"runs", rep.weights_read.runs}};
+  else
+    j["weights_read"] = {{"skipped", rep.weights_read_skipped}};
   j["tests"] = json::array();
   for (const BenchResult& r : rep.results) {
     json t = {{"name", r.name}, {"kind", r.decode ? "tg" : "pp"}, {"tokens", r.tokens}, {"batch", r.batch},
@@ -502,6 +575,11 @@ nlohmann::json bench_json(const BenchReport& rep) {
         t["bandwidth_bytes_per_second"] = r.bandwidth;
         t["wall_tok_s"] = r.wall_tok_s;
         t["efficiency"] = r.efficiency;
+      }
+      if (r.weights_rate > 0) {
+        t["weights_bytes_per_second"] = r.weights_rate;
+        t["weights_wall_tok_s"] = r.weights_wall_tok_s;
+        t["weights_efficiency"] = r.weights_efficiency;
       }
     }
     if (r.phase_seconds && r.profiled_tokens > 0) {

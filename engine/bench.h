@@ -18,6 +18,12 @@
 // again right before its first repetition and right after its last (the mean of the two):
 // a machine's read rate drifts (this project's VMs by a third within minutes), and a
 // wall from another minute would credit or blame the kernels for the drift.
+//
+// Second wall: that bandwidth is a fresh buffer's, placed well by first touch. The weights
+// may lie in slower memory (another NUMA node, or page cache the OS put wherever it had
+// room), which no kernel can read faster than. So each decode test also times a plain
+// sum over the model's own weights where they are (measure_read_rate), and reports its
+// efficiency against that: the kernels' share of the gap, apart from placement's.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -101,6 +107,11 @@ struct BenchResult {
   double bandwidth = 0;              // bytes/s read around this test (mean of before and after)
   double wall_tok_s = 0;             // bandwidth / bytes_per_step * batch
   double efficiency = 0;             // mean / wall_tok_s
+  // The same three against the rate at which the model's own weights read where they lie
+  // (BenchReport::weights_read), when that was measured; 0 otherwise.
+  double weights_rate = 0;          // bytes/s, mean of before and after the test
+  double weights_wall_tok_s = 0;    // weights_rate / bytes_per_step * batch
+  double weights_efficiency = 0;    // mean / weights_wall_tok_s
   // With BenchOptions::profile: seconds per phase summed over the timed steps (sampling
   // included; a prefill has none), and the tokens they produced or prefilled.
   std::optional<std::array<double, kPhaseCount>> phase_seconds;
@@ -119,7 +130,18 @@ struct BenchReport {
   std::string kv_cache;  // the KV cache's latent type and bytes per position (--kv-cache)
   std::string numa;    // a line: the NUMA layout and the experts' split, or that there is none
   MappedWeights mapped;  // the weights read in place from the checkpoint's mapped files
+  // A plain sum over every weight a decode step may read (decode_weight_ranges), where
+  // those weights lie, before the first test; bytes == 0 when it was not measured, and
+  // weights_read_skipped says why.
+  RangeReadResult weights_read;
+  std::string weights_read_skipped;
 };
+
+// The weight bytes a decode step may read, where the model keeps them: attention (k_b and
+// v_b where decode reads those), indexer, dense MLPs, routers, every routed expert the
+// model holds, shared experts and the head. Not the embeddings (one row per token), norms
+// or FP8 block scales: small, and the wall counts them anyway.
+std::vector<ByteRange> decode_weight_ranges(const Model& model);
 
 // Measures the bandwidth with `pool`'s threads, then runs every test.
 BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& model_name, const BenchOptions& options);

@@ -55,12 +55,13 @@ TEST_CASE("cli bench: the tiny synthetic preset gives a table with every test an
   REQUIRE(r.code == 0);
   CHECK(r.out.find("read bandwidth: ") != std::string::npos);
   CHECK(r.out.find("always active: ") != std::string::npos);
+  CHECK(r.out.find("weights read where they lie: ") != std::string::npos);
   const auto rows = table_rows(r.out);
   for (const std::string name : {"pp16", "tg4", "tg4@b2"}) {
     CAPTURE(name);
     REQUIRE(rows.count(name) == 1);
     const std::vector<std::string>& c = rows.at(name);
-    REQUIRE(c.size() == 11);
+    REQUIRE(c.size() == 13);
     CHECK(c[0] == "tiny (synthetic)");
     CHECK(c[1].find("GiB") != std::string::npos);
     CHECK(c[3] == "F8_E4M3");
@@ -69,6 +70,7 @@ TEST_CASE("cli bench: the tiny synthetic preset gives a table with every test an
     CHECK(c[6].find(" ± ") != std::string::npos);
     if (name == "pp16") {
       CHECK(c[7] == "-");
+      CHECK(c[11] == "-");
     } else {
       CHECK(std::atof(c[7].c_str()) > 0);   // MB/step
       CHECK(std::atof(c[8].c_str()) > 0);   // GB/s read around the test
@@ -78,6 +80,11 @@ TEST_CASE("cli bench: the tiny synthetic preset gives a table with every test an
       // (MB/step has one decimal: about 5.0 here, so up to 1 % off).
       const double wall = std::atof(c[8].c_str()) * 1e3 / std::atof(c[7].c_str()) * (name == "tg4" ? 1 : 2);
       CHECK(std::atof(c[9].c_str()) == doctest::Approx(wall).epsilon(0.02));
+      // The weights' own read rate, and the efficiency against its wall: t/s over
+      // (weights GB/s / MB per step * batch), to the printed digits.
+      CHECK(std::atof(c[11].c_str()) > 0);
+      const double weights_wall = std::atof(c[11].c_str()) * 1e3 / std::atof(c[7].c_str()) * (name == "tg4" ? 1 : 2);
+      CHECK(std::atof(c[12].c_str()) == doctest::Approx(100 * std::atof(c[6].c_str()) / weights_wall).epsilon(0.03));
     }
   }
   CHECK(rows.size() == 3);

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <span>
@@ -204,6 +205,37 @@ TEST_CASE("bandwidth: a positive rate from all the pool's threads") {
   CHECK_THROWS_AS(measure_read_bandwidth(pool, uint64_t(16) << 20, 0), std::invalid_argument);
 }
 
+TEST_CASE("read rate over given ranges: every byte read once, whatever the threads and alignment") {
+  // Ranges that start and end off any vector boundary, one of several pieces, one empty.
+  std::vector<uint8_t> a(size_t(3) << 20), b(1000), c(77);
+  uint64_t x = 12345;
+  for (auto* v : {&a, &b, &c})
+    for (uint8_t& byte : *v) byte = uint8_t((x = x * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+  const std::vector<ByteRange> ranges = {{a.data() + 3, a.size() - 10}, {b.data() + 1, 999}, {c.data(), 0}, {c.data() + 5, 70}};
+  uint64_t want = 0, bytes = 0;  // the scalar reference
+  for (const ByteRange& r : ranges) {
+    for (uint64_t i = 0; i < r.bytes; ++i) want += static_cast<const uint8_t*>(r.data)[i];
+    bytes += r.bytes;
+  }
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    const RangeReadResult r = measure_read_rate(pool, ranges, 2);
+    CHECK(r.byte_sum == want);
+    CHECK(r.bytes == bytes);
+    CHECK(r.bytes_per_second > 0);
+    CHECK(std::isfinite(r.bytes_per_second));
+    CHECK(r.threads == threads);
+    CHECK(r.runs == 2);
+  }
+  ThreadPool pool(1);
+  CHECK_THROWS_AS(measure_read_rate(pool, ranges, 0), std::invalid_argument);
+  const std::vector<ByteRange> null_range = {{nullptr, 8}};
+  CHECK_THROWS_AS(measure_read_rate(pool, null_range, 1), std::invalid_argument);
+  const RangeReadResult none = measure_read_rate(pool, {}, 1);
+  CHECK(none.bytes == 0);
+  CHECK(none.bytes_per_second == 0);
+}
+
 TEST_CASE("profiler: exclusive nested phases that add up to the interval") {
   Profiler p;
   {
@@ -301,6 +333,26 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
   CHECK(progress_lines == 6 * 2);
   CHECK(r.bandwidth.bytes_per_second > 0);
 
+  // The weights' own read rate covers what decode may read: the head and every routed
+  // expert's three matrices are among the ranges; the embedding table is not.
+  const std::vector<ByteRange> ranges = decode_weight_ranges(m);
+  uint64_t range_bytes = 0;
+  auto has = [&](const WeightMatrix& w) {
+    for (const ByteRange& b : ranges)
+      if (b.data == w.data && b.bytes == uint64_t(w.bytes())) return true;
+    return false;
+  };
+  for (const ByteRange& b : ranges) range_bytes += b.bytes;
+  CHECK(has(m.lm_head));
+  CHECK_FALSE(has(m.embed));
+  int64_t experts_found = 0;
+  for (const Layer& L : m.layers)
+    for (const Mlp& e : L.moe.experts) experts_found += has(e.gate) && has(e.up) && has(e.down);
+  CHECK(experts_found == 3 * c.n_routed_experts);
+  CHECK(r.weights_read.bytes == range_bytes);
+  CHECK(r.weights_read.bytes_per_second > 0);
+  CHECK(r.weights_read_skipped.empty());
+
   // The model's description, against sizes computed here from the config.
   const int64_t H = c.hidden_size, V = c.vocab_size;
   CHECK(r.model.quant == "F8_E4M3");
@@ -341,16 +393,25 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
     CHECK(t.bandwidth > 0);
     CHECK(t.wall_tok_s == doctest::Approx(t.bandwidth / t.bytes_per_step() * double(t.batch)));
     CHECK(t.efficiency == doctest::Approx(t.mean / t.wall_tok_s));
+    // ... and its second wall from the weights' own read rate, measured around it too.
+    CHECK(t.weights_rate > 0);
+    CHECK(t.weights_wall_tok_s == doctest::Approx(t.weights_rate / t.bytes_per_step() * double(t.batch)));
+    CHECK(t.weights_efficiency == doctest::Approx(t.mean / t.weights_wall_tok_s));
     CHECK(t.profiled_tokens == 2 * 4 * t.batch);
   }
 
   const std::string md = bench_markdown(r);
   for (const std::string& name : bench_test_names(o)) CHECK(md.find("| " + name + " |") != std::string::npos);
   CHECK(md.find("read bandwidth:") != std::string::npos);
+  CHECK(md.find("weights read where they lie:") != std::string::npos);
+  CHECK(md.find("| efficiency vs weights |") != std::string::npos);
   CHECK(md.find("| routed experts |") != std::string::npos);
   const nlohmann::json j = bench_json(r);
   CHECK(j["tests"].size() == 6);
   CHECK(j["tests"][1]["profile"]["ms_per_token"].contains("routed_experts"));
+  CHECK(j["weights_read"]["bytes"].get<uint64_t>() == range_bytes);
+  CHECK(j["tests"][1].contains("weights_efficiency"));
+  CHECK_FALSE(j["tests"][0].contains("weights_efficiency"));  // pp16: no wall
 
   BenchOptions bad = o;
   bad.batches = {0};
