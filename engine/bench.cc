@@ -302,7 +302,10 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   // the device reads the hot ones; sharded, the experts live in the shards (their copy in
   // the model released); mapped and not filled at load, a pass would read the disk.
   std::vector<ByteRange> weight_ranges;
-  if (o.offload) report.weights_read_skipped = "offloaded: the device reads the resident weights";
+  bool any_decode_test = false;
+  for (const Test& t : plan_tests(o)) any_decode_test = any_decode_test || t.decode;
+  if (!any_decode_test) report.weights_read_skipped = "no decode test";
+  else if (o.offload) report.weights_read_skipped = "offloaded: the device reads the resident weights";
   else if (o.numa_experts) report.weights_read_skipped = "the routed experts are sharded over NUMA nodes";
   else if (report.mapped.bytes > 0 && !report.mapped.populated)
     report.weights_read_skipped = "mapped weights not filled at load: a pass would read the disk";

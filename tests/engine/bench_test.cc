@@ -413,6 +413,17 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
   CHECK(j["tests"][1].contains("weights_efficiency"));
   CHECK_FALSE(j["tests"][0].contains("weights_efficiency"));  // pp16: no wall
 
+  // A prefill alone has no wall: the weights' pass is skipped, and the report says why.
+  BenchOptions prefill_only = o;
+  prefill_only.gens = {0};
+  prefill_only.depths = {0};
+  prefill_only.reps = 1;
+  prefill_only.profile = false;
+  const BenchReport pr = run_bench(m, pool, "tiny", prefill_only);
+  CHECK(pr.weights_read.bytes == 0);
+  CHECK(pr.weights_read_skipped == "no decode test");
+  CHECK(bench_markdown(pr).find("weights read where they lie: not measured (no decode test)") != std::string::npos);
+
   BenchOptions bad = o;
   bad.batches = {0};
   CHECK_THROWS_AS(validate(bad), std::invalid_argument);
