@@ -252,31 +252,18 @@ std::vector<ByteRange> decode_weight_ranges(const Model& m) {
   auto add = [&](const WeightMatrix& w) {
     if (w.data) out.push_back({w.data, uint64_t(w.bytes())});
   };
-  auto mlp = [&](const Mlp& p) {
-    add(p.gate);
-    add(p.up);
-    add(p.down);
-  };
-  for (const Layer& L : m.layers) {
-    const Attention& A = L.attn;
-    for (const WeightMatrix* w : {&A.q_a, &A.q_b, &A.kv_a, &A.o}) add(*w);
-    if (A.split_kv_b()) {
-      add(A.k_b);
-      add(A.v_b);
-    } else {
-      add(A.kv_b);
+  // Every matrix but the embeddings (one row per token) and, where a GGUF has k_b and v_b,
+  // the kv_b rebuilt from them: decode's absorbed attention reads those two instead.
+  std::vector<const WeightMatrix*> not_read = {&m.embed};
+  for (const Layer& L : m.layers)
+    if (L.attn.split_kv_b()) {
+      not_read.push_back(&L.attn.kv_b);
+      add(L.attn.k_b);
+      add(L.attn.v_b);
     }
-    if (A.has_indexer)
-      for (const WeightMatrix* w : {&A.indexer.wq_b, &A.indexer.wk, &A.indexer.weights_proj}) add(*w);
-    if (!L.is_moe) {
-      mlp(L.dense);
-      continue;
-    }
-    add(L.moe.router);
-    for (const Mlp& e : L.moe.experts) mlp(e);
-    if (L.moe.has_shared) mlp(L.moe.shared);
-  }
-  add(m.lm_head);
+  for_each_matrix(m, [&](const WeightMatrix& w) {
+    if (std::find(not_read.begin(), not_read.end(), &w) == not_read.end()) add(w);
+  });
   return out;
 }
 
