@@ -247,7 +247,7 @@ BenchModelInfo describe_model(const Model& m, const std::string& name, int threa
   return info;
 }
 
-std::vector<ByteRange> decode_weight_ranges(const Model& m) {
+std::vector<ByteRange> decode_weight_ranges(const Model& m, bool routed_experts) {
   std::vector<ByteRange> out;
   auto add = [&](const WeightMatrix& w) {
     if (w.data) out.push_back({w.data, uint64_t(w.bytes())});
@@ -255,17 +255,45 @@ std::vector<ByteRange> decode_weight_ranges(const Model& m) {
   // Every matrix but the embeddings (one row per token) and, where a GGUF has k_b and v_b,
   // the kv_b rebuilt from them: decode's absorbed attention reads those two instead.
   std::vector<const WeightMatrix*> not_read = {&m.embed};
-  for (const Layer& L : m.layers)
+  for (const Layer& L : m.layers) {
     if (L.attn.split_kv_b()) {
       not_read.push_back(&L.attn.kv_b);
       add(L.attn.k_b);
       add(L.attn.v_b);
     }
+    if (!routed_experts && L.is_moe)
+      for (const Mlp& e : L.moe.experts) not_read.insert(not_read.end(), {&e.gate, &e.up, &e.down});
+  }
   for_each_matrix(m, [&](const WeightMatrix& w) {
     if (std::find(not_read.begin(), not_read.end(), &w) == not_read.end()) add(w);
   });
   return out;
 }
+
+namespace {
+
+// The weights' own read rate, best of `runs` passes. Sharded, a pass is the pool over
+// `ranges` (the rest) and then every node's workers over their slices: one step's order,
+// so the rate is all the bytes over the two times added.
+RangeReadResult weights_read_rate(ThreadPool& pool, const std::vector<ByteRange>& ranges, const NumaExperts* numa,
+                                  int runs = 2) {
+  if (!numa) return measure_read_rate(pool, ranges, runs);
+  RangeReadResult best;
+  for (int run = 0; run < runs; ++run) {
+    const RangeReadResult rest = measure_read_rate(pool, ranges, 1), shards = numa->read_rate();
+    double secs = 0;
+    for (const RangeReadResult* part : {&rest, &shards})
+      if (part->bytes > 0 && part->bytes_per_second > 0) secs += double(part->bytes) / part->bytes_per_second;
+    best.bytes = rest.bytes + shards.bytes;
+    best.byte_sum = rest.byte_sum + shards.byte_sum;
+    best.threads = std::max(rest.threads, shards.threads);
+    if (secs > 0) best.bytes_per_second = std::max(best.bytes_per_second, double(best.bytes) / secs);
+  }
+  best.runs = runs;
+  return best;
+}
+
+}  // namespace
 
 BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& model_name, const BenchOptions& o) {
   validate(o);
@@ -286,18 +314,17 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
     report.gemm += " (" + onednn_version() + ", float weights from " + std::to_string(kOnednnMinRows) + " rows)";
 
   // The weights' own read rate: only where the CPU reads them all from memory. Offloaded,
-  // the device reads the hot ones; sharded, the experts live in the shards (their copy in
-  // the model released); mapped and not filled at load, a pass would read the disk.
+  // the device reads the hot ones; mapped and not filled at load, a pass would read the
+  // disk. Sharded, the routed experts are read from the node shards, not the model.
   std::vector<ByteRange> weight_ranges;
   bool any_decode_test = false;
   for (const Test& t : plan_tests(o)) any_decode_test = any_decode_test || t.decode;
   if (!any_decode_test) report.weights_read_skipped = "no decode test";
   else if (o.offload) report.weights_read_skipped = "offloaded: the device reads the resident weights";
-  else if (o.numa_experts) report.weights_read_skipped = "the routed experts are sharded over NUMA nodes";
   else if (report.mapped.bytes > 0 && !report.mapped.populated)
     report.weights_read_skipped = "mapped weights not filled at load: a pass would read the disk";
-  else weight_ranges = decode_weight_ranges(model);
-  if (!weight_ranges.empty()) report.weights_read = measure_read_rate(pool, weight_ranges);
+  else weight_ranges = decode_weight_ranges(model, !o.numa_experts);
+  if (!weight_ranges.empty()) report.weights_read = weights_read_rate(pool, weight_ranges, o.numa_experts);
 
   Forward fwd(model, pool);
   fwd.set_numa_experts(o.numa_experts);
@@ -342,7 +369,8 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
     const bool weights_walled = walled && !weight_ranges.empty();
     const double bandwidth_before =
         walled ? measure_read_bandwidth(pool, o.bandwidth_bytes).bytes_per_second : 0.0;
-    const double weights_before = weights_walled ? measure_read_rate(pool, weight_ranges).bytes_per_second : 0.0;
+    const double weights_before =
+        weights_walled ? weights_read_rate(pool, weight_ranges, o.numa_experts).bytes_per_second : 0.0;
     for (int rep = 0; rep < o.reps; ++rep) {
       if (o.progress) o.progress(r.name + ": repetition " + std::to_string(rep + 1) + " of " + std::to_string(o.reps));
       TokenSource tokens(o.token_seed + uint64_t(rep) * 7919 + uint64_t(t.depth), V);
@@ -388,7 +416,8 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
     }
     mean_sd(r.tok_s, r.mean, r.sd);
     if (walled) r.bandwidth = (bandwidth_before + measure_read_bandwidth(pool, o.bandwidth_bytes).bytes_per_second) / 2;
-    if (weights_walled) r.weights_rate = (weights_before + measure_read_rate(pool, weight_ranges).bytes_per_second) / 2;
+    if (weights_walled)
+      r.weights_rate = (weights_before + weights_read_rate(pool, weight_ranges, o.numa_experts).bytes_per_second) / 2;
     if (t.decode) {
       r.experts_per_layer = usage.layer_steps ? double(usage.distinct_experts) / double(usage.layer_steps) : 0;
       r.routed_bytes_per_step = steps ? double(usage.bytes) / double(steps) : 0;

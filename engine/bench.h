@@ -23,7 +23,9 @@
 // may lie in slower memory (another NUMA node, or page cache the OS put wherever it had
 // room), which no kernel can read faster than. So each decode test also times a plain
 // sum over the model's own weights where they are (measure_read_rate), and reports its
-// efficiency against that: the kernels' share of the gap, apart from placement's.
+// efficiency against that: the kernels' share of the gap, apart from placement's. With
+// the routed experts sharded over NUMA nodes, each node's workers sum its own slices
+// (NumaExperts::read_rate) after the pool has summed the rest, as a decode step reads them.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -139,9 +141,10 @@ struct BenchReport {
 
 // The weight bytes a decode step may read, where the model keeps them: attention (k_b and
 // v_b where decode reads those), indexer, dense MLPs, routers, every routed expert the
-// model holds, shared experts and the head. Not the embeddings (one row per token), norms
-// or FP8 block scales: small, and the wall counts them anyway.
-std::vector<ByteRange> decode_weight_ranges(const Model& model);
+// model holds (unless routed_experts is false: sharded over NUMA nodes, decode reads the
+// shards instead), shared experts and the head. Not the embeddings (one row per token),
+// norms or FP8 block scales: small, and the wall counts them anyway.
+std::vector<ByteRange> decode_weight_ranges(const Model& model, bool routed_experts = true);
 
 // Measures the bandwidth with `pool`'s threads, then runs every test.
 BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& model_name, const BenchOptions& options);

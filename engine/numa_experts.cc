@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <stdexcept>
@@ -172,6 +174,34 @@ void NumaExperts::accumulate(int64_t layer, const std::vector<ExpertWork>& work,
     const float* part = partial_[size_t(k)].data();
     for (int64_t i = 0; i < T * H; ++i) out[i] += part[i];
   }
+}
+
+RangeReadResult NumaExperts::read_rate() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::vector<ByteRange>> ranges(static_cast<size_t>(node_count()));
+  RangeReadResult r;
+  for (const LayerShards& ls : layers_)
+    for (size_t k = 0; k < ls.nodes.size(); ++k)
+      for (const Mlp& m : ls.nodes[k])
+        for (const WeightMatrix* w : {&m.gate, &m.up, &m.down})
+          if (w->data && w->bytes() > 0) {
+            ranges[k].push_back({w->data, uint64_t(w->bytes())});
+            r.bytes += uint64_t(w->bytes());
+          }
+  std::atomic<uint64_t> sum{0};
+  std::atomic<int> threads{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  workers_->run_on_every_node([&](int k, ThreadPool& pool) {
+    const RangeReadResult node = measure_read_rate(pool, ranges[size_t(k)], 1);
+    sum.fetch_add(node.byte_sum, std::memory_order_relaxed);
+    threads.fetch_add(node.threads, std::memory_order_relaxed);
+  });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  r.bytes_per_second = s > 0 && r.bytes > 0 ? double(r.bytes) / s : 0;
+  r.byte_sum = sum.load();
+  r.threads = threads.load();
+  r.runs = 1;
+  return r;
 }
 
 int64_t release_routed_experts(Model& model, int64_t layer) {

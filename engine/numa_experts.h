@@ -24,6 +24,7 @@
 #include "engine/expert_shards.h"
 #include "engine/experts.h"
 #include "engine/model.h"
+#include "offload/bandwidth.h"
 #include "offload/node_memory.h"
 #include "offload/numa.h"
 
@@ -82,6 +83,11 @@ class NumaExperts {
   // experts in list order; the partials are added to out in node order. Calls are
   // serialized (one step at a time).
   void accumulate(int64_t layer, const std::vector<ExpertWork>& work, const float* x, float* out) const;
+
+  // One plain-sum pass over every node's expert slices, each node's workers over the
+  // slices in its own memory, all nodes at once (as accumulate reads them): the read
+  // rate the shards allow, for hearth bench's second wall. Serialized with accumulate.
+  RangeReadResult read_rate() const;
 
  private:
   struct LayerShards {

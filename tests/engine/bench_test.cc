@@ -17,11 +17,13 @@
 #include "engine/forward.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/numa_experts.h"
 #include "engine/profile.h"
 #include "engine/synth.h"
 #include "engine/synth_model.h"
 #include "offload/bandwidth.h"
 #include "offload/memory.h"
+#include "offload/numa.h"
 #include "offload/thread_pool.h"
 #include "support/errors.h"
 #include "support/scratch.h"
@@ -423,6 +425,29 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
   CHECK(pr.weights_read.bytes == 0);
   CHECK(pr.weights_read_skipped == "no decode test");
   CHECK(bench_markdown(pr).find("weights read where they lie: not measured (no decode test)") != std::string::npos);
+
+  // Sharded over two (synthetic) nodes: the routed experts are read from the shards, so
+  // the model's own copy leaves the ranges and the nodes' slices join the pass.
+  const NumaExperts numa(m, NumaLayout::synthetic("pack:2 numa:1 core:1 pu:1"), {1, 1});
+  BenchOptions sharded = o;
+  sharded.prompts = {0};
+  sharded.gens = {2};
+  sharded.batches = {1};
+  sharded.depths = {0};
+  sharded.reps = 1;
+  sharded.profile = false;
+  sharded.numa_experts = &numa;
+  uint64_t rest = 0, experts = 0;
+  for (const ByteRange& b : decode_weight_ranges(m, false)) rest += b.bytes;
+  for (const Layer& L : m.layers)
+    for (const Mlp& e : L.moe.experts) experts += uint64_t(e.gate.bytes() + e.up.bytes() + e.down.bytes());
+  CHECK(rest + experts == range_bytes);
+  const BenchReport sr = run_bench(m, pool, "tiny", sharded);
+  CHECK(sr.weights_read_skipped.empty());
+  CHECK(sr.weights_read.bytes == range_bytes);
+  CHECK(sr.weights_read.bytes_per_second > 0);
+  REQUIRE(sr.results.size() == 1);
+  CHECK(sr.results[0].weights_rate > 0);
 
   BenchOptions bad = o;
   bad.batches = {0};

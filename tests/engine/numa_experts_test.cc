@@ -263,6 +263,31 @@ TEST_CASE("numa experts: a sharded Forward is bit-identical over threads per nod
   CHECK(relative_diff(decoded, run_logits(m, pool, nullptr, tokens, true)) < 1e-4);
 }
 
+TEST_CASE("numa experts: read_rate sums every slice once, each node over its own") {
+  // The shards hold the model's expert bytes rearranged (gate/up rows, down columns in
+  // whole blocks), none twice, so their byte count and byte sum are the model's.
+  const Model& m = q8_model();
+  uint64_t bytes = 0, sum = 0;
+  for (const Layer& L : m.layers)
+    for (const Mlp& e : L.moe.experts)
+      for (const WeightMatrix* w : {&e.gate, &e.up, &e.down}) {
+        bytes += uint64_t(w->bytes());
+        const auto* p = static_cast<const uint8_t*>(w->data);
+        for (int64_t i = 0; i < w->bytes(); ++i) sum += p[i];
+      }
+  for (const char* topology : {"pack:2 numa:1 core:2 pu:1", "pack:3 numa:1 core:1 pu:1"}) {
+    INFO(topology);
+    const NumaLayout layout = NumaLayout::synthetic(topology);
+    const NumaExperts n(m, layout, std::vector<int>(size_t(layout.node_count()), 2));
+    REQUIRE(n.plan(first_moe_layer(m))->slices.size() == size_t(layout.node_count()));
+    const RangeReadResult r = n.read_rate();
+    CHECK(r.bytes == bytes);
+    CHECK(r.byte_sum == sum);
+    CHECK(r.bytes_per_second > 0);
+    CHECK(r.threads == 2 * layout.node_count());
+  }
+}
+
 TEST_CASE("numa experts: golden logits through a Forward sharded over 2 nodes") {
   const auto& cases = golden_cases();
   const NumaLayout layout = NumaLayout::synthetic("pack:2 numa:1 core:2 pu:1");
