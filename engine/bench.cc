@@ -439,6 +439,16 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
   return report;
 }
 
+std::string placement_hint(const BenchReport& rep) {
+  const double fresh = rep.bandwidth.bytes_per_second, weights = rep.weights_read.bytes_per_second;
+  if (rep.mapped.bytes == 0 || rep.weights_read.bytes == 0 || fresh <= 0 || weights <= 0 || weights >= 0.85 * fresh)
+    return {};
+  return "hint: the weights read " + fmt("%.0f", 100 * (1 - weights / fresh)) +
+         " % slower than fresh memory, and " + fmt("%.2f", double(rep.mapped.bytes) / 1e9) +
+         " GB of them are read in place from the mapped checkpoint: --no-mmap copies those into memory hearth owns "
+         "(RAM for the copy needed), which may read faster";
+}
+
 std::string bench_markdown(const BenchReport& rep) {
   const BenchModelInfo& m = rep.model;
   const ActiveBytes& a = m.active;
@@ -459,6 +469,7 @@ std::string bench_markdown(const BenchReport& rep) {
            " GB a decode step may read; each decode test's is measured around it: the weights GB/s column)\n";
   else if (!rep.weights_read_skipped.empty())
     out += "weights read where they lie: not measured (" + rep.weights_read_skipped + ")\n";
+  if (const std::string hint = placement_hint(rep); !hint.empty()) out += hint + "\n";
   out += "numa: " + rep.numa + "\n";
   if (const MappedWeights& mw = rep.mapped; mw.bytes > 0) {
     out += "mapped weights: " + fmt("%.2f", double(mw.bytes) / 1e9) + " GB read in place from the checkpoint, ";

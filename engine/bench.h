@@ -149,6 +149,11 @@ std::vector<ByteRange> decode_weight_ranges(const Model& model, bool routed_expe
 // Measures the bandwidth with `pool`'s threads, then runs every test.
 BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& model_name, const BenchOptions& options);
 
+// A line for the user when mapped weights read clearly slower (below 85 %) than the
+// fresh buffer: how much, and that --no-mmap copies them into memory hearth owns. Empty
+// otherwise (nothing mapped, nothing measured, or close enough). bench_markdown prints it.
+std::string placement_hint(const BenchReport& report);
+
 // Lines about the machine and the bytes per token, then a pasteable markdown table (and,
 // with profiles, a second table of ms per token and % by phase).
 std::string bench_markdown(const BenchReport& report);

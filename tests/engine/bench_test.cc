@@ -238,6 +238,27 @@ TEST_CASE("read rate over given ranges: every byte read once, whatever the threa
   CHECK(none.bytes_per_second == 0);
 }
 
+TEST_CASE("bench: the --no-mmap hint only for mapped weights that read clearly slower than fresh memory") {
+  BenchReport r;
+  r.bandwidth.bytes_per_second = 20e9;
+  r.weights_read.bytes = 5'000'000'000;
+  r.weights_read.bytes_per_second = 15e9;  // 25 % slower
+  r.mapped.bytes = 4'500'000'000;
+  CHECK(placement_hint(r) ==
+        "hint: the weights read 25 % slower than fresh memory, and 4.50 GB of them are read in place from the mapped "
+        "checkpoint: --no-mmap copies those into memory hearth owns (RAM for the copy needed), which may read faster");
+  CHECK(bench_markdown(r).find(placement_hint(r)) != std::string::npos);
+  BenchReport close = r;
+  close.weights_read.bytes_per_second = 17.5e9;  // 12.5 % slower: within the noise of a VM
+  CHECK(placement_hint(close).empty());
+  BenchReport owned = r;
+  owned.mapped.bytes = 0;  // nothing mapped: --no-mmap would change nothing
+  CHECK(placement_hint(owned).empty());
+  BenchReport unmeasured = r;
+  unmeasured.weights_read = {};
+  CHECK(placement_hint(unmeasured).empty());
+}
+
 TEST_CASE("profiler: exclusive nested phases that add up to the interval") {
   Profiler p;
   {
