@@ -8,6 +8,7 @@
 #include <random>
 #include <span>
 #include <stdexcept>
+#include <unordered_set>
 
 #include "engine/eval.h"
 #include "engine/forward.h"
@@ -254,18 +255,19 @@ std::vector<ByteRange> decode_weight_ranges(const Model& m, bool routed_experts)
   };
   // Every matrix but the embeddings (one row per token) and, where a GGUF has k_b and v_b,
   // the kv_b rebuilt from them: decode's absorbed attention reads those two instead.
-  std::vector<const WeightMatrix*> not_read = {&m.embed};
+  // A hash set: left out of a sharded V3.2, the routed experts are 47K matrices.
+  std::unordered_set<const WeightMatrix*> not_read = {&m.embed};
   for (const Layer& L : m.layers) {
     if (L.attn.split_kv_b()) {
-      not_read.push_back(&L.attn.kv_b);
+      not_read.insert(&L.attn.kv_b);
       add(L.attn.k_b);
       add(L.attn.v_b);
     }
     if (!routed_experts && L.is_moe)
-      for (const Mlp& e : L.moe.experts) not_read.insert(not_read.end(), {&e.gate, &e.up, &e.down});
+      for (const Mlp& e : L.moe.experts) not_read.insert({&e.gate, &e.up, &e.down});
   }
   for_each_matrix(m, [&](const WeightMatrix& w) {
-    if (std::find(not_read.begin(), not_read.end(), &w) == not_read.end()) add(w);
+    if (!not_read.contains(&w)) add(w);
   });
   return out;
 }

@@ -47,15 +47,17 @@ __attribute__((target("avx2"))) uint64_t sum_avx2(const uint64_t* p, int64_t n) 
   return lanes[0] + lanes[1] + lanes[2] + lanes[3] + sum_scalar(p + i, n - i);
 }
 
-// The sum of n bytes' values, 128 bytes per iteration from here on: vpsadbw against zero
-// adds eight bytes into each 64-bit lane, so the loop stays as light as sum_avx2's. Any
-// alignment (unaligned loads cost nothing extra on data in memory).
+// The sum of n bytes' values (mod 2^64), from any address: the reference, the tail of
+// byte_sum_avx2 and the fallback on CPUs without AVX2.
 uint64_t byte_sum_scalar(const uint8_t* p, uint64_t n) {
   uint64_t s = 0;
   for (uint64_t i = 0; i < n; ++i) s += p[i];
   return s;
 }
 
+// The same, 128 bytes per iteration: vpsadbw against zero adds eight bytes into each
+// 64-bit lane, so the loop stays as light as sum_avx2's. Unaligned loads, since weights
+// start anywhere; on data streamed from memory they cost nothing extra.
 __attribute__((target("avx2"))) uint64_t byte_sum_avx2(const uint8_t* p, uint64_t n) {
   const __m256i zero = _mm256_setzero_si256();
   __m256i a0 = zero, a1 = zero, a2 = zero, a3 = zero;
