@@ -105,12 +105,19 @@ std::vector<uint8_t> eight_mib_of_weights(const BlockFormat& f, int64_t cols, in
   return w;
 }
 
+// The AVX-512 level the AVX-512 columns time: avx512vnni, avx512 (F/BW), or kAvx2 when
+// the CPU has neither (the columns then show "-").
+KernelIsa widest_avx512() { return has_avx512(cpu_isa()) ? cpu_isa() : KernelIsa::kAvx2; }
+
 // GMAC/s of T activation rows against 8 MiB of one format's weights: the one-row kernel
 // per (weight row, token) against matmul_rows, which takes four tokens per tile.
 void batched(int64_t cols, int64_t tokens, int reps) {
   std::printf("\nbatched product, %lld activation rows, single thread (GMAC/s)\n", static_cast<long long>(tokens));
-  const bool vnni = cpu_isa() == KernelIsa::kAvx512Vnni;
-  std::printf("%-6s %7s %12s %12s %8s %12s\n", "format", "rows", "one-row", "tiled", "speedup", "tiled VNNI");
+  // The AVX-512 column: VNNI's kernels where the CPU has them, else the F/BW level's.
+  const KernelIsa wide = widest_avx512();
+  const bool vnni = wide != KernelIsa::kAvx2;
+  std::printf("%-6s %7s %12s %12s %8s %12s\n", "format", "rows", "one-row", "tiled", "speedup",
+              (std::string("tiled ") + (vnni ? isa_name(wide) : "avx512")).c_str());
   std::mt19937 rng(2);
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (const BlockFormat& f : block_formats()) {
@@ -138,7 +145,7 @@ void batched(int64_t cols, int64_t tokens, int reps) {
     const double tiled =
         best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, KernelIsa::kAvx2); });
     const double tiled_vnni =
-        vnni ? best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, KernelIsa::kAvx512Vnni); })
+        vnni ? best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, wide); })
              : 0;
     char vnni_col[32] = "-";
     if (vnni) std::snprintf(vnni_col, sizeof vnni_col, "%.2f", tiled_vnni);
@@ -214,6 +221,26 @@ void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
   std::printf("four tokens: %7lld rows   four-row tile %6.2f GMAC/s          x8 %7.2f GMAC/s          %5.2fx   "
               "(sums %.6g / %.6g)\n",
               static_cast<long long>(rows), tiled, x8_four, x8_four / tiled, sum_tiled, sum_x8_four);
+  // Two groups per call (AVX-512 F/BW), against the eight-row AVX2 kernel above; the
+  // sums must equal the x8 ones exactly (the kernels promise the same bits).
+  const VecDotX16Fn x16_dot = vec_dot_q4_k_x16_kernel();
+  if (!x16_dot || groups % 2 != 0) return;
+  for (int tokens : {1, 4}) {
+    const double x16 = double(row_bytes * rows) * (tokens == 1 ? 1.0 : double(cols * 4) / double(row_bytes)) /
+                       seconds([&] {
+                         for (int64_t g = 0; g < groups; g += 2)
+                           x16_dot(x8.data() + g * nb, x8.data() + (g + 1) * nb, a, tokens, cols,
+                                   y.data() + g * tokens * kInterleavedRows);
+                       }) /
+                       1e9;
+    double sum = 0;  // token 0 of groups g, g + 1: y[16 tokens (g / 2) .. + 15]
+    for (int64_t g = 0; g < groups; g += 2)
+      for (int r = 0; r < 2 * kInterleavedRows; ++r) sum += y[size_t(g * tokens * kInterleavedRows + r)];
+    const double x8 = tokens == 1 ? x8_one : x8_four;
+    std::printf("%s x16 (AVX-512) %7.2f %s   against x8 %5.2fx   (sum %.6g, x8's %.6g)\n",
+                tokens == 1 ? "one token:  " : "four tokens:", x16, tokens == 1 ? "GB/s  " : "GMAC/s", x16 / x8, sum,
+                tokens == 1 ? sum_x8 : sum_x8_four);
+  }
 }
 
 // matmul_t_accumulate over 8 MiB of each format (what absorbed MLA does per head with
@@ -335,9 +362,9 @@ int run(int argc, char** argv) {
     return 2;
   }
   const bool avx2 = has_avx2(best_isa());
-  const bool vnni = cpu_isa() == KernelIsa::kAvx512Vnni;
-  std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s; AVX-512 VNNI: %s\n", reps, avx2 ? "yes" : "no",
-              vnni ? "yes" : "no");
+  const bool vnni = widest_avx512() != KernelIsa::kAvx2;
+  std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s; AVX-512 F/BW: %s; AVX-512 VNNI: %s\n", reps,
+              avx2 ? "yes" : "no", has_avx512(cpu_isa()) ? "yes" : "no", cpu_isa() == KernelIsa::kAvx512Vnni ? "yes" : "no");
 
   // ---- read bandwidth ----
   double bw = 0;
@@ -373,7 +400,7 @@ int run(int argc, char** argv) {
 
   // ---- kernels ----
   std::printf("%-6s %9s %7s %11s %6s %11s %6s %8s %11s %6s\n", "format", "row bytes", "rows", "scalar GB/s",
-              "% bw", "AVX2 GB/s", "% bw", "speedup", "VNNI GB/s", "% bw");
+              "% bw", "AVX2 GB/s", "% bw", "speedup", (std::string(isa_name(widest_avx512())) + " GB/s").c_str(), "% bw");
   std::mt19937 rng(1);
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (const BlockFormat& f : block_formats()) {
@@ -407,7 +434,7 @@ int run(int argc, char** argv) {
     float rs = 0, rv = 0, rn = 0;
     const double gs = measure(f.vec_dot, rs);
     const double gv = avx2 ? measure(f.vec_dot_avx2, rv) : 0;
-    const double gn = vnni ? measure(vec_dot_kernel(f, KernelIsa::kAvx512Vnni), rn) : 0;
+    const double gn = vnni ? measure(vec_dot_kernel(f, widest_avx512()), rn) : 0;
     char vnni_cols[64] = "          -      -";
     if (vnni) std::snprintf(vnni_cols, sizeof vnni_cols, "%11.2f %5.1f%%", gn, 100 * gn / bw);
     std::printf("%-6s %9lld %7lld %11.2f %5.1f%% %11.2f %5.1f%% %7.1fx %s   (sums %.6g / %.6g%s)\n",

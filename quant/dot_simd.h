@@ -2,6 +2,8 @@
 // from the same bodies (quant/dot_kernels.inc):
 //   dot_avx2        AVX2 + FMA + F16C                      (quant/dot_avx2.cc)
 //   dot_avx512vnni  the same plus AVX-512 F/BW/VL/VNNI     (quant/dot_avx512vnni.cc)
+//   dot_avx512      AVX-512 F/BW/VL/DQ without VNNI: Q8_0 in 512-bit registers, every
+//                   other format its AVX2 kernel                (quant/dot_avx512.cc)
 // Use them through vec_dot_kernel() / vec_dot_tile_kernel(), which pick by KernelIsa;
 // calling one on a CPU without its extensions faults.
 //
@@ -49,3 +51,9 @@ HEARTH_DOT_SIMD_KERNELS
 namespace hearth::dot_avx512vnni {
 HEARTH_DOT_SIMD_KERNELS
 }  // namespace hearth::dot_avx512vnni
+
+namespace hearth::dot_avx512 {
+VecDotFn row_kernel(GgmlType type);               // never nullptr where dot_avx2's is not
+VecDot4Fn tile_kernel(GgmlType type, int tokens);  // likewise
+VecDot2x4Fn tile2x4_kernel(GgmlType type);        // Q8_0
+}  // namespace hearth::dot_avx512

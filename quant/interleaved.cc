@@ -155,4 +155,8 @@ VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa) {
   return has_avx2(resolve_isa(isa)) ? interleaved_avx2::vec_dot_q4_k_x8 : vec_dot_q4_k_x8_scalar;
 }
 
+VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa) {
+  return has_avx512(resolve_isa(isa)) ? interleaved_avx512::vec_dot_q4_k_x16 : nullptr;
+}
+
 }  // namespace hearth

@@ -68,8 +68,18 @@ using VecDotX8Fn = void (*)(const void* group, const void* const* act, int token
 
 // The scalar reference of the formula above.
 void vec_dot_q4_k_x8_scalar(const void* group, const void* const* act, int tokens, int64_t n, float* out);
-// The kernel for isa (resolve_isa caps it at the CPU): AVX2 for kAvx2 and kAvx512Vnni,
+// The kernel for isa (resolve_isa caps it at the CPU): AVX2 for kAvx2 and the AVX-512 levels,
 // the scalar reference for kScalar.
 VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa = KernelIsa::kAuto);
+
+// Two groups in one pass: out[t * 16 + r] = row r of group0 . act[t] and out[t * 16 + 8
+// + r] = row r of group1 . act[t], for r in 0..7, each the same bits as the eight-row
+// kernels give (so which rows share a call never changes a result). The arguments are
+// checked as theirs.
+using VecDotX16Fn = void (*)(const void* group0, const void* group1, const void* const* act, int tokens, int64_t n,
+                             float* out);
+// The AVX-512 F/BW kernel where isa (resolved) has it (kAvx512, kAvx512Vnni), else
+// nullptr: then callers take the groups one at a time.
+VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa = KernelIsa::kAuto);
 
 }  // namespace hearth

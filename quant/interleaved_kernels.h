@@ -1,6 +1,6 @@
 // Internal to quant/: what quant/interleaved.cc and quant/interleaved_avx2.cc share. Use
-// the kernels through vec_dot_q4_k_x8_kernel() (quant/interleaved.h), which checks that
-// the CPU has the instructions.
+// the kernels through vec_dot_q4_k_x8_kernel() and vec_dot_q4_k_x16_kernel()
+// (quant/interleaved.h), which check that the CPU has the instructions.
 #pragma once
 #include <cstdint>
 
@@ -13,3 +13,11 @@ void vec_dot_q4_k_x8(const void* group, const void* const* act, int tokens, int6
 void check_x8_call(int tokens, int64_t n);
 
 }  // namespace hearth::interleaved_avx2
+
+namespace hearth::interleaved_avx512 {
+
+// The AVX-512 F/BW sixteen-row kernel (two groups); faults on a CPU without them.
+void vec_dot_q4_k_x16(const void* group0, const void* group1, const void* const* act, int tokens, int64_t n,
+                      float* out);
+
+}  // namespace hearth::interleaved_avx512

@@ -487,26 +487,39 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, 
 
 // dot_rows_tiled for Q4_K_R8: each group of eight rows that meets [r0, r1) against up to
 // four tokens per kernel call (the weights are unpacked once for all of them); rows of a
-// group outside the range are computed and dropped. A token's results are the same bits
-// whichever tokens share its call.
+// group outside the range are computed and dropped. Where the CPU has AVX-512, two groups
+// go through one call of the sixteen-row kernel. A token's results are the same bits
+// whichever tokens and groups share its call.
 void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, int64_t act_row, const int32_t* pick,
                           int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr int64_t kRows = kInterleavedRows;
   const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
+  // One token (decode) stays on the eight-row kernel: there the weights stream from DRAM,
+  // and the sixteen-row kernel, 1.4-1.5x faster from cache, made tg32 12 % slower on
+  // the AVX-512 Xeon (hearth bench, alternated runs; docs/performance.md).
+  const VecDotX16Fn dot16 = n >= 2 ? vec_dot_q4_k_x16_kernel(isa) : nullptr;
   const int64_t nb = w.cols / kQK_K;
   const auto* groups = static_cast<const BlockQ4_Kx8*>(w.data);
+  const int64_t g_end = (r1 + kRows - 1) / kRows;
   // Token blocks as dot_rows_tiled; a group's weights (8 rows) stay in L1 across a block.
   for_token_blocks(q, act_row, pick, n, y, ldy, [&](const char* qb, const int32_t* pb, int64_t n_b, float* yb) {
-    for (int64_t g = r0 / kInterleavedRows; g * kInterleavedRows < r1; ++g) {
-      const int64_t first = std::max(r0, g * kInterleavedRows), last = std::min(r1, (g + 1) * kInterleavedRows);
+    for (int64_t g = r0 / kRows; g < g_end;) {
+      const int64_t span = dot16 && g + 1 < g_end ? 2 : 1;  // groups in this call
+      const int64_t first = std::max(r0, g * kRows), last = std::min(r1, (g + span) * kRows);
       for (int64_t t = 0; t < n_b; t += 4) {
         const int tokens = int(std::min<int64_t>(4, n_b - t));
         const void* a[4];
         for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
-        float out[4 * kInterleavedRows];
-        dot(groups + g * nb, a, tokens, w.cols, out);
+        float out[4 * 2 * kRows];
+        if (span == 2)
+          dot16(groups + g * nb, groups + (g + 1) * nb, a, tokens, w.cols, out);
+        else
+          dot(groups + g * nb, a, tokens, w.cols, out);
+        const int64_t width = span * kRows;
         for (int k = 0; k < tokens; ++k)
-          for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * kInterleavedRows + (r % kInterleavedRows)];
+          for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * width + (r - g * kRows)];
       }
+      g += span;
     }
   });
 }
@@ -738,8 +751,8 @@ KernelIsa cpu_isa() {
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
       return KernelIsa::kScalar;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-      return KernelIsa::kAvx512Vnni;
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return __builtin_cpu_supports("avx512vnni") ? KernelIsa::kAvx512Vnni : KernelIsa::kAvx512;
     return KernelIsa::kAvx2;
   }();
   return isa;
@@ -760,7 +773,7 @@ KernelIsa limit_isa(KernelIsa most) {
 }
 
 std::optional<KernelIsa> parse_isa(const std::string& name) {
-  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512Vnni, KernelIsa::kAuto})
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512, KernelIsa::kAvx512Vnni, KernelIsa::kAuto})
     if (name == isa_name(isa)) return isa;
   return std::nullopt;
 }
@@ -775,6 +788,7 @@ const char* isa_name(KernelIsa isa) {
   switch (isa) {
     case KernelIsa::kScalar: return "scalar";
     case KernelIsa::kAvx2: return "avx2";
+    case KernelIsa::kAvx512: return "avx512";
     case KernelIsa::kAvx512Vnni: return "avx512vnni";
     case KernelIsa::kAuto: return "auto";
   }

@@ -159,7 +159,12 @@ TEST_CASE("interleaved Q4_K: matmul_rows gives the eight-row reference's bits fo
       CAPTURE(r1);
       const float sentinel = -12345.0f;
       std::vector<float> y(size_t(n * r8.rows), sentinel), yp(size_t(n * r8.rows), sentinel);
+      std::vector<float> y2(size_t(n * r8.rows), sentinel);
+      // The default kernels (two groups per call where the CPU has AVX-512) and the
+      // eight-row AVX2 kernel alone.
       matmul_rows(r8, x.data(), r8.cols, n, y.data(), r8.rows, r0, r1);
+      matmul_rows(r8, x.data(), r8.cols, n, y2.data(), r8.rows, r0, r1, KernelIsa::kAvx2);
+      CHECK(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0);
       matmul_rows(plain.w, x.data(), r8.cols, n, yp.data(), r8.rows, r0, r1);
       for (int64_t t = 0; t < n; ++t)
         for (int64_t r = 0; r < r8.rows; ++r) {

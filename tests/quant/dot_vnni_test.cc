@@ -74,6 +74,10 @@ std::vector<Flavour> flavours() {
                           dot_vnni_emulated::tile2x4_kernel}};
   if (have_vnni())
     v.push_back({"native", dot_avx512vnni::row_kernel, dot_avx512vnni::tile_kernel, dot_avx512vnni::tile2x4_kernel});
+  // The AVX-512 F/BW level (quant/dot_avx512.cc: Q8_0 in 512-bit registers, the rest
+  // AVX2) promises the same floats.
+  if (has_avx512(best_isa()))
+    v.push_back({"avx512", dot_avx512::row_kernel, dot_avx512::tile_kernel, dot_avx512::tile2x4_kernel});
   return v;
 }
 
@@ -90,7 +94,7 @@ int row_mismatches(const BlockFormat& f, const std::vector<uint8_t>& w, const st
       CAPTURE(n);
       CAPTURE(want);
       CAPTURE(got);
-      FAIL_CHECK("VNNI and AVX2 dot products differ");
+      FAIL_CHECK("VNNI (or AVX-512) and AVX2 dot products differ");
       ++bad;
     }
   }
@@ -112,7 +116,7 @@ int tile_mismatches(const BlockFormat& f, const std::vector<uint8_t> (&w)[2], co
     CAPTURE(t);
     CAPTURE(want);
     CAPTURE(got);
-    FAIL_CHECK("VNNI tile and AVX2 one-row kernel differ");
+    FAIL_CHECK("VNNI (or AVX-512) tile and AVX2 one-row kernel differ");
     ++bad;
   };
   for (const Flavour& fl : flavours()) {
@@ -164,23 +168,33 @@ TEST_CASE("dot vnni: requests are capped at what the CPU has") {
   CHECK(resolve_isa(KernelIsa::kScalar) == KernelIsa::kScalar);
   CHECK(resolve_isa(KernelIsa::kAvx512Vnni) == best);
   CHECK(resolve_isa(KernelIsa::kAvx2) == (best == KernelIsa::kScalar ? KernelIsa::kScalar : KernelIsa::kAvx2));
+  CHECK(resolve_isa(KernelIsa::kAvx512) == (has_avx512(best) ? KernelIsa::kAvx512 : best));
   CHECK(std::string(isa_name(KernelIsa::kAvx512Vnni)) == "avx512vnni");
+  CHECK(std::string(isa_name(KernelIsa::kAvx512)) == "avx512");
+  CHECK(parse_isa("avx512") == KernelIsa::kAvx512);
   for (GgmlType t : kSimdFormats) {
     const BlockFormat& f = block_format(t);
     CAPTURE(f.name);
     // On a CPU without AVX-512 a VNNI request runs AVX2 (or scalar) rather than faulting.
-    const VecDotFn want_vnni = have_vnni()              ? dot_avx512vnni::row_kernel(t)
-                               : has_avx2(best_isa()) ? f.vec_dot_avx2
-                                                      : f.vec_dot;
+    // Below VNNI: the AVX-512 F/BW kernels where the CPU has them (Q8_0's own, the AVX2
+    // ones otherwise), else AVX2, else scalar.
+    const VecDotFn want_avx512 = has_avx512(best_isa()) ? dot_avx512::row_kernel(t)
+                                 : has_avx2(best_isa()) ? f.vec_dot_avx2
+                                                        : f.vec_dot;
+    const VecDotFn want_vnni = have_vnni() ? dot_avx512vnni::row_kernel(t) : want_avx512;
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx512Vnni) == want_vnni));
     CHECK((vec_dot_kernel(f) == want_vnni));
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx2) == (has_avx2(best_isa()) ? f.vec_dot_avx2 : f.vec_dot)));
+    CHECK((vec_dot_kernel(f, KernelIsa::kAvx512) == want_avx512));
+    // Only Q8_0 has a 512-bit kernel of its own.
+    CHECK(((dot_avx512::row_kernel(t) == f.vec_dot_avx2) == (t != GgmlType::Q8_0)));
   }
   for (GgmlType t : kTiledFormats) {
     const BlockFormat& f = block_format(t);
     const VecDot4Fn want = have_vnni()              ? dot_avx512vnni::tile_kernel(t, 4)
-                           : has_avx2(best_isa()) ? dot_avx2::tile_kernel(t, 4)
-                                                  : nullptr;
+                           : has_avx512(best_isa()) ? dot_avx512::tile_kernel(t, 4)
+                           : has_avx2(best_isa())   ? dot_avx2::tile_kernel(t, 4)
+                                                    : nullptr;
     CHECK((vec_dot_tile_kernel(f, 4, KernelIsa::kAvx512Vnni) == want));
   }
 }

@@ -290,10 +290,12 @@ TEST_CASE("interleaved q4_K_r8: the scalar reference agrees with plain Q4_K's do
   }
 }
 
-TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's floats bit for bit") {
-  const VecDotX8Fn avx2 = avx2_kernel();
-  if (!avx2) return;
-  std::mt19937 rng(73);
+// Calls mismatches(group, acts) on random and adversarial groups, each with four
+// activation rows, and checks that no call's floats differ from the scalar reference's;
+// known(group, acts) returns the first token's eight results for the top-magnitude group,
+// whose answer is computed here. The AVX2 and AVX-512 kernels share it.
+template <class Mismatches, class Known>
+void sweep_against_scalar(std::mt19937& rng, Mismatches&& mismatches, Known&& known) {
   const BlockFormat& f = block_format(GgmlType::Q4_K);
   int bad = 0, cases = 0;
 
@@ -305,7 +307,7 @@ TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's flo
       const int64_t n = nb * kQK_K;
       std::vector<std::vector<uint8_t>> acts = {quantized_activations(n, rng), act_row(f, n, rng),
                                                 act_row(f, n, rng), quantized_activations(n, rng)};
-      bad += avx2_mismatches(avx2, g, acts);
+      bad += mismatches(g, acts);
       ++cases;
     }
   }
@@ -339,7 +341,7 @@ TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's flo
           for (size_t first = (nb == 1 ? 0 : size_t(fi + hi) % 4); first + 4 <= all_acts.size(); first += step) {
             const std::vector<std::vector<uint8_t>> acts(all_acts.begin() + long(first),
                                                          all_acts.begin() + long(first + 4));
-            bad += avx2_mismatches(avx2, g, acts);
+            bad += mismatches(g, acts);
             ++cases;
           }
         }
@@ -349,15 +351,103 @@ TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's flo
     const std::vector<std::vector<uint8_t>> extremes = {act_row(f, n, rng, -128, 1.0f), act_row(f, n, rng, 127, 1.0f),
                                                         act_row(f, n, rng, -128, -3.0e4f),
                                                         act_row(f, n, rng, 127, 1e-40f)};
-    bad += avx2_mismatches(avx2, top, extremes);
+    bad += mismatches(top, extremes);
     ++cases;
     // ... where the answer is known: every value is 63 * 15 - 63 = 882 and every
     // activation -128, so each row's dot product is -882 * 128 * n (exact in float).
-    const std::vector<float> out = run(avx2, top, extremes, 1);
+    const std::vector<float> out = known(top, extremes);
     for (int r = 0; r < kRows; ++r) CHECK(out[size_t(r)] == float(-882.0 * 128.0 * double(n)));
   }
   CHECK(cases > 300);
   CHECK(bad == 0);
+}
+
+// The AVX-512 kernel, or nullptr (with a MESSAGE) where the CPU lacks AVX-512 F/BW.
+VecDotX16Fn avx512_kernel() {
+  if (!has_avx512(cpu_isa())) {
+    MESSAGE("CPU lacks AVX-512 F/BW/VL/DQ: the sixteen-row kernel is not tested");
+    return nullptr;
+  }
+  const VecDotX16Fn fn = vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512);
+  REQUIRE_MESSAGE((fn != nullptr), "the AVX-512 kernel is capped away (limit_isa)");
+  return fn;
+}
+
+// Runs the sixteen-row kernel on groups g0 and g1 against `tokens` activation rows:
+// out[16t + r], r < 8 from g0.
+std::vector<float> run16(VecDotX16Fn fn, const Group& g0, const Group& g1, const std::vector<std::vector<uint8_t>>& acts,
+                         int tokens) {
+  const void* a[4] = {};
+  for (int t = 0; t < tokens; ++t) a[t] = acts[size_t(t)].data();
+  std::vector<float> out(size_t(2 * kRows * tokens), -1.0f);
+  fn(g0.x8.data(), g1.x8.data(), a, tokens, g0.nb * kQK_K, out.data());
+  return out;
+}
+
+// The sixteen-row kernel on (g0, g1) against the scalar reference on each, tokens 1..4;
+// the number of calls whose floats differ in any bit.
+int x16_mismatches(VecDotX16Fn fn, const Group& g0, const Group& g1, const std::vector<std::vector<uint8_t>>& acts) {
+  int bad = 0;
+  for (int tokens = 1; tokens <= 4; ++tokens) {
+    const std::vector<float> got = run16(fn, g0, g1, acts, tokens);
+    const std::vector<float> want0 = run(vec_dot_q4_k_x8_scalar, g0, acts, tokens);
+    const std::vector<float> want1 = run(vec_dot_q4_k_x8_scalar, g1, acts, tokens);
+    bool same = true;
+    for (int t = 0; t < tokens; ++t)
+      for (int r = 0; r < kRows; ++r) {
+        const size_t i = size_t(kRows * t + r);
+        const float w0 = want0[i], w1 = want1[i];
+        const float o0 = got[size_t(2 * kRows * t + r)], o1 = got[size_t(2 * kRows * t + kRows + r)];
+        if (float_bits(w0) != float_bits(o0) || float_bits(w1) != float_bits(o1)) {
+          if (same) {
+            CAPTURE(g0.nb);
+            CAPTURE(tokens);
+            CAPTURE(t);
+            CAPTURE(r);
+            CAPTURE(w0);
+            CAPTURE(o0);
+            CAPTURE(w1);
+            CAPTURE(o1);
+            FAIL_CHECK("AVX-512 x16 and scalar x8 kernels differ");
+          }
+          same = false;
+        }
+      }
+    if (!same) ++bad;
+  }
+  return bad;
+}
+
+TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's floats bit for bit") {
+  const VecDotX8Fn avx2 = avx2_kernel();
+  if (!avx2) return;
+  std::mt19937 rng(73);
+  sweep_against_scalar(
+      rng, [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return avx2_mismatches(avx2, g, acts); },
+      [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return run(avx2, g, acts, 1); });
+}
+
+TEST_CASE("interleaved q4_K_r8: the AVX-512 kernel gives the scalar reference's floats for both groups") {
+  const VecDotX16Fn avx512 = avx512_kernel();
+  if (!avx512) return;
+  std::mt19937 rng(76);
+  // Each group goes in both halves: paired with a random group of its length, once as
+  // the first and once as the second, so both halves see every adversarial group.
+  auto partner = [&](const Group& g) { return random_group(g.nb, rng); };
+  sweep_against_scalar(
+      rng,
+      [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
+        const Group other = partner(g);
+        return x16_mismatches(avx512, g, other, acts) + x16_mismatches(avx512, other, g, acts);
+      },
+      [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
+        const Group other = partner(g);
+        const std::vector<float> first = run16(avx512, g, other, acts, 1);
+        const std::vector<float> second = run16(avx512, other, g, acts, 1);
+        // Row r of g in the low half of the first call and the high half of the second.
+        for (int r = 0; r < kRows; ++r) CHECK(float_bits(first[size_t(r)]) == float_bits(second[size_t(kRows + r)]));
+        return std::vector<float>(first.begin(), first.begin() + kRows);
+      });
 }
 
 TEST_CASE("interleaved q4_K_r8: a token's result does not depend on the other tokens in the call") {
@@ -390,6 +480,11 @@ TEST_CASE("interleaved q4_K_r8: a token's result does not depend on the other to
 TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts") {
   CHECK((vec_dot_q4_k_x8_kernel(KernelIsa::kScalar) == vec_dot_q4_k_x8_scalar));
   CHECK((vec_dot_q4_k_x8_kernel() != vec_dot_q4_k_x8_scalar) == has_avx2(best_isa()));
+  // The sixteen-row kernel only where AVX-512 F/BW is allowed; never for AVX2 or scalar.
+  CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kScalar) == nullptr));
+  CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx2) == nullptr));
+  CHECK((vec_dot_q4_k_x16_kernel() != nullptr) == has_avx512(best_isa()));
+  CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != nullptr) == has_avx512(best_isa()));
   std::mt19937 rng(75);
   const Group g = random_group(2, rng);
   const std::vector<uint8_t> act = quantized_activations(2 * kQK_K, rng);
@@ -405,6 +500,13 @@ TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts")
     CHECK_THROWS_AS(fn(g.x8.data(), a, 5, kQK_K, out), std::invalid_argument);
     CHECK_THROWS_AS(fn(g.x8.data(), a, -1, kQK_K, out), std::invalid_argument);
     CHECK_NOTHROW(fn(g.x8.data(), a, 4, 2 * kQK_K, out));
+  }
+  if (const VecDotX16Fn fn = vec_dot_q4_k_x16_kernel()) {
+    float out16[5 * 2 * kRows];
+    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a, 1, kQK_K + 32, out16), std::invalid_argument);
+    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a, 0, kQK_K, out16), std::invalid_argument);
+    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a, 5, kQK_K, out16), std::invalid_argument);
+    CHECK_NOTHROW(fn(g.x8.data(), g.x8.data(), a, 4, 2 * kQK_K, out16));
   }
 }
 

@@ -158,6 +158,7 @@ bool close(double got, double ref, double mag, Tolerance tol) {
 std::vector<KernelIsa> isas_to_test() {
   std::vector<KernelIsa> v{KernelIsa::kScalar};
   if (has_avx2(best_isa())) v.push_back(KernelIsa::kAvx2);
+  if (has_avx512(best_isa())) v.push_back(KernelIsa::kAvx512);
   if (best_isa() == KernelIsa::kAvx512Vnni) v.push_back(KernelIsa::kAvx512Vnni);
   return v;
 }
