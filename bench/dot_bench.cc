@@ -115,9 +115,9 @@ void batched(int64_t cols, int64_t tokens, int reps) {
   std::printf("\nbatched product, %lld activation rows, single thread (GMAC/s)\n", static_cast<long long>(tokens));
   // The AVX-512 column: VNNI's kernels where the CPU has them, else the F/BW level's.
   const KernelIsa wide = widest_avx512();
-  const bool vnni = wide != KernelIsa::kAvx2;
+  const bool has_wide = wide != KernelIsa::kAvx2;
   std::printf("%-6s %7s %12s %12s %8s %12s\n", "format", "rows", "one-row", "tiled", "speedup",
-              (std::string("tiled ") + (vnni ? isa_name(wide) : "avx512")).c_str());
+              (std::string("tiled ") + (has_wide ? isa_name(wide) : "avx512")).c_str());
   std::mt19937 rng(2);
   std::normal_distribution<float> gauss(0.0f, 1.0f);
   for (const BlockFormat& f : block_formats()) {
@@ -144,13 +144,12 @@ void batched(int64_t cols, int64_t tokens, int reps) {
     });
     const double tiled =
         best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, KernelIsa::kAvx2); });
-    const double tiled_vnni =
-        vnni ? best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, wide); })
-             : 0;
-    char vnni_col[32] = "-";
-    if (vnni) std::snprintf(vnni_col, sizeof vnni_col, "%.2f", tiled_vnni);
+    const double tiled_wide =
+        has_wide ? best_of([&] { matmul_rows(m, a, nullptr, tokens, y.data(), rows, 0, rows, wide); }) : 0;
+    char wide_col[32] = "-";
+    if (has_wide) std::snprintf(wide_col, sizeof wide_col, "%.2f", tiled_wide);
     std::printf("%-6s %7lld %12.2f %12.2f %7.2fx %12s%s\n", std::string(f.name).c_str(), static_cast<long long>(rows),
-                one, tiled, tiled / one, vnni_col, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
+                one, tiled, tiled / one, wide_col, vec_dot4_kernel(f) ? "" : "   (no tile kernel)");
   }
 }
 
@@ -226,13 +225,11 @@ void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
   const VecDotX16Fn x16_dot = vec_dot_q4_k_x16_kernel();
   if (!x16_dot || groups % 2 != 0) return;
   for (int tokens : {1, 4}) {
-    const double x16 = double(row_bytes * rows) * (tokens == 1 ? 1.0 : double(cols * 4) / double(row_bytes)) /
-                       seconds([&] {
-                         for (int64_t g = 0; g < groups; g += 2)
-                           x16_dot(x8.data() + g * nb, x8.data() + (g + 1) * nb, a, tokens, cols,
-                                   y.data() + g * tokens * kInterleavedRows);
-                       }) /
-                       1e9;
+    // As the x8 rows: bytes of weights per second for one token, MACs for four.
+    const double x16 = (tokens == 1 ? bytes : macs) / seconds([&] {
+      for (int64_t g = 0; g < groups; g += 2)
+        x16_dot(x8.data() + g * nb, x8.data() + (g + 1) * nb, a, tokens, cols, y.data() + g * tokens * kInterleavedRows);
+    }) / 1e9;
     double sum = 0;  // token 0 of groups g, g + 1: y[16 tokens (g / 2) .. + 15]
     for (int64_t g = 0; g < groups; g += 2)
       for (int r = 0; r < 2 * kInterleavedRows; ++r) sum += y[size_t(g * tokens * kInterleavedRows + r)];
@@ -362,7 +359,7 @@ int run(int argc, char** argv) {
     return 2;
   }
   const bool avx2 = has_avx2(best_isa());
-  const bool vnni = widest_avx512() != KernelIsa::kAvx2;
+  const bool has_wide = widest_avx512() != KernelIsa::kAvx2;
   std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s; AVX-512 F/BW: %s; AVX-512 VNNI: %s\n", reps,
               avx2 ? "yes" : "no", has_avx512(cpu_isa()) ? "yes" : "no", cpu_isa() == KernelIsa::kAvx512Vnni ? "yes" : "no");
 
@@ -434,13 +431,13 @@ int run(int argc, char** argv) {
     float rs = 0, rv = 0, rn = 0;
     const double gs = measure(f.vec_dot, rs);
     const double gv = avx2 ? measure(f.vec_dot_avx2, rv) : 0;
-    const double gn = vnni ? measure(vec_dot_kernel(f, widest_avx512()), rn) : 0;
-    char vnni_cols[64] = "          -      -";
-    if (vnni) std::snprintf(vnni_cols, sizeof vnni_cols, "%11.2f %5.1f%%", gn, 100 * gn / bw);
+    const double gn = has_wide ? measure(vec_dot_kernel(f, widest_avx512()), rn) : 0;
+    char wide_cols[64] = "          -      -";
+    if (has_wide) std::snprintf(wide_cols, sizeof wide_cols, "%11.2f %5.1f%%", gn, 100 * gn / bw);
     std::printf("%-6s %9lld %7lld %11.2f %5.1f%% %11.2f %5.1f%% %7.1fx %s   (sums %.6g / %.6g%s)\n",
                 std::string(f.name).c_str(), static_cast<long long>(row_bytes), static_cast<long long>(rows), gs,
-                100 * gs / bw, gv, 100 * gv / bw, gv / gs, vnni_cols, double(rs), double(rv),
-                vnni ? (" / " + std::to_string(rn)).c_str() : "");
+                100 * gs / bw, gv, 100 * gv / bw, gv / gs, wide_cols, double(rs), double(rv),
+                has_wide ? (" / " + std::to_string(rn)).c_str() : "");
   }
   batched(cols, tokens, reps);
   if (avx2) interleaved_q4_k(cols, mb, reps, bw);

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/avx2_blocks.h"
 #include "quant/block_formats.h"
 #include "quant/dot_simd.h"
 #include "quant/kquants.h"
@@ -27,6 +28,8 @@ namespace hearth::dot_avx512 {
 
 namespace {
 
+using avx2::hsum;
+using avx2::load256;
 using kquants::require_whole_blocks;
 
 // As quant/dot_kernels.inc: each step prefetches the weight lines 4 KB ahead.
@@ -35,10 +38,6 @@ constexpr int64_t kPrefetchBytes = 4096;
 HEARTH_AVX512BW inline void prefetch_pair(const BlockQ8_0* b) {
   const char* p = reinterpret_cast<const char*>(b) + kPrefetchBytes;
   for (size_t off = 0; off < 2 * sizeof(BlockQ8_0); off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-}
-
-HEARTH_AVX512BW inline __m256i load256(const void* p) {
-  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
 
 // Block b's 32 quants in the low half, block b + 1's in the high half.
@@ -76,11 +75,7 @@ HEARTH_AVX512BW inline __m256 last_block(const BlockQ8_0& x, const BlockQ8_0& y,
 
 // The AVX2 kernels' final sum: their two accumulators added, then across the lanes.
 HEARTH_AVX512BW inline float finish(__m512 acc) {
-  const __m256 v = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+  return hsum(_mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1)));
 }
 
 // M weight rows against N tokens: out[r * N + t], each the AVX2 one-row kernel's float.

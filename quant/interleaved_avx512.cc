@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/avx2_blocks.h"
 #include "quant/interleaved.h"
 #include "quant/interleaved_kernels.h"
 
@@ -25,16 +26,14 @@ namespace hearth::interleaved_avx512 {
 
 namespace {
 
+using avx2::load256;
+
 // As the AVX2 kernel: 4 KB ahead of the block being read, for both groups.
 constexpr int64_t kPrefetchBytes = 4096;
 
 HEARTH_AVX512BW inline void prefetch_block(const BlockQ4_Kx8* b) {
   const char* p = reinterpret_cast<const char*>(b) + kPrefetchBytes;
   for (size_t off = 0; off < sizeof(BlockQ4_Kx8); off += 64) _mm_prefetch(p + off, _MM_HINT_T0);
-}
-
-HEARTH_AVX512BW inline __m256i load256(const void* p) {
-  return _mm256_loadu_si256(static_cast<const __m256i*>(p));
 }
 
 // 32 bytes of the first group in the low half, the same 32 bytes of the second above.
