@@ -162,6 +162,26 @@ void softmax_inplace(float* s, int64_t n) {
   for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
 
+// softmax_inplace over the entries keep marks, in their order, with the others set to 0:
+// the kept entries get the same bits as softmax_inplace over them alone (the same maximum,
+// the same exponentials added in the same order).
+void softmax_kept(float* s, const uint8_t* keep, int64_t n) {
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i)
+    if (keep[i]) m = std::max(m, s[i]);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!keep[i]) {
+      s[i] = 0.0f;
+      continue;
+    }
+    s[i] = std::exp(s[i] - m);
+    sum += s[i];
+  }
+  const float inv = float(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
+}
+
 // Softmax attention of m queries over the same picked positions, the core both paths
 // share (the heads of a group on the absorbed path, consecutive rows of one head on the
 // prefill path):
@@ -169,18 +189,20 @@ void softmax_inplace(float* s, int64_t n) {
 //   out_i += sum_{j < n_i} p(i, j) values[j]
 // with query i at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope values)
 // and its output at out + i * ldo (vdim values); n_i is counts[i], or every key when
-// counts is null. With rope 0 there is no rope part (qr and rope_keys unused): the keys
+// counts is null; with keep, query i attends to the keys j with keep[i * np + j] only. With rope 0 there is no rope part (qr and rope_keys unused): the keys
 // already hold it (the absorbed path's cache entries, latent then rope key). The scores
 // go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs, where a dot product per key
 // loads 2 per FMA) and the queries share each key loaded; the
-// sums are bit-identical to an axpy per key. A query's weights past its n_i keys are 0,
-// which adds nothing to a sum that started at +0, and the tiles compute each dot product
+// sums are bit-identical to an axpy per key. A query's weights past its n_i keys, or at
+// keys it did not keep, are 0, which adds nothing to a sum that started at +0 (such a sum
+// never becomes -0), and the tiles compute each dot product
 // with the same operations: a query's result is the same bits whichever queries share its
 // call. sc and sr are scratch.
 void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, int64_t ldqr, int64_t rope, int64_t m,
                    const std::vector<const float*>& keys, const std::vector<const float*>& rope_keys,
                    const std::vector<const float*>& values, int64_t vdim, float scale, float* out, int64_t ldo,
-                   std::vector<float>& sc, std::vector<float>& sr, const int64_t* counts = nullptr) {
+                   std::vector<float>& sc, std::vector<float>& sr, const int64_t* counts = nullptr,
+                   const uint8_t* keep = nullptr) {
   const int64_t np = int64_t(keys.size());
   sc.resize(size_t(m * np));
   sr.resize(size_t(rope > 0 ? m * np : 0));
@@ -195,7 +217,11 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
     } else {
       for (int64_t j = 0; j < n; ++j) s[j] *= scale;
     }
-    softmax_inplace(s, n);
+    if (keep) {
+      softmax_kept(s, keep + k * np, n);
+    } else {
+      softmax_inplace(s, n);
+    }
     std::fill(s + n, s + np, 0.0f);
   }
   weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
@@ -258,11 +284,50 @@ void attend_fp8_online(RowsOf&& rows_of, int64_t np, const float* q, int64_t ldq
   }
 }
 
-// Rows of one head that the prefill path attends together (dot_rows_f32's four queries by
-// two keys).
-constexpr int64_t kRowGroup = 4;
+// Rows of one head that the prefill path attends together: each key loaded serves all of
+// them (dot_rows_f32 takes them four queries by two keys while the pair is in L1). Against
+// groups of 4, pp2048 of the bench preset went from 51 to 55 t/s (hearth bench, Q4_K).
+constexpr int64_t kRowGroup = kPrefillRowGroup;
 
 }  // namespace
+
+PrefillGroup plan_prefill_group(const std::vector<std::vector<int32_t>>& picked, int64_t r0, int64_t rows,
+                                std::vector<uint32_t>& mark) {
+  static_assert(kRowGroup <= 32, "one bit per row of a group in mark");
+  PrefillGroup g;
+  const std::vector<int32_t>& last = picked[size_t(r0 + rows - 1)];
+  bool nested = true;
+  for (int64_t k = 0; nested && k + 1 < rows; ++k) {
+    const std::vector<int32_t>& pk = picked[size_t(r0 + k)];
+    nested = pk.size() <= last.size() && std::equal(pk.begin(), pk.end(), last.begin());
+  }
+  if (nested) {
+    g.together = rows > 1;
+    g.keys = last;
+    for (int64_t k = 0; k < rows; ++k) g.counts.push_back(int64_t(picked[size_t(r0 + k)].size()));
+    return g;
+  }
+  int64_t lo = INT64_MAX, hi = -1, total = 0;
+  for (int64_t k = 0; k < rows; ++k) {
+    const std::vector<int32_t>& pk = picked[size_t(r0 + k)];
+    if (pk.empty()) continue;
+    lo = std::min<int64_t>(lo, pk.front());
+    hi = std::max<int64_t>(hi, pk.back());
+    total += int64_t(pk.size());
+    for (const int32_t s : pk) mark[size_t(s)] |= uint32_t(1) << k;
+  }
+  for (int64_t s = lo; s <= hi; ++s)
+    if (mark[size_t(s)]) g.keys.push_back(int32_t(s));
+  const int64_t nu = int64_t(g.keys.size());
+  g.together = rows * nu <= 2 * total;
+  if (g.together) {
+    g.keep.resize(size_t(rows * nu));
+    for (int64_t j = 0; j < nu; ++j)
+      for (int64_t k = 0; k < rows; ++k) g.keep[size_t(k * nu + j)] = (mark[size_t(g.keys[size_t(j)])] >> k) & 1;
+  }
+  for (int64_t s = lo; s <= hi; ++s) mark[size_t(s)] = 0;
+  return g;
+}
 
 int64_t prefill_path_positions(const ModelConfig& c) {
   const int64_t per_key = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * int64_t(sizeof(float));
@@ -314,10 +379,17 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     if (n == 0) continue;
     const SeqId seq = ctx.chunks[ci].seq;
     // Positions any row of this chunk attends to: the only ones worth expanding.
+    const int64_t end = ctx.chunk_start_pos[ci] + n;
     std::vector<int32_t> keys;
-    for (int64_t r = first; r < first + n; ++r) keys.insert(keys.end(), picked[size_t(r)].begin(), picked[size_t(r)].end());
-    std::sort(keys.begin(), keys.end());
-    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    {
+      // Marked on a map of [0, end) rather than sorted: n rows of index_topk picks each
+      // (4M for a 2048-row chunk on V3.2) took a sort of all of them.
+      std::vector<uint8_t> hit(static_cast<size_t>(end), 0);
+      for (int64_t r = first; r < first + n; ++r)
+        for (const int32_t s : picked[size_t(r)]) hit[size_t(s)] = 1;
+      for (int64_t s = 0; s < end; ++s)
+        if (hit[size_t(s)]) keys.push_back(int32_t(s));
+    }
     const int64_t nk = int64_t(keys.size());
     const bool expand_fits = nk * nh * kvb_stride * int64_t(sizeof(float)) <= kMaxExpandedBytes;
     const AttentionPath path = ctx.chunks[ci].path != AttentionPath::kAuto ? ctx.chunks[ci].path : ctx.path;
@@ -327,7 +399,6 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
       continue;
     }
     // Expand per-head keys (nope part) and values of those positions: one GEMM.
-    const int64_t end = ctx.chunk_start_pos[ci] + n;
     std::vector<int32_t> slot(static_cast<size_t>(end), -1);
     std::vector<float> lat(static_cast<size_t>(nk * kvr)), kvb(static_cast<size_t>(nk * nh * kvb_stride));
     for (int64_t i = 0; i < nk; ++i) {
@@ -336,18 +407,25 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     }
     observe_rows(ctx.probes, A.kv_b, lat.data(), nk, kvr);
     linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
-    // One work item per head and group of up to kRowGroup consecutive rows. Where every
-    // row of a group picked a prefix of the positions its last row picked (prompt rows
-    // while they have fewer positions than index_topk: every earlier one), the group goes
-    // through attend_picked together, each row over its own count of keys, and its
-    // queries share each key loaded; otherwise each row attends alone. Either way a row's
-    // result is the same bits, so the grouping never changes one.
+    // One work item per head and group of up to kRowGroup consecutive rows (plan_prefill_group):
+    // a group goes through attend_picked together where it can, and its queries share
+    // each key loaded; otherwise each row attends alone. Either way a row's result is the
+    // same bits, so the grouping never changes one. The items go head by head, so that
+    // one thread's consecutive items read the same head's keys while they are in L2: with
+    // the heads of a group in turn, each item found its keys evicted by the other heads'
+    // (pp2048 of the bench preset went from 37 to 51 t/s, hearth bench, Q4_K).
     const int64_t groups = (n + kRowGroup - 1) / kRowGroup;
+    std::vector<PrefillGroup> plan(static_cast<size_t>(groups));
+    ctx.pool.parallel_for(groups, [&](int64_t g0, int64_t g1) {
+      std::vector<uint32_t> mark(static_cast<size_t>(end), 0);
+      for (int64_t g = g0; g < g1; ++g)
+        plan[size_t(g)] = plan_prefill_group(picked, first + g * kRowGroup, std::min(kRowGroup, n - g * kRowGroup), mark);
+    });
     ctx.pool.parallel_for(groups * nh, [&](int64_t i0, int64_t i1) {
       std::vector<float> sc, sr;
       std::vector<const float*> kh, kpe, vh;
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t h = i % nh, r0 = first + (i / nh) * kRowGroup;
+        const int64_t h = i / groups, r0 = first + (i % groups) * kRowGroup;
         const int64_t rows = std::min(kRowGroup, first + n - r0);
         // The head's keys, values and rope keys at the positions `pk` picked.
         auto gather = [&](const std::vector<int32_t>& pk) {
@@ -362,23 +440,17 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
             kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, s);
           }
         };
-        const std::vector<int32_t>& last = picked[size_t(r0 + rows - 1)];
-        bool nested = rows > 1;
-        for (int64_t k = 0; nested && k + 1 < rows; ++k) {
-          const std::vector<int32_t>& pk = picked[size_t(r0 + k)];
-          nested = pk.size() <= last.size() && std::equal(pk.begin(), pk.end(), last.begin());
-        }
-        if (nested) {
-          gather(last);
-          int64_t counts[kRowGroup];
+        const PrefillGroup& g = plan[size_t(i % groups)];
+        if (g.together) {
+          gather(g.keys);
           for (int64_t k = 0; k < rows; ++k) {
-            counts[k] = int64_t(picked[size_t(r0 + k)].size());
             float* o = attn.data() + ((r0 + k) * nh + h) * vd;
             std::fill(o, o + vd, 0.0f);
           }
           const float* qh = q.data() + (r0 * nh + h) * qk;
           attend_picked(qh, nh * qk, nope, qh + nope, nh * qk, rope, rows, kh, kpe, vh, vd, scale,
-                        attn.data() + (r0 * nh + h) * vd, nh * vd, sc, sr, counts);
+                        attn.data() + (r0 * nh + h) * vd, nh * vd, sc, sr, g.counts.empty() ? nullptr : g.counts.data(),
+                        g.keep.empty() ? nullptr : g.keep.data());
           continue;
         }
         for (int64_t r = r0; r < r0 + rows; ++r) {

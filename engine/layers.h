@@ -25,6 +25,28 @@ struct StepContext : RowLayout {
 // x: [rows][hidden] normalized input; out: [rows][hidden]. Also writes this layer's
 // cache entries for the new positions.
 void attention_forward(const StepContext& ctx, int64_t layer, const Attention& attn, const float* x, float* out);
+// How attention's prefill path takes a group of up to kPrefillRowGroup consecutive rows of
+// one chunk (exposed for tests): together, over one list of keys, or each row alone.
+constexpr int64_t kPrefillRowGroup = 16;
+struct PrefillGroup {
+  bool together = false;        // false: each row attends alone over its own picks
+  std::vector<int32_t> keys;    // the union of the rows' picks, in increasing order
+  std::vector<int64_t> counts;  // nested picks: row k's are the first counts[k] keys
+  std::vector<uint8_t> keep;    // otherwise row k picked keys[j] where keep[k * keys.size() + j]
+};
+
+// Plans the group of `rows` rows from r0 (picked[r]: row r's positions, increasing).
+// Where each row picked a prefix of the last row's picks (a prompt's rows while they see
+// fewer positions than index_topk), they go over the last row's keys, each up to its
+// count. Otherwise (V3.2 rows past index_topk, whose picks differ) they go over the union
+// of their picks, each keeping its own, as long as the union is at most twice the keys
+// the rows picked in all: neighbouring rows' queries pick mostly the same positions, and
+// a shared pass loads each key once for the group where rows alone load it once per row
+// (with dot_rows_f32's one-query tile, 9 loads per 8 multiply-adds). mark: a zeroed
+// scratch map of positions (a bit per row), left zeroed.
+PrefillGroup plan_prefill_group(const std::vector<std::vector<int32_t>>& picked, int64_t r0, int64_t rows,
+                                std::vector<uint32_t>& mark);
+
 void mlp_forward(ThreadPool& pool, const Mlp& mlp, const float* x, int64_t rows, float* out,
                  const ActivationObserver* observe = nullptr);
 // `layer` indexes the model's layers (for the per-expert counts of StepProbes).

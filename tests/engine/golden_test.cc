@@ -3,7 +3,9 @@
 // so the longer sequences exercise the sparse-attention selection).
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -121,6 +123,41 @@ TEST_CASE("golden tiny-v32: the indexer's sparse selection is what the reference
     }
   CHECK(early <= 1e-3);  // up to index_topk keys nothing is dropped
   CHECK(late > 1e-2);
+}
+
+TEST_CASE("golden tiny-v32: a prefill row's logits are the same bits in any group of rows, sparse picks included") {
+  // index_topk 32 on the 64-token case: rows past position 31 pick differing subsets, which
+  // the prefill path takes in groups over their union (plan_prefill_group). Whether a row
+  // goes in a group of 16, of 5, or alone, its logits must be the same bits. (The golden
+  // logits do not apply at this index_topk.)
+  ModelConfig cfg = tiny_model().config();
+  cfg.index_topk = 32;
+  const Model m(cfg, WeightStore::open(kGoldenDir));
+  const std::vector<int32_t>& tokens = golden_cases()[3].tokens;
+  REQUIRE(tokens.size() == 64);
+  const int64_t V = cfg.vocab_size;
+  ThreadPool pool(2);
+  const std::vector<float> whole = run(m, pool, tokens, false, AttentionPath::kPrefill);
+  const std::vector<float> alone = run(m, pool, tokens, true, AttentionPath::kPrefill);
+  std::vector<float> fives(tokens.size() * size_t(V));
+  {
+    Forward fwd(m, pool);
+    KvCache cache(cfg, 16);
+    const SeqId s = cache.add_sequence();
+    const std::span<const int32_t> all(tokens);
+    for (size_t i = 0; i < tokens.size(); i += 5) {
+      const size_t n = std::min<size_t>(5, tokens.size() - i);
+      fwd.step(cache, {{s, all.subspan(i, n), AttentionPath::kPrefill}}, fives.data() + i * size_t(V));
+    }
+  }
+  CHECK(std::memcmp(whole.data(), alone.data(), whole.size() * sizeof(float)) == 0);
+  CHECK(std::memcmp(whole.data(), fives.data(), whole.size() * sizeof(float)) == 0);
+  // The sparse selection is active: the dense model's last rows differ.
+  ModelConfig dense_cfg = cfg;
+  dense_cfg.index_topk = 1 << 20;
+  const Model dense(dense_cfg, WeightStore::open(kGoldenDir));
+  const std::vector<float> dense_logits = run(dense, pool, tokens, false, AttentionPath::kPrefill);
+  CHECK(std::memcmp(whole.data() + 63 * V, dense_logits.data() + 63 * V, size_t(V) * sizeof(float)) != 0);
 }
 
 }  // namespace engine_golden_suite

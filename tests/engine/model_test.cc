@@ -2,6 +2,7 @@
 // the routing and cache pieces of the forward pass on hand-checked inputs.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <functional>
@@ -155,6 +156,40 @@ TEST_CASE("kv cache: pages are allocated per sequence and reused after removal")
   cache.extend(d, 12);
   CHECK(cache.pages_in_use() == 4);
   CHECK(cache.length(d) == 12);
+}
+
+TEST_CASE("prefill attention groups: nested picks share the last row's keys, overlapping picks their union") {
+  std::vector<uint32_t> mark(64, 0);
+  auto iota = [](int32_t n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) v[size_t(i)] = i;
+    return v;
+  };
+  SUBCASE("a prompt's rows: every row sees a prefix of the last row's positions") {
+    const std::vector<std::vector<int32_t>> picked = {iota(5), iota(6), iota(7), iota(8)};
+    const PrefillGroup g = plan_prefill_group(picked, 1, 3, mark);
+    CHECK(g.together);
+    CHECK(g.keys == iota(8));
+    CHECK(g.counts == std::vector<int64_t>{6, 7, 8});
+    CHECK(g.keep.empty());
+    CHECK_FALSE(plan_prefill_group(picked, 2, 1, mark).together);  // one row: alone
+  }
+  SUBCASE("rows past index_topk: differing picks go over their union, each keeping its own") {
+    const std::vector<std::vector<int32_t>> picked = {{0, 2, 3, 9}, {0, 3, 9, 10}, {2, 3, 10, 11}};
+    const PrefillGroup g = plan_prefill_group(picked, 0, 3, mark);
+    REQUIRE(g.together);  // 3 rows x 6 keys <= 2 x 12 picks
+    CHECK(g.keys == std::vector<int32_t>{0, 2, 3, 9, 10, 11});
+    CHECK(g.counts.empty());
+    CHECK(g.keep == std::vector<uint8_t>{1, 1, 1, 1, 0, 0,  //
+                                         1, 0, 1, 1, 1, 0,  //
+                                         0, 1, 1, 0, 1, 1});
+  }
+  SUBCASE("picks with little in common: each row alone") {
+    const std::vector<std::vector<int32_t>> picked = {{0, 1}, {2, 3}, {4, 5}};
+    const PrefillGroup g = plan_prefill_group(picked, 0, 3, mark);
+    CHECK_FALSE(g.together);  // 3 rows x 6 keys > 2 x 6 picks
+  }
+  CHECK(std::all_of(mark.begin(), mark.end(), [](uint32_t m) { return m == 0; }));  // left zeroed
 }
 
 }  // namespace engine_model_suite
