@@ -319,7 +319,7 @@ PrefillGroup plan_prefill_group(const std::vector<std::vector<int32_t>>& picked,
   for (int64_t s = lo; s <= hi; ++s)
     if (mark[size_t(s)]) g.keys.push_back(int32_t(s));
   const int64_t nu = int64_t(g.keys.size());
-  g.together = rows * nu <= 2 * total;
+  g.together = nu > 0 && rows * nu <= 2 * total;
   if (g.together) {
     g.keep.resize(size_t(rows * nu));
     for (int64_t j = 0; j < nu; ++j)
