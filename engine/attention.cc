@@ -189,15 +189,15 @@ void softmax_kept(float* s, const uint8_t* keep, int64_t n) {
 //   out_i += sum_{j < n_i} p(i, j) values[j]
 // with query i at q + i * ldq (dim values), its rope part at qr + i * ldqr (rope values)
 // and its output at out + i * ldo (vdim values); n_i is counts[i], or every key when
-// counts is null; with keep, query i attends to the keys j with keep[i * np + j] only. With rope 0 there is no rope part (qr and rope_keys unused): the keys
-// already hold it (the absorbed path's cache entries, latent then rope key). The scores
-// go eight keys per pass (dot_rows_f32: 9 loads per 8 FMAs, where a dot product per key
-// loads 2 per FMA) and the queries share each key loaded; the
-// sums are bit-identical to an axpy per key. A query's weights past its n_i keys, or at
-// keys it did not keep, are 0, which adds nothing to a sum that started at +0 (such a sum
-// never becomes -0), and the tiles compute each dot product
-// with the same operations: a query's result is the same bits whichever queries share its
-// call. sc and sr are scratch.
+// counts is null; with keep, query i attends only to the keys j with keep[i * np + j].
+// With rope 0 there is no rope part (qr and rope_keys unused): the keys already hold it
+// (the absorbed path's cache entries, latent then rope key). The scores go eight keys per
+// pass (dot_rows_f32: 9 loads per 8 FMAs, where a dot product per key loads 2 per FMA)
+// and the queries share each key loaded; the sums are bit-identical to an axpy per key.
+// A query's weights past its n_i keys, or at keys it did not keep, are 0, which adds
+// nothing to a sum that started at +0 (such a sum never becomes -0), and the tiles
+// compute each dot product with the same operations: a query's result is the same bits
+// whichever queries share its call. sc and sr are scratch.
 void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, int64_t ldqr, int64_t rope, int64_t m,
                    const std::vector<const float*>& keys, const std::vector<const float*>& rope_keys,
                    const std::vector<const float*>& values, int64_t vdim, float scale, float* out, int64_t ldo,
