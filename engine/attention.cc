@@ -150,28 +150,17 @@ std::vector<int32_t> select_positions(const StepContext& ctx, int64_t layer, con
 // memory; longer contexts use the absorbed form, which needs none.
 constexpr int64_t kMaxExpandedBytes = int64_t(256) << 20;
 
-void softmax_inplace(float* s, int64_t n) {
-  float m = -INFINITY;
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, s[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    s[i] = std::exp(s[i] - m);
-    sum += s[i];
-  }
-  const float inv = float(1.0 / sum);
-  for (int64_t i = 0; i < n; ++i) s[i] *= inv;
-}
-
-// softmax_inplace over the entries keep marks, in their order, with the others set to 0:
-// the kept entries get the same bits as softmax_inplace over them alone (the same maximum,
-// the same exponentials added in the same order).
-void softmax_kept(float* s, const uint8_t* keep, int64_t n) {
+// Softmax over s[0, n) in place; with keep, over the entries keep marks only, in their
+// order, the others set to 0. The kept entries get the same bits as a softmax over them
+// alone (the same maximum, the same exponentials added in the same order), which is what
+// lets rows with differing picks share a pass (plan_prefill_group).
+void softmax_inplace(float* s, int64_t n, const uint8_t* keep = nullptr) {
   float m = -INFINITY;
   for (int64_t i = 0; i < n; ++i)
-    if (keep[i]) m = std::max(m, s[i]);
+    if (!keep || keep[i]) m = std::max(m, s[i]);
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    if (!keep[i]) {
+    if (keep && !keep[i]) {
       s[i] = 0.0f;
       continue;
     }
@@ -217,11 +206,7 @@ void attend_picked(const float* q, int64_t ldq, int64_t dim, const float* qr, in
     } else {
       for (int64_t j = 0; j < n; ++j) s[j] *= scale;
     }
-    if (keep) {
-      softmax_kept(s, keep + k * np, n);
-    } else {
-      softmax_inplace(s, n);
-    }
+    softmax_inplace(s, n, keep ? keep + k * np : nullptr);
     std::fill(s + n, s + np, 0.0f);
   }
   weighted_rows_f32(sc.data(), np, m, values.data(), np, vdim, out, ldo);
