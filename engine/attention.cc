@@ -87,63 +87,110 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
 // Positions per unit of the indexer's scoring work (whole pages): 16 units per thread at
 // 16K positions on two threads.
 constexpr int64_t kIndexChunkPositions = 512;
+// Scores held at once while a step's rows are scored (16 MB): rows go in batches whose
+// contexts add up to at most this many positions (one row at least).
+constexpr int64_t kIndexScoreBatch = int64_t(4) << 20;
 
-// The positions row r may attend to, in increasing order.
-std::vector<int32_t> select_positions(const StepContext& ctx, int64_t layer, const IndexerQueries* iq, int64_t r) {
-  const int64_t pos = ctx.row_pos[size_t(r)];
-  const int64_t n = pos + 1;  // causal: positions [0, pos]
-  const int64_t topk = ctx.config.index_topk;
-  if (!iq || n <= topk) {
-    std::vector<int32_t> all(static_cast<size_t>(n));
-    std::iota(all.begin(), all.end(), 0);
-    return all;
+// The positions each row of the step may attend to, in increasing order: all causal ones
+// [0, pos] without an indexer or while they are no more than index_topk, else the
+// index_topk best by the indexer's score.
+std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64_t layer, const IndexerQueries* iq) {
+  const int64_t T = ctx.rows(), topk = ctx.config.index_topk;
+  std::vector<std::vector<int32_t>> picked(static_cast<size_t>(T));
+  std::vector<int64_t> scored;  // the rows that need scores
+  for (int64_t r = 0; r < T; ++r) {
+    const int64_t n = ctx.row_pos[size_t(r)] + 1;  // causal: positions [0, pos]
+    if (iq && n > topk) {
+      scored.push_back(r);
+      continue;
+    }
+    picked[size_t(r)].resize(size_t(n));
+    std::iota(picked[size_t(r)].begin(), picked[size_t(r)].end(), 0);
   }
+  if (scored.empty()) return picked;
 
-  const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
   const int64_t nh = iq->heads, D = iq->dim;
-  const float* q = iq->q.data() + r * nh * D;
-  const float* w = iq->weight.data() + r * nh;
-  std::vector<float> score(static_cast<size_t>(n));
-  // The positions go in chunks of whole pages, each taken by whichever thread is free
-  // (an atomic counter). With a fixed half per thread, one thread waited for the other
-  // during 7-10 % of the scoring's wall time on this VM, whose cores' speeds drift; taking
-  // chunks, 1.5-2.2 % (temporary timers, 16K positions, three runs each). A thread keeps the
-  // positions it scored, cut to its best topk as they come (keep_best_positions), so the
-  // serial part below only merges a few topk-long lists: on many cores a serial pass over
-  // a 100K context would take longer than the scoring. (A partial sort instead of the
-  // linear-time selections took 0.63 ms against 0.23 ms for 16K positions and topk 2048 on
-  // one core, per layer and token.)
   const int64_t pt = ctx.cache.page_tokens();
   const int64_t chunk = std::max<int64_t>(1, kIndexChunkPositions / pt) * pt;
-  const int64_t chunks = (n + chunk - 1) / chunk;
-  std::atomic<int64_t> next_chunk{0};
-  std::mutex best_mutex;
-  std::vector<int32_t> best;
-  ctx.pool.parallel_for(std::min<int64_t>(ctx.pool.size(), chunks), [&](int64_t, int64_t) {
-    std::vector<int32_t> mine;
-    for (int64_t c; (c = next_chunk.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-      const int64_t s0 = c * chunk, s1 = std::min(n, s0 + chunk);
-      // Page by page: a page holds this layer's codes of its positions dimension by
-      // dimension (KvCache::index_keys), 8 KB on V3.2 with 64-position pages. The next
-      // page's block is asked for while this one is scored: the pages of a sequence lie
-      // anywhere in memory, so the hardware prefetcher cannot run ahead across them.
-      for (int64_t b = s0; b < s1;) {
-        const int64_t page = b / pt, e = std::min(s1, (page + 1) * pt);
-        if (e < s1) {
-          const KvCache::IndexKeys next = ctx.cache.index_keys(layer, seq, page + 1);
-          prefetch_bytes(next.codes, D * pt);
-          prefetch_bytes(next.scales, pt * int64_t(sizeof(float)));
-        }
-        const KvCache::IndexKeys keys = ctx.cache.index_keys(layer, seq, page);
-        index_scores(q, w, nh, D, keys.codes + (b - page * pt), pt, keys.scales + (b - page * pt), e - b, score.data() + b);
-        b = e;
-      }
-      keep_best_positions(score.data(), topk, s0, s1, mine);
+  for (size_t b0 = 0; b0 < scored.size();) {
+    // A batch of rows and its work items: every chunk of whole pages of every row, taken
+    // by whichever thread is free (an atomic counter). One row at a time, a prefill's
+    // rows shorter than a chunk left the other threads idle, and each row paid a
+    // parallel_for of its own. With a fixed half per thread, one thread waited for the
+    // other during 7-10 % of the scoring's wall time on this VM, whose cores' speeds
+    // drift; taking chunks, 1.5-2.2 % (temporary timers, 16K positions, three runs each).
+    struct Item {
+      int64_t row, s0, s1;  // row: index into the batch
+    };
+    std::vector<int64_t> rows, offset;  // the batch's rows and where their scores start
+    std::vector<Item> items;
+    int64_t total = 0;
+    size_t b1 = b0;
+    for (; b1 < scored.size(); ++b1) {
+      const int64_t n = ctx.row_pos[size_t(scored[b1])] + 1;
+      if (b1 > b0 && total + n > kIndexScoreBatch) break;
+      for (int64_t s0 = 0; s0 < n; s0 += chunk) items.push_back({int64_t(rows.size()), s0, std::min(n, s0 + chunk)});
+      rows.push_back(scored[b1]);
+      offset.push_back(total);
+      total += n;
     }
-    const std::lock_guard<std::mutex> lock(best_mutex);
-    best.insert(best.end(), mine.begin(), mine.end());
-  });
-  return best_positions(score.data(), topk, std::move(best));
+    std::vector<float> score(static_cast<size_t>(total));
+    std::vector<std::vector<int32_t>> best(rows.size());
+    std::mutex best_mutex;
+    std::atomic<int64_t> next_item{0};
+    const int64_t n_items = int64_t(items.size());
+    // A thread keeps the positions it scored for one row, cut to that row's best topk as
+    // they come (keep_best_positions), and hands them over when it moves to another row,
+    // so the merge below only takes a few topk-long lists: on many cores a serial pass
+    // over a 100K context would take longer than the scoring. (A partial sort instead of
+    // the linear-time selections took 0.63 ms against 0.23 ms for 16K positions and topk
+    // 2048 on one core, per layer and token.)
+    ctx.pool.parallel_for(std::min<int64_t>(ctx.pool.size(), n_items), [&](int64_t, int64_t) {
+      std::vector<int32_t> mine;
+      int64_t mine_row = -1;
+      auto hand_over = [&] {
+        if (mine_row < 0) return;
+        const std::lock_guard<std::mutex> lock(best_mutex);
+        best[size_t(mine_row)].insert(best[size_t(mine_row)].end(), mine.begin(), mine.end());
+        mine.clear();
+      };
+      for (int64_t it; (it = next_item.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
+        const Item& item = items[size_t(it)];
+        if (item.row != mine_row) {
+          hand_over();
+          mine_row = item.row;
+        }
+        const int64_t r = rows[size_t(item.row)];
+        const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+        const float* q = iq->q.data() + r * nh * D;
+        const float* w = iq->weight.data() + r * nh;
+        float* row_score = score.data() + offset[size_t(item.row)];
+        // Page by page: a page holds this layer's codes of its positions dimension by
+        // dimension (KvCache::index_keys), 8 KB on V3.2 with 64-position pages. The next
+        // page's block is asked for while this one is scored: the pages of a sequence lie
+        // anywhere in memory, so the hardware prefetcher cannot run ahead across them.
+        for (int64_t b = item.s0; b < item.s1;) {
+          const int64_t page = b / pt, e = std::min(item.s1, (page + 1) * pt);
+          if (e < item.s1) {
+            const KvCache::IndexKeys next = ctx.cache.index_keys(layer, seq, page + 1);
+            prefetch_bytes(next.codes, D * pt);
+            prefetch_bytes(next.scales, pt * int64_t(sizeof(float)));
+          }
+          const KvCache::IndexKeys keys = ctx.cache.index_keys(layer, seq, page);
+          index_scores(q, w, nh, D, keys.codes + (b - page * pt), pt, keys.scales + (b - page * pt), e - b, row_score + b);
+          b = e;
+        }
+        keep_best_positions(row_score, topk, item.s0, item.s1, mine);
+      }
+      hand_over();
+    });
+    ctx.pool.parallel_for(int64_t(rows.size()), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        picked[size_t(rows[size_t(i)])] = best_positions(score.data() + offset[size_t(i)], topk, std::move(best[size_t(i)]));
+    });
+    b0 = b1;
+  }
+  return picked;
 }
 
 // The automatic path expands per-head keys/values only while they fit in this much
@@ -349,12 +396,12 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     ctx.rope.apply_interleaved(kpe, pos);
   }
 
-  std::vector<std::vector<int32_t>> picked(static_cast<size_t>(T));
+  std::vector<std::vector<int32_t>> picked;
   {
     ScopedPhase phase(A.has_indexer ? ctx.probes.profiler : nullptr, Phase::kIndexer);
     IndexerQueries iq;
     if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data());
-    for (int64_t r = 0; r < T; ++r) picked[size_t(r)] = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr, r);
+    picked = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr);
   }
 
   std::vector<float> attn(static_cast<size_t>(T * nh * vd));

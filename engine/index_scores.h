@@ -5,12 +5,12 @@
 // with q_h the query's FP8-rounded head vectors (decoded to float), k_s the cached FP8
 // key of position s and scale_s its power-of-two block scale. This is the only part of
 // sparse attention whose work grows with the context (every cached position is scored;
-// attention itself then reads only index_topk of them), so it has an AVX2 kernel.
+// attention itself then reads only index_topk of them), so it has AVX2 and AVX-512 kernels.
 //
-// The AVX2 kernel scores sixteen positions at once, one per lane, and gives each lane the
-// very same sequence of float operations as the scalar reference (one fused multiply-add
-// per dimension, then one per head, in order), so both produce identical bits and the
-// positions picked never depend on the instruction set; the CUDA kernel
+// The AVX2 kernel scores sixteen positions at once, one per lane (the AVX-512 one 32), and
+// gives each lane the very same sequence of float operations as the scalar reference (one
+// fused multiply-add per dimension, then one per head, in order), so all produce identical
+// bits and the positions picked never depend on the instruction set; the CUDA kernel
 // (engine/cuda/mla_kernels.cu) does the same. A fused multiply-add is exactly rounded
 // everywhere, and on Zen 3 runs 1.35x as many multiply-adds per cycle as a multiply and an
 // add (which use four pipes for what two FMA pipes do).

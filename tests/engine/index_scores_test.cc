@@ -1,4 +1,4 @@
-// The indexer's scoring kernel (engine/index_scores.h): the AVX2 kernel against the scalar
+// The indexer's scoring kernels (engine/index_scores.h): AVX2 and AVX-512 against the scalar
 // reference (identical bits, so the picked positions never depend on the CPU), and the
 // reference against a double-precision evaluation of the formula.
 #include <doctest/doctest.h>
@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -66,67 +67,78 @@ Case make_case(int64_t heads, int64_t dim, int64_t n, std::mt19937& rng) {
 
 }  // namespace
 
-TEST_CASE("index scores: AVX2 equals the scalar reference bit for bit") {
-  if (!has_avx2(best_isa())) {
-    MESSAGE("CPU lacks AVX2: the AVX2 indexer kernel is not tested");
-    return;
-  }
+// The SIMD kernels this CPU can run: AVX2 (8 or 16 positions a pass) and AVX-512 (16 or
+// 32 a pass, the rest through the AVX2 kernel).
+std::vector<std::pair<KernelIsa, int64_t>> simd_kernels() {  // (kernel, positions in its widest pass)
+  std::vector<std::pair<KernelIsa, int64_t>> kernels;
+  if (has_avx2(best_isa())) kernels.emplace_back(KernelIsa::kAvx2, 16);
+  if (has_avx512(best_isa())) kernels.emplace_back(KernelIsa::kAvx512, 32);
+  if (!has_avx512(best_isa())) MESSAGE("CPU lacks AVX-512: the AVX-512 indexer kernel is not tested");
+  return kernels;
+}
+
+TEST_CASE("index scores: the AVX2 and AVX-512 kernels equal the scalar reference bit for bit") {
   std::mt19937 rng(31);
   // Head counts with and without a remainder of the four-head tiles (and fewer heads
-  // than one tile); position counts that end in a sixteen-position pass, an eight-position
-  // pass or a partial one (the tail: 1 to 7 positions, alone or after full passes); V3.2's
-  // 64 x 128.
-  for (auto [heads, dim, n] : {std::tuple<int64_t, int64_t, int64_t>{64, 128, 37}, {5, 64, 8}, {3, 32, 5}, {7, 128, 100},
-                               {13, 64, 24}, {9, 32, 17}}) {
-    CAPTURE(heads);
-    CAPTURE(n);
-    Case c = make_case(heads, dim, n, rng);
-    std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n));
-    index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, ref.data(), KernelIsa::kScalar);
-    index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, got.data(), KernelIsa::kAvx2);
-    CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+  // than one tile); position counts that end in a 32-, 16- or 8-position pass or a partial
+  // one (the tail: 1 to 7 positions, alone or after full passes); V3.2's 64 x 128.
+  for (auto [isa, widest] : simd_kernels()) {
+    const std::string isa_label = isa_name(isa);
+    CAPTURE(isa_label);
+    for (auto [heads, dim, n] : {std::tuple<int64_t, int64_t, int64_t>{64, 128, 37}, {5, 64, 8}, {3, 32, 5}, {7, 128, 100},
+                                 {13, 64, 24}, {9, 32, 17}, {6, 64, 48}, {64, 128, 61}, {4, 16, 128}}) {
+      CAPTURE(heads);
+      CAPTURE(n);
+      Case c = make_case(heads, dim, n, rng);
+      std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+      index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, ref.data(), KernelIsa::kScalar);
+      index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, got.data(), isa);
+      CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+    }
   }
 }
 
-TEST_CASE("index scores: AVX2 decodes every FP8 code as the scalar reference does") {
-  if (!has_avx2(best_isa())) {
-    MESSAGE("CPU lacks AVX2: the AVX2 indexer kernel is not tested");
-    return;
-  }
-  // The AVX2 kernel decodes one dimension of sixteen (or eight) positions at a time, one
-  // position per lane. Position i's code in dimension d is (i + i / 16 + 16 d) mod 256, so
-  // over 16 passes of sixteen positions every lane meets all 256 codes (subnormals, both
-  // zeros, the largest values, both NaN codes) once head dims reach 16. The whole range
-  // goes through the sixteen-position passes; windows of 8 positions through the
-  // eight-position pass, and windows of 5 through the tail (the last key repeated).
+TEST_CASE("index scores: the SIMD kernels decode every FP8 code as the scalar reference does") {
+  // A kernel decodes one dimension of its pass's positions at a time, one position per
+  // lane. Position i's code in dimension d is (i + i / W + 16 d) mod 256, W the widest
+  // pass: over 16 such passes every lane meets all 256 codes (subnormals, both zeros, the
+  // largest values, both NaN codes) once head dims reach 16, and so does every lane of
+  // the 16-position windows. The whole range goes through the widest passes; windows of
+  // 16 through the AVX-512 kernel's narrower pass, of 8 through the eight-position pass,
+  // and of 5 through the tail (the last key repeated).
   std::mt19937 rng(47);
-  for (int64_t dim : {16, 40, 128, 24}) {
-    CAPTURE(dim);
-    const int64_t n = 16 * 16 + 3;
-    Case c = make_case(4, dim, n, rng);
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t d = 0; d < dim; ++d) c.keys[size_t(i)][size_t(d)] = uint8_t(i + i / 16 + 16 * d);
-    c.lay_out();
-    auto check_window = [&](int64_t first, int64_t m) {
-      CAPTURE(first);
-      CAPTURE(m);
-      std::vector<float> ref(static_cast<size_t>(m)), got(static_cast<size_t>(m));
-      const uint8_t* codes = c.codes.data() + first;
-      index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, ref.data(), KernelIsa::kScalar);
-      index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, got.data(), KernelIsa::kAvx2);
-      CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
-      return got;
-    };
-    const std::vector<float> all = check_window(0, n);
-    for (int64_t first = 0; first + 16 <= n; first += 16) {
-      check_window(first, 8);
-      check_window(first + 8, 5);
+  for (auto [isa, widest] : simd_kernels()) {
+    const std::string isa_label = isa_name(isa);
+    CAPTURE(isa_label);
+    for (int64_t dim : {16, 40, 128, 24}) {
+      CAPTURE(dim);
+      const int64_t n = widest * 16 + 3;
+      Case c = make_case(4, dim, n, rng);
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t d = 0; d < dim; ++d) c.keys[size_t(i)][size_t(d)] = uint8_t(i + i / widest + 16 * d);
+      c.lay_out();
+      auto check_window = [&, isa = isa](int64_t first, int64_t m) {
+        CAPTURE(first);
+        CAPTURE(m);
+        std::vector<float> ref(static_cast<size_t>(m)), got(static_cast<size_t>(m));
+        const uint8_t* codes = c.codes.data() + first;
+        index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, ref.data(), KernelIsa::kScalar);
+        index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, got.data(), isa);
+        CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
+        return got;
+      };
+      const std::vector<float> all = check_window(0, n);
+      for (int64_t first = 0; first + 16 <= n; first += 16) {
+        if (widest > 16) check_window(first, 16);
+        check_window(first, 8);
+        check_window(first + 8, 5);
+      }
+      // Keys holding a NaN code score NaN; the others are finite.
+      int nan_scores = 0;
+      for (float v : all) nan_scores += std::isnan(v);
+      CHECK(nan_scores > 0);
+      CHECK(nan_scores < n);
     }
-    // Keys holding a NaN code score NaN; the others are finite.
-    int nan_scores = 0;
-    for (float v : all) nan_scores += std::isnan(v);
-    CHECK(nan_scores > 0);
-    CHECK(nan_scores < n);
   }
 }
 
