@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "quant/fp8_avx2.h"
 #include "quant/numbers.h"
@@ -195,6 +196,134 @@ __attribute__((target("avx2"))) void weighted_rows_avx2(const float* p, int64_t 
 }
 
 bool use_avx2(KernelIsa isa) { return has_avx2(resolve_isa(isa)); }
+bool use_avx512(KernelIsa isa) { return has_avx512(resolve_isa(isa)); }
+
+// ---- AVX-512: the same sums, two 8-lane chains to a register -----------------------
+//
+// A 512-bit register holds two queries' 8-float chunks side by side (query 2k in the
+// low half, 2k + 1 in the high half), and each cached row's chunk is broadcast to both
+// halves, so every half runs exactly the AVX2 kernel's 8-lane FMA chain and the halves'
+// horizontal sums (hsum8 each) give the same bits as dot_rows_avx2 and the scalar
+// reference. Each FMA does twice the work, and no shuffle sits in the loop: the query
+// pairs are interleaved once per call ([pair][d / 8][16]), the rows come with a
+// broadcasting load.
+#define HEARTH_VEC_AVX512 __attribute__((target("avx2,fma,avx512f,avx512dq,avx512vl")))
+
+// NP query pairs x NR rows over the 8-wide part of dim: NP + NR loads per NP * NR FMAs.
+template <int NP, int NR>
+HEARTH_VEC_AVX512 inline void dot_tile_512(const float* qp, int64_t pair_stride, const float* q, int64_t ldq,
+                                           int64_t nq_left, const float* const* rows, int64_t dim, float* out,
+                                           int64_t ldo) {
+  __m512 acc[NP][NR];
+  for (int i = 0; i < NP; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  const int64_t d8 = dim / 8 * 8;
+  for (int64_t d = 0; d < d8; d += 8) {
+    __m512 r[NR];
+    for (int j = 0; j < NR; ++j) r[j] = _mm512_broadcast_f32x8(_mm256_loadu_ps(rows[j] + d));
+    for (int i = 0; i < NP; ++i) {
+      const __m512 qv = _mm512_loadu_ps(qp + i * pair_stride + 2 * d);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_fmadd_ps(qv, r[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < NP; ++i)
+    for (int j = 0; j < NR; ++j) {
+      const int64_t qi = 2 * i;
+      out[qi * ldo + j] = dot_tail(hsum8(_mm512_castps512_ps256(acc[i][j])), q + qi * ldq, rows[j], d8, dim);
+      if (qi + 1 < nq_left)
+        out[(qi + 1) * ldo + j] =
+            dot_tail(hsum8(_mm512_extractf32x8_ps(acc[i][j], 1)), q + (qi + 1) * ldq, rows[j], d8, dim);
+    }
+}
+
+HEARTH_VEC_AVX512 void dot_rows_avx512(const float* q, int64_t ldq, int64_t nq, const float* const* rows,
+                                       int64_t nrows, int64_t dim, float* out, int64_t ldo) {
+  const int64_t d8 = dim / 8 * 8;
+  if (nq < 2 || d8 == 0) {  // nothing to pair: the AVX2 kernel, the same bits
+    dot_rows_avx2(q, ldq, nq, rows, nrows, dim, out, ldo);
+    return;
+  }
+  // The query pairs interleaved: pair k's chunk c at qp[k * 2 * d8 + 16 c], query 2k's 8
+  // floats then query 2k + 1's (zeros past the last query).
+  const int64_t pairs = (nq + 1) / 2, pair_stride = 2 * d8;
+  thread_local std::vector<float> qp;
+  qp.resize(size_t(pairs * pair_stride));
+  for (int64_t k = 0; k < pairs; ++k)
+    for (int64_t d = 0; d < d8; d += 8)
+      for (int h = 0; h < 2; ++h) {
+        float* dst = qp.data() + k * pair_stride + 2 * d + 8 * h;
+        const int64_t qi = 2 * k + h;
+        if (qi < nq) std::copy_n(q + qi * ldq + d, 8, dst);
+        else std::fill_n(dst, 8, 0.0f);
+      }
+  // 2 query pairs x 4 rows: 8 independent FMA chains for 6 loads. Every row block takes
+  // all the query pairs while it is in L1 (as dot_rows_avx2 does), the next rows asked
+  // for ahead.
+  auto tiles = [&]<int NR>(int64_t j) {
+    int64_t k = 0;
+    for (; k + 2 <= pairs; k += 2)
+      dot_tile_512<2, NR>(qp.data() + k * pair_stride, pair_stride, q + 2 * k * ldq, ldq, nq - 2 * k, rows + j, dim,
+                          out + 2 * k * ldo + j, ldo);
+    if (k < pairs)
+      dot_tile_512<1, NR>(qp.data() + k * pair_stride, pair_stride, q + 2 * k * ldq, ldq, nq - 2 * k, rows + j, dim,
+                          out + 2 * k * ldo + j, ldo);
+  };
+  int64_t j = 0;
+  for (; j + 4 <= nrows; j += 4) {
+    for (int64_t k = j + 4; k < std::min(j + 8, nrows); ++k) prefetch_bytes(rows[k], dim * int64_t(sizeof(float)));
+    tiles.template operator()<4>(j);
+  }
+  for (; j < nrows; ++j) tiles.template operator()<1>(j);
+}
+
+// weighted_tile with 16 columns to a vector: the same multiply, then add, per element.
+template <int NQ, int NV>
+HEARTH_VEC_AVX512 inline void weighted_tile_512(const float* p, int64_t ldp, const float* const* rows, int64_t nrows,
+                                                int64_t d, float* out, int64_t ldo) {
+  __m512 acc[NQ][NV];
+  for (int i = 0; i < NQ; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_loadu_ps(out + i * ldo + d + 16 * v);
+  for (int64_t j = 0; j < nrows; ++j) {
+    __m512 r[NV];
+    for (int v = 0; v < NV; ++v) r[v] = _mm512_loadu_ps(rows[j] + d + 16 * v);
+    for (int i = 0; i < NQ; ++i) {
+      const __m512 pv = _mm512_set1_ps(p[i * ldp + j]);
+      for (int v = 0; v < NV; ++v) acc[i][v] = _mm512_add_ps(acc[i][v], _mm512_mul_ps(pv, r[v]));
+    }
+  }
+  for (int i = 0; i < NQ; ++i)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + d + 16 * v, acc[i][v]);
+}
+
+template <int NQ>
+HEARTH_VEC_AVX512 void weighted_block_512(const float* pb, int64_t ldp, const float* const* rb, int64_t nb,
+                                          int64_t dim, float* out, int64_t ldo) {
+  int64_t d = 0;
+  for (; d + 32 <= dim; d += 32) weighted_tile_512<NQ, 2>(pb, ldp, rb, nb, d, out, ldo);
+  for (; d + 16 <= dim; d += 16) weighted_tile_512<NQ, 1>(pb, ldp, rb, nb, d, out, ldo);
+  for (; d + 8 <= dim; d += 8) weighted_tile<NQ, 1>(pb, ldp, rb, nb, d, out, ldo);
+  if (d < dim)
+    for (int i = 0; i < NQ; ++i)
+      for (int64_t j = 0; j < nb; ++j) {
+        const float a = pb[i * ldp + j];
+        for (int64_t e = d; e < dim; ++e) out[i * ldo + e] += a * rb[j][e];
+      }
+}
+
+// weighted_rows_avx2's blocks and order, with the 512-bit tiles.
+HEARTH_VEC_AVX512 void weighted_rows_avx512(const float* p, int64_t ldp, int64_t nq, const float* const* rows,
+                                            int64_t nrows, int64_t dim, float* out, int64_t ldo) {
+  for (int64_t j0 = 0; j0 < nrows; j0 += kRowBlock) {
+    const int64_t nb = std::min(kRowBlock, nrows - j0);
+    for (int64_t k = j0 + kRowBlock; k < std::min(j0 + 2 * kRowBlock, nrows); ++k)
+      prefetch_bytes(rows[k], dim * int64_t(sizeof(float)));
+    int64_t i = 0;
+    for (; i + 4 <= nq; i += 4) weighted_block_512<4>(p + i * ldp + j0, ldp, rows + j0, nb, dim, out + i * ldo, ldo);
+    for (; i < nq; ++i) weighted_block_512<1>(p + i * ldp + j0, ldp, rows + j0, nb, dim, out + i * ldo, ldo);
+  }
+}
+
+
 
 // ---- FP8 cache blocks -----------------------------------------------------------
 
@@ -231,13 +360,15 @@ void axpy_f32(float a, const float* x, float* y, int64_t n, KernelIsa isa) {
 
 void dot_rows_f32(const float* q, int64_t ldq, int64_t nq, const float* const* rows, int64_t nrows, int64_t dim,
                   float* out, int64_t ldo, KernelIsa isa) {
-  if (use_avx2(isa)) dot_rows_avx2(q, ldq, nq, rows, nrows, dim, out, ldo);
+  if (use_avx512(isa)) dot_rows_avx512(q, ldq, nq, rows, nrows, dim, out, ldo);
+  else if (use_avx2(isa)) dot_rows_avx2(q, ldq, nq, rows, nrows, dim, out, ldo);
   else dot_rows_scalar(q, ldq, nq, rows, nrows, dim, out, ldo);
 }
 
 void weighted_rows_f32(const float* p, int64_t ldp, int64_t nq, const float* const* rows, int64_t nrows,
                        int64_t dim, float* out, int64_t ldo, KernelIsa isa) {
-  if (use_avx2(isa)) weighted_rows_avx2(p, ldp, nq, rows, nrows, dim, out, ldo);
+  if (use_avx512(isa)) weighted_rows_avx512(p, ldp, nq, rows, nrows, dim, out, ldo);
+  else if (use_avx2(isa)) weighted_rows_avx2(p, ldp, nq, rows, nrows, dim, out, ldo);
   else weighted_rows_scalar(p, ldp, nq, rows, nrows, dim, out, ldo);
 }
 

@@ -2,10 +2,12 @@
 // double-precision sum.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -72,13 +74,26 @@ RowSet make_rows(int64_t n, int64_t dim, std::mt19937& rng) {
 
 }  // namespace
 
+// The SIMD paths this CPU can run, each capping the kernels it reaches (kAvx512 also
+// takes the AVX2 kernel where a call has nothing to pair).
+std::vector<KernelIsa> simd_paths() {
+  std::vector<KernelIsa> paths;
+  if (has_avx2(best_isa())) paths.push_back(KernelIsa::kAvx2);
+  if (has_avx512(best_isa())) paths.push_back(KernelIsa::kAvx512);
+  else MESSAGE("CPU lacks AVX-512: the AVX-512 attention kernels are not tested");
+  return paths;
+}
+
 TEST_CASE("vec ops: dot_rows_f32 equals its scalar reference and a double sum whatever the tiling") {
   if (!has_avx2(best_isa())) {
     MESSAGE("CPU lacks AVX2: only the scalar dot_rows_f32 is tested");
   }
   std::mt19937 rng(43);
-  for (int64_t dim : {1, 7, 8, 64, 100, 512}) {
-    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 2}, {5, 17}, {9, 3}, {3, 8}}) {
+  // Head dims with and without a remainder of 8 (the tail) and the latent-plus-rope 576;
+  // query and row counts that fill the 4 x 2 and 2-pair x 4-row tiles, leave an odd
+  // query or a row remainder, or take a query alone.
+  for (int64_t dim : {1, 7, 8, 36, 64, 100, 512, 576}) {
+    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 2}, {5, 17}, {9, 3}, {3, 8}, {16, 9}, {2, 4}, {7, 13}}) {
       CAPTURE(dim);
       CAPTURE(nq);
       CAPTURE(nrows);
@@ -89,6 +104,14 @@ TEST_CASE("vec ops: dot_rows_f32 equals its scalar reference and a double sum wh
       for (int64_t i = 0; i < nq; ++i) std::memcpy(qm.data() + i * ldq, q.ptrs[size_t(i)], size_t(dim) * sizeof(float));
       std::vector<float> ref(static_cast<size_t>(nq * ldo), -1.0f), got = ref;
       dot_rows_f32(qm.data(), ldq, nq, rows.ptrs.data(), nrows, dim, ref.data(), ldo, KernelIsa::kScalar);
+      for (KernelIsa isa : simd_paths()) {
+        const std::string isa_label = isa_name(isa);
+        CAPTURE(isa_label);
+        std::vector<float> simd = ref;
+        std::fill(simd.begin(), simd.end(), -1.0f);
+        dot_rows_f32(qm.data(), ldq, nq, rows.ptrs.data(), nrows, dim, simd.data(), ldo, isa);
+        CHECK(std::memcmp(ref.data(), simd.data(), ref.size() * sizeof(float)) == 0);
+      }
       dot_rows_f32(qm.data(), ldq, nq, rows.ptrs.data(), nrows, dim, got.data(), ldo, KernelIsa::kAuto);
       CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
       for (int64_t i = 0; i < nq; ++i)
@@ -112,8 +135,10 @@ TEST_CASE("vec ops: dot_rows_f32 equals its scalar reference and a double sum wh
 TEST_CASE("vec ops: weighted_rows_f32 equals axpy_f32 calls in row order bit for bit") {
   std::mt19937 rng(44);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  for (int64_t dim : {1, 8, 13, 16, 40, 512}) {
-    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 5}, {6, 9}, {3, 2}}) {
+  // Widths that fill 32- and 16-column (AVX-512) or 16- and 8-column (AVX2) tiles, and
+  // leave remainders of each.
+  for (int64_t dim : {1, 8, 13, 16, 24, 40, 48, 57, 512}) {
+    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 5}, {6, 9}, {3, 2}, {16, 40}}) {
       CAPTURE(dim);
       CAPTURE(nq);
       CAPTURE(nrows);
@@ -126,7 +151,11 @@ TEST_CASE("vec ops: weighted_rows_f32 equals axpy_f32 calls in row order bit for
       for (int64_t i = 0; i < nq; ++i)
         for (int64_t j = 0; j < nrows; ++j)
           axpy_f32(p[size_t(i * ldp + j)], rows.ptrs[size_t(j)], ref.data() + i * ldo, dim, KernelIsa::kScalar);
-      for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAuto}) {
+      std::vector<KernelIsa> paths = simd_paths();
+      paths.push_back(KernelIsa::kScalar);
+      for (KernelIsa isa : paths) {
+        const std::string isa_label = isa_name(isa);
+        CAPTURE(isa_label);
         std::vector<float> got = start;
         weighted_rows_f32(p.data(), ldp, nq, rows.ptrs.data(), nrows, dim, got.data(), ldo, isa);
         CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
