@@ -220,23 +220,27 @@ void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
   std::printf("four tokens: %7lld rows   four-row tile %6.2f GMAC/s          x8 %7.2f GMAC/s          %5.2fx   "
               "(sums %.6g / %.6g)\n",
               static_cast<long long>(rows), tiled, x8_four, x8_four / tiled, sum_tiled, sum_x8_four);
-  // Two groups per call (AVX-512 F/BW), against the eight-row AVX2 kernel above; the
-  // sums must equal the x8 ones exactly (the kernels promise the same bits).
-  const VecDotX16Fn x16_dot = vec_dot_q4_k_x16_kernel();
-  if (!x16_dot || groups % 2 != 0) return;
-  for (int tokens : {1, 4}) {
-    // As the x8 rows: bytes of weights per second for one token, MACs for four.
-    const double x16 = (tokens == 1 ? bytes : macs) / seconds([&] {
+  // Two groups per call (AVX-512 F/BW, then with VNNI where the CPU has it), against the
+  // eight-row AVX2 kernel above; the sums must equal the x8 ones exactly (the kernels
+  // promise the same bits).
+  if (groups % 2 != 0) return;
+  for (KernelIsa level : {KernelIsa::kAvx512, KernelIsa::kAvx512Vnni}) {
+    if (resolve_isa(level) != level) continue;  // the CPU lacks it
+    const VecDotX16Fn x16_dot = vec_dot_q4_k_x16_kernel(level);
+    for (int tokens : {1, 4}) {
+      // As the x8 rows: bytes of weights per second for one token, MACs for four.
+      const double x16 = (tokens == 1 ? bytes : macs) / seconds([&] {
+        for (int64_t g = 0; g < groups; g += 2)
+          x16_dot(x8.data() + g * nb, x8.data() + (g + 1) * nb, a, tokens, cols, y.data() + g * tokens * kInterleavedRows);
+      }) / 1e9;
+      double sum = 0;  // token 0 of groups g, g + 1: y[16 tokens (g / 2) .. + 15]
       for (int64_t g = 0; g < groups; g += 2)
-        x16_dot(x8.data() + g * nb, x8.data() + (g + 1) * nb, a, tokens, cols, y.data() + g * tokens * kInterleavedRows);
-    }) / 1e9;
-    double sum = 0;  // token 0 of groups g, g + 1: y[16 tokens (g / 2) .. + 15]
-    for (int64_t g = 0; g < groups; g += 2)
-      for (int r = 0; r < 2 * kInterleavedRows; ++r) sum += y[size_t(g * tokens * kInterleavedRows + r)];
-    const double x8 = tokens == 1 ? x8_one : x8_four;
-    std::printf("%s x16 (AVX-512) %7.2f %s   against x8 %5.2fx   (sum %.6g, x8's %.6g)\n",
-                tokens == 1 ? "one token:  " : "four tokens:", x16, tokens == 1 ? "GB/s  " : "GMAC/s", x16 / x8, sum,
-                tokens == 1 ? sum_x8 : sum_x8_four);
+        for (int r = 0; r < 2 * kInterleavedRows; ++r) sum += y[size_t(g * tokens * kInterleavedRows + r)];
+      const double x8 = tokens == 1 ? x8_one : x8_four;
+      std::printf("%s x16 (%-10s) %7.2f %s   against x8 %5.2fx   (sum %.6g, x8's %.6g)\n",
+                  tokens == 1 ? "one token:  " : "four tokens:", isa_name(level), x16, tokens == 1 ? "GB/s  " : "GMAC/s",
+                  x16 / x8, sum, tokens == 1 ? sum_x8 : sum_x8_four);
+    }
   }
 }
 

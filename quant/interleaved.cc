@@ -156,7 +156,9 @@ VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa) {
 }
 
 VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa) {
-  return has_avx512(resolve_isa(isa)) ? interleaved_avx512::vec_dot_q4_k_x16 : nullptr;
+  const KernelIsa resolved = resolve_isa(isa);
+  if (resolved == KernelIsa::kAvx512Vnni) return interleaved_avx512vnni::vec_dot_q4_k_x16;
+  return has_avx512(resolved) ? interleaved_avx512::vec_dot_q4_k_x16 : nullptr;
 }
 
 }  // namespace hearth

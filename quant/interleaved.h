@@ -78,8 +78,8 @@ VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa = KernelIsa::kAuto);
 // checked as theirs.
 using VecDotX16Fn = void (*)(const void* group0, const void* group1, const void* const* act, int tokens, int64_t n,
                              float* out);
-// The AVX-512 F/BW kernel where isa (resolved) has it (kAvx512, kAvx512Vnni), else
-// nullptr: then callers take the groups one at a time.
+// The AVX-512 F/BW kernel for kAvx512, its VNNI twin for kAvx512Vnni (the same floats),
+// nullptr below (isa resolved): then callers take the groups one at a time.
 VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa = KernelIsa::kAuto);
 
 }  // namespace hearth

@@ -21,3 +21,11 @@ void vec_dot_q4_k_x16(const void* group0, const void* group1, const void* const*
                       float* out);
 
 }  // namespace hearth::interleaved_avx512
+
+namespace hearth::interleaved_avx512vnni {
+
+// The same with VNNI; faults on a CPU without AVX-512 F/BW/VNNI.
+void vec_dot_q4_k_x16(const void* group0, const void* group1, const void* const* act, int tokens, int64_t n,
+                      float* out);
+
+}  // namespace hearth::interleaved_avx512vnni

@@ -10,6 +10,7 @@
 #include <iterator>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "quant/block_formats.h"
@@ -362,13 +363,17 @@ void sweep_against_scalar(std::mt19937& rng, Mismatches&& mismatches, Known&& kn
   CHECK(bad == 0);
 }
 
-// The AVX-512 kernel, or nullptr (with a MESSAGE) where the CPU lacks AVX-512 F/BW.
-VecDotX16Fn avx512_kernel() {
-  if (!has_avx512(cpu_isa())) {
-    MESSAGE("CPU lacks AVX-512 F/BW/VL/DQ: the sixteen-row kernel is not tested");
+// The sixteen-row kernel of `level` (kAvx512: F/BW; kAvx512Vnni: with VNNI), or nullptr
+// (with a MESSAGE) where the CPU lacks that level.
+VecDotX16Fn avx512_kernel(KernelIsa level = KernelIsa::kAvx512) {
+  const bool vnni = level == KernelIsa::kAvx512Vnni;
+  if (vnni ? cpu_isa() != KernelIsa::kAvx512Vnni : !has_avx512(cpu_isa())) {
+    const char* why = vnni ? "CPU lacks AVX-512 VNNI: the sixteen-row VNNI kernel is not tested"
+                           : "CPU lacks AVX-512 F/BW/VL/DQ: the sixteen-row kernel is not tested";
+    MESSAGE(why);
     return nullptr;
   }
-  const VecDotX16Fn fn = vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512);
+  const VecDotX16Fn fn = vec_dot_q4_k_x16_kernel(level);
   REQUIRE_MESSAGE((fn != nullptr), "the AVX-512 kernel is capped away (limit_isa)");
   return fn;
 }
@@ -427,27 +432,31 @@ TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's flo
       [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return run(avx2, g, acts, 1); });
 }
 
-TEST_CASE("interleaved q4_K_r8: the AVX-512 kernel gives the scalar reference's floats for both groups") {
-  const VecDotX16Fn avx512 = avx512_kernel();
-  if (!avx512) return;
-  std::mt19937 rng(76);
-  // Each group goes in both halves: paired with a random group of its length, once as
-  // the first and once as the second, so both halves see every adversarial group.
-  auto partner = [&](const Group& g) { return random_group(g.nb, rng); };
-  sweep_against_scalar(
-      rng,
-      [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
-        const Group other = partner(g);
-        return x16_mismatches(avx512, g, other, acts) + x16_mismatches(avx512, other, g, acts);
-      },
-      [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
-        const Group other = partner(g);
-        const std::vector<float> first = run16(avx512, g, other, acts, 1);
-        const std::vector<float> second = run16(avx512, other, g, acts, 1);
-        // Row r of g in the low half of the first call and the high half of the second.
-        for (int r = 0; r < kRows; ++r) CHECK(float_bits(first[size_t(r)]) == float_bits(second[size_t(kRows + r)]));
-        return std::vector<float>(first.begin(), first.begin() + kRows);
-      });
+TEST_CASE("interleaved q4_K_r8: the AVX-512 kernels (F/BW and VNNI) give the scalar reference's floats for both groups") {
+  for (KernelIsa level : {KernelIsa::kAvx512, KernelIsa::kAvx512Vnni}) {
+    const std::string level_name = isa_name(level);
+    CAPTURE(level_name);
+    const VecDotX16Fn avx512 = avx512_kernel(level);
+    if (!avx512) continue;
+    std::mt19937 rng(76);
+    // Each group goes in both halves: paired with a random group of its length, once as
+    // the first and once as the second, so both halves see every adversarial group.
+    auto partner = [&](const Group& g) { return random_group(g.nb, rng); };
+    sweep_against_scalar(
+        rng,
+        [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
+          const Group other = partner(g);
+          return x16_mismatches(avx512, g, other, acts) + x16_mismatches(avx512, other, g, acts);
+        },
+        [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
+          const Group other = partner(g);
+          const std::vector<float> first = run16(avx512, g, other, acts, 1);
+          const std::vector<float> second = run16(avx512, other, g, acts, 1);
+          // Row r of g in the low half of the first call and the high half of the second.
+          for (int r = 0; r < kRows; ++r) CHECK(float_bits(first[size_t(r)]) == float_bits(second[size_t(kRows + r)]));
+          return std::vector<float>(first.begin(), first.begin() + kRows);
+        });
+  }
 }
 
 TEST_CASE("interleaved q4_K_r8: a token's result does not depend on the other tokens in the call") {
@@ -485,6 +494,9 @@ TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts")
   CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx2) == nullptr));
   CHECK((vec_dot_q4_k_x16_kernel() != nullptr) == has_avx512(best_isa()));
   CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != nullptr) == has_avx512(best_isa()));
+  // With VNNI, the VNNI level has its own kernel; the F/BW level never takes it.
+  if (best_isa() == KernelIsa::kAvx512Vnni)
+    CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512)));
   std::mt19937 rng(75);
   const Group g = random_group(2, rng);
   const std::vector<uint8_t> act = quantized_activations(2 * kQK_K, rng);
