@@ -1,7 +1,9 @@
 // The AVX-512 VNNI dot products (quant/dot_simd.h): the bodies of quant/dot_kernels.inc
 // with vpdpbusd / vpdpwssd fusing the int8 and int16 multiply-adds. They stay 256 bits
 // wide (AVX-512 VL): the fused instructions are the gain, and ymm registers keep
-// older Xeons off their lower AVX-512 clock.
+// older Xeons off their lower AVX-512 clock. Q8_0 is the exception: at the VNNI level
+// it takes the 512-bit kernels of quant/dot_avx512vnni_wide.cc (1.6x these tiles on a
+// Zen 5 EPYC), and Q4_K_R8 its sixteen-row kernel (quant/interleaved_avx512vnni.cc).
 #include <immintrin.h>
 
 #include <cstring>

@@ -4,6 +4,8 @@
 //   dot_avx512vnni  the same plus AVX-512 F/BW/VL/VNNI     (quant/dot_avx512vnni.cc)
 //   dot_avx512      AVX-512 F/BW/VL/DQ without VNNI: Q8_0 in 512-bit registers, every
 //                   other format its AVX2 kernel                (quant/dot_avx512.cc)
+//   dot_avx512vnni_wide  the VNNI level's picks: Q8_0 as dot_avx512 with vpdpbusd,
+//                   every other format dot_avx512vnni's    (quant/dot_avx512vnni_wide.cc)
 // Use them through vec_dot_kernel() / vec_dot_tile_kernel(), which pick by KernelIsa;
 // calling one on a CPU without its extensions faults.
 //
@@ -57,3 +59,11 @@ VecDotFn row_kernel(GgmlType type);               // never nullptr where dot_avx
 VecDot4Fn tile_kernel(GgmlType type, int tokens);  // likewise
 VecDot2x4Fn tile2x4_kernel(GgmlType type);        // Q8_0
 }  // namespace hearth::dot_avx512
+
+// The same 512-bit Q8_0 kernels with VNNI (quant/dot_avx512vnni_wide.cc); every other
+// format: dot_avx512vnni's.
+namespace hearth::dot_avx512vnni_wide {
+VecDotFn row_kernel(GgmlType type);               // never nullptr where dot_avx512vnni's is not
+VecDot4Fn tile_kernel(GgmlType type, int tokens);  // likewise
+VecDot2x4Fn tile2x4_kernel(GgmlType type);        // Q8_0
+}  // namespace hearth::dot_avx512vnni_wide

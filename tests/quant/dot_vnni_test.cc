@@ -78,6 +78,11 @@ std::vector<Flavour> flavours() {
   // AVX2) promises the same floats.
   if (has_avx512(best_isa()))
     v.push_back({"avx512", dot_avx512::row_kernel, dot_avx512::tile_kernel, dot_avx512::tile2x4_kernel});
+  // The VNNI level's picks (quant/dot_avx512vnni_wide.cc: Q8_0 in 512-bit registers with
+  // vpdpbusd, the rest the 256-bit VNNI kernels).
+  if (have_vnni())
+    v.push_back({"vnni512", dot_avx512vnni_wide::row_kernel, dot_avx512vnni_wide::tile_kernel,
+                 dot_avx512vnni_wide::tile2x4_kernel});
   return v;
 }
 
@@ -181,17 +186,18 @@ TEST_CASE("dot vnni: requests are capped at what the CPU has") {
     const VecDotFn want_avx512 = has_avx512(best_isa()) ? dot_avx512::row_kernel(t)
                                  : has_avx2(best_isa()) ? f.vec_dot_avx2
                                                         : f.vec_dot;
-    const VecDotFn want_vnni = have_vnni() ? dot_avx512vnni::row_kernel(t) : want_avx512;
+    const VecDotFn want_vnni = have_vnni() ? dot_avx512vnni_wide::row_kernel(t) : want_avx512;
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx512Vnni) == want_vnni));
     CHECK((vec_dot_kernel(f) == want_vnni));
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx2) == (has_avx2(best_isa()) ? f.vec_dot_avx2 : f.vec_dot)));
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx512) == want_avx512));
-    // Only Q8_0 has a 512-bit kernel of its own.
+    // Only Q8_0 has a 512-bit kernel of its own, at both levels.
     CHECK(((dot_avx512::row_kernel(t) == f.vec_dot_avx2) == (t != GgmlType::Q8_0)));
+    CHECK(((dot_avx512vnni_wide::row_kernel(t) == dot_avx512vnni::row_kernel(t)) == (t != GgmlType::Q8_0)));
   }
   for (GgmlType t : kTiledFormats) {
     const BlockFormat& f = block_format(t);
-    const VecDot4Fn want = have_vnni()              ? dot_avx512vnni::tile_kernel(t, 4)
+    const VecDot4Fn want = have_vnni()              ? dot_avx512vnni_wide::tile_kernel(t, 4)
                            : has_avx512(best_isa()) ? dot_avx512::tile_kernel(t, 4)
                            : has_avx2(best_isa())   ? dot_avx2::tile_kernel(t, 4)
                                                     : nullptr;
