@@ -68,8 +68,8 @@ using VecDotX8Fn = void (*)(const void* group, const void* const* act, int token
 
 // The scalar reference of the formula above.
 void vec_dot_q4_k_x8_scalar(const void* group, const void* const* act, int tokens, int64_t n, float* out);
-// The kernel for isa (resolve_isa caps it at the CPU): AVX2 for kAvx2 and the AVX-512 levels,
-// the scalar reference for kScalar.
+// The kernel for isa (resolve_isa caps it at the CPU): AVX2 for kAvx2 and kAvx512, its
+// VNNI twin for kAvx512Vnni (the same floats), the scalar reference for kScalar.
 VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa = KernelIsa::kAuto);
 
 // Two groups in one pass: out[t * 16 + r] = row r of group0 . act[t] and out[t * 16 + 8

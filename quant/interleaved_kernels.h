@@ -14,6 +14,14 @@ void check_x8_call(int tokens, int64_t n);
 
 }  // namespace hearth::interleaved_avx2
 
+namespace hearth::interleaved_vnni256 {
+
+// The eight-row kernel with VNNI on 256-bit registers (the same floats); faults on a CPU
+// without AVX-512 VL/VNNI.
+void vec_dot_q4_k_x8(const void* group, const void* const* act, int tokens, int64_t n, float* out);
+
+}  // namespace hearth::interleaved_vnni256
+
 namespace hearth::interleaved_avx512 {
 
 // The AVX-512 F/BW sixteen-row kernel (two groups); faults on a CPU without them.

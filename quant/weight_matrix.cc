@@ -494,7 +494,8 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
                           int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   constexpr int64_t kRows = kInterleavedRows;
   const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
-  // One token (decode) stays on the eight-row kernel: there the weights stream from DRAM,
+  // One token (decode) stays on the eight-row kernel (at the VNNI level its VNNI twin,
+  // +10 % tg32 on the Zen 5): there the weights stream from DRAM,
   // and the sixteen-row kernel, 1.4-1.9x faster from cache, made tg32 12 % slower on
   // the AVX-512 Xeon and 15 % slower with VNNI on a Zen 5 EPYC, whose one thread read
   // 2048-column rows at 0.6-0.8x the eight-row kernel's rate from DRAM (two groups are

@@ -130,12 +130,17 @@ std::vector<float> run(VecDotX8Fn fn, const Group& g, const std::vector<std::vec
 }
 
 // The AVX2 kernel, or nullptr (with a MESSAGE) where the CPU lacks AVX2.
-VecDotX8Fn avx2_kernel() {
-  if (!has_avx2(cpu_isa())) {
-    MESSAGE("CPU lacks AVX2/FMA/F16C: the interleaved AVX2 kernel is not tested");
+// The eight-row kernel of `level` (kAvx2, or kAvx512Vnni for its VNNI twin), or nullptr
+// (with a MESSAGE) where the CPU lacks that level.
+VecDotX8Fn avx2_kernel(KernelIsa level = KernelIsa::kAvx2) {
+  const bool vnni = level == KernelIsa::kAvx512Vnni;
+  if (vnni ? cpu_isa() != KernelIsa::kAvx512Vnni : !has_avx2(cpu_isa())) {
+    const char* why = vnni ? "CPU lacks AVX-512 VNNI: the eight-row VNNI kernel is not tested"
+                           : "CPU lacks AVX2/FMA/F16C: the interleaved AVX2 kernel is not tested";
+    MESSAGE(why);
     return nullptr;
   }
-  const VecDotX8Fn fn = vec_dot_q4_k_x8_kernel(KernelIsa::kAvx2);
+  const VecDotX8Fn fn = vec_dot_q4_k_x8_kernel(level);
   // A test that left limit_isa() lowered would make this the scalar reference, and the
   // comparisons below vacuous.
   REQUIRE_MESSAGE((fn != vec_dot_q4_k_x8_scalar), "the AVX2 kernel is capped away (limit_isa)");
@@ -423,13 +428,17 @@ int x16_mismatches(VecDotX16Fn fn, const Group& g0, const Group& g1, const std::
   return bad;
 }
 
-TEST_CASE("interleaved q4_K_r8: the AVX2 kernel gives the scalar reference's floats bit for bit") {
-  const VecDotX8Fn avx2 = avx2_kernel();
-  if (!avx2) return;
-  std::mt19937 rng(73);
-  sweep_against_scalar(
-      rng, [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return avx2_mismatches(avx2, g, acts); },
-      [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return run(avx2, g, acts, 1); });
+TEST_CASE("interleaved q4_K_r8: the AVX2 kernel and its VNNI twin give the scalar reference's floats bit for bit") {
+  for (KernelIsa level : {KernelIsa::kAvx2, KernelIsa::kAvx512Vnni}) {
+    const std::string level_name = isa_name(level);
+    CAPTURE(level_name);
+    const VecDotX8Fn avx2 = avx2_kernel(level);
+    if (!avx2) continue;
+    std::mt19937 rng(73);
+    sweep_against_scalar(
+        rng, [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return avx2_mismatches(avx2, g, acts); },
+        [&](const Group& g, const std::vector<std::vector<uint8_t>>& acts) { return run(avx2, g, acts, 1); });
+  }
 }
 
 TEST_CASE("interleaved q4_K_r8: the AVX-512 kernels (F/BW and VNNI) give the scalar reference's floats for both groups") {
@@ -464,6 +473,7 @@ TEST_CASE("interleaved q4_K_r8: a token's result does not depend on the other to
   const BlockFormat& f = block_format(GgmlType::Q4_K);
   std::vector<VecDotX8Fn> kernels = {vec_dot_q4_k_x8_scalar};
   if (const VecDotX8Fn avx2 = avx2_kernel()) kernels.push_back(avx2);
+  if (const VecDotX8Fn vnni = avx2_kernel(KernelIsa::kAvx512Vnni)) kernels.push_back(vnni);
   for (VecDotX8Fn fn : kernels) {
     const bool scalar = fn == vec_dot_q4_k_x8_scalar;
     CAPTURE(scalar);
@@ -494,7 +504,9 @@ TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts")
   CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx2) == nullptr));
   CHECK((vec_dot_q4_k_x16_kernel() != nullptr) == has_avx512(best_isa()));
   CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != nullptr) == has_avx512(best_isa()));
-  // With VNNI, the VNNI level has its own kernel; the F/BW level never takes it.
+  // With VNNI, the VNNI level has its own kernels; the levels below never take them.
+  if (best_isa() == KernelIsa::kAvx512Vnni)
+    CHECK((vec_dot_q4_k_x8_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x8_kernel(KernelIsa::kAvx512)));
   if (best_isa() == KernelIsa::kAvx512Vnni)
     CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512)));
   std::mt19937 rng(75);
