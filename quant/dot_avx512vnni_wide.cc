@@ -20,4 +20,5 @@ namespace hearth::dot_avx512vnni_wide {
 #define HEARTH_Q8_VNNI 1
 #define HEARTH_Q8_FALLBACK dot_avx512vnni
 #include "quant/dot_q8_0_512.inc"
+
 }  // namespace hearth::dot_avx512vnni_wide

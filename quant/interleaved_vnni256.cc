@@ -18,4 +18,5 @@ namespace hearth::interleaved_vnni256 {
 #define HEARTH_X8_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 #define HEARTH_X8_VNNI 1
 #include "quant/interleaved_x8.inc"
+
 }  // namespace hearth::interleaved_vnni256

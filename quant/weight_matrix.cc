@@ -495,11 +495,11 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
   constexpr int64_t kRows = kInterleavedRows;
   const VecDotX8Fn dot = vec_dot_q4_k_x8_kernel(isa);
   // One token (decode) stays on the eight-row kernel (at the VNNI level its VNNI twin,
-  // +10 % tg32 on the Zen 5): there the weights stream from DRAM,
-  // and the sixteen-row kernel, 1.4-1.9x faster from cache, made tg32 12 % slower on
-  // the AVX-512 Xeon and 15 % slower with VNNI on a Zen 5 EPYC, whose one thread read
-  // 2048-column rows at 0.6-0.8x the eight-row kernel's rate from DRAM (two groups are
-  // two streams; docs/performance.md).
+  // +10 % tg32 on a Zen 5 EPYC): there the weights stream from DRAM, and the sixteen-row
+  // kernel, 1.4-1.9x faster from cache, made tg32 12 % slower on the AVX-512 Xeon and
+  // 15 % slower with VNNI on the Zen 5, whose one thread read 2048-column rows at
+  // 0.6-0.8x the eight-row kernel's rate from DRAM (two groups are two streams;
+  // docs/performance.md).
   const VecDotX16Fn dot16 = n >= 2 ? vec_dot_q4_k_x16_kernel(isa) : nullptr;
   const int64_t nb = w.cols / kQK_K;
   const auto* groups = static_cast<const BlockQ4_Kx8*>(w.data);

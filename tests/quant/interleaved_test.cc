@@ -129,17 +129,19 @@ std::vector<float> run(VecDotX8Fn fn, const Group& g, const std::vector<std::vec
   return out;
 }
 
-// The AVX2 kernel, or nullptr (with a MESSAGE) where the CPU lacks AVX2.
+// Whether this CPU runs `level` (the levels are ordered, each including the ones below);
+// where it does not, a MESSAGE says which kernel goes untested.
+bool cpu_runs(KernelIsa level, const char* kernel) {
+  if (cpu_isa() >= level) return true;
+  const std::string why = std::string("CPU lacks ") + isa_name(level) + ": the " + kernel + " is not tested";
+  MESSAGE(why);
+  return false;
+}
+
 // The eight-row kernel of `level` (kAvx2, or kAvx512Vnni for its VNNI twin), or nullptr
 // (with a MESSAGE) where the CPU lacks that level.
 VecDotX8Fn avx2_kernel(KernelIsa level = KernelIsa::kAvx2) {
-  const bool vnni = level == KernelIsa::kAvx512Vnni;
-  if (vnni ? cpu_isa() != KernelIsa::kAvx512Vnni : !has_avx2(cpu_isa())) {
-    const char* why = vnni ? "CPU lacks AVX-512 VNNI: the eight-row VNNI kernel is not tested"
-                           : "CPU lacks AVX2/FMA/F16C: the interleaved AVX2 kernel is not tested";
-    MESSAGE(why);
-    return nullptr;
-  }
+  if (!cpu_runs(level, "eight-row kernel")) return nullptr;
   const VecDotX8Fn fn = vec_dot_q4_k_x8_kernel(level);
   // A test that left limit_isa() lowered would make this the scalar reference, and the
   // comparisons below vacuous.
@@ -371,13 +373,7 @@ void sweep_against_scalar(std::mt19937& rng, Mismatches&& mismatches, Known&& kn
 // The sixteen-row kernel of `level` (kAvx512: F/BW; kAvx512Vnni: with VNNI), or nullptr
 // (with a MESSAGE) where the CPU lacks that level.
 VecDotX16Fn avx512_kernel(KernelIsa level = KernelIsa::kAvx512) {
-  const bool vnni = level == KernelIsa::kAvx512Vnni;
-  if (vnni ? cpu_isa() != KernelIsa::kAvx512Vnni : !has_avx512(cpu_isa())) {
-    const char* why = vnni ? "CPU lacks AVX-512 VNNI: the sixteen-row VNNI kernel is not tested"
-                           : "CPU lacks AVX-512 F/BW/VL/DQ: the sixteen-row kernel is not tested";
-    MESSAGE(why);
-    return nullptr;
-  }
+  if (!cpu_runs(level, "sixteen-row kernel")) return nullptr;
   const VecDotX16Fn fn = vec_dot_q4_k_x16_kernel(level);
   REQUIRE_MESSAGE((fn != nullptr), "the AVX-512 kernel is capped away (limit_isa)");
   return fn;
@@ -505,10 +501,10 @@ TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts")
   CHECK((vec_dot_q4_k_x16_kernel() != nullptr) == has_avx512(best_isa()));
   CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != nullptr) == has_avx512(best_isa()));
   // With VNNI, the VNNI level has its own kernels; the levels below never take them.
-  if (best_isa() == KernelIsa::kAvx512Vnni)
+  if (best_isa() == KernelIsa::kAvx512Vnni) {
     CHECK((vec_dot_q4_k_x8_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x8_kernel(KernelIsa::kAvx512)));
-  if (best_isa() == KernelIsa::kAvx512Vnni)
     CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512)));
+  }
   std::mt19937 rng(75);
   const Group g = random_group(2, rng);
   const std::vector<uint8_t> act = quantized_activations(2 * kQK_K, rng);
