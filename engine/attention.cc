@@ -277,8 +277,9 @@ constexpr int64_t kMaxGroupHeads = 8;
 // them first and summing after did both twice: at 16K context attention took 59 ms per
 // token against 74 (hearth bench, alternated). The result equals the two-pass softmax to
 // rounding, and a head's result does not depend on which heads share the call (pairs are
-// scored alone, sums go row by row). An f32 cache keeps attend_picked's two passes: one
-// pass measured no faster for its entries, and its bits are the golden-checked ones.
+// scored alone, sums go row by row). An f32 cache keeps attend_picked's two passes
+// (attend_absorbed_f32): one pass measured no faster for its entries, and its bits are
+// the golden-checked ones.
 // scratch holds the chunk's scores, the sums and the running maxima.
 template <class RowsOf>
 void attend_fp8_online(RowsOf&& rows_of, int64_t np, const float* q, int64_t ldq, int64_t dim, int64_t m, int64_t vdim,
@@ -314,6 +315,61 @@ void attend_fp8_online(RowsOf&& rows_of, int64_t np, const float* q, int64_t ldq
     const float inv = float(1.0 / total[k]);
     for (int64_t d = 0; d < vdim; ++d) out[k * ldo + d] += acc[k * vdim + d] * inv;
   }
+}
+
+// Absorbed attention over an f32 cache for R rows at once, every head of a row together:
+// row t's np picked entries at lat[t][j] (ent floats: latent, then rope key), its heads'
+// queries at q + (t * heads + h) * ent, and
+//   out[(t * heads + h) * vdim + d] += sum_j softmax_j(q_th . entry_j * scale) entry_j[d]
+// for d < vdim, in attend_picked's two passes, each split between the threads so that
+// every entry comes from memory once per pass: the scores by entries (each thread scores
+// a share of every row's entries for all heads), the weighted sums by columns (a share of
+// every entry's floats). Split by heads, as the fp8 cache's groups are, every thread
+// streamed all the picked entries (4.7 MB per layer at 2048 picks on V3.2) twice: at 16K
+// context attention took 16.3-16.7 ms per token against 18.1-24.4 (V3.2-shaped bench
+// preset, two threads of a Zen 5 EPYC, hearth bench alternated). Each
+// score and each output element gets attend_picked's bits: dot products do not depend
+// on which queries or entries share a call, and every output element adds its products
+// in entry order whatever columns a call covers.
+void attend_absorbed_f32(ThreadPool& pool, const std::vector<std::vector<const float*>>& lat, const float* q,
+                         int64_t heads, int64_t ent, int64_t vdim, float scale, float* out) {
+  const int64_t R = int64_t(lat.size()), P = pool.size();
+  std::vector<int64_t> first(static_cast<size_t>(R + 1), 0);  // row t's scores: [head][np] at first[t]
+  for (int64_t t = 0; t < R; ++t) first[size_t(t + 1)] = first[size_t(t)] + heads * int64_t(lat[size_t(t)].size());
+  std::vector<float> sc(static_cast<size_t>(first[size_t(R)]));
+  // Item i is share i / R of row i % R: each thread's run of items holds about 1/P of
+  // every row.
+  pool.parallel_for(P * R, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t part = i / R, t = i % R, np = int64_t(lat[size_t(t)].size());
+      const int64_t j0 = np * part / P, j1 = np * (part + 1) / P;
+      if (j1 > j0)
+        dot_rows_f32(q + t * heads * ent, ent, heads, lat[size_t(t)].data() + j0, j1 - j0, ent,
+                     sc.data() + first[size_t(t)] + j0, np);
+    }
+  });
+  pool.parallel_for(R * heads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / heads, np = int64_t(lat[size_t(t)].size());
+      float* s = sc.data() + first[size_t(t)] + (i % heads) * np;
+      for (int64_t j = 0; j < np; ++j) s[j] *= scale;
+      softmax_inplace(s, np);
+    }
+  });
+  // Column shares of whole 16-float vectors.
+  const int64_t width = (vdim + 16 * P - 1) / (16 * P) * 16;
+  pool.parallel_for(P * R, [&](int64_t i0, int64_t i1) {
+    std::vector<const float*> cols;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t part = i / R, t = i % R, np = int64_t(lat[size_t(t)].size());
+      const int64_t c0 = part * width, c1 = std::min(vdim, c0 + width);
+      if (c0 >= c1) continue;
+      cols.resize(size_t(np));
+      for (int64_t j = 0; j < np; ++j) cols[size_t(j)] = lat[size_t(t)][size_t(j)] + c0;
+      weighted_rows_f32(sc.data() + first[size_t(t)], np, heads, cols.data(), np, c1 - c0, out + t * heads * vdim + c0,
+                        vdim);
+    }
+  });
 }
 
 // Rows of one head that the prefill path attends together: each key loaded serves all of
@@ -498,70 +554,63 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
 
   if (!absorbed.empty()) {
     // Weight-absorbed: q_lat = W_uk(h)^T q_nope; score = q_lat . latent + q_pe . k_pe;
-    // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist. One work item
-    // per group of heads covers every absorbed row of the step (all sequences of a batched
-    // decode), so each head's kv_b band is decoded and read once per step, not once per
-    // token. Within a group the position loops take the group's heads together
-    // (attend_picked): each picked latent chunk loaded serves every head
-    // of the group, where one head at a time would stream all index_topk picked latents
-    // (4 MB on V3.2, beyond L2) from L3 twice per head. Groups of up to eight heads (18 KB
-    // of latent-space queries with their rope parts, which stay in L1 beside the row pair
-    // being scored): on two threads each thread then gathers the picked latents once per
-    // layer, where groups of four gathered them twice. A score's bits do not depend on the
-    // grouping, so the group size only follows the thread count.
+    // out = W_uv(h) (sum_s p_s latent_s). Per-head keys/values never exist. Three stages,
+    // each covering every absorbed row of the step (all sequences of a batched decode):
+    //  1. each head's kv_b band folds the rows' queries into latent space (each band is
+    //     decoded and read once per step, not once per token);
+    //  2. the rows attend over their picked cache entries (attend_absorbed_f32 or, for an
+    //     fp8 cache, attend_fp8_online per group of heads);
+    //  3. each head's value band takes its latent-space outputs back to v_head_dim.
+    // A score's or output's bits depend on neither the grouping nor the split between
+    // threads, so none of them changes what a row computes.
     const int64_t R = int64_t(absorbed.size());
+    const int64_t ent = kvr + rope;  // a cache entry's floats: the latent, then the rope key
     // A GGUF's k_b / v_b in their block format (Attention::k_b), else kv_b's bands.
     const bool split = A.split_kv_b();
     const bool slice_ok = split || A.kv_b.dtype != DType::F8_E4M3 || !A.kv_b.scale ||
                           (nope % A.kv_b.block == 0 && kvb_stride % A.kv_b.block == 0);
-    const int64_t group = std::clamp<int64_t>(nh / ctx.pool.size(), 1, kMaxGroupHeads);
-    // An fp8 cache's entries are decoded as they are read (attend_fp8_online).
-    const bool fp8 = ctx.cache.type() == KvCacheType::kFp8;
-    const int64_t entry_bytes = ctx.cache.bytes_per_entry();
-    ctx.pool.parallel_for((nh + group - 1) / group, [&](int64_t g0, int64_t g1) {
-      // qlat and olat: [head of the group][row][kvr].
-      std::vector<float> qn(static_cast<size_t>(R * nope)), qlat(static_cast<size_t>(group * R * kvr)),
-          olat(static_cast<size_t>(group * R * kvr)), qcat(static_cast<size_t>(group * (kvr + rope))), sc, sr;
-      std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
-      std::vector<const float*> lat;
-      // An fp8 cache's picked entries as stored, and a chunk of them decoded (attend_fp8_online).
-      std::vector<const uint8_t*> entries;
-      std::vector<const float*> rows(static_cast<size_t>(kEntryChunk));
-      std::vector<float> buf(static_cast<size_t>(fp8 ? kEntryChunk * (kvr + rope) : 0));
-      for (int64_t j = 0; fp8 && j < kEntryChunk; ++j) rows[size_t(j)] = buf.data() + j * (kvr + rope);
-      ActivationRows olat_rows;
-      for (int64_t g = g0; g < g1; ++g) {
-        const int64_t h0 = g * group, m = std::min(group, nh - h0);
-        std::fill(qlat.begin(), qlat.end(), 0.0f);
-        std::fill(olat.begin(), olat.end(), 0.0f);
-        for (int64_t k = 0; k < m; ++k) {
-          for (int64_t t = 0; t < R; ++t)
-            std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h0 + k) * qk, nope, qn.data() + t * nope);
-          if (split) {  // head h's k_b rows are W_uk's columns: q_lat[c] = row c . q_nope
-            const WeightMatrix wk = row_slice(A.k_b, (h0 + k) * kvr, (h0 + k + 1) * kvr);
-            matmul_rows(wk, qn.data(), nope, R, qlat.data() + k * R * kvr, kvr, 0, kvr);
-          } else {
-            matmul_t_accumulate_rows(A.kv_b, (h0 + k) * kvb_stride, nope, qn.data(), nope, R,
-                                     qlat.data() + k * R * kvr, kvr, 0, kvr);
-          }
+    // Per row and head: the query [q_lat | q_pe] against an entry's ent floats in one
+    // pass (a second pass for the rope keys came back for their lines: 0.25 of 1.28 ms
+    // per layer for 8 heads over 2048 entries, a throwaway driver), and the output in
+    // latent space. Both [row][head][...].
+    std::vector<float> qcat(static_cast<size_t>(R * nh * ent), 0.0f), olat(static_cast<size_t>(R * nh * kvr), 0.0f);
+    ctx.pool.parallel_for(nh, [&](int64_t h0, int64_t h1) {
+      std::vector<float> qn(static_cast<size_t>(R * nope));
+      for (int64_t h = h0; h < h1; ++h) {
+        for (int64_t t = 0; t < R; ++t)
+          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
+        float* qh = qcat.data() + h * ent;
+        const int64_t ld = nh * ent;
+        if (split) {  // head h's k_b rows are W_uk's columns: q_lat[c] = row c . q_nope
+          const WeightMatrix wk = row_slice(A.k_b, h * kvr, (h + 1) * kvr);
+          matmul_rows(wk, qn.data(), nope, R, qh, ld, 0, kvr);
+        } else {
+          matmul_t_accumulate_rows(A.kv_b, h * kvb_stride, nope, qn.data(), nope, R, qh, ld, 0, kvr);
         }
-        for (int64_t t = 0; t < R; ++t) {
-          const int64_t r = absorbed[size_t(t)];
-          const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
-          const std::vector<int32_t>& pk = picked[size_t(r)];
-          const int64_t np = int64_t(pk.size());
-          // Each head's score is q_lat . latent + q_pe . k_pe, and a cache entry holds the
-          // latent with the rope key right after it (KvCache::latent): so [q_lat | q_pe]
-          // against the entry's kv_lora_rank + rope floats is one pass over each picked
-          // entry, where a second pass for the rope keys came back for their lines (0.25
-          // of 1.28 ms per layer for 8 heads over 2048 entries, a throwaway driver).
-          for (int64_t k = 0; k < m; ++k) {
-            float* qc = qcat.data() + k * (kvr + rope);
-            std::copy_n(qlat.data() + (k * R + t) * kvr, kvr, qc);
-            std::copy_n(q.data() + (r * nh + h0 + k) * qk + nope, rope, qc + kvr);
-          }
-          float* o = olat.data() + t * kvr;
-          if (fp8) {
+        for (int64_t t = 0; t < R; ++t)
+          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk + nope, rope, qh + t * ld + kvr);
+      }
+    });
+
+    if (ctx.cache.type() == KvCacheType::kFp8) {
+      // An fp8 cache's entries are decoded as they are read, a group of heads at a time:
+      // groups of up to eight heads (18 KB of queries, which stay in L1 beside the entries
+      // being scored); on two threads each thread then gathers the picked entries once
+      // per layer, where groups of four gathered them twice.
+      const int64_t group = std::clamp<int64_t>(nh / ctx.pool.size(), 1, kMaxGroupHeads);
+      const int64_t entry_bytes = ctx.cache.bytes_per_entry();
+      ctx.pool.parallel_for((nh + group - 1) / group, [&](int64_t g0, int64_t g1) {
+        std::vector<float> sc, buf(static_cast<size_t>(kEntryChunk * ent));
+        std::vector<const uint8_t*> entries;
+        std::vector<const float*> rows(static_cast<size_t>(kEntryChunk));
+        for (int64_t j = 0; j < kEntryChunk; ++j) rows[size_t(j)] = buf.data() + j * ent;
+        for (int64_t g = g0; g < g1; ++g) {
+          const int64_t h0 = g * group, m = std::min(group, nh - h0);
+          for (int64_t t = 0; t < R; ++t) {
+            const int64_t r = absorbed[size_t(t)];
+            const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+            const std::vector<int32_t>& pk = picked[size_t(r)];
+            const int64_t np = int64_t(pk.size());
             entries.resize(size_t(np));
             for (int64_t j = 0; j < np; ++j) entries[size_t(j)] = ctx.cache.entry(layer, seq, pk[size_t(j)]);
             attend_fp8_online(
@@ -571,30 +620,40 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
                   for (int64_t j = 0; j < n; ++j) {
                     if (const int64_t ahead = j0 + kEntryChunk + j; ahead < np)
                       prefetch_bytes(entries[size_t(ahead)], entry_bytes);
-                    ctx.cache.decode_entry(entries[size_t(j0 + j)], buf.data() + j * (kvr + rope));
+                    ctx.cache.decode_entry(entries[size_t(j0 + j)], buf.data() + j * ent);
                   }
                   return rows.data();
                 },
-                np, qcat.data(), kvr + rope, kvr + rope, m, kvr, scale, o, R * kvr, sc);
-          } else {
-            lat.resize(size_t(np));
-            for (int64_t j = 0; j < np; ++j) lat[size_t(j)] = ctx.cache.latent(layer, seq, pk[size_t(j)]);
-            attend_picked(qcat.data(), kvr + rope, kvr + rope, nullptr, 0, 0, m, lat, {}, lat, kvr, scale, o, R * kvr, sc, sr);
+                np, qcat.data() + (t * nh + h0) * ent, ent, ent, m, kvr, scale, olat.data() + (t * nh + h0) * kvr, kvr,
+                sc);
           }
         }
-        for (int64_t k = 0; k < m; ++k) {
-          const int64_t h = h0 + k, v0 = h * kvb_stride + nope;
-          const float* ol = olat.data() + k * R * kvr;
-          if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
-            const WeightMatrix wv = split ? row_slice(A.v_b, h * vd, (h + 1) * vd) : row_slice(A.kv_b, v0, v0 + vd);
-            olat_rows.prepare(wv.dtype, ol, kvr, R, kvr);
-            matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
-            for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
-          } else {
-            const int64_t ld = nh * kvb_stride;
-            matmul_rows(A.kv_b, ol, kvr, R, ov.data(), ld, v0, v0 + vd);
-            for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
-          }
+      });
+    } else {
+      std::vector<std::vector<const float*>> lat(static_cast<size_t>(R));
+      for (int64_t t = 0; t < R; ++t) {
+        const int64_t r = absorbed[size_t(t)];
+        const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
+        for (const int32_t s : picked[size_t(r)]) lat[size_t(t)].push_back(ctx.cache.latent(layer, seq, s));
+      }
+      attend_absorbed_f32(ctx.pool, lat, qcat.data(), nh, ent, kvr, scale, olat.data());
+    }
+
+    ctx.pool.parallel_for(nh, [&](int64_t h0, int64_t h1) {
+      std::vector<float> ov(static_cast<size_t>(R * (slice_ok ? vd : nh * kvb_stride)));
+      ActivationRows olat_rows;
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t v0 = h * kvb_stride + nope;
+        const float* ol = olat.data() + h * kvr;  // row t's at ol + t * nh * kvr
+        if (slice_ok) {  // the head's value rows as a matrix of their own: out rows 0..vd
+          const WeightMatrix wv = split ? row_slice(A.v_b, h * vd, (h + 1) * vd) : row_slice(A.kv_b, v0, v0 + vd);
+          olat_rows.prepare(wv.dtype, ol, nh * kvr, R, kvr);
+          matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
+          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+        } else {
+          const int64_t ld = nh * kvb_stride;
+          matmul_rows(A.kv_b, ol, nh * kvr, R, ov.data(), ld, v0, v0 + vd);
+          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
         }
       }
     });

@@ -73,6 +73,38 @@ TEST_CASE("golden tiny-v32: forced attention forms agree - absorbed prefill and 
   check_golden_logits(run(m, pool, g.tokens, true, AttentionPath::kPrefill), g, m.config().vocab_size);
 }
 
+TEST_CASE("golden tiny-v32: absorbed decode over an f32 cache gives the same bits on 1, 2 and 3 threads") {
+  // The absorbed path splits each row's picked entries (scores) and their columns
+  // (weighted sums) between the threads: no split may change a bit, whether one sequence
+  // decodes alone (64 tokens, sparse picks from token 9 on) or two decode in the same steps.
+  const Model& m = tiny_model();
+  const auto& cases = golden_cases();
+  const int64_t V = m.config().vocab_size;
+  auto batch = [&](ThreadPool& pool) {
+    Forward fwd(m, pool);
+    KvCache cache(m.config(), 16);
+    const SeqId sa = cache.add_sequence(), sb = cache.add_sequence();
+    std::vector<float> logits;
+    std::vector<float> step(2 * size_t(V));
+    for (size_t i = 0; i < cases[2].tokens.size(); ++i) {
+      fwd.step(cache, {{sa, std::span(cases[3].tokens).subspan(i, 1)}, {sb, std::span(cases[2].tokens).subspan(i, 1)}},
+               step.data(), AttentionPath::kDecode);
+      logits.insert(logits.end(), step.begin(), step.end());
+    }
+    return logits;
+  };
+  ThreadPool one(1);
+  const std::vector<float> alone = run(m, one, cases[3].tokens, true, AttentionPath::kDecode);
+  check_golden_logits(alone, cases[3], V);
+  const std::vector<float> together = batch(one);
+  for (int threads : {2, 3}) {
+    CAPTURE(threads);
+    ThreadPool pool(threads);
+    CHECK(run(m, pool, cases[3].tokens, true, AttentionPath::kDecode) == alone);
+    CHECK(batch(pool) == together);
+  }
+}
+
 TEST_CASE("golden tiny-v32: several sequences of different lengths in one batch") {
   const Model& m = tiny_model();
   const auto& cases = golden_cases();
