@@ -107,7 +107,9 @@ std::vector<uint8_t> eight_mib_of_weights(const BlockFormat& f, int64_t cols, in
 
 // The AVX-512 level the AVX-512 columns time: avx512vnni, avx512 (F/BW), or kAvx2 when
 // the CPU has neither (the columns then show "-").
-KernelIsa widest_avx512() { return has_avx512(cpu_isa()) ? cpu_isa() : KernelIsa::kAvx2; }
+KernelIsa widest_avx512() {
+  return has_vnni(cpu_isa()) ? KernelIsa::kAvx512Vnni : has_avx512(cpu_isa()) ? KernelIsa::kAvx512 : KernelIsa::kAvx2;
+}
 
 // GMAC/s of T activation rows against 8 MiB of one format's weights: the one-row kernel
 // per (weight row, token) against matmul_rows, which takes four tokens per tile.
@@ -365,7 +367,7 @@ int run(int argc, char** argv) {
   const bool avx2 = has_avx2(best_isa());
   const bool has_wide = widest_avx512() != KernelIsa::kAvx2;
   std::printf("single thread; best of %d passes; AVX2+FMA+F16C: %s; AVX-512 F/BW: %s; AVX-512 VNNI: %s\n", reps,
-              avx2 ? "yes" : "no", has_avx512(cpu_isa()) ? "yes" : "no", cpu_isa() == KernelIsa::kAvx512Vnni ? "yes" : "no");
+              avx2 ? "yes" : "no", has_avx512(cpu_isa()) ? "yes" : "no", has_vnni(cpu_isa()) ? "yes" : "no");
 
   // ---- read bandwidth ----
   double bw = 0;

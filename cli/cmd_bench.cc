@@ -84,7 +84,7 @@ int cmd_bench(int argc, char** argv) {
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("o,output", "md (a markdown table) or json", cxxopts::value<std::string>()->default_value("md"))
       ("profile", "also time each phase of a decode step (attention, indexer, router, experts, head, ...)")
-      ("isa", "CPU kernels to use: auto (the best this CPU has), avx512vnni, avx512, avx2 or scalar, to compare them",
+      ("isa", "CPU kernels to use: auto (the best this CPU has), avx512bf16, avx512vnni, avx512, avx2 or scalar, to compare them",
        cxxopts::value<std::string>()->default_value("auto"))
       ("h,help", "show this help");
   add_repack_option(opts);
@@ -125,7 +125,7 @@ int cmd_bench(int argc, char** argv) {
   apply_kv_cache_flag(args);
   const std::string isa_flag = args["isa"].as<std::string>();
   const std::optional<KernelIsa> isa = parse_isa(isa_flag);
-  if (!isa) throw std::invalid_argument("--isa: '" + isa_flag + "' is not auto, avx512vnni, avx512, avx2 or scalar");
+  if (!isa) throw std::invalid_argument("--isa: '" + isa_flag + "' is not auto, avx512bf16, avx512vnni, avx512, avx2 or scalar");
   if (*isa != KernelIsa::kAuto && int(*isa) > int(cpu_isa()))
     throw std::invalid_argument("--isa " + isa_flag + ": this CPU lacks it (its best is " + isa_name(cpu_isa()) + ")");
   limit_isa(*isa);

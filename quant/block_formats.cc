@@ -322,6 +322,7 @@ std::optional<DType> dtype_of(GgmlType type) {
 VecDotFn vec_dot_kernel(const BlockFormat& f, KernelIsa isa) {
   VecDotFn simd = nullptr;
   switch (resolve_isa(isa)) {
+    case KernelIsa::kAvx512Bf16:  // no BF16 flavour: VNNI's
     case KernelIsa::kAvx512Vnni: simd = dot_avx512vnni_wide::row_kernel(f.type); break;
     case KernelIsa::kAvx512: simd = dot_avx512::row_kernel(f.type); break;
     case KernelIsa::kAvx2: simd = dot_avx2::row_kernel(f.type); break;

@@ -8,6 +8,7 @@ namespace hearth {
 
 VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa) {
   switch (resolve_isa(isa)) {
+    case KernelIsa::kAvx512Bf16:  // no BF16 flavour: VNNI's
     case KernelIsa::kAvx512Vnni: return dot_avx512vnni_wide::tile2x4_kernel(f.type);
     case KernelIsa::kAvx512: return dot_avx512::tile2x4_kernel(f.type);
     case KernelIsa::kAvx2: return dot_avx2::tile2x4_kernel(f.type);
@@ -19,6 +20,7 @@ VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa) { return vec_dot_
 
 VecDot4Fn vec_dot_tile_kernel(const BlockFormat& f, int tokens, KernelIsa isa) {
   switch (resolve_isa(isa)) {
+    case KernelIsa::kAvx512Bf16:
     case KernelIsa::kAvx512Vnni: return dot_avx512vnni_wide::tile_kernel(f.type, tokens);
     case KernelIsa::kAvx512: return dot_avx512::tile_kernel(f.type, tokens);
     case KernelIsa::kAvx2: return dot_avx2::tile_kernel(f.type, tokens);

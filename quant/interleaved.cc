@@ -153,13 +153,13 @@ void vec_dot_q4_k_x8_scalar(const void* group, const void* const* act, int token
 
 VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa) {
   const KernelIsa resolved = resolve_isa(isa);
-  if (resolved == KernelIsa::kAvx512Vnni) return interleaved_vnni256::vec_dot_q4_k_x8;
+  if (has_vnni(resolved)) return interleaved_vnni256::vec_dot_q4_k_x8;
   return has_avx2(resolved) ? interleaved_avx2::vec_dot_q4_k_x8 : vec_dot_q4_k_x8_scalar;
 }
 
 VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa) {
   const KernelIsa resolved = resolve_isa(isa);
-  if (resolved == KernelIsa::kAvx512Vnni) return interleaved_avx512vnni::vec_dot_q4_k_x16;
+  if (has_vnni(resolved)) return interleaved_avx512vnni::vec_dot_q4_k_x16;
   return has_avx512(resolved) ? interleaved_avx512::vec_dot_q4_k_x16 : nullptr;
 }
 

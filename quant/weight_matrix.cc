@@ -754,8 +754,10 @@ KernelIsa cpu_isa() {
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
       return KernelIsa::kScalar;
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-      return __builtin_cpu_supports("avx512vnni") ? KernelIsa::kAvx512Vnni : KernelIsa::kAvx512;
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+      if (!__builtin_cpu_supports("avx512vnni")) return KernelIsa::kAvx512;
+      return __builtin_cpu_supports("avx512bf16") ? KernelIsa::kAvx512Bf16 : KernelIsa::kAvx512Vnni;
+    }
     return KernelIsa::kAvx2;
   }();
   return isa;
@@ -776,7 +778,8 @@ KernelIsa limit_isa(KernelIsa most) {
 }
 
 std::optional<KernelIsa> parse_isa(const std::string& name) {
-  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512, KernelIsa::kAvx512Vnni, KernelIsa::kAuto})
+  for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAvx2, KernelIsa::kAvx512, KernelIsa::kAvx512Vnni,
+                        KernelIsa::kAvx512Bf16, KernelIsa::kAuto})
     if (name == isa_name(isa)) return isa;
   return std::nullopt;
 }
@@ -793,6 +796,7 @@ const char* isa_name(KernelIsa isa) {
     case KernelIsa::kAvx2: return "avx2";
     case KernelIsa::kAvx512: return "avx512";
     case KernelIsa::kAvx512Vnni: return "avx512vnni";
+    case KernelIsa::kAvx512Bf16: return "avx512bf16";
     case KernelIsa::kAuto: return "auto";
   }
   return "?";

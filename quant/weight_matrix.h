@@ -41,29 +41,37 @@ struct WeightMatrix {
 // Which implementation a kernel call uses, in order of what the CPU must have. kAuto
 // picks the best the CPU supports. kAvx512 is AVX2 + FMA + F16C plus AVX-512 F, BW, VL
 // and DQ (Skylake-SP and later Xeons); kAvx512Vnni adds VNNI (Ice Lake and later Xeons,
-// Zen 4 and later). Kernels that have no flavour for a level run the one below it.
-enum class KernelIsa { kScalar, kAvx2, kAvx512, kAvx512Vnni, kAuto };
+// Zen 4 and later); kAvx512Bf16 adds AVX512_BF16's vdpbf16ps on top of VNNI (Cooper Lake,
+// Sapphire Rapids and later Xeons, Zen 4 and later). Kernels that have no flavour for a
+// level run the one below it.
+enum class KernelIsa { kScalar, kAvx2, kAvx512, kAvx512Vnni, kAvx512Bf16, kAuto };
 KernelIsa cpu_isa();   // the best this CPU supports
 KernelIsa best_isa();  // what kAuto resolves to: cpu_isa(), or lower after limit_isa()
 // Caps every later kernel choice of the process at `most` (kAuto: no cap), so a user can
 // time or check one instruction set against another (hearth bench --isa). Returns what
 // kAuto now resolves to.
 KernelIsa limit_isa(KernelIsa most);
-// The instruction set named `name` ("auto", "scalar", "avx2", "avx512", "avx512vnni"); nullopt for
-// anything else.
+// The instruction set named `name` ("auto", "scalar", "avx2", "avx512", "avx512vnni",
+// "avx512bf16"); nullopt for anything else.
 std::optional<KernelIsa> parse_isa(const std::string& name);
 // What a request runs as: kAuto becomes best_isa(), and a request above it is capped
 // there, so no caller can reach instructions the CPU lacks.
 KernelIsa resolve_isa(KernelIsa requested);
 // Whether isa (resolved) runs the AVX2 kernels or ones built on them.
 inline bool has_avx2(KernelIsa resolved) {
-  return resolved == KernelIsa::kAvx2 || resolved == KernelIsa::kAvx512 || resolved == KernelIsa::kAvx512Vnni;
+  return resolved >= KernelIsa::kAvx2 && resolved != KernelIsa::kAuto;
 }
 // Whether isa (resolved) may run 512-bit AVX-512 F/BW kernels.
 inline bool has_avx512(KernelIsa resolved) {
-  return resolved == KernelIsa::kAvx512 || resolved == KernelIsa::kAvx512Vnni;
+  return resolved >= KernelIsa::kAvx512 && resolved != KernelIsa::kAuto;
 }
-const char* isa_name(KernelIsa isa);  // "scalar", "avx2", "avx512", "avx512vnni", "auto"
+// Whether isa (resolved) may run the VNNI kernels.
+inline bool has_vnni(KernelIsa resolved) {
+  return resolved >= KernelIsa::kAvx512Vnni && resolved != KernelIsa::kAuto;
+}
+// Whether isa (resolved) may run the AVX512_BF16 kernels.
+inline bool has_bf16(KernelIsa resolved) { return resolved == KernelIsa::kAvx512Bf16; }
+const char* isa_name(KernelIsa isa);  // "scalar", "avx2", "avx512", "avx512vnni", "avx512bf16", "auto"
 
 // y[t * ldy + r] = sum_c x[t * ldx + c] * W(r, c)  for r in [r0, r1), t in [0, n).
 // Under CpuGemm::kOnednn, float weights (F32, BF16, F16, FP8) with n >= kOnednnMinRows go

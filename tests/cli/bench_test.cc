@@ -216,17 +216,23 @@ TEST_CASE("cli bench: --isa runs and reports the chosen kernels and refuses what
   CHECK(r.out.find(std::string("cpu kernels: scalar") + (capped ? " (limited; the CPU has " : "\n")) !=
         std::string::npos);
   CHECK(table_rows(r.out).count("tg2") == 1);
-  if (hearth::cpu_isa() != hearth::KernelIsa::kAvx512Vnni) {
+  if (!hearth::has_vnni(hearth::cpu_isa())) {
     const CliRun v = run_hearth("bench --synthetic tiny --isa avx512vnni -p 0 -n 2 -r 1");
     CHECK(v.code != 0);
     CHECK_MESSAGE(v.err.find("--isa avx512vnni: this CPU lacks it (its best is ") != std::string::npos, v.err);
+  }
+  if (!hearth::has_bf16(hearth::cpu_isa())) {
+    const CliRun v = run_hearth("bench --synthetic tiny --isa avx512bf16 -p 0 -n 2 -r 1");
+    CHECK(v.code != 0);
+    CHECK_MESSAGE(v.err.find("--isa avx512bf16: this CPU lacks it (its best is ") != std::string::npos, v.err);
   }
   // The AVX-512 F/BW level: runs where the CPU has it, refused where it does not.
   const CliRun w = run_hearth("bench --synthetic tiny --type q8_0 --isa avx512 -p 0 -n 2 -r 1 -t 2");
   if (hearth::has_avx512(hearth::cpu_isa())) {
     CHECK_MESSAGE(w.code == 0, w.all());
     const bool below = hearth::cpu_isa() != hearth::KernelIsa::kAvx512;
-    CHECK_MESSAGE(w.out.find(std::string("cpu kernels: avx512") + (below ? " (limited; the CPU has avx512vnni)" : "\n")) !=
+    const std::string limited = std::string(" (limited; the CPU has ") + hearth::isa_name(hearth::cpu_isa()) + ")";
+    CHECK_MESSAGE(w.out.find(std::string("cpu kernels: avx512") + (below ? limited : "\n")) !=
                       std::string::npos,
                   w.out);
   } else {
@@ -263,7 +269,7 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
       {"bench -m /nonexistent --type q8_0", "--type applies to --synthetic models only"},
       {"bench --synthetic tiny --set vocab_size", "--set 'vocab_size': expected KEY=JSON"},
       {"bench --synthetic tiny --depth 8 --depth-fill zeros", "--depth-fill: 'zeros' is not prefill or random"},
-      {"bench --synthetic tiny --isa sse2", "--isa: 'sse2' is not auto, avx512vnni, avx512, avx2 or scalar"},
+      {"bench --synthetic tiny --isa sse2", "--isa: 'sse2' is not auto, avx512bf16, avx512vnni, avx512, avx2 or scalar"},
       {"bench --synthetic tiny --cpu-gemm blas", "--cpu-gemm: unknown choice 'blas' (expected kernels or onednn)"},
       {"bench --synthetic tiny --kv-cache q8", "--kv-cache: unknown type 'q8' (expected f32 or fp8)"},
   };

@@ -60,7 +60,7 @@ using namespace hearth::testing;
 
 namespace {
 
-bool have_vnni() { return best_isa() == KernelIsa::kAvx512Vnni; }
+bool have_vnni() { return has_vnni(best_isa()); }
 
 // The VNNI kernels to check: the emulated ones always, the real ones where the CPU runs them.
 struct Flavour {
@@ -171,9 +171,12 @@ TEST_CASE("dot vnni: requests are capped at what the CPU has") {
   const KernelIsa best = best_isa();
   CHECK(resolve_isa(KernelIsa::kAuto) == best);
   CHECK(resolve_isa(KernelIsa::kScalar) == KernelIsa::kScalar);
-  CHECK(resolve_isa(KernelIsa::kAvx512Vnni) == best);
+  CHECK(resolve_isa(KernelIsa::kAvx512Bf16) == best);
+  CHECK(resolve_isa(KernelIsa::kAvx512Vnni) == (has_vnni(best) ? KernelIsa::kAvx512Vnni : best));
   CHECK(resolve_isa(KernelIsa::kAvx2) == (best == KernelIsa::kScalar ? KernelIsa::kScalar : KernelIsa::kAvx2));
   CHECK(resolve_isa(KernelIsa::kAvx512) == (has_avx512(best) ? KernelIsa::kAvx512 : best));
+  CHECK(std::string(isa_name(KernelIsa::kAvx512Bf16)) == "avx512bf16");
+  CHECK(parse_isa("avx512bf16") == KernelIsa::kAvx512Bf16);
   CHECK(std::string(isa_name(KernelIsa::kAvx512Vnni)) == "avx512vnni");
   CHECK(std::string(isa_name(KernelIsa::kAvx512)) == "avx512");
   CHECK(parse_isa("avx512") == KernelIsa::kAvx512);
@@ -188,6 +191,7 @@ TEST_CASE("dot vnni: requests are capped at what the CPU has") {
                                                         : f.vec_dot;
     const VecDotFn want_vnni = have_vnni() ? dot_avx512vnni_wide::row_kernel(t) : want_avx512;
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx512Vnni) == want_vnni));
+    CHECK((vec_dot_kernel(f, KernelIsa::kAvx512Bf16) == want_vnni));  // no BF16 flavour
     CHECK((vec_dot_kernel(f) == want_vnni));
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx2) == (has_avx2(best_isa()) ? f.vec_dot_avx2 : f.vec_dot)));
     CHECK((vec_dot_kernel(f, KernelIsa::kAvx512) == want_avx512));
@@ -202,6 +206,7 @@ TEST_CASE("dot vnni: requests are capped at what the CPU has") {
                            : has_avx2(best_isa())   ? dot_avx2::tile_kernel(t, 4)
                                                     : nullptr;
     CHECK((vec_dot_tile_kernel(f, 4, KernelIsa::kAvx512Vnni) == want));
+    CHECK((vec_dot_tile_kernel(f, 4, KernelIsa::kAvx512Bf16) == want));
   }
 }
 

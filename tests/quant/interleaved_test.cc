@@ -501,7 +501,7 @@ TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts")
   CHECK((vec_dot_q4_k_x16_kernel() != nullptr) == has_avx512(best_isa()));
   CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != nullptr) == has_avx512(best_isa()));
   // With VNNI, the VNNI level has its own kernels; the levels below never take them.
-  if (best_isa() == KernelIsa::kAvx512Vnni) {
+  if (has_vnni(best_isa())) {
     CHECK((vec_dot_q4_k_x8_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x8_kernel(KernelIsa::kAvx512)));
     CHECK((vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q4_k_x16_kernel(KernelIsa::kAvx512)));
   }

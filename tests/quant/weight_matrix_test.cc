@@ -159,7 +159,8 @@ std::vector<KernelIsa> isas_to_test() {
   std::vector<KernelIsa> v{KernelIsa::kScalar};
   if (has_avx2(best_isa())) v.push_back(KernelIsa::kAvx2);
   if (has_avx512(best_isa())) v.push_back(KernelIsa::kAvx512);
-  if (best_isa() == KernelIsa::kAvx512Vnni) v.push_back(KernelIsa::kAvx512Vnni);
+  if (has_vnni(best_isa())) v.push_back(KernelIsa::kAvx512Vnni);
+  if (has_bf16(best_isa())) v.push_back(KernelIsa::kAvx512Bf16);
   return v;
 }
 
