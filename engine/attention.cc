@@ -33,6 +33,10 @@ struct IndexerQueries {
   int64_t heads = 0, dim = 0;
   std::vector<float> q;       // [rows][heads][dim], FP8 values decoded (scale kept apart)
   std::vector<float> weight;  // [rows][heads]: weights_proj * heads^-0.5 * dim^-0.5 * q_scale
+  // q as the BF16 scoring kernel takes it (index_query_pairs), where the CPU has that
+  // kernel and dim is even: [rows][heads][dim / 2].
+  std::vector<uint32_t> pairs;
+  const uint32_t* row_pairs(int64_t r) const { return pairs.empty() ? nullptr : pairs.data() + r * heads * dim / 2; }
 };
 
 // Runs the indexer's projections for the new rows, fills their cache keys, and returns
@@ -53,6 +57,8 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
   linear(ctx.pool, ix.weights_proj, x, T, w.data());
   iq.q.resize(q.size());
   iq.weight.resize(w.size());
+  if (has_bf16(resolve_isa(KernelIsa::kAuto)) && D % 2 == 0) iq.pairs.resize(q.size() / 2);
+  std::atomic<bool> all_pairs{true};
   const float* lut = fp8_e4m3_table();
   const float head_scale = float(1.0 / std::sqrt(double(nh)) / std::sqrt(double(D)));
   // One item per (row, head) query and one per row's key: a decode step has a single row,
@@ -69,6 +75,7 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
         const float s = quantize_fp8_block_pow2(qh, D, code);
         float* out = iq.q.data() + i * D;
         for (int64_t d = 0; d < D; ++d) out[d] = lut[code[d]];
+        if (!iq.pairs.empty() && !index_query_pairs(out, 1, D, iq.pairs.data() + i * D / 2)) all_pairs = false;
         iq.weight[size_t(i)] = w[size_t(i)] * head_scale * s;
         continue;
       }
@@ -81,6 +88,7 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
       ctx.cache.write_index_key(layer, seq, pos, code, scale);
     }
   });
+  if (!all_pairs) iq.pairs.clear();  // FP8 values are bf16 values; were one not, the FMA kernels would score
   return iq;
 }
 
@@ -177,7 +185,8 @@ std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64
             prefetch_bytes(next.scales, pt * int64_t(sizeof(float)));
           }
           const KvCache::IndexKeys keys = ctx.cache.index_keys(layer, seq, page);
-          index_scores(q, w, nh, D, keys.codes + (b - page * pt), pt, keys.scales + (b - page * pt), e - b, row_score + b);
+          index_scores(q, w, nh, D, keys.codes + (b - page * pt), pt, keys.scales + (b - page * pt), e - b, row_score + b,
+                       KernelIsa::kAuto, iq->row_pairs(r));
           b = e;
         }
         keep_best_positions(row_score, topk, item.s0, item.s1, mine);

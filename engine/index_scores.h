@@ -5,15 +5,21 @@
 // with q_h the query's FP8-rounded head vectors (decoded to float), k_s the cached FP8
 // key of position s and scale_s its power-of-two block scale. This is the only part of
 // sparse attention whose work grows with the context (every cached position is scored;
-// attention itself then reads only index_topk of them), so it has AVX2 and AVX-512 kernels.
+// attention itself then reads only index_topk of them), so it has AVX2, AVX-512 and
+// AVX512_BF16 kernels.
 //
-// The AVX2 kernel scores sixteen positions at once, one per lane (the AVX-512 one 32), and
-// gives each lane the very same sequence of float operations as the scalar reference (one
-// fused multiply-add per dimension, then one per head, in order), so all produce identical
-// bits and the positions picked never depend on the instruction set; the CUDA kernel
-// (engine/cuda/mla_kernels.cu) does the same. A fused multiply-add is exactly rounded
-// everywhere, and on Zen 3 runs 1.35x as many multiply-adds per cycle as a multiply and an
-// add (which use four pipes for what two FMA pipes do).
+// Every kernel gives each position the very same sequence of float operations as the
+// scalar reference, so all produce identical bits and the positions picked never depend
+// on the instruction set; the CUDA kernel (engine/cuda/mla_kernels.cu) does the same.
+// q_h . k_s is a chain of fused multiply-adds over the dimensions taken in pairs, the odd
+// one of each pair first (2p + 1, then 2p; a last unpaired dimension alone): that is the
+// order in which vdpbf16ps adds a pair's two products, each exactly rounded (a product
+// of two bf16 values is exact in float, so a fused multiply-add rounds the same sum).
+// The FP8 keys and queries are exact in bf16, so the BF16 kernel multiplies the same
+// numbers. The AVX2 kernel scores sixteen positions at once, one per lane, the AVX-512
+// ones 64; a fused multiply-add is exactly rounded everywhere, and on Zen 3 runs 1.35x as
+// many multiply-adds per cycle as a multiply and an add (which use four pipes for what
+// two FMA pipes do).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -26,8 +32,19 @@ namespace hearth {
 // codes[d * ld + i] for d < dim (ld >= n: a KvCache page keeps its positions' codes
 // dimension by dimension, KvCache::index_keys), its scale at key_scales[i].
 // q: [heads][dim], w: [heads]. dim <= 512.
+// q_pairs: the query as index_query_pairs gave it where that returned true, for the BF16
+// kernel; where it is null that kernel builds it per call (the other kernels ignore it).
 void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* codes, int64_t ld,
-                  const float* key_scales, int64_t n, float* out, KernelIsa isa = KernelIsa::kAuto);
+                  const float* key_scales, int64_t n, float* out, KernelIsa isa = KernelIsa::kAuto,
+                  const uint32_t* q_pairs = nullptr);
+
+// The query's head vectors as the BF16 kernel takes them: pairs[h * dim / 2 + p] holds
+// q[h][2p] as bf16 in its low half and q[h][2p + 1] in its high half (dim even). Building
+// them costs as much as scoring a few positions, so the indexer builds them once per query
+// and layer, not once per page. False where dim is odd or some value is not a bf16
+// exactly or is below 2^-110 but not zero (FP8 values always fit): the scores then come
+// from the FMA kernels, with the same bits.
+bool index_query_pairs(const float* q, int64_t heads, int64_t dim, uint32_t* pairs);
 
 // Picking the topk best positions: highest score first, ties to the earlier position.
 // That order is total, so the set is unique, and threads that each score some of the

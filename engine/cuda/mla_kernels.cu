@@ -263,10 +263,11 @@ __global__ void index_scores_kernel(KvPages kv, StepTables st, int64_t layer, in
     float dot = 0.0f;
     for (int64_t d4 = 0; d4 < dim / 4; ++d4) {
       const uint32_t k4 = key[d4];
-      dot = __fmaf_rn(qh[4 * d4 + 0], lut[k4 & 0xffu], dot);
+      // Pairs of dimensions, the odd one first (engine/index_scores.h).
       dot = __fmaf_rn(qh[4 * d4 + 1], lut[(k4 >> 8) & 0xffu], dot);
-      dot = __fmaf_rn(qh[4 * d4 + 2], lut[(k4 >> 16) & 0xffu], dot);
+      dot = __fmaf_rn(qh[4 * d4 + 0], lut[k4 & 0xffu], dot);
       dot = __fmaf_rn(qh[4 * d4 + 3], lut[k4 >> 24], dot);
+      dot = __fmaf_rn(qh[4 * d4 + 2], lut[(k4 >> 16) & 0xffu], dot);
     }
     total = __fmaf_rn(ws[h], dot < 0.0f ? 0.0f : dot, total);  // std::fma(w, std::max(dot, 0.0f), total)
   }

@@ -1,9 +1,10 @@
-// The indexer's scoring kernels (engine/index_scores.h): AVX2 and AVX-512 against the scalar
-// reference (identical bits, so the picked positions never depend on the CPU), and the
-// reference against a double-precision evaluation of the formula.
+// The indexer's scoring kernels (engine/index_scores.h): AVX2, AVX-512 and AVX512_BF16
+// against the scalar reference (identical bits, so the picked positions never depend on
+// the CPU), and the reference against a double-precision evaluation of the formula.
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -67,26 +68,31 @@ Case make_case(int64_t heads, int64_t dim, int64_t n, std::mt19937& rng) {
 
 }  // namespace
 
-// The SIMD kernels this CPU can run: AVX2 (8 or 16 positions a pass) and AVX-512 (16 or
-// 32 a pass, the rest through the AVX2 kernel).
+// The SIMD kernels this CPU can run: AVX2 (8 or 16 positions a pass), AVX-512 and
+// AVX512_BF16 (16, 32 or 64 a pass, the rest through the AVX2 kernel).
 std::vector<std::pair<KernelIsa, int64_t>> simd_kernels() {  // (kernel, positions in its widest pass)
   std::vector<std::pair<KernelIsa, int64_t>> kernels;
   if (has_avx2(best_isa())) kernels.emplace_back(KernelIsa::kAvx2, 16);
-  if (has_avx512(best_isa())) kernels.emplace_back(KernelIsa::kAvx512, 32);
+  if (has_avx512(best_isa())) kernels.emplace_back(KernelIsa::kAvx512, 64);
+  if (has_bf16(best_isa())) kernels.emplace_back(KernelIsa::kAvx512Bf16, 64);
   if (!has_avx512(best_isa())) MESSAGE("CPU lacks AVX-512: the AVX-512 indexer kernel is not tested");
+  if (!has_bf16(best_isa())) MESSAGE("CPU lacks AVX512_BF16: the BF16 indexer kernel is not tested");
   return kernels;
 }
 
 TEST_CASE("index scores: the AVX2 and AVX-512 kernels equal the scalar reference bit for bit") {
   std::mt19937 rng(31);
   // Head counts with and without a remainder of the four-head tiles (and fewer heads
-  // than one tile); position counts that end in a 32-, 16- or 8-position pass or a partial
-  // one (the tail: 1 to 7 positions, alone or after full passes); V3.2's 64 x 128.
+  // than one tile); position counts that end in a 64-, 32-, 16- or 8-position pass or a
+  // partial one (the tail: 1 to 7 positions, alone or after full passes); V3.2's 64 x 128
+  // (a 64-position page, and one followed by every narrower pass). Odd head dims leave a
+  // last dimension out of the pairs (the BF16 kernel hands those to the FMA kernels).
   for (auto [isa, widest] : simd_kernels()) {
     const std::string isa_label = isa_name(isa);
     CAPTURE(isa_label);
     for (auto [heads, dim, n] : {std::tuple<int64_t, int64_t, int64_t>{64, 128, 37}, {5, 64, 8}, {3, 32, 5}, {7, 128, 100},
-                                 {13, 64, 24}, {9, 32, 17}, {6, 64, 48}, {64, 128, 61}, {4, 16, 128}}) {
+                                 {13, 64, 24}, {9, 32, 17}, {6, 64, 48}, {64, 128, 61}, {4, 16, 128},
+                                 {64, 128, 64}, {64, 128, 123}, {5, 7, 40}, {4, 1, 20}, {8, 33, 70}}) {
       CAPTURE(heads);
       CAPTURE(n);
       Case c = make_case(heads, dim, n, rng);
@@ -104,7 +110,7 @@ TEST_CASE("index scores: the SIMD kernels decode every FP8 code as the scalar re
   // pass: over 16 such passes every lane meets all 256 codes (subnormals, both zeros, the
   // largest values, both NaN codes) once head dims reach 16, and so does every lane of
   // the 16-position windows. The whole range goes through the widest passes; windows of
-  // 16 through the AVX-512 kernel's narrower pass, of 8 through the eight-position pass,
+  // 32 and 16 through the AVX-512 kernel's narrower passes, of 8 through the eight-position pass,
   // and of 5 through the tail (the last key repeated).
   std::mt19937 rng(47);
   for (auto [isa, widest] : simd_kernels()) {
@@ -128,6 +134,7 @@ TEST_CASE("index scores: the SIMD kernels decode every FP8 code as the scalar re
         return got;
       };
       const std::vector<float> all = check_window(0, n);
+      for (int64_t first = 0; widest > 32 && first + 32 <= n; first += 32) check_window(first, 32);
       for (int64_t first = 0; first + 16 <= n; first += 16) {
         if (widest > 16) check_window(first, 16);
         check_window(first, 8);
@@ -140,6 +147,45 @@ TEST_CASE("index scores: the SIMD kernels decode every FP8 code as the scalar re
       CHECK(nan_scores < n);
     }
   }
+}
+
+TEST_CASE("index scores: the BF16 kernel's query pairs, built once or per call, and values bf16 cannot hold") {
+  std::mt19937 rng(61);
+  Case c = make_case(9, 128, 150, rng);
+  std::vector<uint32_t> pairs(c.q.size() / 2);
+  REQUIRE(index_query_pairs(c.q.data(), c.heads, c.dim, pairs.data()));
+  // Pair p of head h: q[h][2p]'s bf16 in the low half, q[h][2p + 1]'s in the high half.
+  int wrong = 0;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const float lo = std::bit_cast<float>(uint32_t(pairs[i] << 16)), hi = std::bit_cast<float>(pairs[i] & 0xffff0000u);
+    wrong += std::bit_cast<uint32_t>(lo) != std::bit_cast<uint32_t>(c.q[2 * i]) ||
+             std::bit_cast<uint32_t>(hi) != std::bit_cast<uint32_t>(c.q[2 * i + 1]);
+  }
+  CHECK(wrong == 0);
+  std::vector<float> ref(static_cast<size_t>(c.n)), got(static_cast<size_t>(c.n));
+  auto same_as_reference = [&](KernelIsa isa, const uint32_t* q_pairs) {
+    index_scores(c.q.data(), c.w.data(), c.heads, c.dim, c.codes.data(), c.ld, c.scales.data(), c.n, ref.data(),
+                 KernelIsa::kScalar);
+    index_scores(c.q.data(), c.w.data(), c.heads, c.dim, c.codes.data(), c.ld, c.scales.data(), c.n, got.data(), isa,
+                 q_pairs);
+    return std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0;
+  };
+  CHECK(same_as_reference(KernelIsa::kAuto, pairs.data()));
+  CHECK(same_as_reference(KernelIsa::kAuto, nullptr));
+  // A query value with bits below bf16's: no pairs, and the scores come from the FMA
+  // kernels, still the reference's bits.
+  c.q[77] = std::nextafter(c.q[77], 1e9f);
+  CHECK_FALSE(index_query_pairs(c.q.data(), c.heads, c.dim, pairs.data()));
+  CHECK(same_as_reference(KernelIsa::kAuto, nullptr));
+  CHECK_FALSE(index_query_pairs(c.q.data(), 1, 7, pairs.data()));  // an odd dim has no pairs
+  // A bf16 value so small that the kernel's products could be denormals (which it would
+  // flush): no pairs either.
+  c.q[77] = 0x1p-120f;
+  CHECK_FALSE(index_query_pairs(c.q.data(), c.heads, c.dim, pairs.data()));
+  CHECK(same_as_reference(KernelIsa::kAuto, nullptr));
+  c.q[77] = 0x1p-110f;  // the smallest magnitude it takes
+  CHECK(index_query_pairs(c.q.data(), c.heads, c.dim, pairs.data()));
+  CHECK(same_as_reference(KernelIsa::kAuto, pairs.data()));
 }
 
 TEST_CASE("index scores: the reference computes the DSA formula") {
