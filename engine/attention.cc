@@ -143,7 +143,7 @@ std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64
       total += n;
     }
     std::vector<float> score(static_cast<size_t>(total));
-    std::vector<std::vector<int32_t>> best(rows.size());
+    std::vector<std::vector<PositionRank>> best(rows.size());
     std::mutex best_mutex;
     std::atomic<int64_t> next_item{0};
     const int64_t n_items = int64_t(items.size());
@@ -154,7 +154,7 @@ std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64
     // the linear-time selections took 0.63 ms against 0.23 ms for 16K positions and topk
     // 2048 on one core, per layer and token.)
     ctx.pool.parallel_for(std::min<int64_t>(ctx.pool.size(), n_items), [&](int64_t, int64_t) {
-      std::vector<int32_t> mine;
+      std::vector<PositionRank> mine;
       int64_t mine_row = -1;
       auto hand_over = [&] {
         if (mine_row < 0) return;
@@ -195,7 +195,7 @@ std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64
     });
     ctx.pool.parallel_for(int64_t(rows.size()), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i)
-        picked[size_t(rows[size_t(i)])] = best_positions(score.data() + offset[size_t(i)], topk, std::move(best[size_t(i)]));
+        picked[size_t(rows[size_t(i)])] = best_positions(topk, std::move(best[size_t(i)]));
     });
     b0 = b1;
   }

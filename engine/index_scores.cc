@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -424,34 +425,32 @@ void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, co
   else index_scores_scalar(q, w, heads, dim, codes, ld, key_scales, n, out);
 }
 
-namespace {
+PositionRank position_rank(float score, int32_t position) {
+  uint32_t u;
+  std::memcpy(&u, &score, sizeof u);
+  if (u == 0x80000000u) u = 0;  // -0 ties with +0
+  // Negative floats reversed below the positive ones: unsigned order is float order.
+  u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return (PositionRank(u) << 32) | PositionRank(~uint32_t(position));
+}
 
-// Whether position a ranks before position b: the higher score, or the earlier position
-// on equal scores.
-struct Better {
-  const float* score;
-  bool operator()(int32_t a, int32_t b) const {
-    return score[a] > score[b] || (score[a] == score[b] && a < b);
-  }
-};
-
-}  // namespace
-
-void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<int32_t>& kept) {
-  for (int64_t p = begin; p < end; ++p) kept.push_back(int32_t(p));
+void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<PositionRank>& kept) {
+  for (int64_t p = begin; p < end; ++p) kept.push_back(position_rank(score[p], int32_t(p)));
   if (int64_t(kept.size()) > 2 * topk) {
-    std::nth_element(kept.begin(), kept.begin() + (topk - 1), kept.end(), Better{score});
+    std::nth_element(kept.begin(), kept.begin() + (topk - 1), kept.end(), std::greater<PositionRank>());
     kept.resize(static_cast<size_t>(topk));
   }
 }
 
-std::vector<int32_t> best_positions(const float* score, int64_t topk, std::vector<int32_t> candidates) {
+std::vector<int32_t> best_positions(int64_t topk, std::vector<PositionRank> candidates) {
   if (int64_t(candidates.size()) > topk) {
-    std::nth_element(candidates.begin(), candidates.begin() + (topk - 1), candidates.end(), Better{score});
+    std::nth_element(candidates.begin(), candidates.begin() + (topk - 1), candidates.end(), std::greater<PositionRank>());
     candidates.resize(static_cast<size_t>(topk));
   }
-  std::sort(candidates.begin(), candidates.end());
-  return candidates;
+  std::vector<int32_t> picked(candidates.size());
+  for (size_t i = 0; i < candidates.size(); ++i) picked[i] = ranked_position(candidates[i]);
+  std::sort(picked.begin(), picked.end());
+  return picked;
 }
 
 }  // namespace hearth

@@ -46,15 +46,25 @@ void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, co
 // from the FMA kernels, with the same bits.
 bool index_query_pairs(const float* q, int64_t heads, int64_t dim, uint32_t* pairs);
 
-// Picking the topk best positions: highest score first, ties to the earlier position.
-// That order is total, so the set is unique, and threads that each score some of the
-// positions can each cut theirs to its best topk (the whole set's best are among each
-// part's best) before one merge: the picks never depend on who scored what.
+// Picking the topk best positions: highest score first, ties to the earlier position
+// (-0 ties with +0; a NaN score ranks by its bits, above +inf when positive, below -inf
+// when negative, as the CUDA selection ranks it). That order is total, so the set is
+// unique, and threads that each score some of the positions can each cut theirs to its
+// best topk (the whole set's best are among each part's best) before one merge: the picks
+// never depend on who scored what.
 //
+// A candidate is a PositionRank: the score's order-preserving bits above the position's
+// complement, so a larger number ranks first and the selections compare plain integers
+// (with the scores looked up through a comparator they took 2.5x as long).
+using PositionRank = uint64_t;
+PositionRank position_rank(float score, int32_t position);
+inline int32_t ranked_position(PositionRank r) { return int32_t(~uint32_t(r)); }
+
 // Adds positions [begin, end) to `kept`, then cuts `kept` to its topk best when it holds
 // more than 2 * topk (a linear-time selection, so a part costs O(its positions)).
-void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<int32_t>& kept);
-// The topk best of `candidates` (all of them when there are no more), in increasing order.
-std::vector<int32_t> best_positions(const float* score, int64_t topk, std::vector<int32_t> candidates);
+void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<PositionRank>& kept);
+// The positions of the topk best of `candidates` (all of them when there are no more), in
+// increasing order.
+std::vector<int32_t> best_positions(int64_t topk, std::vector<PositionRank> candidates);
 
 }  // namespace hearth

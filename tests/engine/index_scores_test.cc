@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -219,15 +220,34 @@ TEST_CASE("index scores: a head dimension over 512, or more positions than a row
   CHECK_THROWS_AS(index_scores(&q, &w, 1, 1, codes, 1, s, 2, out), std::invalid_argument);
 }
 
+TEST_CASE("index scores: position ranks order as scores do, then earlier positions") {
+  // Scores in increasing order, each pair's rank compared with float comparison's verdict.
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> order = {-inf, -3e38f, -1.0f, -0x1p-149f, -0.0f, 0.0f, 0x1p-149f, 1.0f, 3e38f, inf};
+  for (size_t i = 0; i < order.size(); ++i)
+    for (size_t j = 0; j < order.size(); ++j) {
+      CAPTURE(order[i]);
+      CAPTURE(order[j]);
+      // Higher score first; equal ones (the two zeros, or a score with itself) by position.
+      CHECK((position_rank(order[i], 7) > position_rank(order[j], 9)) == (order[i] >= order[j]));
+      CHECK((position_rank(order[i], 9) > position_rank(order[j], 7)) == (order[i] > order[j]));
+    }
+  // NaN ranks by its bits: a positive one above +inf, a negative one below -inf.
+  CHECK(position_rank(std::numeric_limits<float>::quiet_NaN(), 5) > position_rank(inf, 1));
+  CHECK(position_rank(-std::numeric_limits<float>::quiet_NaN(), 1) < position_rank(-inf, 5));
+  for (int32_t p : {0, 1, 1 << 20, INT32_MAX}) CHECK(ranked_position(position_rank(-2.5f, p)) == p);
+}
+
 TEST_CASE("index scores: positions picked part by part are the topk of a full sort") {
   // Scores from a small set of values, so that many positions tie and the earlier one must
-  // win; parts of every size (a chunk at a time, as threads take them) in shuffled order.
+  // win (-0 and +0 among them, which tie); parts of every size (a chunk at a time, as
+  // threads take them) in shuffled order.
   std::mt19937 rng(53);
   for (auto [n, topk] : {std::pair<int64_t, int64_t>{5000, 100}, {3000, 2048}, {700, 8}, {64, 63}, {10, 10}}) {
     CAPTURE(n);
     CAPTURE(topk);
     std::vector<float> score(static_cast<size_t>(n));
-    for (float& v : score) v = float(int(rng() % 37) - 18) * 0.25f;
+    for (float& v : score) v = float(int(rng() % 37) - 18) * 0.25f * (rng() % 2 ? 1.0f : -1.0f);
     // The reference: every position sorted by score (higher first), then by position.
     std::vector<int32_t> order(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) order[size_t(i)] = int32_t(i);
@@ -240,15 +260,15 @@ TEST_CASE("index scores: positions picked part by part are the topk of a full so
       for (int64_t b = 0; b < n; b += chunk) chunks.emplace_back(b, std::min(n, b + chunk));
       std::shuffle(chunks.begin(), chunks.end(), rng);
       for (int parts : {1, 2, 3}) {
-        std::vector<std::vector<int32_t>> kept(static_cast<size_t>(parts));
+        std::vector<std::vector<PositionRank>> kept(static_cast<size_t>(parts));
         for (size_t i = 0; i < chunks.size(); ++i) {
-          std::vector<int32_t>& k = kept[i % size_t(parts)];
+          std::vector<PositionRank>& k = kept[i % size_t(parts)];
           keep_best_positions(score.data(), topk, chunks[i].first, chunks[i].second, k);
           CHECK(int64_t(k.size()) <= 2 * topk + chunk);
         }
-        std::vector<int32_t> candidates;
+        std::vector<PositionRank> candidates;
         for (const auto& k : kept) candidates.insert(candidates.end(), k.begin(), k.end());
-        CHECK(best_positions(score.data(), topk, candidates) == want);
+        CHECK(best_positions(topk, candidates) == want);
       }
     }
   }
