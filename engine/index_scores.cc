@@ -187,27 +187,40 @@ HEARTH_INDEX_AVX512 __attribute__((always_inline)) inline void fma_dimension_512
   }
 }
 
+// A head block's running sums set to zero, and its last step: total[v] += w[j] *
+// max(0, acc[j][v]), head by head (shared by the FMA and BF16 kernels).
 template <int kHeads, int kVecs>
-HEARTH_INDEX_AVX512 inline void add_head_block_512(const float* q, const float* w, int64_t dim, const float* kt,
-                                                   __m512* total) {
-  const __m512 zero = _mm512_setzero_ps();
-  __m512 acc[kHeads][kVecs];
+HEARTH_INDEX_AVX512 __attribute__((always_inline)) inline void zero_heads_512(__m512 (&acc)[kHeads][kVecs]) {
 #pragma GCC unroll 16
   for (int j = 0; j < kHeads; ++j)
 #pragma GCC unroll 16
-    for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
-  int64_t d = 0;
-  for (; d + 2 <= dim; d += 2) {
-    fma_dimension_512<kHeads, kVecs>(q, dim, kt, d + 1, acc);
-    fma_dimension_512<kHeads, kVecs>(q, dim, kt, d, acc);
-  }
-  if (d < dim) fma_dimension_512<kHeads, kVecs>(q, dim, kt, d, acc);
+    for (int v = 0; v < kVecs; ++v) acc[j][v] = _mm512_setzero_ps();
+}
+
+template <int kHeads, int kVecs>
+HEARTH_INDEX_AVX512 __attribute__((always_inline)) inline void add_weighted_heads_512(
+    const __m512 (&acc)[kHeads][kVecs], const float* w, __m512* total) {
+  const __m512 zero = _mm512_setzero_ps();
 #pragma GCC unroll 16
   for (int j = 0; j < kHeads; ++j) {
     const __m512 wj = _mm512_set1_ps(w[j]);
 #pragma GCC unroll 16
     for (int v = 0; v < kVecs; ++v) total[v] = _mm512_fmadd_ps(wj, _mm512_max_ps(zero, acc[j][v]), total[v]);
   }
+}
+
+template <int kHeads, int kVecs>
+HEARTH_INDEX_AVX512 inline void add_head_block_512(const float* q, const float* w, int64_t dim, const float* kt,
+                                                   __m512* total) {
+  __m512 acc[kHeads][kVecs];
+  zero_heads_512<kHeads, kVecs>(acc);
+  int64_t d = 0;
+  for (; d + 2 <= dim; d += 2) {
+    fma_dimension_512<kHeads, kVecs>(q, dim, kt, d + 1, acc);
+    fma_dimension_512<kHeads, kVecs>(q, dim, kt, d, acc);
+  }
+  if (d < dim) fma_dimension_512<kHeads, kVecs>(q, dim, kt, d, acc);
+  add_weighted_heads_512<kHeads, kVecs>(acc, w, total);
 }
 
 // fp8_to_half16 for 32 codes.
@@ -326,14 +339,10 @@ HEARTH_INDEX_BF16 void decode_key_pairs(const uint8_t* codes, int64_t ld, int64_
 // Not inlined: inside its caller GCC kept two of the four key vectors on the stack and
 // reloaded them for every head, and the kernel ran at 0.65x the rate it has on its own.
 template <int kHeads, int kVecs>
-HEARTH_INDEX_BF16 __attribute__((noinline)) void add_head_block_bf16(const uint32_t* q2, const float* w, int64_t pairs, const uint32_t* kt,
-                                                  __m512* total) {
-  const __m512 zero = _mm512_setzero_ps();
+HEARTH_INDEX_BF16 __attribute__((noinline)) void add_head_block_bf16(const uint32_t* q2, const float* w, int64_t pairs,
+                                                                    const uint32_t* kt, __m512* total) {
   __m512 acc[kHeads][kVecs];
-#pragma GCC unroll 16
-  for (int j = 0; j < kHeads; ++j)
-#pragma GCC unroll 16
-    for (int v = 0; v < kVecs; ++v) acc[j][v] = zero;
+  zero_heads_512<kHeads, kVecs>(acc);
   for (int64_t p = 0; p < pairs; ++p) {
     // The keys as integer vectors, cast at each use: an array of __m512bh made GCC keep
     // them on the stack and reload them for every head.
@@ -347,12 +356,7 @@ HEARTH_INDEX_BF16 __attribute__((noinline)) void add_head_block_bf16(const uint3
       for (int v = 0; v < kVecs; ++v) acc[j][v] = _mm512_dpbf16_ps(acc[j][v], (__m512bh)k[v], qj);
     }
   }
-#pragma GCC unroll 16
-  for (int j = 0; j < kHeads; ++j) {
-    const __m512 wj = _mm512_set1_ps(w[j]);
-#pragma GCC unroll 16
-    for (int v = 0; v < kVecs; ++v) total[v] = _mm512_fmadd_ps(wj, _mm512_max_ps(zero, acc[j][v]), total[v]);
-  }
+  add_weighted_heads_512<kHeads, kVecs>(acc, w, total);
 }
 
 template <int kVecs>
