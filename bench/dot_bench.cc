@@ -317,7 +317,7 @@ void float_decode(int64_t cols, double mb, int reps, double bw) {
 }
 
 // GMAC/s of matmul_rows on float weights (8 MiB / cols rows, at least 64) for a few
-// activation row counts, CpuGemm::kKernels against kOnednn.
+// activation row counts, CpuGemm::kKernels against kOnednn, and BF16 under kBf16.
 void float_gemm(int64_t cols, int reps) {
   std::printf("\nfloat weights times many rows, single thread (GMAC/s): kernels / %s\n", onednn_version().c_str());
   std::printf("%-8s %6s %19s %19s %19s\n", "format", "rows", "16 rows", "64 rows", "512 rows");
@@ -341,6 +341,20 @@ void float_gemm(int64_t cols, int reps) {
     }
     std::printf("\n");
   }
+  // BF16 weights against bf16 activations (--cpu-gemm bf16, vdpbf16ps), where the CPU has it.
+  if (!has_bf16(cpu_isa())) return;
+  const int64_t rows = std::max<int64_t>(64, (int64_t(8) << 20) / cols);
+  const FloatWeight m = random_float_weight(DType::BF16, rows, cols, rng);
+  std::printf("%-8s %6lld", "bf16/dp", static_cast<long long>(rows));
+  for (int64_t n : {16, 64, 512}) {
+    std::vector<float> x(size_t(n * cols)), y(size_t(n * rows));
+    for (float& v : x) v = gauss(rng);
+    const CpuGemm previous = set_cpu_gemm(CpuGemm::kBf16);
+    const double best = best_seconds(reps, [&] { matmul_rows(m.view, x.data(), cols, n, y.data(), rows, 0, rows); });
+    set_cpu_gemm(previous);
+    std::printf("   %7.2f          ", double(rows * cols * n) / best / 1e9);
+  }
+  std::printf("   (--cpu-gemm bf16: vdpbf16ps against bf16 activations)\n");
 }
 
 int run(int argc, char** argv) {

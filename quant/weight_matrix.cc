@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "quant/avx2_blocks.h"
+#include "quant/bf16_dot.h"
 #include "quant/fp8_avx2.h"
 #include "quant/block_formats.h"
 #include "quant/dot_tiles.h"
@@ -341,6 +342,17 @@ void matmul_rows_onednn(const WeightMatrix& w, const float* x, int64_t ldx, int6
     decode_rows_avx2(w, p0, p1, buf.data(), w.cols);
     onednn_gemm_xwt(n, p1 - p0, w.cols, x, ldx, buf.data(), w.cols, y + p0, ldy);
   }
+}
+
+// BF16 weights under CpuGemm::kBf16 at the AVX512_BF16 level: the activations rounded to
+// bf16 once per call, then vdpbf16ps (quant/bf16_dot.h), as llama.cpp dots BF16 tensors.
+void matmul_rows_bf16(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                      int64_t r0, int64_t r1) {
+  const int64_t ld = bf16dot::padded(w.cols);
+  static thread_local std::vector<uint16_t> xb;
+  if (xb.size() < size_t(n * ld)) xb.resize(size_t(n * ld));
+  for (int64_t t = 0; t < n; ++t) bf16dot::round_activations(x + t * ldx, w.cols, xb.data() + t * ld);
+  bf16dot::matmul_rows_avx512bf16(static_cast<const uint16_t*>(w.data), w.cols, xb.data(), n, y, ldy, r0, r1);
 }
 
 HEARTH_AVX2 void matmul_t_avx2(const WeightMatrix& w, int64_t row0, int64_t nrows, const float* x,
@@ -807,6 +819,8 @@ void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, 
   if (is_block_dtype(w.dtype)) return matmul_rows_blocks(w, x, ldx, n, y, ldy, r0, r1, isa);
   if (!has_avx2(resolve_isa(isa))) return matmul_rows_scalar(w, x, ldx, n, y, ldy, r0, r1);
   if (n >= kOnednnMinRows && cpu_gemm() == CpuGemm::kOnednn) return matmul_rows_onednn(w, x, ldx, n, y, ldy, r0, r1);
+  if (w.dtype == DType::BF16 && cpu_gemm() == CpuGemm::kBf16 && has_bf16(resolve_isa(isa)))
+    return matmul_rows_bf16(w, x, ldx, n, y, ldy, r0, r1);
   matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
 }
 
@@ -816,10 +830,13 @@ std::atomic<CpuGemm> g_cpu_gemm{CpuGemm::kKernels};
 
 CpuGemm set_cpu_gemm(CpuGemm g) { return g_cpu_gemm.exchange(g); }
 CpuGemm cpu_gemm() { return g_cpu_gemm.load(std::memory_order_relaxed); }
-const char* cpu_gemm_name(CpuGemm g) { return g == CpuGemm::kOnednn ? "onednn" : "kernels"; }
+const char* cpu_gemm_name(CpuGemm g) {
+  return g == CpuGemm::kOnednn ? "onednn" : g == CpuGemm::kBf16 ? "bf16" : "kernels";
+}
 std::optional<CpuGemm> parse_cpu_gemm(const std::string& name) {
   if (name == "kernels") return CpuGemm::kKernels;
   if (name == "onednn") return CpuGemm::kOnednn;
+  if (name == "bf16") return CpuGemm::kBf16;
   return std::nullopt;
 }
 

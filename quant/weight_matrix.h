@@ -76,7 +76,8 @@ const char* isa_name(KernelIsa isa);  // "scalar", "avx2", "avx512", "avx512vnni
 // y[t * ldy + r] = sum_c x[t * ldx + c] * W(r, c)  for r in [r0, r1), t in [0, n).
 // Under CpuGemm::kOnednn, float weights (F32, BF16, F16, FP8) with n >= kOnednnMinRows go
 // through oneDNN's sgemm on rows decoded to float (quant/onednn_gemm.h) unless isa is
-// kScalar. Block formats always use their own integer kernels.
+// kScalar. Block formats always use their own integer kernels. Under CpuGemm::kBf16, BF16
+// weights at kAvx512Bf16 meet activations rounded to bf16 (quant/bf16_dot.h).
 void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
                  int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa = KernelIsa::kAuto);
 
@@ -90,11 +91,17 @@ enum class CpuGemm {
   // kernels' rate at 64-512 rows (bench/dot_bench's float table), but its summation
   // order is not the one-row kernel's, so results depend on the batch to rounding.
   kOnednn,
+  // BF16 weights, every row count, against activations rounded to bf16 through
+  // AVX512_BF16's vdpbf16ps (quant/bf16_dot.h), as llama.cpp multiplies BF16 tensors:
+  // twice the multiply-adds per instruction, at up to 2^-9 of each activation. Each row's
+  // result is still independent of the batch. Other weights, and CPUs without the
+  // instructions (or --isa below avx512bf16), as kKernels.
+  kBf16,
 };
 constexpr int64_t kOnednnMinRows = 16;  // below, decoding the panel costs more than it saves
 CpuGemm set_cpu_gemm(CpuGemm g);  // returns the previous choice; kKernels at start
 CpuGemm cpu_gemm();
-const char* cpu_gemm_name(CpuGemm g);  // "kernels", "onednn"
+const char* cpu_gemm_name(CpuGemm g);  // "kernels", "onednn", "bf16"
 std::optional<CpuGemm> parse_cpu_gemm(const std::string& name);
 
 // Rows [r0, r1) decoded to float, row r at out + (r - r0) * ld: what dequantize_row gives

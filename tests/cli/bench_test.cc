@@ -270,7 +270,7 @@ TEST_CASE("cli bench: bad flags are one-line errors naming the flag") {
       {"bench --synthetic tiny --set vocab_size", "--set 'vocab_size': expected KEY=JSON"},
       {"bench --synthetic tiny --depth 8 --depth-fill zeros", "--depth-fill: 'zeros' is not prefill or random"},
       {"bench --synthetic tiny --isa sse2", "--isa: 'sse2' is not auto, avx512bf16, avx512vnni, avx512, avx2 or scalar"},
-      {"bench --synthetic tiny --cpu-gemm blas", "--cpu-gemm: unknown choice 'blas' (expected kernels or onednn)"},
+      {"bench --synthetic tiny --cpu-gemm blas", "--cpu-gemm: unknown choice 'blas' (expected kernels, onednn or bf16)"},
       {"bench --synthetic tiny --kv-cache q8", "--kv-cache: unknown type 'q8' (expected f32 or fp8)"},
   };
   for (const auto& [args, message] : cases) {

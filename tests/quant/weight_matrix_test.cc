@@ -553,6 +553,8 @@ TEST_CASE("weight_matrix: CpuGemm kernels keep a token's float result independen
   CHECK(parse_cpu_gemm("kernels") == CpuGemm::kKernels);
   CHECK_FALSE(parse_cpu_gemm("blas").has_value());
   CHECK(std::string(cpu_gemm_name(CpuGemm::kOnednn)) == "onednn");
+  CHECK(parse_cpu_gemm("bf16") == CpuGemm::kBf16);
+  CHECK(std::string(cpu_gemm_name(CpuGemm::kBf16)) == "bf16");
 }
 
 }  // namespace quant_weight_matrix_suite
