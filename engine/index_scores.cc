@@ -416,14 +416,7 @@ void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, co
   if (dim <= 0 || dim > kMaxDim) throw std::invalid_argument("index_scores: index_head_dim must be in 1.." + std::to_string(kMaxDim));
   if (n > ld) throw std::invalid_argument("index_scores: " + std::to_string(n) + " positions in rows of " + std::to_string(ld));
   const KernelIsa use = resolve_isa(isa);
-  if (has_bf16(use) && dim % 2 == 0) {
-    std::vector<uint32_t> own;
-    if (!q_pairs) {
-      own.resize(static_cast<size_t>(heads * dim / 2));
-      if (index_query_pairs(q, heads, dim, own.data())) q_pairs = own.data();
-    }
-    if (q_pairs) return index_scores_avx512bf16(q, q_pairs, w, heads, dim, codes, ld, key_scales, n, out);
-  }
+  if (has_bf16(use) && q_pairs) return index_scores_avx512bf16(q, q_pairs, w, heads, dim, codes, ld, key_scales, n, out);
   if (has_avx512(use)) index_scores_avx512(q, w, heads, dim, codes, ld, key_scales, n, out);
   else if (has_avx2(use)) index_scores_avx2(q, w, heads, dim, codes, ld, key_scales, n, out);
   else index_scores_scalar(q, w, heads, dim, codes, ld, key_scales, n, out);

@@ -33,7 +33,8 @@ namespace hearth {
 // dimension by dimension, KvCache::index_keys), its scale at key_scales[i].
 // q: [heads][dim], w: [heads]. dim <= 512.
 // q_pairs: the query as index_query_pairs gave it where that returned true, for the BF16
-// kernel; where it is null that kernel builds it per call (the other kernels ignore it).
+// kernel; where it is null the FMA kernels score (the same bits), and so no call rebuilds
+// the pairs page after page.
 void index_scores(const float* q, const float* w, int64_t heads, int64_t dim, const uint8_t* codes, int64_t ld,
                   const float* key_scales, int64_t n, float* out, KernelIsa isa = KernelIsa::kAuto,
                   const uint32_t* q_pairs = nullptr);

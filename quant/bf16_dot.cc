@@ -16,6 +16,14 @@ namespace {
 // inputs and its results.
 inline float flush(float f) { return std::fpclassify(f) == FP_SUBNORMAL ? std::copysign(0.0f, f) : f; }
 
+// The 16 lanes' sum, lane i added to lane i + half for half = 8, 4, 2, 1: the reference's
+// order, and the kernel's (which stores its lanes and calls this).
+inline float add_lanes(float (&lane)[16]) {
+  for (int half = 8; half >= 1; half /= 2)
+    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
+  return lane[0];
+}
+
 }  // namespace
 
 void round_activations(const float* x, int64_t n, uint16_t* out) {
@@ -31,9 +39,7 @@ float dot_reference(const uint16_t* w, const uint16_t* x, int64_t n) {
         const float wi = i < n ? flush(bf16_to_f32(w[i])) : 0.0f;
         lane[l] = flush(std::fma(flush(bf16_to_f32(x[i])), wi, lane[l]));
       }
-  for (int half = 8; half >= 1; half /= 2)
-    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
-  return lane[0];
+  return add_lanes(lane);
 }
 
 namespace {
@@ -45,9 +51,7 @@ namespace {
 HEARTH_BF16 inline float sum_lanes(__m512 v) {
   alignas(64) float lane[16];
   _mm512_store_ps(lane, v);
-  for (int half = 8; half >= 1; half /= 2)
-    for (int l = 0; l < half; ++l) lane[l] += lane[l + half];
-  return lane[0];
+  return add_lanes(lane);
 }
 
 // R weight rows x T tokens: each chunk of 32 columns loads R + T vectors for R * T

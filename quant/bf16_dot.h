@@ -1,6 +1,7 @@
 // BF16 weight rows against activations rounded to bf16, on AVX512_BF16's vdpbf16ps: the
-// kernel that KernelIsa::kAvx512Bf16 runs for BF16 weights (as llama.cpp dots its BF16
-// tensors against bf16 activations), and the scalar reference that gives its bits.
+// kernel matmul_rows runs for BF16 weights under --cpu-gemm bf16 at KernelIsa::kAvx512Bf16
+// (as llama.cpp dots its BF16 tensors against bf16 activations), and the scalar reference
+// that gives its bits.
 //
 // The order is vdpbf16ps's: 16 float lanes, lane l of a 32-column chunk adds the product
 // of columns 2l + 1 and then of 2l, each sum rounded once (a product of two bf16 values

@@ -71,6 +71,16 @@ Case make_case(int64_t heads, int64_t dim, int64_t n, std::mt19937& rng) {
 
 // The SIMD kernels this CPU can run: AVX2 (8 or 16 positions a pass), AVX-512 and
 // AVX512_BF16 (16, 32 or 64 a pass, the rest through the AVX2 kernel).
+// q's pairs for the BF16 kernel (index_query_pairs) where isa runs it, none otherwise. A
+// query the kernel cannot take must be an odd dim: these tests' FP8 queries always fit.
+std::vector<uint32_t> pairs_for(KernelIsa isa, const std::vector<float>& q, int64_t heads, int64_t dim) {
+  std::vector<uint32_t> pairs(q.size() / 2 + 1);
+  if (!has_bf16(isa)) return {};
+  const bool fit = index_query_pairs(q.data(), heads, dim, pairs.data());
+  CHECK(fit == (dim % 2 == 0));
+  return fit ? pairs : std::vector<uint32_t>{};
+}
+
 std::vector<std::pair<KernelIsa, int64_t>> simd_kernels() {  // (kernel, positions in its widest pass)
   std::vector<std::pair<KernelIsa, int64_t>> kernels;
   if (has_avx2(best_isa())) kernels.emplace_back(KernelIsa::kAvx2, 16);
@@ -99,7 +109,9 @@ TEST_CASE("index scores: the AVX2 and AVX-512 kernels equal the scalar reference
       Case c = make_case(heads, dim, n, rng);
       std::vector<float> ref(static_cast<size_t>(n)), got(static_cast<size_t>(n));
       index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, ref.data(), KernelIsa::kScalar);
-      index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, got.data(), isa);
+      const std::vector<uint32_t> pairs = pairs_for(isa, c.q, heads, dim);
+      index_scores(c.q.data(), c.w.data(), heads, dim, c.codes.data(), c.ld, c.scales.data(), n, got.data(), isa,
+                   pairs.empty() ? nullptr : pairs.data());
       CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
     }
   }
@@ -124,13 +136,15 @@ TEST_CASE("index scores: the SIMD kernels decode every FP8 code as the scalar re
       for (int64_t i = 0; i < n; ++i)
         for (int64_t d = 0; d < dim; ++d) c.keys[size_t(i)][size_t(d)] = uint8_t(i + i / widest + 16 * d);
       c.lay_out();
+      const std::vector<uint32_t> pairs = pairs_for(isa, c.q, 4, dim);
       auto check_window = [&, isa = isa](int64_t first, int64_t m) {
         CAPTURE(first);
         CAPTURE(m);
         std::vector<float> ref(static_cast<size_t>(m)), got(static_cast<size_t>(m));
         const uint8_t* codes = c.codes.data() + first;
         index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, ref.data(), KernelIsa::kScalar);
-        index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, got.data(), isa);
+        index_scores(c.q.data(), c.w.data(), 4, dim, codes, c.ld, c.scales.data() + first, m, got.data(), isa,
+                     pairs.empty() ? nullptr : pairs.data());
         CHECK(std::memcmp(ref.data(), got.data(), ref.size() * sizeof(float)) == 0);
         return got;
       };
@@ -150,7 +164,7 @@ TEST_CASE("index scores: the SIMD kernels decode every FP8 code as the scalar re
   }
 }
 
-TEST_CASE("index scores: the BF16 kernel's query pairs, built once or per call, and values bf16 cannot hold") {
+TEST_CASE("index scores: the BF16 kernel's query pairs, and values bf16 cannot hold") {
   std::mt19937 rng(61);
   Case c = make_case(9, 128, 150, rng);
   std::vector<uint32_t> pairs(c.q.size() / 2);
