@@ -18,6 +18,7 @@
 #include "quant/interleaved.h"
 #include "quant/numbers.h"
 #include "quant/onednn_gemm.h"
+#include "quant/transposed_kernels.h"
 
 namespace hearth {
 
@@ -711,7 +712,10 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
   const BlockFormat& f = plain_format(w.dtype);
   const int64_t be = f.block_elems, stride = f.row_bytes(w.cols);
   const bool avx2 = has_avx2(resolve_isa(isa));
-  const bool fused_q8_0 = avx2 && n == 1 && w.dtype == DType::Q8_0;
+  // Whole blocks go straight from the weights into y: Q4_K and Q8_0 on AVX-512 for any
+  // number of activation rows (quant/transposed_avx512.cc), Q8_0 on AVX2 for one.
+  const bool fused512 = has_avx512(resolve_isa(isa)) && (w.dtype == DType::Q4_K || w.dtype == DType::Q8_0);
+  const bool fused_q8_0 = !fused512 && avx2 && n == 1 && w.dtype == DType::Q8_0;
   // Up to four weight rows at a time: their blocks are decoded once and each y element
   // takes their products in row order, exactly as row after row would.
   constexpr int kGroup = 4;
@@ -737,7 +741,7 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
       }
     };
     int64_t b = c0 / be;
-    if (fused_q8_0) {  // the whole blocks inside [c0, c1) in one call; partial ones below
+    if (fused_q8_0 || fused512) {  // the whole blocks inside [c0, c1) in one call; partial ones below
       const int64_t first = (c0 + be - 1) / be, last = c1 / be;
       // The rows two groups ahead (contiguous after these; past the end is harmless, a
       // prefetch never faults). With the hardware prefetcher alone this loop waited on
@@ -747,7 +751,14 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
       for (int64_t off = 0; off < kGroup * stride; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
       if (first < last) {
         for (; b < first; ++b) decode_and_add(b);
-        add_scaled_q8_0_blocks_avx2(y, x + i, reinterpret_cast<const BlockQ8_0* const*>(rows), m, first, last);
+        if (fused512 && w.dtype == DType::Q4_K)
+          transposed_avx512::add_scaled_q4_k_blocks(y, ldy, x + i, ldx, n, reinterpret_cast<const BlockQ4_K* const*>(rows),
+                                                    m, first, last);
+        else if (fused512)
+          transposed_avx512::add_scaled_q8_0_blocks(y, ldy, x + i, ldx, n, reinterpret_cast<const BlockQ8_0* const*>(rows),
+                                                    m, first, last);
+        else
+          add_scaled_q8_0_blocks_avx2(y, x + i, reinterpret_cast<const BlockQ8_0* const*>(rows), m, first, last);
         b = last;
       }
     }

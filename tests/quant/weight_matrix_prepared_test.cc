@@ -147,36 +147,50 @@ TEST_CASE("weight matrix prepared: matmul_t_accumulate_rows equals one matmul_t_
   }
 }
 
-TEST_CASE("weight matrix prepared: the AVX2 transposed product decodes blocks exactly as the scalar one") {
+TEST_CASE("weight matrix prepared: the AVX2 and AVX-512 transposed products decode blocks exactly as the scalar one") {
   std::mt19937 rng(14);
   std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<KernelIsa> isas{KernelIsa::kAvx2};
+  if (has_avx512(best_isa())) isas.push_back(KernelIsa::kAvx512);
+  else MESSAGE("no AVX-512 on this CPU: the AVX-512 transposed kernels are not compared here");
   for (DType dt : {DType::Q8_0, DType::Q4_K, DType::Q6_K}) {
     CAPTURE(dtype_name(dt));
-    const int64_t rows = 6, cols = 2 * kQK_K;
+    const int64_t rows = 7, cols = 3 * kQK_K, ldx = rows + 2, ldy = cols + 3;
     const Weight wt = make(dt, rows, cols, rng);
-    std::vector<float> x(static_cast<size_t>(2 * rows));
+    std::vector<float> x(static_cast<size_t>(3 * ldx));
     for (float& v : x) v = g(rng);
-    // One and two activation rows (one: the fused Q8_0 decode path), rows in groups of
-    // four and a remainder, whole and partial column ranges.
-    for (int64_t n : {1, 2})
-      for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, cols}, {40, cols - 70}}) {
-        CAPTURE(n);
-        CAPTURE(c0);
-        std::vector<float> ys(static_cast<size_t>(2 * cols), 0.25f), ya = ys;
-        matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), rows, n, ys.data(), cols, c0, c1, KernelIsa::kScalar);
-        matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), rows, n, ya.data(), cols, c0, c1, KernelIsa::kAvx2);
-        CHECK(ys == ya);
-        // And each row's sum against a double-precision reference of the decoded weights.
-        std::vector<float> dec(static_cast<size_t>(cols));
-        for (int64_t c = c0; c < c1; ++c) {
-          double ref = 0.25;
-          for (int64_t r = 0; r < rows; ++r) {
-            dequantize_row(wt.w, r, c, c + 1, dec.data());
-            ref += double(x[size_t(r)]) * dec[0];
+    // One to three activation rows (one: the fused AVX2 Q8_0 path), rows in groups of
+    // four and a remainder of three, whole column ranges and partial ones around whole
+    // blocks (the AVX-512 kernels take the whole blocks, the decode path the rest).
+    for (KernelIsa isa : isas)
+      for (int64_t n : {1, 2, 3})
+        for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, cols}, {40, cols - 70}, {kQK_K, 2 * kQK_K}}) {
+          CAPTURE(isa_name(isa));
+          CAPTURE(n);
+          CAPTURE(c0);
+          CAPTURE(c1);
+          std::vector<float> ys(static_cast<size_t>(3 * ldy));
+          for (float& v : ys) v = g(rng);
+          std::vector<float> y0 = ys, ya = ys;
+          matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), ldx, n, ys.data(), ldy, c0, c1, KernelIsa::kScalar);
+          matmul_t_accumulate_rows(wt.w, 0, rows, x.data(), ldx, n, ya.data(), ldy, c0, c1, isa);
+          CHECK(ys == ya);  // outside [c0, c1) and past row n, untouched in both
+          for (size_t i = 0; i < ys.size(); ++i) {
+            const int64_t t = int64_t(i) / ldy, c = int64_t(i) % ldy;
+            if (t >= n || c < c0 || c >= c1) CHECK(ys[i] == y0[i]);
           }
-          CHECK(std::fabs(double(ya[size_t(c)]) - ref) <= 1e-4 * (1 + std::fabs(ref)));
+          // And each sum against a double-precision reference of the decoded weights.
+          std::vector<float> dec(static_cast<size_t>(cols));
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t c = c0; c < c1; ++c) {
+              double ref = y0[size_t(t * ldy + c)];
+              for (int64_t r = 0; r < rows; ++r) {
+                dequantize_row(wt.w, r, c, c + 1, dec.data());
+                ref += double(x[size_t(t * ldx + r)]) * dec[0];
+              }
+              CHECK(std::fabs(double(ya[size_t(t * ldy + c)]) - ref) <= 1e-4 * (1 + std::fabs(ref)));
+            }
         }
-      }
   }
 }
 
