@@ -54,8 +54,18 @@ void Rope::angles(int64_t pos, float* cos_out, float* sin_out) const {
 }
 
 void Rope::apply_interleaved(float* x, int64_t pos) const {
-  float cs[256], sn[256];
+  float cs[kMaxRopeFreqs], sn[kMaxRopeFreqs];
   angles(pos, cs, sn);
+  apply_interleaved(x, cs, sn);
+}
+
+void Rope::apply_halves(float* x, int64_t pos) const {
+  float cs[kMaxRopeFreqs], sn[kMaxRopeFreqs];
+  angles(pos, cs, sn);
+  apply_halves(x, cs, sn);
+}
+
+void Rope::apply_interleaved(float* x, const float* cs, const float* sn) const {
   for (int64_t i = 0; i < dim_ / 2; ++i) {
     const float a = x[2 * i], b = x[2 * i + 1];
     x[2 * i] = a * cs[i] - b * sn[i];
@@ -63,9 +73,7 @@ void Rope::apply_interleaved(float* x, int64_t pos) const {
   }
 }
 
-void Rope::apply_halves(float* x, int64_t pos) const {
-  float cs[256], sn[256];
-  angles(pos, cs, sn);
+void Rope::apply_halves(float* x, const float* cs, const float* sn) const {
   const int64_t h = dim_ / 2;
   for (int64_t i = 0; i < h; ++i) {
     const float a = x[i], b = x[i + h];
