@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "quant/avx2_blocks.h"
 #include "quant/block_formats.h"
@@ -107,38 +108,37 @@ HEARTH_T512 inline void q8_0_block(float* y, int64_t ldy, const float* x, int64_
   }
 }
 
-template <int M>
-HEARTH_T512 void q4_k_blocks(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
-                             const BlockQ4_K* const* rows, int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1; ++b) q4_k_block<M>(y, ldy, x, ldx, n, rows, b);
+// Whole blocks [b0, b1) of M rows, one block at a time.
+template <class Block, int M>
+HEARTH_T512 void blocks(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, const Block* const* rows,
+                        int64_t b0, int64_t b1) {
+  for (int64_t b = b0; b < b1; ++b) {
+    if constexpr (std::is_same_v<Block, BlockQ4_K>) q4_k_block<M>(y, ldy, x, ldx, n, rows, b);
+    else q8_0_block<M>(y, ldy, x, ldx, n, rows, b);
+  }
 }
 
-template <int M>
-HEARTH_T512 void q8_0_blocks(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
-                             const BlockQ8_0* const* rows, int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1; ++b) q8_0_block<M>(y, ldy, x, ldx, n, rows, b);
+template <class Block>
+void blocks_of_rows(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n, const Block* const* rows, int m,
+                    int64_t b0, int64_t b1) {
+  switch (m) {
+    case 4: return blocks<Block, 4>(y, ldy, x, ldx, n, rows, b0, b1);
+    case 3: return blocks<Block, 3>(y, ldy, x, ldx, n, rows, b0, b1);
+    case 2: return blocks<Block, 2>(y, ldy, x, ldx, n, rows, b0, b1);
+    default: return blocks<Block, 1>(y, ldy, x, ldx, n, rows, b0, b1);
+  }
 }
 
 }  // namespace
 
 void add_scaled_q4_k_blocks(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                             const BlockQ4_K* const* rows, int m, int64_t b0, int64_t b1) {
-  switch (m) {
-    case 4: return q4_k_blocks<4>(y, ldy, x, ldx, n, rows, b0, b1);
-    case 3: return q4_k_blocks<3>(y, ldy, x, ldx, n, rows, b0, b1);
-    case 2: return q4_k_blocks<2>(y, ldy, x, ldx, n, rows, b0, b1);
-    default: return q4_k_blocks<1>(y, ldy, x, ldx, n, rows, b0, b1);
-  }
+  blocks_of_rows(y, ldy, x, ldx, n, rows, m, b0, b1);
 }
 
 void add_scaled_q8_0_blocks(float* y, int64_t ldy, const float* x, int64_t ldx, int64_t n,
                             const BlockQ8_0* const* rows, int m, int64_t b0, int64_t b1) {
-  switch (m) {
-    case 4: return q8_0_blocks<4>(y, ldy, x, ldx, n, rows, b0, b1);
-    case 3: return q8_0_blocks<3>(y, ldy, x, ldx, n, rows, b0, b1);
-    case 2: return q8_0_blocks<2>(y, ldy, x, ldx, n, rows, b0, b1);
-    default: return q8_0_blocks<1>(y, ldy, x, ldx, n, rows, b0, b1);
-  }
+  blocks_of_rows(y, ldy, x, ldx, n, rows, m, b0, b1);
 }
 
 }  // namespace hearth::transposed_avx512
