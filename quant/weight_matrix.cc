@@ -242,6 +242,101 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
     for (int t = 0; t < T; ++t) y[t * ldy + r + k] = hsum(total[k][t]) + tails[k][t];
 }
 
+#define HEARTH_AVX512F __attribute__((target("avx2,fma,f16c,avx512f,avx512dq,avx512vl,avx512bw")))
+
+// dot_tile_avx2<D, R, 4> on 512-bit registers: tokens 2p and 2p + 1 share a register, one
+// in each 256-bit half, and the weights' eight lanes go to both halves. Each half does
+// exactly the AVX2 tile's steps for its token (the same FMAs in the same order per lane,
+// the same scale and tail steps, the same horizontal sum), so every (row, token) gets the
+// same bits as through the AVX2 tiles or the one-token kernel. Four rows by four tokens
+// take 16 FMAs of 512 bits per 16 columns where the AVX2 tile took 16 of 256 bits for two
+// rows: float-weight prefill is bound by the FMAs.
+// Eight floats at a (low half) and at a + ld (high half); v in both halves.
+HEARTH_AVX512F inline __m512 token_pair(const float* a, int64_t ld) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)), _mm256_loadu_ps(a + ld), 1);
+}
+HEARTH_AVX512F inline __m512 both_halves(__m256 v) { return _mm512_insertf32x8(_mm512_castps256_ps512(v), v, 1); }
+
+template <DType D, int R>
+HEARTH_AVX512F void dot_tile4_512(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
+  constexpr int T = 4, P = 2;
+  constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
+  const bool scaled = D == DType::F8_E4M3 && w.scale;
+  const float unscale_s = simd_unscale(w);
+  const __m512 unscale = _mm512_set1_ps(unscale_s);
+  const char* row[R];
+  const float* scale[R];
+  __m512 total[R][P];
+  float tails[R][T];
+  for (int k = 0; k < R; ++k) {
+    row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * elem;
+    scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
+    for (int p = 0; p < P; ++p) total[k][p] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) tails[k][t] = 0.0f;
+  }
+  const int64_t chunk = scaled ? w.block : w.cols;
+  for (int64_t c0 = 0, block_col = 0; c0 < w.cols; c0 += chunk, ++block_col) {
+    const int64_t len = std::min(chunk, w.cols - c0), vec = len & ~int64_t(7);
+    __m512 acc[R][P];
+    for (int k = 0; k < R; ++k)
+      for (int p = 0; p < P; ++p) acc[k][p] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= vec; i += 16) {
+      if (((c0 + i) * elem & 63) < 16 * elem)
+        for (int k = 0; k < R; ++k) _mm_prefetch(row[k] + (c0 + i) * elem + kFloatPrefetchBytes, _MM_HINT_T0);
+      __m512 w0[R], w1[R];
+      for (int k = 0; k < R; ++k) {
+        __m256 lo, hi;
+        if constexpr (D == DType::F8_E4M3) {
+          load16_fp8(row[k], c0 + i, lo, hi);
+        } else {
+          lo = load8(D, row[k], c0 + i);
+          hi = load8(D, row[k], c0 + i + 8);
+        }
+        w0[k] = both_halves(lo);
+        w1[k] = both_halves(hi);
+      }
+      for (int p = 0; p < P; ++p) {
+        const __m512 x0 = token_pair(x + 2 * p * ldx + c0 + i, ldx), x1 = token_pair(x + 2 * p * ldx + c0 + i + 8, ldx);
+        for (int k = 0; k < R; ++k) acc[k][p] = _mm512_fmadd_ps(w1[k], x1, _mm512_fmadd_ps(w0[k], x0, acc[k][p]));
+      }
+    }
+    for (; i < vec; i += 8) {
+      __m512 w0[R];
+      for (int k = 0; k < R; ++k) w0[k] = both_halves(load8(D, row[k], c0 + i));
+      for (int p = 0; p < P; ++p) {
+        const __m512 x0 = token_pair(x + 2 * p * ldx + c0 + i, ldx);
+        for (int k = 0; k < R; ++k) acc[k][p] = _mm512_fmadd_ps(w0[k], x0, acc[k][p]);
+      }
+    }
+    for (int k = 0; k < R; ++k) {
+      float tail[8];
+      if (i < len) {
+        decode_scalar(w, r + k, c0 + i, len - i, tail);
+        if (D == DType::F8_E4M3)
+          for (int64_t j = 0; j < len - i; ++j) tail[j] *= 1.0f / 256.0f;
+      }
+      const float s = scaled ? scale[k][block_col] : 1.0f;
+      const __m512 sv = _mm512_set1_ps(s);
+      for (int p = 0; p < P; ++p) total[k][p] = _mm512_fmadd_ps(_mm512_mul_ps(acc[k][p], unscale), sv, total[k][p]);
+      if (i < len)
+        for (int t = 0; t < T; ++t) {
+          const float* xt = x + t * ldx + c0;
+          float sc = 0.0f;
+          for (int64_t j = i; j < len; ++j) sc += tail[j - i] * xt[j];
+          tails[k][t] += (sc * unscale_s) * s;
+        }
+    }
+  }
+  for (int k = 0; k < R; ++k)
+    for (int p = 0; p < P; ++p) {
+      alignas(64) float v[16];
+      _mm512_store_ps(v, total[k][p]);
+      y[2 * p * ldy + r + k] = hsum(_mm256_load_ps(v)) + tails[k][2 * p];
+      y[(2 * p + 1) * ldy + r + k] = hsum(_mm256_load_ps(v + 8)) + tails[k][2 * p + 1];
+    }
+}
+
 // dot_tile_avx2 with R rows (1 or 2) and n - t < 4 tokens left over.
 template <DType D, int R>
 HEARTH_AVX2 void dot_tile_avx2_tokens(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy,
@@ -258,7 +353,7 @@ HEARTH_AVX2 void dot_tile_avx2_tokens(const WeightMatrix& w, const float* x, int
 // time; more tokens two rows by four tokens at a time.
 template <DType D>
 HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, float* y,
-                                        int64_t ldy, int64_t r0, int64_t r1) {
+                                        int64_t ldy, int64_t r0, int64_t r1, bool avx512) {
   if (n == 1) {
     int64_t r = r0;
     for (; r + 4 <= r1; r += 4) dot_tile_avx2<D, 4, 1>(w, x, ldx, y, ldy, r);
@@ -276,6 +371,8 @@ HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, i
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
       int64_t r = b0;
+      if (avx512)
+        for (; r + 4 <= b1; r += 4) dot_tile4_512<D, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
       for (; r + 2 <= b1; r += 2) dot_tile_avx2<D, 2, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
       if (r < b1) dot_tile_avx2<D, 1, 4>(w, x + t * ldx, ldx, y + t * ldy, ldy, r);
     }
@@ -286,13 +383,14 @@ HEARTH_AVX2 void matmul_rows_float_avx2(const WeightMatrix& w, const float* x, i
   }
 }
 
+// avx512: the CPU has AVX-512 F/DQ/VL/BW (four-token tiles on 512 bits, the same bits).
 HEARTH_AVX2 void matmul_rows_avx2(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n,
-                                  float* y, int64_t ldy, int64_t r0, int64_t r1) {
+                                  float* y, int64_t ldy, int64_t r0, int64_t r1, bool avx512) {
   switch (w.dtype) {
-    case DType::F32: return matmul_rows_float_avx2<DType::F32>(w, x, ldx, n, y, ldy, r0, r1);
-    case DType::BF16: return matmul_rows_float_avx2<DType::BF16>(w, x, ldx, n, y, ldy, r0, r1);
-    case DType::F16: return matmul_rows_float_avx2<DType::F16>(w, x, ldx, n, y, ldy, r0, r1);
-    case DType::F8_E4M3: return matmul_rows_float_avx2<DType::F8_E4M3>(w, x, ldx, n, y, ldy, r0, r1);
+    case DType::F32: return matmul_rows_float_avx2<DType::F32>(w, x, ldx, n, y, ldy, r0, r1, avx512);
+    case DType::BF16: return matmul_rows_float_avx2<DType::BF16>(w, x, ldx, n, y, ldy, r0, r1, avx512);
+    case DType::F16: return matmul_rows_float_avx2<DType::F16>(w, x, ldx, n, y, ldy, r0, r1, avx512);
+    case DType::F8_E4M3: return matmul_rows_float_avx2<DType::F8_E4M3>(w, x, ldx, n, y, ldy, r0, r1, avx512);
     default: break;  // block formats have their own kernels (matmul_rows_blocks)
   }
 }
@@ -832,7 +930,7 @@ void matmul_rows(const WeightMatrix& w, const float* x, int64_t ldx, int64_t n, 
   if (n >= kOnednnMinRows && cpu_gemm() == CpuGemm::kOnednn) return matmul_rows_onednn(w, x, ldx, n, y, ldy, r0, r1);
   if (w.dtype == DType::BF16 && cpu_gemm() == CpuGemm::kBf16 && has_bf16(resolve_isa(isa)))
     return matmul_rows_bf16(w, x, ldx, n, y, ldy, r0, r1);
-  matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1);
+  matmul_rows_avx2(w, x, ldx, n, y, ldy, r0, r1, has_avx512(resolve_isa(isa)));
 }
 
 namespace {
