@@ -163,45 +163,77 @@ constexpr int64_t kFloatPrefetchBytes = 4096;
 // keep the loop at FMAs and loads: decode uses R = 4, T = 1 and batches R = 2, T = 4, whose
 // 8 chains fill both FMA pipes from 8 loads per 16 FMAs, in 14 of the 16 ymm registers.
 // The dtype is a template parameter so widening 8 weights is branch-free.
-template <DType D, int R, int T>
-HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
-  constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
+// What the float tiles (dot_tile_avx2, dot_tile4_512) share: rows r .. r + R-1 of w, their
+// chunks (a 128 x 128 FP8 scale block, else the whole row), the weights' loads and each
+// chunk's scalar tail, so that both tiles take the same steps for a (row, token).
+template <DType D, int R>
+struct FloatTileRows {
+  static constexpr int64_t kElem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
+  const WeightMatrix& w;
+  const int64_t r;
   const bool scaled = D == DType::F8_E4M3 && w.scale;
-  const float unscale_s = simd_unscale(w);
-  const __m256 unscale = _mm256_set1_ps(unscale_s);
+  const float unscale = simd_unscale(w);
+  const int64_t chunk = scaled ? w.block : w.cols;
   const char* row[R];
   const float* scale[R];
+
+  FloatTileRows(const WeightMatrix& w_, int64_t r_) : w(w_), r(r_) {
+    for (int k = 0; k < R; ++k) {
+      row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * kElem;
+      scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
+    }
+  }
+  // One prefetch per 64 bytes of each row (past a row's end too: rows are contiguous, and
+  // a prefetch never faults).
+  HEARTH_AVX2 void prefetch(int64_t c) const {
+    if ((c * kElem & 63) < 16 * kElem)
+      for (int k = 0; k < R; ++k) _mm_prefetch(row[k] + c * kElem + kFloatPrefetchBytes, _MM_HINT_T0);
+  }
+  // Weights c .. c + 15 of row k.
+  HEARTH_AVX2 void load16(int k, int64_t c, __m256& lo, __m256& hi) const {
+    if constexpr (D == DType::F8_E4M3) {
+      load16_fp8(row[k], c, lo, hi);
+    } else {
+      lo = load8(D, row[k], c);
+      hi = load8(D, row[k], c + 8);
+    }
+  }
+  float chunk_scale(int k, int64_t block_col) const { return scaled ? scale[k][block_col] : 1.0f; }
+  // Row k's columns [c, c + n) (the chunk's last n < 8) as floats, in the vectors' units.
+  void decode_tail(int k, int64_t c, int64_t n, float* tail) const {
+    decode_scalar(w, r + k, c, n, tail);
+    if (D == DType::F8_E4M3)
+      for (int64_t j = 0; j < n; ++j) tail[j] *= 1.0f / 256.0f;
+  }
+  // The tail's part of a token's sum: (sum * unscale) * s, as the vectors' (see simd_unscale).
+  float tail_sum(const float* tail, const float* xt, int64_t n, float s) const {
+    float sc = 0.0f;
+    for (int64_t j = 0; j < n; ++j) sc += tail[j] * xt[j];
+    return (sc * unscale) * s;
+  }
+};
+
+template <DType D, int R, int T>
+HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
+  const FloatTileRows<D, R> rows(w, r);
+  const __m256 unscale = _mm256_set1_ps(rows.unscale);
   __m256 total[R][T];
   float tails[R][T];
-  for (int k = 0; k < R; ++k) {
-    row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * elem;
-    scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
+  for (int k = 0; k < R; ++k)
     for (int t = 0; t < T; ++t) {
       total[k][t] = _mm256_setzero_ps();
       tails[k][t] = 0.0f;
     }
-  }
-  const int64_t chunk = scaled ? w.block : w.cols;
-  for (int64_t c0 = 0, block_col = 0; c0 < w.cols; c0 += chunk, ++block_col) {
-    const int64_t len = std::min(chunk, w.cols - c0), vec = len & ~int64_t(7);
+  for (int64_t c0 = 0, block_col = 0; c0 < w.cols; c0 += rows.chunk, ++block_col) {
+    const int64_t len = std::min(rows.chunk, w.cols - c0), vec = len & ~int64_t(7);
     __m256 acc[R][T];
     for (int k = 0; k < R; ++k)
       for (int t = 0; t < T; ++t) acc[k][t] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= vec; i += 16) {
-      // One prefetch per 64 bytes of each row (past a row's end too: rows are contiguous,
-      // and a prefetch never faults).
-      if (((c0 + i) * elem & 63) < 16 * elem)
-        for (int k = 0; k < R; ++k) _mm_prefetch(row[k] + (c0 + i) * elem + kFloatPrefetchBytes, _MM_HINT_T0);
+      rows.prefetch(c0 + i);
       __m256 w0[R], w1[R];
-      for (int k = 0; k < R; ++k) {
-        if constexpr (D == DType::F8_E4M3) {
-          load16_fp8(row[k], c0 + i, w0[k], w1[k]);
-        } else {
-          w0[k] = load8(D, row[k], c0 + i);
-          w1[k] = load8(D, row[k], c0 + i + 8);
-        }
-      }
+      for (int k = 0; k < R; ++k) rows.load16(k, c0 + i, w0[k], w1[k]);
       for (int t = 0; t < T; ++t) {
         const float* xt = x + t * ldx + c0 + i;
         const __m256 x0 = _mm256_loadu_ps(xt), x1 = _mm256_loadu_ps(xt + 8);
@@ -210,7 +242,7 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
     }
     for (; i < vec; i += 8) {
       __m256 w0[R];
-      for (int k = 0; k < R; ++k) w0[k] = load8(D, row[k], c0 + i);
+      for (int k = 0; k < R; ++k) w0[k] = load8(D, rows.row[k], c0 + i);
       for (int t = 0; t < T; ++t) {
         const __m256 x0 = _mm256_loadu_ps(x + t * ldx + c0 + i);
         for (int k = 0; k < R; ++k) acc[k][t] = _mm256_fmadd_ps(w0[k], x0, acc[k][t]);
@@ -218,23 +250,14 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
     }
     for (int k = 0; k < R; ++k) {
       float tail[8];
-      if (i < len) {
-        decode_scalar(w, r + k, c0 + i, len - i, tail);
-        if (D == DType::F8_E4M3)
-          for (int64_t j = 0; j < len - i; ++j) tail[j] *= 1.0f / 256.0f;
-      }
-      const float s = scaled ? scale[k][block_col] : 1.0f;
+      if (i < len) rows.decode_tail(k, c0 + i, len - i, tail);
+      const float s = rows.chunk_scale(k, block_col);
       const __m256 sv = _mm256_set1_ps(s);
       for (int t = 0; t < T; ++t) {
-        // (sum * unscale) * s, as the scalar tail below: a huge block scale cannot overflow
-        // where the true product does not (see simd_unscale).
+        // (sum * unscale) * s, as the scalar tail: a huge block scale cannot overflow where
+        // the true product does not (see simd_unscale).
         total[k][t] = _mm256_fmadd_ps(_mm256_mul_ps(acc[k][t], unscale), sv, total[k][t]);
-        if (i < len) {
-          const float* xt = x + t * ldx + c0;
-          float sc = 0.0f;
-          for (int64_t j = i; j < len; ++j) sc += tail[j - i] * xt[j];
-          tails[k][t] += (sc * unscale_s) * s;
-        }
+        if (i < len) tails[k][t] += rows.tail_sum(tail, x + t * ldx + c0 + i, len - i, s);
       }
     }
   }
@@ -260,39 +283,24 @@ HEARTH_AVX512F inline __m512 both_halves(__m256 v) { return _mm512_insertf32x8(_
 template <DType D, int R>
 HEARTH_AVX512F void dot_tile4_512(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
   constexpr int T = 4, P = 2;
-  constexpr int64_t elem = D == DType::F32 ? 4 : D == DType::F8_E4M3 ? 1 : 2;
-  const bool scaled = D == DType::F8_E4M3 && w.scale;
-  const float unscale_s = simd_unscale(w);
-  const __m512 unscale = _mm512_set1_ps(unscale_s);
-  const char* row[R];
-  const float* scale[R];
+  const FloatTileRows<D, R> rows(w, r);
+  const __m512 unscale = _mm512_set1_ps(rows.unscale);
   __m512 total[R][P];
-  float tails[R][T];
-  for (int k = 0; k < R; ++k) {
-    row[k] = static_cast<const char*>(w.data) + (r + k) * w.cols * elem;
-    scale[k] = scaled ? w.scale + ((r + k) / w.block) * w.scale_cols() : nullptr;
+  float tails[R][T] = {};
+  for (int k = 0; k < R; ++k)
     for (int p = 0; p < P; ++p) total[k][p] = _mm512_setzero_ps();
-    for (int t = 0; t < T; ++t) tails[k][t] = 0.0f;
-  }
-  const int64_t chunk = scaled ? w.block : w.cols;
-  for (int64_t c0 = 0, block_col = 0; c0 < w.cols; c0 += chunk, ++block_col) {
-    const int64_t len = std::min(chunk, w.cols - c0), vec = len & ~int64_t(7);
+  for (int64_t c0 = 0, block_col = 0; c0 < w.cols; c0 += rows.chunk, ++block_col) {
+    const int64_t len = std::min(rows.chunk, w.cols - c0), vec = len & ~int64_t(7);
     __m512 acc[R][P];
     for (int k = 0; k < R; ++k)
       for (int p = 0; p < P; ++p) acc[k][p] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= vec; i += 16) {
-      if (((c0 + i) * elem & 63) < 16 * elem)
-        for (int k = 0; k < R; ++k) _mm_prefetch(row[k] + (c0 + i) * elem + kFloatPrefetchBytes, _MM_HINT_T0);
+      rows.prefetch(c0 + i);
       __m512 w0[R], w1[R];
       for (int k = 0; k < R; ++k) {
         __m256 lo, hi;
-        if constexpr (D == DType::F8_E4M3) {
-          load16_fp8(row[k], c0 + i, lo, hi);
-        } else {
-          lo = load8(D, row[k], c0 + i);
-          hi = load8(D, row[k], c0 + i + 8);
-        }
+        rows.load16(k, c0 + i, lo, hi);
         w0[k] = both_halves(lo);
         w1[k] = both_halves(hi);
       }
@@ -303,7 +311,7 @@ HEARTH_AVX512F void dot_tile4_512(const WeightMatrix& w, const float* x, int64_t
     }
     for (; i < vec; i += 8) {
       __m512 w0[R];
-      for (int k = 0; k < R; ++k) w0[k] = both_halves(load8(D, row[k], c0 + i));
+      for (int k = 0; k < R; ++k) w0[k] = both_halves(load8(D, rows.row[k], c0 + i));
       for (int p = 0; p < P; ++p) {
         const __m512 x0 = token_pair(x + 2 * p * ldx + c0 + i, ldx);
         for (int k = 0; k < R; ++k) acc[k][p] = _mm512_fmadd_ps(w0[k], x0, acc[k][p]);
@@ -311,21 +319,12 @@ HEARTH_AVX512F void dot_tile4_512(const WeightMatrix& w, const float* x, int64_t
     }
     for (int k = 0; k < R; ++k) {
       float tail[8];
-      if (i < len) {
-        decode_scalar(w, r + k, c0 + i, len - i, tail);
-        if (D == DType::F8_E4M3)
-          for (int64_t j = 0; j < len - i; ++j) tail[j] *= 1.0f / 256.0f;
-      }
-      const float s = scaled ? scale[k][block_col] : 1.0f;
+      if (i < len) rows.decode_tail(k, c0 + i, len - i, tail);
+      const float s = rows.chunk_scale(k, block_col);
       const __m512 sv = _mm512_set1_ps(s);
       for (int p = 0; p < P; ++p) total[k][p] = _mm512_fmadd_ps(_mm512_mul_ps(acc[k][p], unscale), sv, total[k][p]);
       if (i < len)
-        for (int t = 0; t < T; ++t) {
-          const float* xt = x + t * ldx + c0;
-          float sc = 0.0f;
-          for (int64_t j = i; j < len; ++j) sc += tail[j - i] * xt[j];
-          tails[k][t] += (sc * unscale_s) * s;
-        }
+        for (int t = 0; t < T; ++t) tails[k][t] += rows.tail_sum(tail, x + t * ldx + c0 + i, len - i, s);
     }
   }
   for (int k = 0; k < R; ++k)
