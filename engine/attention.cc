@@ -39,10 +39,23 @@ struct IndexerQueries {
   const uint32_t* row_pairs(int64_t r) const { return pairs.empty() ? nullptr : pairs.data() + r * heads * dim / 2; }
 };
 
+// Each row's rope angles (Rope::angles), [row][cos | sin]: computed once per layer for the
+// row's query heads, its rope key and the indexer's heads and key (a set per head cost a
+// batch of 8 rows 62 us per layer in MLA alone on the bench preset, one per row 23 us).
+std::vector<float> row_rope_angles(const StepContext& ctx) {
+  const int64_t freqs = ctx.rope.dim() / 2;
+  std::vector<float> angles(static_cast<size_t>(ctx.rows() * 2 * freqs));
+  ctx.pool.parallel_for(ctx.rows(), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      ctx.rope.angles(ctx.row_pos[size_t(r)], angles.data() + r * 2 * freqs, angles.data() + r * 2 * freqs + freqs);
+  });
+  return angles;
+}
+
 // Runs the indexer's projections for the new rows, fills their cache keys, and returns
-// the queries used for scoring.
+// the queries used for scoring. angles: row_rope_angles.
 IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Indexer& ix, const float* x,
-                               const float* qr) {
+                               const float* qr, const std::vector<float>& angles) {
   const ModelConfig& c = ctx.config;
   const int64_t T = ctx.rows(), nh = c.index_n_heads, D = c.index_head_dim;
   IndexerQueries iq;
@@ -61,13 +74,7 @@ IndexerQueries indexer_prepare(const StepContext& ctx, int64_t layer, const Inde
   std::atomic<bool> all_pairs{true};
   const float* lut = fp8_e4m3_table();
   const float head_scale = float(1.0 / std::sqrt(double(nh)) / std::sqrt(double(D)));
-  // Each row's rope angles, computed once for its heads' queries and its key: [row][cos | sin].
   const int64_t freqs = ctx.rope.dim() / 2;
-  std::vector<float> angles(static_cast<size_t>(T * 2 * freqs));
-  ctx.pool.parallel_for(T, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r)
-      ctx.rope.angles(ctx.row_pos[size_t(r)], angles.data() + r * 2 * freqs, angles.data() + r * 2 * freqs + freqs);
-  });
   // One item per (row, head) query and one per row's key: a decode step has a single row,
   // and its 64 heads' rotations, transforms and FP8 roundings would run on one thread.
   ctx.pool.parallel_for(T * (nh + 1), [&](int64_t i0, int64_t i1) {
@@ -457,14 +464,13 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
   // Keys/values: one shared latent per token, normalized, plus one shared rope key.
   observe_rows(ctx.probes, A.kv_a, x, T, c.hidden_size);
   linear(ctx.pool, A.kv_a, x, T, kv.data());
+  const std::vector<float> angles = row_rope_angles(ctx);
+  const int64_t freqs = ctx.rope.dim() / 2;
   for (int64_t r = 0; r < T; ++r) {
     const int64_t pos = ctx.row_pos[size_t(r)];
     const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
-    // One set of angles per row for its heads' queries and its rope key: with a set per
-    // head, this loop took 62 us per layer for a batch of 8 rows on the bench preset
-    // (16 heads, a Zen 5 core), and 23 us with one per row.
-    float cs[kMaxRopeFreqs], sn[kMaxRopeFreqs];
-    ctx.rope.angles(pos, cs, sn);
+    const float* cs = angles.data() + r * 2 * freqs;
+    const float* sn = cs + freqs;
     for (int64_t h = 0; h < nh; ++h) ctx.rope.apply_interleaved(q.data() + (r * nh + h) * qk + nope, cs, sn);
     float* kvr_row = kv.data() + r * (kvr + rope);
     rms_norm(kvr_row, A.kv_a_norm.data(), kvr, c.rms_norm_eps, kvr_row);
@@ -478,7 +484,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
   {
     ScopedPhase phase(A.has_indexer ? ctx.probes.profiler : nullptr, Phase::kIndexer);
     IndexerQueries iq;
-    if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data());
+    if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data(), angles);
     picked = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr);
   }
 

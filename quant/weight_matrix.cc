@@ -267,6 +267,12 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
 
 #define HEARTH_AVX512F __attribute__((target("avx2,fma,f16c,avx512f,avx512dq,avx512vl,avx512bw")))
 
+// Eight floats at a (low half) and at a + ld (high half); v in both halves.
+HEARTH_AVX512F inline __m512 token_pair(const float* a, int64_t ld) {
+  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)), _mm256_loadu_ps(a + ld), 1);
+}
+HEARTH_AVX512F inline __m512 both_halves(__m256 v) { return _mm512_insertf32x8(_mm512_castps256_ps512(v), v, 1); }
+
 // dot_tile_avx2<D, R, 4> on 512-bit registers: tokens 2p and 2p + 1 share a register, one
 // in each 256-bit half, and the weights' eight lanes go to both halves. Each half does
 // exactly the AVX2 tile's steps for its token (the same FMAs in the same order per lane,
@@ -274,12 +280,6 @@ HEARTH_AVX2 void dot_tile_avx2(const WeightMatrix& w, const float* x, int64_t ld
 // same bits as through the AVX2 tiles or the one-token kernel. Four rows by four tokens
 // take 16 FMAs of 512 bits per 16 columns where the AVX2 tile took 16 of 256 bits for two
 // rows: float-weight prefill is bound by the FMAs.
-// Eight floats at a (low half) and at a + ld (high half); v in both halves.
-HEARTH_AVX512F inline __m512 token_pair(const float* a, int64_t ld) {
-  return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)), _mm256_loadu_ps(a + ld), 1);
-}
-HEARTH_AVX512F inline __m512 both_halves(__m256 v) { return _mm512_insertf32x8(_mm512_castps256_ps512(v), v, 1); }
-
 template <DType D, int R>
 HEARTH_AVX512F void dot_tile4_512(const WeightMatrix& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t r) {
   constexpr int T = 4, P = 2;
