@@ -16,6 +16,7 @@
 #include "engine/index_scores.h"
 #include "engine/layers.h"
 #include "engine/ops.h"
+#include "engine/scratch.h"
 #include "engine/vec_ops.h"
 #include "quant/numbers.h"
 
@@ -396,6 +397,19 @@ void attend_absorbed_f32(ThreadPool& pool, const std::vector<std::vector<const f
   });
 }
 
+// attention_forward's large temporaries, kept from one layer and step to the next
+// (engine/scratch.h): a prefill layer's expanded keys and values, queries and outputs are
+// tens of MB. One set per calling thread, so steps run on different threads never share
+// one; attention_forward does not call itself.
+struct AttentionScratch {
+  ScratchFloats qr, q, kv, attn, lat, kvb;
+};
+
+AttentionScratch& attention_scratch() {
+  static thread_local AttentionScratch scratch;
+  return scratch;
+}
+
 // Rows of one head that the prefill path attends together: each key loaded serves all of
 // them (dot_rows_f32 takes them four queries by two keys while the pair is in L1). Against
 // groups of 4, pp2048 of the bench preset went from 51 to 55 t/s (hearth bench, Q4_K).
@@ -454,16 +468,19 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
   const float scale = float(c.attention_scale());
 
   // Queries: q = q_b(RMSNorm(q_a(x))), rope part rotated (adjacent pairs).
-  std::vector<float> qr(static_cast<size_t>(T * c.q_lora_rank)), q(static_cast<size_t>(T * nh * qk)), kv(static_cast<size_t>(T * (kvr + rope)));
+  AttentionScratch& scratch = attention_scratch();
+  float* const qr = scratch.qr.take(size_t(T * c.q_lora_rank));
+  float* const q = scratch.q.take(size_t(T * nh * qk));
+  float* const kv = scratch.kv.take(size_t(T * (kvr + rope)));
   observe_rows(ctx.probes, A.q_a, x, T, c.hidden_size);
-  linear(ctx.pool, A.q_a, x, T, qr.data());
+  linear(ctx.pool, A.q_a, x, T, qr);
   for (int64_t r = 0; r < T; ++r)
-    rms_norm(qr.data() + r * c.q_lora_rank, A.q_a_norm.data(), c.q_lora_rank, c.rms_norm_eps, qr.data() + r * c.q_lora_rank);
-  observe_rows(ctx.probes, A.q_b, qr.data(), T, c.q_lora_rank);
-  linear(ctx.pool, A.q_b, qr.data(), T, q.data());
+    rms_norm(qr + r * c.q_lora_rank, A.q_a_norm.data(), c.q_lora_rank, c.rms_norm_eps, qr + r * c.q_lora_rank);
+  observe_rows(ctx.probes, A.q_b, qr, T, c.q_lora_rank);
+  linear(ctx.pool, A.q_b, qr, T, q);
   // Keys/values: one shared latent per token, normalized, plus one shared rope key.
   observe_rows(ctx.probes, A.kv_a, x, T, c.hidden_size);
-  linear(ctx.pool, A.kv_a, x, T, kv.data());
+  linear(ctx.pool, A.kv_a, x, T, kv);
   const std::vector<float> angles = row_rope_angles(ctx);
   const int64_t freqs = ctx.rope.dim() / 2;
   for (int64_t r = 0; r < T; ++r) {
@@ -471,8 +488,8 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     const SeqId seq = ctx.chunks[size_t(ctx.row_chunk[size_t(r)])].seq;
     const float* cs = angles.data() + r * 2 * freqs;
     const float* sn = cs + freqs;
-    for (int64_t h = 0; h < nh; ++h) ctx.rope.apply_interleaved(q.data() + (r * nh + h) * qk + nope, cs, sn);
-    float* kvr_row = kv.data() + r * (kvr + rope);
+    for (int64_t h = 0; h < nh; ++h) ctx.rope.apply_interleaved(q + (r * nh + h) * qk + nope, cs, sn);
+    float* kvr_row = kv + r * (kvr + rope);
     rms_norm(kvr_row, A.kv_a_norm.data(), kvr, c.rms_norm_eps, kvr_row);
     ctx.cache.write_latent(layer, seq, pos, kvr_row);
     float* kpe = ctx.cache.rope_key(layer, seq, pos);
@@ -484,11 +501,11 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
   {
     ScopedPhase phase(A.has_indexer ? ctx.probes.profiler : nullptr, Phase::kIndexer);
     IndexerQueries iq;
-    if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr.data(), angles);
+    if (A.has_indexer) iq = indexer_prepare(ctx, layer, A.indexer, x, qr, angles);
     picked = select_positions(ctx, layer, A.has_indexer ? &iq : nullptr);
   }
 
-  std::vector<float> attn(static_cast<size_t>(T * nh * vd));
+  float* const attn = scratch.attn.take(size_t(T * nh * vd));  // every row's heads written below
   std::vector<int32_t> absorbed;  // rows that take the weight-absorbed path, all chunks together
   for (size_t ci = 0; ci < ctx.chunks.size(); ++ci) {
     const int64_t first = ctx.chunk_first_row[ci], n = int64_t(ctx.chunks[ci].tokens.size());
@@ -516,13 +533,14 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     }
     // Expand per-head keys (nope part) and values of those positions: one GEMM.
     std::vector<int32_t> slot(static_cast<size_t>(end), -1);
-    std::vector<float> lat(static_cast<size_t>(nk * kvr)), kvb(static_cast<size_t>(nk * nh * kvb_stride));
+    float* const lat = scratch.lat.take(size_t(nk * kvr));
+    float* const kvb = scratch.kvb.take(size_t(nk * nh * kvb_stride));
     for (int64_t i = 0; i < nk; ++i) {
       slot[size_t(keys[size_t(i)])] = int32_t(i);
-      ctx.cache.read_latent(layer, seq, keys[size_t(i)], lat.data() + i * kvr);
+      ctx.cache.read_latent(layer, seq, keys[size_t(i)], lat + i * kvr);
     }
-    observe_rows(ctx.probes, A.kv_b, lat.data(), nk, kvr);
-    linear(ctx.pool, A.kv_b, lat.data(), nk, kvb.data());
+    observe_rows(ctx.probes, A.kv_b, lat, nk, kvr);
+    linear(ctx.pool, A.kv_b, lat, nk, kvb);
     // One work item per head and group of up to kRowGroup consecutive rows (plan_prefill_group):
     // a group goes through attend_picked together where it can, and its queries share
     // each key loaded; otherwise each row attends alone. Either way a row's result is the
@@ -551,7 +569,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           vh.resize(size_t(np));
           for (int64_t j = 0; j < np; ++j) {
             const int64_t s = pk[size_t(j)];
-            kh[size_t(j)] = kvb.data() + (slot[size_t(s)] * nh + h) * kvb_stride;
+            kh[size_t(j)] = kvb + (slot[size_t(s)] * nh + h) * kvb_stride;
             vh[size_t(j)] = kh[size_t(j)] + nope;
             kpe[size_t(j)] = ctx.cache.rope_key(layer, seq, s);
           }
@@ -560,19 +578,19 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
         if (g.together) {
           gather(g.keys);
           for (int64_t k = 0; k < rows; ++k) {
-            float* o = attn.data() + ((r0 + k) * nh + h) * vd;
+            float* o = attn + ((r0 + k) * nh + h) * vd;
             std::fill(o, o + vd, 0.0f);
           }
-          const float* qh = q.data() + (r0 * nh + h) * qk;
+          const float* qh = q + (r0 * nh + h) * qk;
           attend_picked(qh, nh * qk, nope, qh + nope, nh * qk, rope, rows, kh, kpe, vh, vd, scale,
-                        attn.data() + (r0 * nh + h) * vd, nh * vd, sc, sr, g.counts.empty() ? nullptr : g.counts.data(),
+                        attn + (r0 * nh + h) * vd, nh * vd, sc, sr, g.counts.empty() ? nullptr : g.counts.data(),
                         g.keep.empty() ? nullptr : g.keep.data());
           continue;
         }
         for (int64_t r = r0; r < r0 + rows; ++r) {
           gather(picked[size_t(r)]);
-          const float* qh = q.data() + (r * nh + h) * qk;
-          float* o = attn.data() + (r * nh + h) * vd;
+          const float* qh = q + (r * nh + h) * qk;
+          float* o = attn + (r * nh + h) * vd;
           std::fill(o, o + vd, 0.0f);
           attend_picked(qh, qk, nope, qh + nope, qk, rope, 1, kh, kpe, vh, vd, scale, o, vd, sc, sr);
         }
@@ -606,7 +624,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
       std::vector<float> qn(static_cast<size_t>(R * nope));
       for (int64_t h = h0; h < h1; ++h) {
         for (int64_t t = 0; t < R; ++t)
-          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
+          std::copy_n(q + (absorbed[size_t(t)] * nh + h) * qk, nope, qn.data() + t * nope);
         float* qh = qcat.data() + h * ent;
         const int64_t ld = nh * ent;
         if (split) {  // head h's k_b rows are W_uk's columns: q_lat[c] = row c . q_nope
@@ -616,7 +634,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           matmul_t_accumulate_rows(A.kv_b, h * kvb_stride, nope, qn.data(), nope, R, qh, ld, 0, kvr);
         }
         for (int64_t t = 0; t < R; ++t)
-          std::copy_n(q.data() + (absorbed[size_t(t)] * nh + h) * qk + nope, rope, qh + t * ld + kvr);
+          std::copy_n(q + (absorbed[size_t(t)] * nh + h) * qk + nope, rope, qh + t * ld + kvr);
       }
     });
 
@@ -677,17 +695,17 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
           const WeightMatrix wv = split ? row_slice(A.v_b, h * vd, (h + 1) * vd) : row_slice(A.kv_b, v0, v0 + vd);
           olat_rows.prepare(wv.dtype, ol, nh * kvr, R, kvr);
           matmul_rows(wv, olat_rows, nullptr, R, ov.data(), vd, 0, vd);
-          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * vd, vd, attn + (absorbed[size_t(t)] * nh + h) * vd);
         } else {
           const int64_t ld = nh * kvb_stride;
           matmul_rows(A.kv_b, ol, nh * kvr, R, ov.data(), ld, v0, v0 + vd);
-          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn.data() + (absorbed[size_t(t)] * nh + h) * vd);
+          for (int64_t t = 0; t < R; ++t) std::copy_n(ov.data() + t * ld + v0, vd, attn + (absorbed[size_t(t)] * nh + h) * vd);
         }
       }
     });
   }
-  observe_rows(ctx.probes, A.o, attn.data(), T, nh * vd);
-  linear(ctx.pool, A.o, attn.data(), T, out);
+  observe_rows(ctx.probes, A.o, attn, T, nh * vd);
+  linear(ctx.pool, A.o, attn, T, out);
 }
 
 }  // namespace hearth

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/forward.h"
+#include "engine/scratch.h"
 #include "quant/weight_matrix.h"
 #include "support/cpu_gemm_scope.h"
 #include "support/golden.h"
@@ -103,6 +104,42 @@ TEST_CASE("golden tiny-v32: absorbed decode over an f32 cache gives the same bit
     CHECK(run(m, pool, cases[3].tokens, true, AttentionPath::kDecode) == alone);
     CHECK(batch(pool) == together);
   }
+}
+
+TEST_CASE("golden tiny-v32: attention reads only the scratch it wrote (reused buffers poisoned with NaN)") {
+  // attention_forward keeps its large temporaries from one layer and step to the next,
+  // uninitialized (engine/scratch.h). With every buffer it takes filled with NaN, a float
+  // read before it is written turns logits into NaN: prefill, decode, both forced forms and
+  // a step that mixes a prefill chunk with a decoding sequence must still match.
+  struct Poison {
+    Poison() { ScratchFloats::set_poison(true); }
+    ~Poison() { ScratchFloats::set_poison(false); }
+  } poison;
+  const Model& m = tiny_model();
+  const auto& cases = golden_cases();
+  const int64_t V = m.config().vocab_size;
+  ThreadPool pool(2);
+  const GoldenCase& g = cases[3];  // 64 tokens: sparse selection active
+  check_golden_logits(run(m, pool, g.tokens, false, AttentionPath::kAuto), g, V);
+  check_golden_logits(run(m, pool, g.tokens, true, AttentionPath::kAuto), g, V);
+  check_golden_logits(run(m, pool, g.tokens, false, AttentionPath::kDecode), g, V);
+  check_golden_logits(run(m, pool, g.tokens, true, AttentionPath::kPrefill), g, V);
+  // One step: sequence A's second prefill chunk (expanded keys) beside B's decode rows
+  // (absorbed), so both paths write parts of the same output buffer.
+  const GoldenCase& b = cases[2];
+  Forward fwd(m, pool);
+  KvCache cache(m.config(), 16);
+  const SeqId sa = cache.add_sequence(), sb = cache.add_sequence();
+  std::span<const int32_t> ta(g.tokens), tb(b.tokens);
+  std::vector<float> la(g.tokens.size() * size_t(V)), lb(b.tokens.size() * size_t(V));
+  fwd.step(cache, {{sb, tb.subspan(0, 20)}}, lb.data());
+  std::vector<float> both((1 + 64) * size_t(V));
+  fwd.step(cache, {{sb, tb.subspan(20, 1), AttentionPath::kDecode}, {sa, ta, AttentionPath::kPrefill}}, both.data());
+  std::copy_n(both.begin(), V, lb.begin() + 20 * V);
+  std::copy_n(both.begin() + V, 64 * V, la.begin());
+  fwd.step(cache, {{sb, tb.subspan(21)}}, lb.data() + 21 * V);
+  check_golden_logits(la, g, V);
+  check_golden_logits(lb, b, V);
 }
 
 TEST_CASE("golden tiny-v32: several sequences of different lengths in one batch") {
