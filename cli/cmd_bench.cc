@@ -81,6 +81,7 @@ int cmd_bench(int argc, char** argv) {
       ("depth-fill", "how --depth fills the cache: prefill (run the tokens) or random (write random cache entries: the same decode work, no long prefill)",
        cxxopts::value<std::string>()->default_value("prefill"))
       ("r,repetitions", "repetitions of each test", cxxopts::value<int>()->default_value("3"))
+      ("no-warmup", "skip each test's untimed warm-up run (its prompt once, or one step of its batch)")
       ("t,threads", "worker threads (default: one per physical core)", cxxopts::value<int>()->default_value("0"))
       ("o,output", "md (a markdown table) or json", cxxopts::value<std::string>()->default_value("md"))
       ("profile", "also time each phase of a decode step (attention, indexer, router, experts, head, ...)")
@@ -112,6 +113,7 @@ int cmd_bench(int argc, char** argv) {
   bo.depths = parse_list("--depth", args["depth"].as<std::string>());
   bo.reps = args["repetitions"].as<int>();
   bo.profile = args.count("profile") > 0;
+  bo.warmup = args.count("no-warmup") == 0;
   const std::string fill = args["depth-fill"].as<std::string>();
   if (fill != "prefill" && fill != "random") throw std::invalid_argument("--depth-fill: '" + fill + "' is not prefill or random");
   bo.random_depth = fill == "random";

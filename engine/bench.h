@@ -53,6 +53,11 @@ struct BenchOptions {
   std::vector<int64_t> depths = {0};
   int reps = 3;
   bool profile = false;         // per-phase times of the decode tests
+  // One untimed run of each test's shape before its repetitions (as llama-bench does;
+  // `--no-warmup` turns it off): a prefill of the test's prompt length, or one decode step
+  // of its batch. The first step of a new size grows the forward pass's buffers, which the
+  // OS then faults in and zeroes, and charged that to the first repetition alone.
+  bool warmup = true;
   // Depth filled by writing random cache entries (latents, rope keys, indexer keys with
   // their scales) instead of prefilling tokens: a decode step at depth D does the same
   // work either way (every cached position is scored by the indexer; attention reads

@@ -335,6 +335,23 @@ TEST_CASE("profiler: the phases of decode steps sum to the measured step time") 
   CHECK(usage.bytes == 4 * moe_layers * c.num_experts_per_tok * tiny_fp8_expert_bytes(c));
 }
 
+TEST_CASE("bench: --no-warmup runs only the timed repetitions") {
+  const Model m = build_synthetic_model(tiny_options());
+  ThreadPool pool(1);
+  BenchOptions o;
+  o.prompts = {8};
+  o.gens = {0};
+  o.reps = 2;
+  o.warmup = false;
+  o.bandwidth_bytes = uint64_t(16) << 20;
+  std::vector<std::string> lines;
+  o.progress = [&](const std::string& line) { lines.push_back(line); };
+  const BenchReport r = run_bench(m, pool, "tiny", o);
+  CHECK(lines == std::vector<std::string>{"pp8: repetition 1 of 2", "pp8: repetition 2 of 2"});
+  REQUIRE(r.results.size() == 1);
+  CHECK(r.results[0].tok_s.size() == 2);
+}
+
 TEST_CASE("bench: run_bench on the tiny synthetic model") {
   const Model m = build_synthetic_model(tiny_options());
   const ModelConfig& c = m.config();
@@ -347,13 +364,17 @@ TEST_CASE("bench: run_bench on the tiny synthetic model") {
   o.reps = 2;
   o.profile = true;
   o.bandwidth_bytes = uint64_t(16) << 20;
-  int progress_lines = 0;
-  o.progress = [&](const std::string&) { ++progress_lines; };
+  int progress_lines = 0, warmups = 0;
+  o.progress = [&](const std::string& line) {
+    ++progress_lines;
+    warmups += line.ends_with(": warm-up");
+  };
   CHECK(bench_test_names(o) ==
         std::vector<std::string>{"pp16", "tg4", "tg4@b2", "pp16@d8", "tg4@d8", "tg4@b2@d8"});
   CHECK(bench_max_cached_tokens(o) == 2 * (8 + 4 + 1));
   const BenchReport r = run_bench(m, pool, "tiny", o);
-  CHECK(progress_lines == 6 * 2);
+  CHECK(warmups == 6);  // one untimed run per test, before its two repetitions
+  CHECK(progress_lines == 6 * (2 + 1));
   CHECK(r.bandwidth.bytes_per_second > 0);
 
   // The weights' own read rate covers what decode may read: the head and every routed
