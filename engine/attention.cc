@@ -230,15 +230,10 @@ void softmax_inplace(float* s, int64_t n, const uint8_t* keep = nullptr) {
   float m = -INFINITY;
   for (int64_t i = 0; i < n; ++i)
     if (!keep || keep[i]) m = std::max(m, s[i]);
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (keep && !keep[i]) {
-      s[i] = 0.0f;
-      continue;
-    }
-    s[i] = std::exp(s[i] - m);
-    sum += s[i];
-  }
+  if (keep)  // dropped keys weigh 0: exp_shifted_f32 gives 0 for -inf
+    for (int64_t i = 0; i < n; ++i)
+      if (!keep[i]) s[i] = -INFINITY;
+  const double sum = exp_shifted_f32(s, n, m);
   const float inv = float(1.0 / sum);
   for (int64_t i = 0; i < n; ++i) s[i] *= inv;
 }
@@ -328,9 +323,7 @@ void attend_fp8_online(RowsOf&& rows_of, int64_t np, const float* q, int64_t ldq
       const float new_max = std::max(mx[k], chunk_max);
       const float rescale = std::exp(mx[k] - new_max);  // 0 for the first chunk
       mx[k] = new_max;
-      double sum = 0.0;
-      for (int64_t j = 0; j < n; ++j) sum += (sk[j] = std::exp(sk[j] - new_max));
-      total[k] = total[k] * rescale + sum;
+      total[k] = total[k] * rescale + exp_shifted_f32(sk, n, new_max);
       if (rescale != 1.0f)
         for (float *a = acc + k * vdim, *e = a + vdim; a < e; ++a) *a *= rescale;
     }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "quant/fp8_avx2.h"
@@ -325,6 +326,124 @@ HEARTH_VEC_AVX512 void weighted_rows_avx512(const float* p, int64_t ldp, int64_t
 
 
 
+// ---- softmax's exponentials ------------------------------------------------------
+
+// exp(x) = 2^k * p(r): k = nearest(x * log2 e), r = x - k ln 2 in two FMAs (ln 2's high
+// part has trailing zero bits, so k * kLn2Hi is exact for |k| < 2^9), p = Taylor to r^7.
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693145751953125f;
+constexpr float kLn2Lo = 1.42860682030941723212e-6f;
+constexpr float kExpLow = -87.0f;  // below: 0 (2^k stays a normal float down to k = -126)
+constexpr float kTaylor[8] = {1.0f, 1.0f, 1.0f / 2, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040};
+
+float exp_poly_scalar(float x) {
+  if (!(x >= kExpLow)) return 0.0f;  // also -inf and NaN's comparisons
+  x = std::min(x, 0.0f);             // softmax's arguments are <= 0; a larger one is clamped
+  const float k = std::nearbyint(x * kLog2e);
+  const float r = std::fma(k, -kLn2Lo, std::fma(k, -kLn2Hi, x));
+  float p = kTaylor[7];
+  for (int i = 6; i >= 0; --i) p = std::fma(p, r, kTaylor[i]);
+  float scale;
+  const int32_t bits = (int32_t(k) + 127) << 23;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// The 16 lane sums added in the fixed tree the kernels use: (l, l+8), then (l, l+4),
+// (l, l+2), (l, l+1).
+double lane_tree_sum(const double lanes[16]) {
+  double a[8], b[4];
+  for (int l = 0; l < 8; ++l) a[l] = lanes[l] + lanes[l + 8];
+  for (int l = 0; l < 4; ++l) b[l] = a[l] + a[l + 4];
+  return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+double exp_shifted_scalar(float* s, int64_t n, float m) {
+  double lanes[16] = {};
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = exp_poly_scalar(s[i] - m);
+    lanes[i % 16] += double(s[i]);
+  }
+  return lane_tree_sum(lanes);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 exp_poly_avx2(__m256 x) {
+  const __m256 low = _mm256_set1_ps(kExpLow);
+  const __m256 live = _mm256_cmp_ps(x, low, _CMP_GE_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, low), _mm256_setzero_ps());
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(k, _mm256_set1_ps(-kLn2Hi), x);
+  r = _mm256_fmadd_ps(k, _mm256_set1_ps(-kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kTaylor[7]);
+  for (int i = 6; i >= 0; --i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kTaylor[i]));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(bits)), live);
+}
+
+// 16 elements per step (two registers), so the lanes are the scalar reference's.
+__attribute__((target("avx2,fma"))) double exp_shifted_avx2(float* s, int64_t n, float m) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256d acc[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+  for (int64_t i = 0; i < n; i += 16) {
+    alignas(32) float buf[16];
+    const int64_t len = std::min<int64_t>(16, n - i);
+    const float* src = s + i;
+    if (len < 16) {  // the tail through the same steps; lanes past n add +0
+      std::fill_n(buf, 16, -INFINITY);
+      std::copy_n(s + i, len, buf);
+      src = buf;
+    }
+    const __m256 e0 = exp_poly_avx2(_mm256_sub_ps(_mm256_loadu_ps(src), mv));
+    const __m256 e1 = exp_poly_avx2(_mm256_sub_ps(_mm256_loadu_ps(src + 8), mv));
+    if (len < 16) {
+      _mm256_store_ps(buf, e0);
+      _mm256_store_ps(buf + 8, e1);
+      std::copy_n(buf, len, s + i);
+    } else {
+      _mm256_storeu_ps(s + i, e0);
+      _mm256_storeu_ps(s + i + 8, e1);
+    }
+    acc[0] = _mm256_add_pd(acc[0], _mm256_cvtps_pd(_mm256_castps256_ps128(e0)));
+    acc[1] = _mm256_add_pd(acc[1], _mm256_cvtps_pd(_mm256_extractf128_ps(e0, 1)));
+    acc[2] = _mm256_add_pd(acc[2], _mm256_cvtps_pd(_mm256_castps256_ps128(e1)));
+    acc[3] = _mm256_add_pd(acc[3], _mm256_cvtps_pd(_mm256_extractf128_ps(e1, 1)));
+  }
+  alignas(32) double lanes[16];
+  for (int j = 0; j < 4; ++j) _mm256_store_pd(lanes + 4 * j, acc[j]);
+  return lane_tree_sum(lanes);
+}
+
+HEARTH_VEC_AVX512 inline __m512 exp_poly_512(__m512 x) {
+  const __m512 low = _mm512_set1_ps(kExpLow);
+  const __mmask16 live = _mm512_cmp_ps_mask(x, low, _CMP_GE_OQ);
+  x = _mm512_min_ps(_mm512_max_ps(x, low), _mm512_setzero_ps());
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(k, _mm512_set1_ps(-kLn2Hi), x);
+  r = _mm512_fmadd_ps(k, _mm512_set1_ps(-kLn2Lo), r);
+  __m512 p = _mm512_set1_ps(kTaylor[7]);
+  for (int i = 6; i >= 0; --i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kTaylor[i]));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+  return _mm512_maskz_mul_ps(live, p, _mm512_castsi512_ps(bits));
+}
+
+HEARTH_VEC_AVX512 double exp_shifted_avx512(float* s, int64_t n, float m) {
+  const __m512 mv = _mm512_set1_ps(m);
+  __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    // Lanes past n read -inf (exp 0, which adds nothing to a lane's sum).
+    const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), in, s + i);
+    const __m512 e = exp_poly_512(_mm512_sub_ps(x, mv));
+    _mm512_mask_storeu_ps(s + i, in, e);
+    lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+  }
+  alignas(64) double lanes[16];
+  _mm512_store_pd(lanes, lo);
+  _mm512_store_pd(lanes + 8, hi);
+  return lane_tree_sum(lanes);
+}
+
 // ---- FP8 cache blocks -----------------------------------------------------------
 
 void decode_fp8_scalar(const uint8_t* codes, int64_t n, float scale, float* out) {
@@ -370,6 +489,12 @@ void weighted_rows_f32(const float* p, int64_t ldp, int64_t nq, const float* con
   if (use_avx512(isa)) weighted_rows_avx512(p, ldp, nq, rows, nrows, dim, out, ldo);
   else if (use_avx2(isa)) weighted_rows_avx2(p, ldp, nq, rows, nrows, dim, out, ldo);
   else weighted_rows_scalar(p, ldp, nq, rows, nrows, dim, out, ldo);
+}
+
+double exp_shifted_f32(float* s, int64_t n, float m, KernelIsa isa) {
+  if (use_avx512(isa)) return exp_shifted_avx512(s, n, m);
+  if (use_avx2(isa)) return exp_shifted_avx2(s, n, m);
+  return exp_shifted_scalar(s, n, m);
 }
 
 void decode_fp8_block(const uint8_t* codes, int64_t n, float scale, float* out, KernelIsa isa) {
