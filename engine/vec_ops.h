@@ -51,10 +51,10 @@ void weighted_rows_f32(const float* p, int64_t ldp, int64_t nq, const float* con
 // polynomial in fused multiply-adds: relative error under 1e-7 of std::exp; 0 for
 // arguments below -87 (and -inf). The sum is taken in double in 16 lanes (element i in
 // lane i % 16, in order) that are then added in a fixed tree. Every path runs the same
-// steps, so the AVX2 and AVX-512 kernels give the scalar reference's bits: an element's
-// value never depends on its position in a vector or on the instruction set. A softmax
-// row of 2048 took 0.9 ns an element with AVX-512 (1.1 with AVX2) against 4.0 with
-// std::exp and one running double sum (one Zen 5 core, a throwaway driver).
+// steps, so the AVX2 kernel gives the scalar reference's bits: an element's value never
+// depends on its position in a vector or on the instruction set. A softmax row of 2048
+// took 1.1 ns an element with AVX2 against 4.0 with std::exp and one running double sum
+// (one Zen 5 core, a throwaway driver).
 double exp_shifted_f32(float* s, int64_t n, float m, KernelIsa isa = KernelIsa::kAuto);
 
 // out[i] = fp8_e4m3(codes[i]) * scale for i < n: one block of an FP8 cache entry decoded
