@@ -50,22 +50,6 @@ class TokenSource {
 
 // Fills each sequence's cache with `depth` tokens (untimed), one sequence and one
 // prefill chunk per step, so the activations stay those of a 512-token prompt.
-// BenchOptions::warmup for test t: its prompt once on an empty cache (a depth is not
-// filled: the buffers a step grows depend on its new tokens), or one step of its batch.
-void warm_up(Forward& fwd, const ModelConfig& c, int64_t tokens, int64_t batch, bool decode, uint64_t seed) {
-  KvCache cache(c);
-  std::vector<SeqId> seqs;
-  for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache.add_sequence());
-  TokenSource source(seed ^ 0x77a3, c.vocab_size);
-  std::vector<float> logits(static_cast<size_t>(batch * c.vocab_size));
-  const std::vector<int32_t> ids = source.take(decode ? batch : tokens);
-  std::vector<SequenceChunk> step;
-  if (!decode) step.push_back({seqs[0], ids});
-  else
-    for (int64_t b = 0; b < batch; ++b) step.push_back({seqs[size_t(b)], std::span<const int32_t>(ids).subspan(size_t(b), 1)});
-  fwd.step(cache, step, logits.data(), AttentionPath::kAuto, true);
-}
-
 void fill_depth(Forward& fwd, KvCache& cache, const std::vector<SeqId>& seqs, int64_t depth, TokenSource& tokens,
                 bool random) {
   if (random) {  // cache entries shaped like real ones: unit-RMS latents and keys
@@ -110,6 +94,24 @@ std::string test_name(const Test& t) {
   if (t.decode && t.batch > 1) n += "@b" + std::to_string(t.batch);
   if (t.depth > 0) n += "@d" + std::to_string(t.depth);
   return n;
+}
+
+// BenchOptions::warmup for test t: its prompt once on an empty cache (a depth is not
+// filled: the buffers a step grows depend on its new tokens), or one step of its batch.
+void warm_up(Forward& fwd, const Test& t, uint64_t seed) {
+  const ModelConfig& c = fwd.model().config();
+  const int64_t batch = t.decode ? t.batch : 1;
+  KvCache cache(c);
+  std::vector<SeqId> seqs;
+  for (int64_t b = 0; b < batch; ++b) seqs.push_back(cache.add_sequence());
+  TokenSource source(seed ^ 0x77a3, c.vocab_size);
+  std::vector<float> logits(static_cast<size_t>(batch * c.vocab_size));
+  const std::vector<int32_t> ids = source.take(t.decode ? batch : t.tokens);
+  std::vector<SequenceChunk> step;
+  if (!t.decode) step.push_back({seqs[0], ids});
+  else
+    for (int64_t b = 0; b < batch; ++b) step.push_back({seqs[size_t(b)], std::span<const int32_t>(ids).subspan(size_t(b), 1)});
+  fwd.step(cache, step, logits.data(), AttentionPath::kAuto, true);
 }
 
 std::vector<Test> plan_tests(const BenchOptions& o) {
@@ -387,7 +389,7 @@ BenchReport run_bench(const Model& model, ThreadPool& pool, const std::string& m
     const bool weights_walled = walled && !weight_ranges.empty();
     if (o.warmup) {
       if (o.progress) o.progress(r.name + ": warm-up");
-      warm_up(fwd, c, t.tokens, t.decode ? t.batch : 1, t.decode, o.token_seed);
+      warm_up(fwd, t, o.token_seed);
     }
     const double bandwidth_before =
         walled ? measure_read_bandwidth(pool, o.bandwidth_bytes).bytes_per_second : 0.0;

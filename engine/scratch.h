@@ -34,7 +34,6 @@ class ScratchFloats {
       std::fill_n(data_.get(), n, std::numeric_limits<float>::quiet_NaN());
     return data_.get();
   }
-  std::size_t size() const { return size_; }
 
  private:
   static std::atomic<bool>& poison() {
