@@ -12,6 +12,7 @@
 #include "engine/synth_model.h"  // check_fits_in_memory
 #include "offload/memory.h"
 #include "offload/thread_pool.h"
+#include "quant/interleaved.h"
 #include "quant/numbers.h"
 
 namespace hearth {
@@ -321,7 +322,11 @@ void Model::interleave(const ModelLoadOptions& options) {
   std::vector<Job> todo;
   uint64_t copied = 0;
   for (auto& [name, w] : linear_weights()) {
-    if (name.ends_with(".kv_b_proj") || name.ends_with(".k_b_proj") || name.ends_with(".v_b_proj")) continue;
+    // kv_b is read transposed (absorbed attention folds queries through it) and k_b's
+    // rows are too short. v_b's rows are read as rows, one head's band at a time, so it
+    // takes the layout when a head's band is whole groups of eight rows.
+    if (name.ends_with(".kv_b_proj") || name.ends_with(".k_b_proj")) continue;
+    if (name.ends_with(".v_b_proj") && config_.v_head_dim % kInterleavedRows != 0) continue;
     if (!can_interleave(*w)) continue;
     todo.push_back({w, readers[w->data] == 1 && !in_file_mapping(w->data, files)});
     if (!todo.back().in_place) copied += uint64_t(w->bytes());

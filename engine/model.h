@@ -101,8 +101,9 @@ struct ModelLoadOptions {
   // Lay out every Q4_K linear weight whose rows come in whole groups of eight as Q4_K_R8
   // (quant/interleaved.h) after any repack: eight rows side by side, which the CPU's
   // kernels compute together. Same values; the dot products round differently from plain
-  // Q4_K's. kv_b (and k_b / v_b) stay as stored: absorbed attention reads them
-  // transposed. The rearranged copy lives in huge-page memory the model owns. For the
+  // Q4_K's. kv_b and k_b stay as stored (absorbed attention reads kv_b transposed; k_b's
+  // rows are shorter than a block); v_b takes the layout when v_head_dim is a multiple
+  // of eight. The rearranged copy lives in huge-page memory the model owns. For the
   // CPU only: a GPU cannot run the layout. Weights that would need a copy stay Q4_K
   // when MemAvailable cannot hold it (counted in RepackSummary::not_interleaved).
   bool interleave = false;
