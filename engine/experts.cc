@@ -2,6 +2,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <memory>
+#include <thread>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -40,6 +46,7 @@ struct Slot {
   size_t gate_in, up_in;  // indices into Scratch::x_rows
   size_t h_off;           // [n][inter] in Scratch::h and Scratch::u
   float* y;               // [n][hidden]
+  std::atomic<double>* busy = nullptr;  // ExpertWork::busy
 };
 
 struct Item {
@@ -56,6 +63,10 @@ struct Scratch {
   std::vector<Slot> slots;
   std::vector<Item> up_items, down_items;
   std::vector<float> h, u, y;
+  // Per slot in the one-region pass: up items not finished yet, and whether down's input
+  // is ready.
+  std::unique_ptr<std::atomic<int>[]> up_left, ready;
+  size_t state_cap = 0;
 };
 
 Scratch& scratch() {
@@ -69,6 +80,14 @@ size_t prepared_x(Scratch& s, const WeightMatrix& w, const float* x, int64_t T) 
   if (s.x_rows.size() <= s.x_used) s.x_rows.resize(s.x_used + 1);
   s.x_rows[s.x_used].prepare(w.dtype, x, w.cols, T, w.cols);
   return s.x_used++;
+}
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
 }
 
 // Runs fn(item) for every item, items handed out in order to whichever thread is free.
@@ -85,7 +104,7 @@ void for_items(ThreadPool& pool, int64_t count, Fn&& fn) {
   });
 }
 
-// The two regions over s.slots (already filled, with T rows of x behind them).
+// Every item of s.slots (already filled, with T rows of x behind them).
 void run_slots(ThreadPool& pool, Scratch& s, const ActivationObserver* observe) {
   s.up_items.clear();
   s.down_items.clear();
@@ -112,8 +131,16 @@ void run_slots(ThreadPool& pool, Scratch& s, const ActivationObserver* observe) 
     s.u.resize(h_total);
   }
 
-  for_items(pool, int64_t(s.up_items.size()), [&](int64_t i) {
-    const Item& it = s.up_items[size_t(i)];
+  // An item's work; the seconds it takes go to its slot's busy counter, if any.
+  auto timed = [&](const Item& it, auto&& work) {
+    std::atomic<double>* busy = s.slots[size_t(it.slot)].busy;
+    if (!busy) return work();
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    busy->fetch_add(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                    std::memory_order_relaxed);
+  };
+  auto run_up = [&](const Item& it) {
     const Slot& sl = s.slots[size_t(it.slot)];
     const Mlp& m = *sl.mlp;
     const int64_t inter = m.gate.rows;
@@ -123,26 +150,71 @@ void run_slots(ThreadPool& pool, Scratch& s, const ActivationObserver* observe) 
     matmul_rows(m.up, s.x_rows[sl.up_in], sl.pick, sl.n, u, inter, it.r0, it.r1);
     for (int64_t t = 0; t < sl.n; ++t)
       for (int64_t r = it.r0; r < it.r1; ++r) h[t * inter + r] = silu(h[t * inter + r]) * u[t * inter + r];
-  });
-
-  if (observe)
-    for (const Slot& sl : s.slots)
-      (*observe)(&sl.mlp->down, s.h.data() + sl.h_off, sl.n, sl.mlp->gate.rows);
-
-  // Down's input, quantized once per row; in parallel only when there is enough of it.
+  };
+  // Down's input, quantized once per row.
   if (s.h_rows.size() < s.slots.size()) s.h_rows.resize(s.slots.size());
   auto prepare_h = [&](int64_t k) {
     const Slot& sl = s.slots[size_t(k)];
     const int64_t inter = sl.mlp->gate.rows;
     s.h_rows[size_t(k)].prepare(sl.mlp->down.dtype, s.h.data() + sl.h_off, inter, sl.n, inter);
   };
-  if (h_total >= size_t(16 * 1024)) for_items(pool, int64_t(s.slots.size()), prepare_h);
-  else for (size_t k = 0; k < s.slots.size(); ++k) prepare_h(int64_t(k));
-
-  for_items(pool, int64_t(s.down_items.size()), [&](int64_t i) {
-    const Item& it = s.down_items[size_t(i)];
+  auto run_down = [&](const Item& it) {
     const Slot& sl = s.slots[size_t(it.slot)];
     matmul_rows(sl.mlp->down, s.h_rows[size_t(it.slot)], nullptr, sl.n, sl.y, sl.mlp->down.rows, it.r0, it.r1);
+  };
+
+  if (observe) {
+    // The observer sees every expert's whole hidden rows before down reads them: the
+    // gates and ups first, then the downs, as two regions.
+    for_items(pool, int64_t(s.up_items.size()), [&](int64_t i) {
+      const Item& it = s.up_items[size_t(i)];
+      timed(it, [&] { run_up(it); });
+    });
+    for (const Slot& sl : s.slots) (*observe)(&sl.mlp->down, s.h.data() + sl.h_off, sl.n, sl.mlp->gate.rows);
+    for_items(pool, int64_t(s.slots.size()), prepare_h);
+    for_items(pool, int64_t(s.down_items.size()), [&](int64_t i) {
+      const Item& it = s.down_items[size_t(i)];
+      timed(it, [&] { run_down(it); });
+    });
+    return;
+  }
+
+  // One region: the up items in slot order, then the down items. The thread that
+  // finishes a slot's last up item quantizes the slot's hidden rows and marks it ready;
+  // a down item waits until its slot is. Items are handed out in order, so when a down
+  // item is handed out every up item already belongs to a running thread: the wait
+  // ends. With a region for the ups and another for the downs, each thread waited at
+  // the barrier for the other's last item, and one thread quantized down's inputs
+  // between them (the bench preset's Q4_K decode, two threads of a Zen 5 EPYC:
+  // docs/performance.md).
+  const size_t S = s.slots.size();
+  if (s.state_cap < S) {
+    s.up_left = std::make_unique<std::atomic<int>[]>(S);
+    s.ready = std::make_unique<std::atomic<int>[]>(S);
+    s.state_cap = S;
+  }
+  for (size_t k = 0; k < S; ++k) {
+    s.up_left[k].store(0, std::memory_order_relaxed);
+    s.ready[k].store(0, std::memory_order_relaxed);
+  }
+  for (const Item& it : s.up_items) s.up_left[size_t(it.slot)].fetch_add(1, std::memory_order_relaxed);
+  const int64_t n_up = int64_t(s.up_items.size());
+  for_items(pool, n_up + int64_t(s.down_items.size()), [&](int64_t i) {
+    if (i < n_up) {
+      const Item& it = s.up_items[size_t(i)];
+      timed(it, [&] {
+        run_up(it);
+        // acq_rel: the last item to finish sees every other item's rows of h.
+        if (s.up_left[size_t(it.slot)].fetch_sub(1, std::memory_order_acq_rel) == 1) {
+          prepare_h(it.slot);
+          s.ready[size_t(it.slot)].store(1, std::memory_order_release);
+        }
+      });
+      return;
+    }
+    const Item& it = s.down_items[size_t(i - n_up)];
+    while (!s.ready[size_t(it.slot)].load(std::memory_order_acquire)) cpu_relax();
+    timed(it, [&] { run_down(it); });
   });
 }
 
@@ -177,7 +249,7 @@ void accumulate(ThreadPool& pool, const std::vector<ExpertWork>& experts, MlpOf&
         (*observe)(&m.up, x + int64_t(r) * hidden, 1, hidden);
       }
     const size_t gi = prepared_x(s, m.gate, x, T), ui = prepared_x(s, m.up, x, T);
-    s.slots.push_back({&m, e.rows.data(), n, gi, ui, 0, s.y.data() + y_off});
+    s.slots.push_back({&m, e.rows.data(), n, gi, ui, 0, s.y.data() + y_off, e.busy});
     y_off += n * hidden;
   }
   run_slots(pool, s, observe);

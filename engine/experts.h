@@ -10,6 +10,7 @@
 // computed exactly as linear() computes it, so results are bit-identical to running
 // linear() three times per expert, whatever the thread count.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -24,6 +25,9 @@ struct ExpertWork {
   const Mlp* mlp = nullptr;
   std::vector<int32_t> rows;   // rows of x this expert sees, ascending
   std::vector<float> weights;  // the weight of its output in each of those rows
+  // Optional (a profiler's): the seconds threads spend on this expert's work are added
+  // here, summed over threads. Several experts may share one counter.
+  std::atomic<double>* busy = nullptr;
 };
 
 // out[r] += sum over experts, in list order, of weight * mlp(x[r]) for each routed row r.

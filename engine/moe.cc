@@ -1,5 +1,6 @@
 // Feed-forward blocks: the dense SiLU-gated MLP and DeepSeek's routed mixture of experts.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numeric>
 #include <stdexcept>
@@ -126,14 +127,33 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
   }
 
   std::fill(out, out + T * H, 0.0f);
+  // Without NUMA shards or an activation observer, the shared expert is one more entry
+  // of the routed experts' pass, last, with weight 1 on every row: its reads then stream
+  // beside theirs in one parallel region instead of three regions of its own (the bench
+  // preset's Q4_K decode: docs/performance.md). Its output is added last either way, and
+  // 1.0f * y adds y's bits, so the logits do not change.
+  const bool sharded = ctx.numa_experts && !ctx.probes.activations;
+  const bool fold_shared = moe.has_shared && !sharded && !ctx.probes.activations;
+  const bool timing = prof && prof->running() && fold_shared;
+  std::atomic<double> routed_busy{0.0}, shared_busy{0.0};
+  static thread_local ExpertWork shared_work;  // moved in and out: its lists keep their capacity
+  if (fold_shared) {
+    shared_work.mlp = &moe.shared;
+    shared_work.rows.resize(size_t(T));
+    std::iota(shared_work.rows.begin(), shared_work.rows.end(), 0);
+    shared_work.weights.assign(size_t(T), 1.0f);
+    by_expert.push_back(std::move(shared_work));
+  }
+  for (ExpertWork& w : by_expert) w.busy = timing ? &routed_busy : nullptr;
+  if (timing) by_expert.back().busy = &shared_busy;
   {
-    // Every expert hit in the step: one parallel region for all gates and ups, one for
-    // all downs (engine/experts.h), then the weighted sum in expert order. Sharded over
-    // NUMA nodes, every node does that over its slices and the nodes' partial sums are
-    // added. An activation observer (imatrix) sees the whole experts' inputs, so it runs
-    // on the model's own weights.
+    // Every expert hit in the step: its gates and ups, then its downs, in one parallel
+    // region (engine/experts.h), then the weighted sum in expert order. Sharded over NUMA
+    // nodes, every node does that over its slices and the nodes' partial sums are added.
+    // An activation observer (imatrix) sees the whole experts' inputs, so it runs on the
+    // model's own weights.
     ScopedPhase phase(prof, Phase::kRoutedExperts);
-    if (ctx.numa_experts && !ctx.probes.activations) {
+    if (sharded) {
       ctx.numa_experts->accumulate(layer, by_expert, x, out);
     } else {
       // Experts handed over to NUMA shards are gone from the model (release_routed_experts).
@@ -146,12 +166,22 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
       experts_accumulate(ctx.pool, by_expert, x, H, out, ctx.probes.activations);
     }
   }
-  if (moe.has_shared) {
+  if (timing) {
+    // The region's wall time went to the routed experts; the shared expert's share of the
+    // threads' busy time moves to its own phase.
+    const double r = routed_busy.load(), sh = shared_busy.load();
+    if (r + sh > 0) prof->move_last(Phase::kRoutedExperts, Phase::kSharedExperts, sh / (r + sh));
+  }
+  if (moe.has_shared && !fold_shared) {
     ScopedPhase phase(prof, Phase::kSharedExperts);
     static thread_local std::vector<float> ye;
     if (ye.size() < size_t(T * H)) ye.resize(size_t(T * H));
     mlp_rows(ctx.pool, moe.shared, x, T, ye.data(), ctx.probes.activations);
     for (int64_t i = 0; i < T * H; ++i) out[i] += ye[size_t(i)];
+  }
+  if (fold_shared) {
+    shared_work = std::move(by_expert.back());
+    by_expert.pop_back();
   }
 }
 

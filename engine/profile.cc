@@ -1,5 +1,6 @@
 #include "engine/profile.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace hearth {
@@ -37,8 +38,17 @@ std::string_view phase_key(Phase p) {
 }
 
 void Profiler::charge(Clock::time_point now) {
-  seconds_[size_t(current_)] += std::chrono::duration<double>(now - since_).count();
+  const double s = std::chrono::duration<double>(now - since_).count();
+  seconds_[size_t(current_)] += s;
+  last_[size_t(current_)] = s;
   since_ = now;
+}
+
+void Profiler::move_last(Phase from, Phase to, double fraction) {
+  const double s = last_[size_t(from)] * std::clamp(fraction, 0.0, 1.0);
+  seconds_[size_t(from)] -= s;
+  seconds_[size_t(to)] += s;
+  last_[size_t(from)] -= s;
 }
 
 void Profiler::start() {
@@ -79,6 +89,7 @@ double Profiler::total_seconds() const {
 
 void Profiler::reset() {
   seconds_.fill(0.0);
+  last_.fill(0.0);
   if (running_) since_ = Clock::now();
 }
 

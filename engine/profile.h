@@ -5,8 +5,10 @@
 //
 // Phases are exclusive: entering a phase pauses the enclosing one (the indexer runs
 // inside attention, but its time counts only as indexer), so the phases of a bracketed
-// interval add up to the interval's wall time exactly. Timers are used only on the
-// thread that drives the step, never inside parallel_for bodies.
+// interval add up to the interval's wall time exactly. Phase timers run only on the
+// thread that drives the step. Where one parallel region runs two phases' work (the
+// routed and shared experts), its threads time their items and move_last splits the
+// region's time between the phases in proportion.
 #pragma once
 #include <array>
 #include <chrono>
@@ -50,6 +52,12 @@ class Profiler {
   void enter(Phase p);  // pauses the current phase; p runs until the matching leave()
   void leave();
 
+  // Moves `fraction` (0..1) of the time last charged to `from` (from the phase change
+  // that began it to the one that ended it) to `to`: for one parallel region that ran
+  // two phases' work side by side, split by how long the threads spent on each
+  // (engine/moe.cc).
+  void move_last(Phase from, Phase to, double fraction);
+
   double seconds(Phase p) const { return seconds_[size_t(p)]; }
   double total_seconds() const;  // the sum over phases = the wall time of the intervals
   void reset();
@@ -57,6 +65,7 @@ class Profiler {
  private:
   void charge(Clock::time_point now);
   std::array<double, kPhaseCount> seconds_{};
+  std::array<double, kPhaseCount> last_{};  // each phase's most recent charge
   std::vector<Phase> stack_;
   Phase current_ = Phase::kOther;
   Clock::time_point since_{};

@@ -292,6 +292,36 @@ TEST_CASE("profiler: exclusive nested phases that add up to the interval") {
   CHECK(p.total_seconds() >= 0.009);
 }
 
+TEST_CASE("profiler: move_last moves a share of a phase's last interval and keeps the total") {
+  Profiler p;
+  auto spin = [](double s) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < s) {
+    }
+  };
+  p.start();
+  {
+    ScopedPhase a(&p, Phase::kRoutedExperts);
+    spin(0.002);
+  }
+  const double first = p.seconds(Phase::kRoutedExperts);
+  {
+    ScopedPhase a(&p, Phase::kRoutedExperts);
+    spin(0.004);
+  }
+  const double both = p.seconds(Phase::kRoutedExperts), total = p.total_seconds();
+  const double last = both - first;
+  p.move_last(Phase::kRoutedExperts, Phase::kSharedExperts, 0.25);
+  // A quarter of the second interval only, not of the phase's whole time.
+  CHECK(p.seconds(Phase::kSharedExperts) == doctest::Approx(0.25 * last).epsilon(1e-9));
+  CHECK(p.seconds(Phase::kRoutedExperts) == doctest::Approx(first + 0.75 * last).epsilon(1e-9));
+  CHECK(p.total_seconds() == doctest::Approx(total).epsilon(1e-12));
+  p.move_last(Phase::kRoutedExperts, Phase::kSharedExperts, 2.0);  // clamped to all that is left of it
+  CHECK(p.seconds(Phase::kRoutedExperts) == doctest::Approx(first).epsilon(1e-9));
+  CHECK(p.seconds(Phase::kSharedExperts) == doctest::Approx(last).epsilon(1e-9));
+  p.stop();
+}
+
 TEST_CASE("profiler: the phases of decode steps sum to the measured step time") {
   const Model m = build_synthetic_model(tiny_options());
   ThreadPool pool(2);

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -154,6 +155,53 @@ TEST_CASE("experts: mlp_rows equals the plain gate up down sequence with 1 2 and
         CHECK(got == want);
       }
     }
+  }
+}
+
+// moe_forward runs the shared expert as one more entry of the routed experts' pass: last,
+// every row, weight 1. That must give the bits of the routed pass followed by
+// out += mlp_rows(shared), the order it had as a pass of its own, and the busy counters
+// must see time on both kinds of entry.
+TEST_CASE("experts: a shared expert as a last entry of weight 1 adds mlp_rows' bits, with 1 2 and 3 threads") {
+  std::mt19937 rng(23);
+  const int64_t H = 256, I = 512, E = 4, T = 3;
+  std::vector<OwnedMlp> experts(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) make_mlp(experts[size_t(e)], DType::Q4_K, DType::Q4_K, DType::Q8_0, H, I, rng);
+  OwnedMlp shared;
+  make_mlp(shared, DType::Q8_0, DType::Q8_0, DType::Q6_K, H, 2 * I, rng);
+  std::vector<float> x(static_cast<size_t>(T * H));
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  for (float& v : x) v = g(rng);
+  std::vector<ExpertWork> work(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    work[size_t(e)].mlp = &experts[size_t(e)].mlp;
+    for (int64_t r = 0; r < T; ++r)
+      if ((r + e) % 2 == 0) {
+        work[size_t(e)].rows.push_back(int32_t(r));
+        work[size_t(e)].weights.push_back(0.25f + 0.1f * float(e));
+      }
+  }
+  for (int threads : {1, 2, 3}) {
+    CAPTURE(threads);
+    ThreadPool pool(threads);
+    std::vector<float> want(static_cast<size_t>(T * H), 0.0f), ye(static_cast<size_t>(T * H));
+    experts_accumulate(pool, work, x.data(), H, want.data());
+    mlp_rows(pool, shared.mlp, x.data(), T, ye.data());
+    for (size_t i = 0; i < want.size(); ++i) want[i] += ye[i];
+
+    std::vector<ExpertWork> folded = work;
+    std::atomic<double> routed_busy{0.0}, shared_busy{0.0};
+    for (ExpertWork& w : folded) w.busy = &routed_busy;
+    ExpertWork& sw = folded.emplace_back();
+    sw.mlp = &shared.mlp;
+    for (int64_t r = 0; r < T; ++r) sw.rows.push_back(int32_t(r));
+    sw.weights.assign(size_t(T), 1.0f);
+    sw.busy = &shared_busy;
+    std::vector<float> got(static_cast<size_t>(T * H), 0.0f);
+    experts_accumulate(pool, folded, x.data(), H, got.data());
+    CHECK(got == want);
+    CHECK(routed_busy.load() > 0.0);
+    CHECK(shared_busy.load() > 0.0);
   }
 }
 
