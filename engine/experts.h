@@ -1,6 +1,8 @@
 // Runs several SiLU-gated MLPs (the experts a MoE step hit, or one dense MLP) over their
-// rows of one activation batch as two parallel regions: one for the gate and up
-// projections of every expert, one for every down projection.
+// rows of one activation batch in one parallel region: the work items for the gate and up
+// projections of every expert, then those for every down projection, each down item
+// starting once its expert's hidden rows are ready (with an activation observer: a region
+// for the gates and ups, then one for the downs).
 //
 // Each expert's input rows are quantized once per call (not once per projection and
 // thread), gate and up are computed in the same work item so SiLU(gate) * up is formed
