@@ -4,10 +4,6 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
-#include <thread>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -80,14 +76,6 @@ size_t prepared_x(Scratch& s, const WeightMatrix& w, const float* x, int64_t T) 
   if (s.x_rows.size() <= s.x_used) s.x_rows.resize(s.x_used + 1);
   s.x_rows[s.x_used].prepare(w.dtype, x, w.cols, T, w.cols);
   return s.x_used++;
-}
-
-void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#else
-  std::this_thread::yield();
-#endif
 }
 
 // Runs fn(item) for every item, items handed out in order to whichever thread is free.

@@ -14,10 +14,6 @@
 
 namespace hearth {
 
-namespace {
-
-constexpr int kDefaultSpinUs = 200;
-
 void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -25,6 +21,10 @@ void cpu_relax() {
   std::this_thread::yield();
 #endif
 }
+
+namespace {
+
+constexpr int kDefaultSpinUs = 200;
 
 int spin_budget(int threads, int requested) {
   int us = requested;

@@ -24,6 +24,9 @@
 
 namespace hearth {
 
+// One step of a spin-wait: a pause hint to the core (x86), else a yield.
+void cpu_relax();
+
 class ThreadPool {
  public:
   // threads <= 0: one per physical core (from hwloc). spin_us < 0: the default above.
