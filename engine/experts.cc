@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -61,8 +60,7 @@ struct Scratch {
   std::vector<float> h, u, y;
   // Per slot in the one-region pass: up items not finished yet, and whether down's input
   // is ready.
-  std::unique_ptr<std::atomic<int>[]> up_left, ready;
-  size_t state_cap = 0;
+  std::vector<std::atomic<int>> up_left, ready;
 };
 
 Scratch& scratch() {
@@ -176,10 +174,9 @@ void run_slots(ThreadPool& pool, Scratch& s, const ActivationObserver* observe) 
   // between them (the bench preset's Q4_K decode, two threads of a Zen 5 EPYC:
   // docs/performance.md).
   const size_t S = s.slots.size();
-  if (s.state_cap < S) {
-    s.up_left = std::make_unique<std::atomic<int>[]>(S);
-    s.ready = std::make_unique<std::atomic<int>[]>(S);
-    s.state_cap = S;
+  if (s.up_left.size() < S) {  // atomics cannot be moved: new vectors, not resize
+    s.up_left = std::vector<std::atomic<int>>(S);
+    s.ready = std::vector<std::atomic<int>>(S);
   }
   for (size_t k = 0; k < S; ++k) {
     s.up_left[k].store(0, std::memory_order_relaxed);

@@ -133,7 +133,7 @@ void moe_forward(const StepContext& ctx, int64_t layer, const Moe& moe, const fl
   // preset's Q4_K decode: docs/performance.md). Its output is added last either way, and
   // 1.0f * y adds y's bits, so the logits do not change.
   const bool sharded = ctx.numa_experts && !ctx.probes.activations;
-  const bool fold_shared = moe.has_shared && !sharded && !ctx.probes.activations;
+  const bool fold_shared = moe.has_shared && !ctx.numa_experts && !ctx.probes.activations;
   const bool timing = prof && prof->running() && fold_shared;
   std::atomic<double> routed_busy{0.0}, shared_busy{0.0};
   static thread_local ExpertWork shared_work;  // moved in and out: its lists keep their capacity
