@@ -14,16 +14,20 @@ namespace hearth {
 
 namespace {
 
-// Weight bytes one work item streams: about an eighth of a thread's share of the region,
+// Weight bytes one work item streams: about a quarter of a thread's share of the region,
 // so the last items still balance the threads, within [kMinItemBytes, kMaxItemBytes].
-// Long items stream faster: every item starts a new stream that the prefetchers (and the
-// kernels' 4 KB software prefetch) must first catch up with. The routed experts of a
-// decode step on the bench preset (8 experts x 11 layers, Q8_0, two threads, a throwaway
-// driver over experts_accumulate) streamed at 20-21 GB/s in 128 KB items and 25-26 GB/s in
-// 2 MB items, where one long matrix streams at 27-28.
+// Long items stream faster: every item starts a new stream (two for gate and up) that the
+// prefetchers (and the kernels' 4 KB software prefetch) must first catch up with. The
+// routed experts of a decode step on the bench preset (8 experts x 11 layers, Q8_0, two
+// threads of a Xeon, a throwaway driver over experts_accumulate) streamed at 20-21 GB/s in
+// 128 KB items and 25-26 GB/s in 2 MB items, where one long matrix streams at 27-28. On a
+// Zen 5 EPYC at Q4_K, whole experts per item (a quarter of a thread's share: 2.4 MB for
+// gate and up, 1.2 MB for down) streamed at 48.1-51.8 GB/s against 43.7-48.7 in items of
+// an eighth capped at 2 MB, alternated in the same driver. A real V3.2 expert's gate and up
+// are 16.5 MB at Q4_K, so the cap still cuts them in two.
 constexpr int64_t kMinItemBytes = int64_t(128) << 10;
-constexpr int64_t kMaxItemBytes = int64_t(2) << 20;
-constexpr int64_t kItemsPerThread = 8;
+constexpr int64_t kMaxItemBytes = int64_t(8) << 20;
+constexpr int64_t kItemsPerThread = 4;
 
 int64_t item_bytes(int64_t region_bytes, int threads) {
   return std::clamp<int64_t>(region_bytes / (kItemsPerThread * std::max(1, threads)), kMinItemBytes, kMaxItemBytes);
