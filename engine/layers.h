@@ -25,6 +25,11 @@ struct StepContext : RowLayout {
 // x: [rows][hidden] normalized input; out: [rows][hidden]. Also writes this layer's
 // cache entries for the new positions.
 void attention_forward(const StepContext& ctx, int64_t layer, const Attention& attn, const float* x, float* out);
+// Absorbed decode over an f32 cache runs its stages split by heads while the threads
+// together would read at most this many bytes of picked entries, and splits the entries
+// between the threads past it (engine/attention.cc says why; 8 MB). Process-wide; returns
+// the previous bound. Exposed for tests, which need both splits on a small model.
+int64_t set_absorbed_head_split_bytes(int64_t bytes);
 // How attention's prefill path takes a group of up to kPrefillRowGroup consecutive rows of
 // one chunk (exposed for tests): together, over one list of keys, or each row alone.
 constexpr int64_t kPrefillRowGroup = 16;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/forward.h"
+#include "engine/layers.h"
 #include "engine/scratch.h"
 #include "quant/weight_matrix.h"
 #include "support/cpu_gemm_scope.h"
@@ -75,9 +76,11 @@ TEST_CASE("golden tiny-v32: forced attention forms agree - absorbed prefill and 
 }
 
 TEST_CASE("golden tiny-v32: absorbed decode over an f32 cache gives the same bits on 1, 2 and 3 threads") {
-  // The absorbed path splits each row's picked entries (scores) and their columns
-  // (weighted sums) between the threads: no split may change a bit, whether one sequence
-  // decodes alone (64 tokens, sparse picks from token 9 on) or two decode in the same steps.
+  // The absorbed path splits its stages by heads while the picked entries are few, and
+  // past that each row's picked entries (scores) and their columns (weighted sums)
+  // between the threads: no split may change a bit, whether one sequence decodes alone
+  // (64 tokens, sparse picks from token 9 on) or two decode in the same steps. The tiny
+  // model's entries are always few, so a bound of 0 forces the entry split.
   const Model& m = tiny_model();
   const auto& cases = golden_cases();
   const int64_t V = m.config().vocab_size;
@@ -98,11 +101,20 @@ TEST_CASE("golden tiny-v32: absorbed decode over an f32 cache gives the same bit
   const std::vector<float> alone = run(m, one, cases[3].tokens, true, AttentionPath::kDecode);
   check_golden_logits(alone, cases[3], V);
   const std::vector<float> together = batch(one);
-  for (int threads : {2, 3}) {
-    CAPTURE(threads);
-    ThreadPool pool(threads);
-    CHECK(run(m, pool, cases[3].tokens, true, AttentionPath::kDecode) == alone);
-    CHECK(batch(pool) == together);
+  struct BoundScope {  // restores the bound however the test ends
+    int64_t previous;
+    explicit BoundScope(int64_t b) : previous(set_absorbed_head_split_bytes(b)) {}
+    ~BoundScope() { set_absorbed_head_split_bytes(previous); }
+  };
+  for (const int64_t bound : {int64_t(0), int64_t(8) << 20}) {
+    BoundScope scope(bound);
+    for (int threads : {1, 2, 3}) {
+      CAPTURE(bound);
+      CAPTURE(threads);
+      ThreadPool pool(threads);
+      CHECK(run(m, pool, cases[3].tokens, true, AttentionPath::kDecode) == alone);
+      CHECK(batch(pool) == together);
+    }
   }
 }
 
