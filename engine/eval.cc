@@ -9,6 +9,7 @@
 
 #include "engine/kv_cache.h"
 #include "engine/numa_experts.h"
+#include "engine/vec_ops.h"
 
 namespace hearth {
 
@@ -45,10 +46,7 @@ double kl_divergence(std::span<const float> p_logits, std::span<const float> q_l
 }
 
 int64_t argmax(std::span<const float> logits) {
-  int64_t best = 0;
-  for (size_t i = 1; i < logits.size(); ++i)
-    if (logits[i] > logits[size_t(best)]) best = int64_t(i);
-  return best;
+  return std::max<int64_t>(0, argmax_f32(logits.data(), int64_t(logits.size())));
 }
 
 namespace {

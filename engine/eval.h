@@ -35,7 +35,7 @@ double negative_log_likelihood(std::span<const float> logits, int32_t target);
 // both over the same ids. Identical rows give exactly 0; a rounding-level negative sum is
 // returned as 0.
 double kl_divergence(std::span<const float> p_logits, std::span<const float> q_logits);
-// The first index of the largest logit.
+// The first index of the largest logit, NaN skipped (argmax_f32); 0 when there is none.
 int64_t argmax(std::span<const float> logits);
 
 // Mean, median, 99th percentile and maximum; percentiles interpolate linearly between the

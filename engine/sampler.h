@@ -50,7 +50,11 @@ class Sampler {
   SamplingParams params_;
   int64_t candidates_;
   std::mt19937_64 rng_;
-  std::vector<std::pair<double, int32_t>> work_;  // (probability weight, id)
+  // Scratch kept from token to token (engine/sampler.cc says how they are used).
+  std::vector<float> weights_;                    // per candidate id: exp((l - max) / T)
+  std::vector<int64_t> count_;                    // per weight bucket
+  std::vector<double> mass_, block_;              // per weight bucket; per block of ids
+  std::vector<std::pair<double, int32_t>> work_;  // (probability weight, id) of the tokens a filter sorts
 };
 
 }  // namespace hearth

@@ -435,7 +435,45 @@ __attribute__((target("avx2,f16c"))) void decode_fp8_avx2(const uint8_t* codes, 
   if (i < n) decode_fp8_scalar(codes + i, n - i, scale, out + i);
 }
 
+int64_t argmax_scalar(const float* x, int64_t n) {
+  int64_t best = -1;
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] > m) {  // false for NaN; a tie keeps the first
+      m = x[i];
+      best = i;
+    }
+  return best;
+}
+
+// vmaxps(v, m) gives m where v is NaN, so NaN never enters a lane.
+__attribute__((target("avx2"))) int64_t argmax_avx2(const float* x, int64_t n) {
+  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+    m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+  float m = -INFINITY;
+  for (const float v : lanes) m = v > m ? v : m;
+  for (int64_t j = i; j < n; ++j) m = x[j] > m ? x[j] : m;
+  if (!(m > -INFINITY)) return -1;
+  const __m256 mv = _mm256_set1_ps(m);
+  for (i = 0; i + 8 <= n; i += 8)
+    if (const int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), mv, _CMP_EQ_OQ)))
+      return i + __builtin_ctz(unsigned(hit));
+  for (; i < n; ++i)
+    if (x[i] == m) return i;
+  return -1;  // not reached: m is one of the elements
+}
+
 }  // namespace
+
+int64_t argmax_f32(const float* x, int64_t n, KernelIsa isa) {
+  return use_avx2(isa) ? argmax_avx2(x, n) : argmax_scalar(x, n);
+}
 
 float dot_f32(const float* a, const float* b, int64_t n, KernelIsa isa) {
   return use_avx2(isa) ? dot_avx2(a, b, n) : dot_scalar(a, b, n);

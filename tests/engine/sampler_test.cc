@@ -2,6 +2,7 @@
 // ids are never candidates.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <set>
@@ -73,6 +74,55 @@ TEST_CASE("sampler: top-p over a large vocabulary of ties") {
   const std::set<int32_t> seen = support(params(1, 0.4995), l, 2000, 3000);
   CHECK(seen.size() > 480);
   for (int32_t id : seen) CHECK(id < 500);  // equal weights: ties go to the lower ids
+}
+
+TEST_CASE("sampler: top-k and top-p cut inside one weight bucket over a large vocabulary") {
+  // 60 heavy tokens (logit 0, weight 1, one bucket, so the cut falls among ties and goes
+  // by id) scattered over 3000 ids, the other 2940 at logit -3 (weight e^-3, another
+  // bucket): total mass 60 + 2940 e^-3 = 206.4.
+  std::vector<float> l(3000, -3.0f);
+  std::vector<int32_t> heavy;
+  for (int j = 0; j < 60; ++j) {
+    heavy.push_back(50 * j + 7);
+    l[size_t(50 * j + 7)] = 0.0f;
+  }
+  auto first_heavy = [&](int k) { return std::set<int32_t>(heavy.begin(), heavy.begin() + k); };
+  auto within = [](const std::set<int32_t>& seen, const std::set<int32_t>& allowed) {
+    return std::includes(allowed.begin(), allowed.end(), seen.begin(), seen.end());
+  };
+  // top-p 0.2: the target 41.3 needs 42 heavy tokens (the ones with the lowest ids).
+  std::set<int32_t> seen = support(params(1, 0.2), l, 3000, 2000);
+  CHECK(within(seen, first_heavy(42)));
+  CHECK(seen.size() >= 40);
+  // top-k 45: the 45 heavy tokens with the lowest ids.
+  seen = support(params(1, 1.0, 45), l, 3000, 2000);
+  CHECK(within(seen, first_heavy(45)));
+  CHECK(seen.size() >= 43);
+  // top-k 100 keeps the 60 heavy and the 40 lightest-id others (mass 61.99); top-p 0.5 of
+  // that, 31.0, needs 31 heavy tokens.
+  seen = support(params(1, 0.5, 100), l, 3000, 2000);
+  CHECK(within(seen, first_heavy(31)));
+  CHECK(seen.size() >= 29);
+  // top-k 70 reaches into the light bucket: its 10 lowest ids come with the heavy ones.
+  std::set<int32_t> allowed = first_heavy(60);
+  for (int32_t i = 0, added = 0; added < 10; ++i)
+    if (l[size_t(i)] < 0) {
+      allowed.insert(i);
+      ++added;
+    }
+  seen = support(params(1, 1.0, 70), l, 3000, 3000);
+  CHECK(within(seen, allowed));
+  CHECK(seen.size() >= 60);
+  // Tokens just below the cut bucket (logit -0.01, weight 0.990: the next bucket down)
+  // are dropped with it: 20 heavy at even ids below 40, 20 near at odd ids, 500 light
+  // after them; mass 20 + 19.8 + 24.9 = 64.7, and top-p 0.25 needs 17 heavy tokens.
+  std::vector<float> m(540, -3.0f);
+  for (int i = 0; i < 40; ++i) m[size_t(i)] = i % 2 == 0 ? 0.0f : -0.01f;
+  std::set<int32_t> heavy17;
+  for (int32_t i = 0; i < 34; i += 2) heavy17.insert(i);
+  seen = support(params(1, 0.25), m, 540, 1500);
+  CHECK(within(seen, heavy17));
+  CHECK(seen.size() >= 15);
 }
 
 TEST_CASE("sampler: top-k and min-p") {

@@ -219,4 +219,39 @@ TEST_CASE("vec ops: exp_shifted_f32 gives the scalar reference's bits on every p
   if (!paths.empty()) CHECK(compared == 40 * int(paths.size()));
 }
 
+TEST_CASE("vec ops: argmax_f32 is the first largest element on every path, NaN skipped") {
+  // An independent reference: std::max_element over the non-NaN elements (the first of
+  // equal largest ones).
+  auto reference = [](const std::vector<float>& x) -> int64_t {
+    int64_t best = -1;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (!std::isnan(x[i]) && x[i] != -INFINITY && (best < 0 || x[i] > x[size_t(best)])) best = int64_t(i);
+    return best;
+  };
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int> level(-3, 3);  // few distinct values: many ties
+  int compared = 0;
+  for (int64_t n : {0, 1, 7, 8, 9, 15, 16, 17, 33, 1000, 129280}) {
+    for (int rep = 0; rep < 6; ++rep) {
+      std::vector<float> x(static_cast<size_t>(n));
+      for (float& v : x) v = float(level(rng));
+      if (rep == 1)
+        for (size_t i = 0; i < x.size(); i += 3) x[i] = NAN;  // NaN among the candidates
+      if (rep == 2) std::fill(x.begin(), x.end(), NAN);     // nothing to pick
+      if (rep == 3) std::fill(x.begin(), x.end(), -INFINITY);
+      if (rep == 4 && n > 2) x[size_t(n - 1)] = INFINITY;  // in the scalar tail or the last vector
+      if (rep == 5 && n > 0) x[size_t(n / 2)] = 100.0f;
+      const int64_t want = reference(x);
+      for (KernelIsa isa : {KernelIsa::kScalar, KernelIsa::kAuto}) {
+        CAPTURE(n);
+        CAPTURE(rep);
+        CAPTURE(int(isa));
+        CHECK(argmax_f32(x.data(), n, isa) == want);
+        ++compared;
+      }
+    }
+  }
+  CHECK(compared == 11 * 6 * 2);
+}
+
 }  // namespace engine_vec_ops_suite
