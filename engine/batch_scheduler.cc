@@ -81,7 +81,13 @@ struct BatchScheduler::Impl {
   void admit();
   bool try_admit(Request& r);
   void run_batch();
-  void sample(Request& r, const float* logits);
+  // A request's token from its sampler, or why there is none.
+  struct SampledToken {
+    int32_t token = -1;
+    std::string error;
+  };
+  // Hands the request its sampled token (stop strings, callbacks, finishing).
+  void sample(Request& r, const SampledToken& picked);
   void finish(Request& r, StopReason stop, const std::string& error = {}, bool keep_prompt = true);
   void drop_anchor(Group& g);
   void make_anchor(Request& leader);
@@ -349,12 +355,12 @@ void BatchScheduler::Impl::apply_cancels(const std::vector<RequestId>& ids) {
 
 // ---- one step ----------------------------------------------------------------------
 
-void BatchScheduler::Impl::sample(Request& r, const float* row) {
+void BatchScheduler::Impl::sample(Request& r, const SampledToken& picked) {
   std::string text;
   std::optional<StopReason> stop;
-  int32_t token = -1;
+  const int32_t token = picked.token;
   try {
-    token = r.sampler.sample(std::span<const float>(row, size_t(model.config().vocab_size)));
+    if (!picked.error.empty()) throw std::runtime_error(picked.error);
     stop = r.stream.push(token, cache.length(r.seq), context, text);
   } catch (const std::exception& e) {
     finish(r, StopReason::kCancelled, std::string("sampling failed: ") + e.what());
@@ -423,6 +429,7 @@ void BatchScheduler::Impl::run_batch() {
     std::lock_guard lock(mu);
     counters.prefilled_tokens += prompt_rows;
   }
+  std::vector<size_t> ready;  // owners whose prompt is done: each samples a token
   for (size_t i = 0; i < owners.size(); ++i) {
     Request& r = *owners[i];
     if (r.prefilling) {
@@ -434,8 +441,24 @@ void BatchScheduler::Impl::run_batch() {
         make_anchor(r);
       }
     }
-    sample(r, logits.data() + i * size_t(V));
+    ready.push_back(i);
   }
+  // Every request has its own sampler, so the picks run side by side on the pool (up to
+  // a millisecond each over a 129K vocabulary); what follows a pick (stop strings,
+  // callbacks) stays in order on this thread.
+  std::vector<SampledToken> picked(ready.size());
+  pool.parallel_for(int64_t(ready.size()), [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const size_t i = ready[size_t(k)];
+      try {
+        picked[size_t(k)].token =
+            owners[i]->sampler.sample(std::span<const float>(logits.data() + i * size_t(V), size_t(V)));
+      } catch (const std::exception& e) {
+        picked[size_t(k)].error = e.what();
+      }
+    }
+  });
+  for (size_t k = 0; k < ready.size(); ++k) sample(*owners[ready[k]], picked[k]);
   std::erase_if(running, [](const std::unique_ptr<Request>& r) { return r->done; });
 }
 

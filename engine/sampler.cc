@@ -88,10 +88,15 @@ int32_t Sampler::sample(std::span<const float> logits) {
     if (best >= 0 && best_logit > 0) return int32_t(best);  // +inf: certain
     throw std::runtime_error("sampler: no candidate token has a finite logit");
   }
-  const double inv_t = params_.temperature > 0 ? 1.0 / params_.temperature : 0.0;
-  // A temperature so small that 1/T overflows a float leaves only the best with weight.
-  if (params_.temperature == 0 || params_.top_k == 1 || !(inv_t <= std::numeric_limits<float>::max()))
+  if (params_.temperature == 0 || params_.top_k == 1) return int32_t(best);
+  // A temperature so small that 1/T overflows a float leaves only the best with weight;
+  // like every non-greedy pick it still takes its one draw (SamplingParams::skip counts
+  // on that).
+  const double inv_t = 1.0 / params_.temperature;
+  if (!(inv_t <= std::numeric_limits<float>::max())) {
+    uniform();
     return int32_t(best);
+  }
 
   // Weights relative to the best token: exp((l - max) / T) in [0, 1], the best's exactly 1
   // (exp_shifted_f32: 0 for NaN, -inf and anything below e^-87; the same bits on every
