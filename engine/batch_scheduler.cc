@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <optional>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -84,7 +85,7 @@ struct BatchScheduler::Impl {
   // A request's token from its sampler, or why there is none.
   struct SampledToken {
     int32_t token = -1;
-    std::string error;
+    std::optional<std::string> error;  // set when the sampler threw
   };
   // Hands the request its sampled token (stop strings, callbacks, finishing).
   void sample(Request& r, const SampledToken& picked);
@@ -359,8 +360,11 @@ void BatchScheduler::Impl::sample(Request& r, const SampledToken& picked) {
   std::string text;
   std::optional<StopReason> stop;
   const int32_t token = picked.token;
+  if (picked.error) {
+    finish(r, StopReason::kCancelled, "sampling failed: " + *picked.error);
+    return;
+  }
   try {
-    if (!picked.error.empty()) throw std::runtime_error(picked.error);
     stop = r.stream.push(token, cache.length(r.seq), context, text);
   } catch (const std::exception& e) {
     finish(r, StopReason::kCancelled, std::string("sampling failed: ") + e.what());
@@ -454,7 +458,7 @@ void BatchScheduler::Impl::run_batch() {
         picked[size_t(k)].token =
             owners[i]->sampler.sample(std::span<const float>(logits.data() + i * size_t(V), size_t(V)));
       } catch (const std::exception& e) {
-        picked[size_t(k)].error = e.what();
+        picked[size_t(k)].error = std::string(e.what());
       }
     }
   });
