@@ -517,6 +517,13 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     const int64_t first = ctx.chunk_first_row[ci], n = int64_t(ctx.chunks[ci].tokens.size());
     if (n == 0) continue;
     const SeqId seq = ctx.chunks[ci].seq;
+    const AttentionPath path = ctx.chunks[ci].path != AttentionPath::kAuto ? ctx.chunks[ci].path : ctx.path;
+    // A decode row takes the absorbed path without the positions map below (a pass over
+    // every cached position: 16K of them per layer at 16K context).
+    if (path == AttentionPath::kDecode || (path == AttentionPath::kAuto && n == 1)) {
+      for (int64_t r = first; r < first + n; ++r) absorbed.push_back(int32_t(r));
+      continue;
+    }
     // Positions any row of this chunk attends to: the only ones worth expanding.
     const int64_t end = ctx.chunk_start_pos[ci] + n;
     std::vector<int32_t> keys;
@@ -531,8 +538,7 @@ void attention_forward(const StepContext& ctx, int64_t layer, const Attention& A
     }
     const int64_t nk = int64_t(keys.size());
     const bool expand_fits = nk * nh * kvb_stride * int64_t(sizeof(float)) <= kMaxExpandedBytes;
-    const AttentionPath path = ctx.chunks[ci].path != AttentionPath::kAuto ? ctx.chunks[ci].path : ctx.path;
-    const bool prefill = path == AttentionPath::kPrefill || (path == AttentionPath::kAuto && n > 1 && expand_fits);
+    const bool prefill = path == AttentionPath::kPrefill || expand_fits;  // here path is kPrefill, or kAuto with n > 1
     if (!prefill) {
       for (int64_t r = first; r < first + n; ++r) absorbed.push_back(int32_t(r));
       continue;

@@ -90,10 +90,12 @@ TEST_CASE("vec ops: dot_rows_f32 equals its scalar reference and a double sum wh
   }
   std::mt19937 rng(43);
   // Head dims with and without a remainder of 8 (the tail) and the latent-plus-rope 576;
-  // query and row counts that fill the 4 x 2 and 2-pair x 4-row tiles, leave an odd
-  // query or a row remainder, or take a query alone.
+  // query and row counts that fill the 4 x 2 (AVX2) and 4-pair, 2-pair and 1-pair x
+  // 6-row (AVX-512) tiles, leave an odd query, a pair or a row remainder, or take a
+  // query alone.
   for (int64_t dim : {1, 7, 8, 36, 64, 100, 512, 576}) {
-    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 2}, {5, 17}, {9, 3}, {3, 8}, {16, 9}, {2, 4}, {7, 13}}) {
+    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 2}, {5, 17}, {9, 3}, {3, 8}, {16, 9}, {2, 4}, {7, 13},
+                             {8, 12}, {10, 6}, {17, 20}, {5, 7}}) {
       CAPTURE(dim);
       CAPTURE(nq);
       CAPTURE(nrows);
@@ -135,10 +137,12 @@ TEST_CASE("vec ops: dot_rows_f32 equals its scalar reference and a double sum wh
 TEST_CASE("vec ops: weighted_rows_f32 equals axpy_f32 calls in row order bit for bit") {
   std::mt19937 rng(44);
   std::normal_distribution<float> g(0.0f, 1.0f);
-  // Widths that fill 32- and 16-column (AVX-512) or 16- and 8-column (AVX2) tiles, and
-  // leave remainders of each.
-  for (int64_t dim : {1, 8, 13, 16, 24, 40, 48, 57, 512}) {
-    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 5}, {6, 9}, {3, 2}, {16, 40}}) {
+  // Widths that fill 48- (eight queries), 32- and 16-column (AVX-512) or 16- and
+  // 8-column (AVX2) tiles, and leave remainders of each; query counts that fill blocks of
+  // eight, four and one; row counts past a block of 32 (whose tiles ask for the next
+  // block's rows).
+  for (int64_t dim : {1, 8, 13, 16, 24, 40, 48, 57, 104, 512}) {
+    for (auto [nq, nrows] : {std::pair<int64_t, int64_t>{1, 1}, {4, 5}, {6, 9}, {3, 2}, {16, 40}, {8, 70}, {13, 33}}) {
       CAPTURE(dim);
       CAPTURE(nq);
       CAPTURE(nrows);
