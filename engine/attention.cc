@@ -171,12 +171,14 @@ std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64
     // 2048 on one core, per layer and token.)
     ctx.pool.parallel_for(std::min<int64_t>(ctx.pool.size(), n_items), [&](int64_t, int64_t) {
       std::vector<PositionRank> mine;
+      PositionRank floor = 0;
       int64_t mine_row = -1;
       auto hand_over = [&] {
         if (mine_row < 0) return;
         const std::lock_guard<std::mutex> lock(best_mutex);
         best[size_t(mine_row)].insert(best[size_t(mine_row)].end(), mine.begin(), mine.end());
         mine.clear();
+        floor = 0;
       };
       for (int64_t it; (it = next_item.fetch_add(1, std::memory_order_relaxed)) < n_items;) {
         const Item& item = items[size_t(it)];
@@ -205,7 +207,7 @@ std::vector<std::vector<int32_t>> select_positions(const StepContext& ctx, int64
                        KernelIsa::kAuto, iq->row_pairs(r));
           b = e;
         }
-        keep_best_positions(row_score, topk, item.s0, item.s1, mine);
+        keep_best_positions(row_score, topk, item.s0, item.s1, mine, floor);
       }
       hand_over();
     });

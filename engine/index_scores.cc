@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -431,11 +432,14 @@ PositionRank position_rank(float score, int32_t position) {
   return (PositionRank(u) << 32) | PositionRank(~uint32_t(position));
 }
 
-void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<PositionRank>& kept) {
-  for (int64_t p = begin; p < end; ++p) kept.push_back(position_rank(score[p], int32_t(p)));
+void keep_best_positions(const float* score, int64_t topk, int64_t begin, int64_t end, std::vector<PositionRank>& kept,
+                         PositionRank& floor) {
+  for (int64_t p = begin; p < end; ++p)
+    if (const PositionRank r = position_rank(score[p], int32_t(p)); r > floor) kept.push_back(r);
   if (int64_t(kept.size()) > 2 * topk) {
     std::nth_element(kept.begin(), kept.begin() + (topk - 1), kept.end(), std::greater<PositionRank>());
     kept.resize(static_cast<size_t>(topk));
+    floor = kept.back();  // the topk-th best: every other kept one ranks above it
   }
 }
 
@@ -444,9 +448,17 @@ std::vector<int32_t> best_positions(int64_t topk, std::vector<PositionRank> cand
     std::nth_element(candidates.begin(), candidates.begin() + (topk - 1), candidates.end(), std::greater<PositionRank>());
     candidates.resize(static_cast<size_t>(topk));
   }
-  std::vector<int32_t> picked(candidates.size());
-  for (size_t i = 0; i < candidates.size(); ++i) picked[i] = ranked_position(candidates[i]);
-  std::sort(picked.begin(), picked.end());
+  int32_t last = -1;
+  for (const PositionRank r : candidates) last = std::max(last, ranked_position(r));
+  std::vector<uint64_t> marks(static_cast<size_t>(last / 64 + 1), 0);
+  for (const PositionRank r : candidates) {
+    const int32_t p = ranked_position(r);
+    marks[size_t(p / 64)] |= uint64_t(1) << (p % 64);
+  }
+  std::vector<int32_t> picked;
+  picked.reserve(candidates.size());
+  for (size_t w = 0; w < marks.size(); ++w)
+    for (uint64_t m = marks[w]; m != 0; m &= m - 1) picked.push_back(int32_t(w * 64 + size_t(std::countr_zero(m))));
   return picked;
 }
 

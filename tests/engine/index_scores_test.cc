@@ -275,10 +275,15 @@ TEST_CASE("index scores: positions picked part by part are the topk of a full so
       std::shuffle(chunks.begin(), chunks.end(), rng);
       for (int parts : {1, 2, 3}) {
         std::vector<std::vector<PositionRank>> kept(static_cast<size_t>(parts));
+        std::vector<PositionRank> floors(static_cast<size_t>(parts), 0);
         for (size_t i = 0; i < chunks.size(); ++i) {
           std::vector<PositionRank>& k = kept[i % size_t(parts)];
-          keep_best_positions(score.data(), topk, chunks[i].first, chunks[i].second, k);
+          const PositionRank before = floors[i % size_t(parts)];
+          keep_best_positions(score.data(), topk, chunks[i].first, chunks[i].second, k, floors[i % size_t(parts)]);
           CHECK(int64_t(k.size()) <= 2 * topk + chunk);
+          CHECK(floors[i % size_t(parts)] >= before);  // the floor only rises
+          const PositionRank floor = floors[i % size_t(parts)];
+          CHECK(std::all_of(k.begin(), k.end(), [&](PositionRank r) { return r >= floor; }));
         }
         std::vector<PositionRank> candidates;
         for (const auto& k : kept) candidates.insert(candidates.end(), k.begin(), k.end());
