@@ -47,10 +47,11 @@ inline void x8_scale_min(const BlockQ4_Kx8& b, int s, int r, int& sc, int& m) {
 
 }  // namespace
 
-void interleaved_avx2::check_x8_call(int tokens, int64_t n) {
+void interleaved_avx2::check_x8_call(int tokens, int64_t n, int max_tokens) {
   kquants::require_whole_blocks(n, kQK_K, "q4_K_r8");
-  if (tokens < 1 || tokens > 4)
-    throw std::invalid_argument("q4_K_r8: the dot product takes 1 to 4 tokens, not " + std::to_string(tokens));
+  if (tokens < 1 || tokens > max_tokens)
+    throw std::invalid_argument("q4_K_r8: the dot product takes 1 to " + std::to_string(max_tokens) + " tokens, not " +
+                                std::to_string(tokens));
 }
 
 void interleave_q4_k_x8(const BlockQ4_K* const rows[kInterleavedRows], int64_t nb, BlockQ4_Kx8* out) {

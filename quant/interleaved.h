@@ -73,9 +73,10 @@ void vec_dot_q4_k_x8_scalar(const void* group, const void* const* act, int token
 VecDotX8Fn vec_dot_q4_k_x8_kernel(KernelIsa isa = KernelIsa::kAuto);
 
 // Two groups in one pass: out[t * 16 + r] = row r of group0 . act[t] and out[t * 16 + 8
-// + r] = row r of group1 . act[t], for r in 0..7, each the same bits as the eight-row
-// kernels give (so which rows share a call never changes a result). The arguments are
-// checked as theirs.
+// + r] = row r of group1 . act[t], for r in 0..7 and t < tokens (1..kMaxX16Tokens), each
+// the same bits as the eight-row kernels give (so which rows and tokens share a call
+// never changes a result). The arguments are checked as theirs.
+inline constexpr int kMaxX16Tokens = 6;
 using VecDotX16Fn = void (*)(const void* group0, const void* group1, const void* const* act, int tokens, int64_t n,
                              float* out);
 // The AVX-512 F/BW kernel for kAvx512, its VNNI twin for kAvx512Vnni (the same floats),

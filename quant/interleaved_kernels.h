@@ -8,9 +8,10 @@ namespace hearth::interleaved_avx2 {
 
 // The AVX2 (+ FMA + F16C) eight-row kernel; faults on a CPU without those extensions.
 void vec_dot_q4_k_x8(const void* group, const void* const* act, int tokens, int64_t n, float* out);
-// Throws std::invalid_argument unless n is a multiple of 256 and tokens is 1..4: both
-// kernels check their arguments with the same words.
-void check_x8_call(int tokens, int64_t n);
+// Throws std::invalid_argument unless n is a multiple of 256 and tokens is 1..max_tokens
+// (4 for the eight-row kernels, kMaxX16Tokens for the sixteen-row ones): every kernel
+// checks its arguments with the same words.
+void check_x8_call(int tokens, int64_t n, int max_tokens = 4);
 
 }  // namespace hearth::interleaved_avx2
 

@@ -598,7 +598,7 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, 
 // dot_rows_tiled for Q4_K_R8: each group of eight rows that meets [r0, r1) against up to
 // four tokens per kernel call (the weights are unpacked once for all of them); rows of a
 // group outside the range are computed and dropped. Where the CPU has AVX-512, two groups
-// go through one call of the sixteen-row kernel. A token's results are the same bits
+// go through one call of the sixteen-row kernel, with up to six tokens. A token's results are the same bits
 // whichever tokens and groups share its call.
 void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, int64_t act_row, const int32_t* pick,
                           int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
@@ -619,11 +619,12 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
     for (int64_t g = r0 / kRows; g < g_end;) {
       const int64_t span = dot16 && g + 1 < g_end ? 2 : 1;  // groups in this call
       const int64_t first = std::max(r0, g * kRows), last = std::min(r1, (g + span) * kRows);
-      for (int64_t t = 0; t < n_b; t += 4) {
-        const int tokens = int(std::min<int64_t>(4, n_b - t));
-        const void* a[4];
+      const int64_t step = span == 2 ? kMaxX16Tokens : 4;  // tokens per call
+      for (int64_t t = 0; t < n_b; t += step) {
+        const int tokens = int(std::min<int64_t>(step, n_b - t));
+        const void* a[kMaxX16Tokens];
         for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
-        float out[4 * 2 * kRows];
+        float out[kMaxX16Tokens * 2 * kRows];
         if (span == 2)
           dot16(groups + g * nb, groups + (g + 1) * nb, a, tokens, w.cols, out);
         else

@@ -383,21 +383,30 @@ VecDotX16Fn avx512_kernel(KernelIsa level = KernelIsa::kAvx512) {
 // out[16t + r], r < 8 from g0.
 std::vector<float> run16(VecDotX16Fn fn, const Group& g0, const Group& g1, const std::vector<std::vector<uint8_t>>& acts,
                          int tokens) {
-  const void* a[4] = {};
+  const void* a[kMaxX16Tokens] = {};
   for (int t = 0; t < tokens; ++t) a[t] = acts[size_t(t)].data();
   std::vector<float> out(size_t(2 * kRows * tokens), -1.0f);
   fn(g0.x8.data(), g1.x8.data(), a, tokens, g0.nb * kQK_K, out.data());
   return out;
 }
 
-// The sixteen-row kernel on (g0, g1) against the scalar reference on each, tokens 1..4;
-// the number of calls whose floats differ in any bit.
+// The sixteen-row kernel on (g0, g1) against the scalar reference on each, tokens
+// 1..kMaxX16Tokens (acts[t % acts.size()] for token t; the reference takes them one at
+// a time, as its result for a token does not depend on the others); the number of calls
+// whose floats differ in any bit.
 int x16_mismatches(VecDotX16Fn fn, const Group& g0, const Group& g1, const std::vector<std::vector<uint8_t>>& acts) {
+  std::vector<std::vector<uint8_t>> cycled;
+  for (int t = 0; t < kMaxX16Tokens; ++t) cycled.push_back(acts[size_t(t) % acts.size()]);
+  std::vector<float> want0, want1;
+  for (int t = 0; t < kMaxX16Tokens; ++t) {
+    const std::vector<float> w0 = run(vec_dot_q4_k_x8_scalar, g0, {cycled[size_t(t)]}, 1);
+    const std::vector<float> w1 = run(vec_dot_q4_k_x8_scalar, g1, {cycled[size_t(t)]}, 1);
+    want0.insert(want0.end(), w0.begin(), w0.end());
+    want1.insert(want1.end(), w1.begin(), w1.end());
+  }
   int bad = 0;
-  for (int tokens = 1; tokens <= 4; ++tokens) {
-    const std::vector<float> got = run16(fn, g0, g1, acts, tokens);
-    const std::vector<float> want0 = run(vec_dot_q4_k_x8_scalar, g0, acts, tokens);
-    const std::vector<float> want1 = run(vec_dot_q4_k_x8_scalar, g1, acts, tokens);
+  for (int tokens = 1; tokens <= kMaxX16Tokens; ++tokens) {
+    const std::vector<float> got = run16(fn, g0, g1, cycled, tokens);
     bool same = true;
     for (int t = 0; t < tokens; ++t)
       for (int r = 0; r < kRows; ++r) {
@@ -522,11 +531,13 @@ TEST_CASE("interleaved q4_K_r8: kernel choice, partial blocks and token counts")
     CHECK_NOTHROW(fn(g.x8.data(), a, 4, 2 * kQK_K, out));
   }
   if (const VecDotX16Fn fn = vec_dot_q4_k_x16_kernel()) {
-    float out16[5 * 2 * kRows];
-    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a, 1, kQK_K + 32, out16), std::invalid_argument);
-    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a, 0, kQK_K, out16), std::invalid_argument);
-    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a, 5, kQK_K, out16), std::invalid_argument);
-    CHECK_NOTHROW(fn(g.x8.data(), g.x8.data(), a, 4, 2 * kQK_K, out16));
+    const void* a7[kMaxX16Tokens + 1];
+    for (const void*& p : a7) p = act.data();
+    float out16[(kMaxX16Tokens + 1) * 2 * kRows];
+    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a7, 1, kQK_K + 32, out16), std::invalid_argument);
+    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a7, 0, kQK_K, out16), std::invalid_argument);
+    CHECK_THROWS_AS(fn(g.x8.data(), g.x8.data(), a7, kMaxX16Tokens + 1, kQK_K, out16), std::invalid_argument);
+    CHECK_NOTHROW(fn(g.x8.data(), g.x8.data(), a7, kMaxX16Tokens, 2 * kQK_K, out16));
   }
 }
 
