@@ -278,11 +278,12 @@ HEARTH_VEC_AVX512 void dot_rows_avx512(const float* q, int64_t ldq, int64_t nq, 
       }
   // Rows in groups of six, each group taken by all the query pairs while it is in L1:
   // four pairs x six rows a tile (24 independent FMA chains for 10 loads, 31 of the 32
-  // registers), then two pairs and one; the last rows in groups of four, two and one. The first tile of a group asks for the next
-  // group's rows (dot_tile_512's pf). Against tiles of two pairs x four rows with the
-  // next rows asked for in one burst, scoring 2048 picked entries of 576 floats for 16
-  // heads on one Zen 5 core took 30 against 38 us per 240 entries in cache, and 710-750
-  // against 830-870 us for 2048 entries spread over a 16K cache (a throwaway driver).
+  // registers), then two pairs and one; the last rows go by four, two and one. The first
+  // tile of a group asks for the next group's rows (dot_tile_512's pf). Against tiles of
+  // two pairs x four rows with the next rows asked for in one burst, scoring entries of
+  // 576 floats for 16 heads on one Zen 5 core took 28-30 against 37-39 us for 240 entries
+  // in cache, and 300-334 against 400-453 us for 1024 entries picked from a 16K cache and
+  // not in cache (throwaway drivers).
   constexpr int kGroup = 6;
   auto tiles = [&]<int NR>(int64_t j, const float* const* pf) {
     int64_t k = 0;
@@ -368,8 +369,9 @@ HEARTH_VEC_AVX512 void weighted_block_512(const float* pb, int64_t ldp, const fl
 // where there are eight; the first queries' tiles of a block ask for the next block's
 // rows as they go (asked for all at once before each block, they took 15 % of the time
 // of rows in cache). Against four queries at a time and that burst, the weighted sums
-// of 240 entries' 512 floats for 16 heads took 23 against 28 us on one Zen 5 core (in
-// cache, a throwaway driver).
+// of 240 entries' 512 floats for 16 heads took 25-28 against 37-38 us on one Zen 5 core
+// in cache, and over 2048 entries picked from a 16K cache (256 columns, not in cache)
+// 330-343 against 418-470 us (throwaway drivers).
 HEARTH_VEC_AVX512 void weighted_rows_avx512(const float* p, int64_t ldp, int64_t nq, const float* const* rows,
                                             int64_t nrows, int64_t dim, float* out, int64_t ldo) {
   for (int64_t j0 = 0; j0 < nrows; j0 += kRowBlock) {
