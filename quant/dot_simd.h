@@ -58,6 +58,7 @@ namespace hearth::dot_avx512 {
 VecDotFn row_kernel(GgmlType type);               // never nullptr where dot_avx2's is not
 VecDot4Fn tile_kernel(GgmlType type, int tokens);  // likewise
 VecDot2x4Fn tile2x4_kernel(GgmlType type);        // Q8_0
+VecDotRowsFn rows_kernel(GgmlType type);          // Q8_0
 }  // namespace hearth::dot_avx512
 
 // The same 512-bit Q8_0 kernels with VNNI (quant/dot_avx512vnni_wide.cc); every other
@@ -66,4 +67,5 @@ namespace hearth::dot_avx512vnni_wide {
 VecDotFn row_kernel(GgmlType type);               // never nullptr where dot_avx512vnni's is not
 VecDot4Fn tile_kernel(GgmlType type, int tokens);  // likewise
 VecDot2x4Fn tile2x4_kernel(GgmlType type);        // Q8_0
+VecDotRowsFn rows_kernel(GgmlType type);          // Q8_0
 }  // namespace hearth::dot_avx512vnni_wide

@@ -16,6 +16,15 @@ VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa) {
   }
 }
 
+VecDotRowsFn vec_dot_rows_kernel(const BlockFormat& f, KernelIsa isa) {
+  switch (resolve_isa(isa)) {
+    case KernelIsa::kAvx512Bf16:
+    case KernelIsa::kAvx512Vnni: return dot_avx512vnni_wide::rows_kernel(f.type);
+    case KernelIsa::kAvx512: return dot_avx512::rows_kernel(f.type);
+    default: return nullptr;
+  }
+}
+
 VecDot4Fn vec_dot4_kernel(const BlockFormat& f, KernelIsa isa) { return vec_dot_tile_kernel(f, 4, isa); }
 
 VecDot4Fn vec_dot_tile_kernel(const BlockFormat& f, int tokens, KernelIsa isa) {

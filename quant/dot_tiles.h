@@ -40,4 +40,14 @@ using VecDot2x4Fn = void (*)(const void* w0_blocks, const void* w1_blocks, const
 // four-row kernel per weight row). AVX2: Q8_0.
 VecDot2x4Fn vec_dot2x4_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
 
+// out[k] = sum_i w_k[i] * a[i] for the kDotRows weight rows w_k at w_blocks + k * stride
+// bytes: one token against several rows, each out bit-identical to the one-row kernel's.
+// For short rows, where a call per row costs about what the row does.
+inline constexpr int kDotRows = 8;
+using VecDotRowsFn = void (*)(const void* w_blocks, int64_t stride, const void* act_blocks, int64_t n, float* out);
+
+// The rows kernel of f for isa, nullptr where f has none (callers then use the one-row
+// kernel per row). AVX-512 (F/BW and VNNI): Q8_0.
+VecDotRowsFn vec_dot_rows_kernel(const BlockFormat& f, KernelIsa isa = KernelIsa::kAuto);
+
 }  // namespace hearth

@@ -529,6 +529,21 @@ void for_token_blocks(const char* q, int64_t act_row, const int32_t* pick, int64
     fn(pick ? q : q + t0 * act_row, pick ? pick + t0 : nullptr, std::min(block, n - t0), y + t0 * ldy);
 }
 
+// Rows of at most this many values go kDotRows per call through a rows kernel: for
+// them the call and the token's loads cost about what the row does. Longer rows stay one
+// per call, a single stream each, as decode's weights from DRAM read best.
+constexpr int64_t kShortRowValues = 512;
+
+// y[r] = row r . a for r in [r0, r1), the first row at `row`: short rows kDotRows per
+// call where f has a rows kernel (the same bits as the one-row kernel), else a row per call.
+void dot_rows_one_token(const BlockFormat& f, KernelIsa isa, const char* row, int64_t stride, const char* a,
+                        int64_t cols, float* y, int64_t r0, int64_t r1) {
+  if (const VecDotRowsFn rows = cols <= kShortRowValues ? vec_dot_rows_kernel(f, isa) : nullptr)
+    for (; r0 + kDotRows <= r1; r0 += kDotRows, row += kDotRows * stride) rows(row, stride, a, cols, y + r0);
+  const VecDotFn dot = vec_dot_kernel(f, isa);
+  for (; r0 < r1; ++r0, row += stride) y[r0] = dot(row, a, cols);
+}
+
 // dot_rows_tiled for one block of n tokens: y[t * ldy + r] = row r . activation row
 // (pick ? pick[t] : t), for r in [r0, r1): each weight row is read once for all n rows,
 // four at a time through the format's tile kernel where it has one (bit-identical to the
@@ -540,6 +555,7 @@ void dot_rows_tiled_block(const WeightMatrix& w, const BlockFormat& f, KernelIsa
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
   auto act = [&](int64_t t) { return q + (pick ? pick[t] : t) * act_row; };
+  if (n == 1) return dot_rows_one_token(f, isa, row, stride, act(0), w.cols, y, r0, r1);
   const VecDotFn dot = vec_dot_kernel(f, isa);
   const VecDot4Fn dot4 = vec_dot_tile_kernel(f, 4, isa);
   // Tokens [t, n) of weight row r, after its whole four-token tiles (all of them where
@@ -660,14 +676,10 @@ void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_
   if (r0 >= r1 || n <= 0) return;
   if (w.dtype == DType::Q4_K_R8) return dot_rows_interleaved(w, isa, q, act_row, pick, n, y, ldy, r0, r1);
   const BlockFormat& f = *block_format_of(w.dtype);
-  const VecDotFn dot = vec_dot_kernel(f, isa);
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
-  if (n == 1) {  // decode: one activation row against a stream of weight rows
-    const char* a = q + (pick ? pick[0] : 0) * act_row;
-    for (int64_t r = r0; r < r1; ++r, row += stride) y[r] = dot(row, a, w.cols);
-    return;
-  }
+  if (n == 1)  // decode: one activation row against a stream of weight rows
+    return dot_rows_one_token(f, isa, row, stride, q + (pick ? pick[0] : 0) * act_row, w.cols, y, r0, r1);
   dot_rows_tiled(w, f, isa, q, act_row, pick, n, y, ldy, r0, r1);
 }
 

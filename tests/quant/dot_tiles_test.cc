@@ -142,6 +142,96 @@ TEST_CASE("dot tiles: two-by-four kernels equal the one-row kernel bit for bit")
   CHECK(bad == 0);
 }
 
+TEST_CASE("dot tiles: eight-row one-token kernels equal the one-row kernel bit for bit") {
+  for (const BlockFormat& f : block_formats())
+    CHECK((vec_dot_rows_kernel(f) != nullptr) == (f.type == GgmlType::Q8_0 && has_avx512(best_isa())));
+  if (!has_avx512(best_isa())) {
+    MESSAGE("CPU lacks AVX-512: the rows kernels are not tested");
+    return;
+  }
+  const BlockFormat& f = block_format(GgmlType::Q8_0);
+  // Both AVX-512 levels the CPU has: F/BW, and VNNI where present.
+  std::vector<KernelIsa> isas = {KernelIsa::kAvx512};
+  if (has_vnni(best_isa())) isas.push_back(KernelIsa::kAvx512Vnni);
+  std::mt19937 rng(31);
+  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, -1};
+  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x3C00, -1};
+  int bad = 0, cases = 0;
+  for (KernelIsa isa : isas) {
+    CAPTURE(isa_name(isa));
+    const VecDotRowsFn rows = vec_dot_rows_kernel(f, isa);
+    REQUIRE((rows != nullptr));
+    for (int nblocks : {1, 2, 3, 4, 5, 8})
+      for (int fill : fills)
+        for (int half : halves) {
+          const int64_t n = nblocks * f.block_elems, row_bytes = f.row_bytes(n);
+          // Eight rows at a stride with a gap after each (the kernel must step by the
+          // stride, not the row's size); row k is adversarial where k is even.
+          const int64_t stride = row_bytes + 40;
+          std::vector<uint8_t> w(size_t(kDotRows * stride), 0xA5);
+          for (int k = 0; k < kDotRows; ++k) {
+            const std::vector<uint8_t> row = k % 2 == 0 ? weight_row(f, nblocks, rng, fill, half) : weight_row(f, nblocks, rng);
+            std::memcpy(w.data() + k * stride, row.data(), row.size());
+          }
+          const ActRows4 a = extreme_act_rows(f, n, rng);
+          for (int t = 0; t < 4; ++t) {
+            float out[kDotRows];
+            rows(w.data(), stride, a[t].data(), n, out);
+            for (int k = 0; k < kDotRows; ++k) {
+              const float one = f.vec_dot_avx2(w.data() + k * stride, a[t].data(), n);
+              if (float_bits(one) != float_bits(out[k])) {
+                CAPTURE(n);
+                CAPTURE(k);
+                CAPTURE(t);
+                CAPTURE(one);
+                CAPTURE(out[k]);
+                FAIL_CHECK("rows kernel and one-row kernel differ");
+                ++bad;
+              }
+            }
+            ++cases;
+          }
+        }
+  }
+  CHECK(cases >= 600);
+  CHECK(bad == 0);
+}
+
+TEST_CASE("dot tiles: one token against short Q8_0 rows, eight per call, equals a row at a time") {
+  // 128 columns (absorbed attention's k_b rows): matmul_rows takes them eight at a time
+  // through the rows kernel where the CPU has one, and the rows left over one at a time.
+  std::mt19937 rng(37);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const BlockFormat& f = block_format(GgmlType::Q8_0);
+  for (int64_t cols : {int64_t(128), int64_t(96), int64_t(512)}) {
+    CAPTURE(cols);
+    const int64_t rows = 29;
+    std::vector<float> wf(static_cast<size_t>(rows * cols)), x(static_cast<size_t>(cols));
+    for (float& v : wf) v = g(rng);
+    for (float& v : x) v = g(rng);
+    std::vector<uint8_t> wq(size_t(rows * f.row_bytes(cols)));
+    for (int64_t r = 0; r < rows; ++r)
+      f.quantize_row(wf.data() + r * cols, wq.data() + r * f.row_bytes(cols), cols, nullptr);
+    const WeightMatrix w{DType::Q8_0, rows, cols, wq.data()};
+    std::vector<uint8_t> xq(size_t(f.row_bytes(cols)));
+    f.quantize_row(x.data(), xq.data(), cols, nullptr);
+    for (int64_t r0 : {int64_t(0), int64_t(3)}) {
+      CAPTURE(r0);
+      std::vector<float> y(size_t(rows), -1.0f);
+      matmul_rows(w, x.data(), cols, 1, y.data(), rows, r0, rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        CAPTURE(r);
+        if (r < r0) {
+          CHECK(y[size_t(r)] == -1.0f);  // outside the range: untouched
+          continue;
+        }
+        const float one = vec_dot_kernel(f)(wq.data() + r * f.row_bytes(cols), xq.data(), cols);
+        CHECK(float_bits(one) == float_bits(y[size_t(r)]));
+      }
+    }
+  }
+}
+
 TEST_CASE("dot tiles: matmul_rows over many tokens equals one token at a time bit for bit") {
   // Formats with and without a tile kernel; n covers whole tiles, remainders of 1 to 3
   // tokens and n < 4, and 243 tokens: more than one block of tokens that share L2 (240 at
