@@ -81,10 +81,11 @@ int cmd_info(int argc, char** argv) {
     std::printf(" %lld as stored (linear weights; embeddings, router, weights_proj as stored)\n", (long long)rp.kept);
   }
 
-  if (const RepackSummary& rp = model.repack_summary(); rp.interleaved || rp.not_interleaved) {
+  if (const RepackSummary& rp = model.repack_summary(); rp.interleaved || rp.interleaved_q6 || rp.not_interleaved) {
     std::printf("interleave   %lld Q4_K weights as Q4_K_R8 (eight rows side by side)", (long long)rp.interleaved);
+    if (rp.interleaved_q6) std::printf(", %lld Q6_K weights as Q6_K_R16 (sixteen)", (long long)rp.interleaved_q6);
     if (rp.not_interleaved)
-      std::printf("; %lld left as Q4_K: MemAvailable cannot hold their copy", (long long)rp.not_interleaved);
+      std::printf("; %lld left as stored: MemAvailable cannot hold their copy", (long long)rp.not_interleaved);
     std::printf("\n");
   }
 

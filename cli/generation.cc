@@ -57,12 +57,12 @@ void add_repack_option(cxxopts::Options& opts) {
   opts.add_options()("repack", "convert the linear weights at load to TYPE: " + std::string(repack_target_names()),
                      cxxopts::value<std::string>(), "TYPE")(
       "no-mmap", "copy the weights into memory (huge pages) at load instead of reading them from the mapped file")(
-      "no-interleave", "keep Q4_K weights as stored (by default the CPU runs them laid out eight rows side by side, "
-                       "Q4_K_R8; never with --offload cuda)");
+      "no-interleave", "keep Q4_K and Q6_K weights as stored (by default the CPU runs them laid out eight rows side "
+                       "by side, Q4_K_R8 and, with AVX-512 VNNI, Q6_K_R16; never with --offload cuda)");
 }
 
 bool interleave_by_default(const cxxopts::ParseResult& args) {
-  // The CUDA kernels do not take Q4_K_R8; the simulated device runs the CPU's kernels.
+  // The CUDA kernels do not take Q4_K_R8 or Q6_K_R16; the simulated device runs the CPU's kernels.
   const bool cuda = args.count("offload") && args["offload"].as<std::string>() == "cuda";
   return !args.count("no-interleave") && !cuda;
 }

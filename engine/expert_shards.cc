@@ -63,8 +63,10 @@ ShardPieces pieces(const Mlp& e, const ExpertSlice& s) {
 
 // Copies rows [begin, end) of w (and their scale rows) to dst; returns the view.
 WeightMatrix copy_rows(const WeightMatrix& w, int64_t begin, int64_t end, std::byte*& dst) {
-  if (is_interleaved_dtype(w.dtype) && (begin % kInterleavedRows != 0 || end % kInterleavedRows != 0))
-    throw std::invalid_argument("expert shards: rows of an interleaved weight must be split on groups of 8");
+  const int64_t unit = interleaved_unit_rows(w.dtype);
+  if (begin % unit != 0 || end % unit != 0)
+    throw std::invalid_argument("expert shards: rows of an interleaved weight must be split on groups of " +
+                                std::to_string(unit));
   WeightMatrix v = w;
   v.rows = end - begin;
   const int64_t rb = row_bytes(w.dtype, w.cols);
@@ -86,9 +88,10 @@ WeightMatrix copy_rows(const WeightMatrix& w, int64_t begin, int64_t end, std::b
 WeightMatrix copy_columns(const WeightMatrix& w, int64_t begin, int64_t end, std::byte*& dst) {
   WeightMatrix v = w;
   v.cols = end - begin;
-  // An interleaved weight's group of eight rows holds its blocks in column order, like one
-  // row eight times as wide: the same copy, group by group.
-  const int64_t k = is_interleaved_dtype(w.dtype) ? kInterleavedRows : 1, lines = w.rows / k;
+  // An interleaved weight's group of eight (Q4_K_R8) or sixteen (Q6_K_R16) rows holds its
+  // blocks in column order, like one row that many times as wide: the same copy, group by
+  // group.
+  const int64_t k = interleaved_unit_rows(w.dtype), lines = w.rows / k;
   const int64_t src_rb = k * row_bytes(w.dtype, w.cols);
   const int64_t skip = k * row_bytes(w.dtype, begin);  // begin is on a block edge (the plan's unit)
   const int64_t rb = k * row_bytes(w.dtype, v.cols);

@@ -324,9 +324,11 @@ void Model::interleave(const ModelLoadOptions& options) {
   for (auto& [name, w] : linear_weights()) {
     // kv_b is read transposed (absorbed attention folds queries through it) and k_b's
     // rows are too short. v_b's rows are read as rows, one head's band at a time, so it
-    // takes the layout when a head's band is whole groups of eight rows.
+    // takes the layout when a head's band is whole groups of its rows (8 for Q4_K, 16 for
+    // Q6_K).
     if (name.ends_with(".kv_b_proj") || name.ends_with(".k_b_proj")) continue;
-    if (name.ends_with(".v_b_proj") && config_.v_head_dim % kInterleavedRows != 0) continue;
+    const DType laid_out = w->dtype == DType::Q6_K ? DType::Q6_K_R16 : DType::Q4_K_R8;
+    if (name.ends_with(".v_b_proj") && config_.v_head_dim % interleaved_unit_rows(laid_out) != 0) continue;
     if (!can_interleave(*w)) continue;
     todo.push_back({w, readers[w->data] == 1 && !in_file_mapping(w->data, files)});
     if (!todo.back().in_place) copied += uint64_t(w->bytes());
@@ -341,6 +343,7 @@ void Model::interleave(const ModelLoadOptions& options) {
     }
   }
   for (auto [w, in_place] : todo) {
+    const bool q6 = w->dtype == DType::Q6_K;
     if (in_place) {
       *w = interleave_in_place(*w, pool);
     } else if (copy_fits) {
@@ -350,7 +353,7 @@ void Model::interleave(const ModelLoadOptions& options) {
       ++repack_.not_interleaved;
       continue;
     }
-    ++repack_.interleaved;
+    ++(q6 ? repack_.interleaved_q6 : repack_.interleaved);
   }
 }
 

@@ -100,12 +100,14 @@ struct ModelLoadOptions {
   bool populate = false;
   // Lay out every Q4_K linear weight whose rows come in whole groups of eight as Q4_K_R8
   // (quant/interleaved.h) after any repack: eight rows side by side, which the CPU's
-  // kernels compute together. Same values; the dot products round differently from plain
-  // Q4_K's. kv_b and k_b stay as stored (absorbed attention reads kv_b transposed; k_b's
-  // rows are shorter than a block); v_b takes the layout when v_head_dim is a multiple
-  // of eight. The rearranged copy lives in huge-page memory the model owns. For the
-  // CPU only: a GPU cannot run the layout. Weights that would need a copy stay Q4_K
-  // when MemAvailable cannot hold it (counted in RepackSummary::not_interleaved).
+  // kernels compute together; and, where the CPU has AVX-512 VNNI (its kernel's level),
+  // every Q6_K one in whole groups of sixteen as Q6_K_R16. Same values; the dot products
+  // round differently from plain ones. kv_b and k_b stay as stored (absorbed attention
+  // reads kv_b transposed; k_b's rows are shorter than a block); v_b takes the layout
+  // when v_head_dim is a multiple of the group. The rearranged copy lives in huge-page
+  // memory the model owns. For the CPU only: a GPU cannot run the layout. Weights that
+  // would need a copy stay as stored when MemAvailable cannot hold it (counted in
+  // RepackSummary::not_interleaved).
   bool interleave = false;
 };
 
@@ -128,7 +130,8 @@ struct RepackSummary {
   std::map<DType, int64_t> converted;  // by resulting format
   int64_t kept = 0;                    // already in the format, or no format fits
   int64_t interleaved = 0;             // Q4_K weights laid out as Q4_K_R8 (ModelLoadOptions::interleave)
-  int64_t not_interleaved = 0;         // ... left as Q4_K: no RAM for their copy
+  int64_t interleaved_q6 = 0;          // Q6_K weights laid out as Q6_K_R16 (likewise)
+  int64_t not_interleaved = 0;         // ... left as stored: no RAM for their copy
 };
 
 class Model {

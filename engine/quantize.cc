@@ -63,7 +63,8 @@ uint32_t llama_file_type(DType t) {
     case DType::IQ4_XS: return 30;
     case DType::BF16: return 32;
     case DType::F8_E4M3:
-    case DType::Q4_K_R8: break;
+    case DType::Q4_K_R8:
+    case DType::Q6_K_R16: break;
   }
   throw std::invalid_argument("GGUF has no file type for " + type_text(t));
 }

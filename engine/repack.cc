@@ -66,8 +66,11 @@ void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out
       16);
 }
 
-bool can_interleave(const WeightMatrix& w) {
-  return w.dtype == DType::Q4_K && w.rows > 0 && w.rows % kInterleavedRows == 0 && w.cols % kQK_K == 0;
+bool can_interleave(const WeightMatrix& w, KernelIsa isa) {
+  int64_t unit = 0;
+  if (w.dtype == DType::Q4_K) unit = kInterleavedRows;
+  if (w.dtype == DType::Q6_K && vec_dot_q6_k_x16_kernel(isa) != vec_dot_q6_k_x16_scalar) unit = kQ6UnitRows;
+  return unit > 0 && w.rows > 0 && w.rows % unit == 0 && w.cols % kQK_K == 0;
 }
 
 namespace {
@@ -78,43 +81,52 @@ void require_interleavable(const WeightMatrix& w) {
                                 std::to_string(w.rows) + " x " + std::to_string(w.cols));
 }
 
-// Groups of w's rows interleaved into out; in place when out is w's own storage (each
-// group goes through a buffer first, and groups do not overlap).
-void interleave_groups(const WeightMatrix& w, ThreadPool& pool, BlockQ4_Kx8* out) {
-  const int64_t nb = w.cols / kQK_K, groups = w.rows / kInterleavedRows;
-  const auto* rows = static_cast<const BlockQ4_K*>(w.data);
+// Groups of kUnit of w's rows interleaved into out; in place when out is w's own storage
+// (each group goes through a buffer first, and groups do not overlap). Plain is BlockQ4_K
+// or BlockQ6_K, Grouped the interleaved block of kUnit rows, one per super-block.
+template <int kUnit, class Plain, class Grouped, class Fn>
+void interleave_groups(const WeightMatrix& w, ThreadPool& pool, Grouped* out, Fn&& interleave) {
+  const int64_t nb = w.cols / kQK_K, groups = w.rows / kUnit, per_group = nb;
+  const auto* rows = static_cast<const Plain*>(w.data);
   pool.parallel_for(
       groups,
       [&](int64_t g0, int64_t g1) {
-        std::vector<BlockQ4_Kx8> buf(static_cast<size_t>(nb));
+        std::vector<Grouped> buf(static_cast<size_t>(per_group));
         for (int64_t g = g0; g < g1; ++g) {
-          const BlockQ4_K* group[kInterleavedRows];
-          for (int r = 0; r < kInterleavedRows; ++r) group[r] = rows + (g * kInterleavedRows + r) * nb;
-          interleave_q4_k_x8(group, nb, buf.data());
-          std::memcpy(out + g * nb, buf.data(), buf.size() * sizeof(BlockQ4_Kx8));
+          const Plain* group[kUnit];
+          for (int r = 0; r < kUnit; ++r) group[r] = rows + (g * kUnit + r) * nb;
+          interleave(group, nb, buf.data());
+          std::memcpy(out + g * per_group, buf.data(), buf.size() * sizeof(Grouped));
         }
       },
       4);
+}
+
+// w's groups interleaved into `out` (w's own storage or a new buffer of w.bytes()), and
+// the interleaved view of `out`.
+WeightMatrix interleave_into(const WeightMatrix& w, ThreadPool& pool, void* out) {
+  WeightMatrix v = w;
+  v.data = out;
+  if (w.dtype == DType::Q6_K) {
+    interleave_groups<kQ6UnitRows, BlockQ6_K>(w, pool, static_cast<BlockQ6_Kx16*>(out), interleave_q6_k_x16);
+    v.dtype = DType::Q6_K_R16;
+  } else {
+    interleave_groups<kInterleavedRows, BlockQ4_K>(w, pool, static_cast<BlockQ4_Kx8*>(out), interleave_q4_k_x8);
+    v.dtype = DType::Q4_K_R8;
+  }
+  return v;
 }
 
 }  // namespace
 
 WeightMatrix interleave_matrix(const WeightMatrix& w, ThreadPool& pool, WeightArena& arena) {
   require_interleavable(w);
-  auto* out = reinterpret_cast<BlockQ4_Kx8*>(arena.allocate(size_t(w.bytes())));
-  interleave_groups(w, pool, out);
-  WeightMatrix v = w;
-  v.dtype = DType::Q4_K_R8;
-  v.data = out;
-  return v;
+  return interleave_into(w, pool, arena.allocate(size_t(w.bytes())));
 }
 
 WeightMatrix interleave_in_place(const WeightMatrix& w, ThreadPool& pool) {
   require_interleavable(w);
-  interleave_groups(w, pool, static_cast<BlockQ4_Kx8*>(const_cast<void*>(w.data)));
-  WeightMatrix v = w;
-  v.dtype = DType::Q4_K_R8;
-  return v;
+  return interleave_into(w, pool, const_cast<void*>(w.data));
 }
 
 }  // namespace hearth

@@ -33,16 +33,18 @@ WeightMatrix repack_matrix(const WeightMatrix& w, DType to, ThreadPool& pool, We
 // (e.g. one band of rows of a larger matrix at a time: rows convert independently).
 void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out);
 
-// Whether w can be laid out as Q4_K_R8 (quant/interleaved.h): Q4_K with a whole number of
-// groups of eight rows.
-bool can_interleave(const WeightMatrix& w);
-// w (can_interleave) with its rows interleaved in groups of eight, in storage taken from
+// Whether w can be laid out as Q4_K_R8 or Q6_K_R16 (quant/interleaved.h): Q4_K with a
+// whole number of groups of eight rows, or Q6_K with a whole number of sixteen where the
+// layout's kernel runs at `isa` (AVX-512 VNNI; elsewhere it would have only the scalar
+// reference).
+bool can_interleave(const WeightMatrix& w, KernelIsa isa = KernelIsa::kAuto);
+// w (can_interleave) with its rows interleaved in groups of eight (sixteen), in storage taken from
 // `arena`: the same bytes rearranged, so the same values. Groups are split over the
 // pool's threads.
 WeightMatrix interleave_matrix(const WeightMatrix& w, ThreadPool& pool, WeightArena& arena);
 // The same rearrangement done where w's bytes lie (they must be writable and read by
 // nothing else): one group at a time through a small buffer, so no second copy of the
-// weight is ever held. Returns the Q4_K_R8 view of the same storage.
+// weight is ever held. Returns the Q4_K_R8 (Q6_K_R16) view of the same storage.
 WeightMatrix interleave_in_place(const WeightMatrix& w, ThreadPool& pool);
 
 }  // namespace hearth

@@ -23,6 +23,7 @@ struct Geometry {
 Geometry geometry(DType t) {
   if (t == DType::F8_E4M3) return {1, 1};
   if (t == DType::Q4_K_R8) return geometry(DType::Q4_K);  // eight Q4_K rows' bytes per group
+  if (t == DType::Q6_K_R16) return geometry(DType::Q6_K);
   const BlockFormat* f = block_format_of(t);
   if (!f) throw std::invalid_argument("unknown dtype " + std::to_string(int(t)));
   return {f->block_elems, f->block_bytes};
@@ -78,6 +79,7 @@ std::string_view dtype_name(DType t) {
     case DType::IQ4_NL: return "IQ4_NL";
     case DType::IQ4_XS: return "IQ4_XS";
     case DType::Q4_K_R8: return "Q4_K_R8";
+    case DType::Q6_K_R16: return "Q6_K_R16";
   }
   return "?";
 }

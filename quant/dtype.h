@@ -37,13 +37,19 @@ enum class DType : uint8_t {
   // rows take Q4_K's bytes (row_bytes), but a row's bytes are spread over its group of
   // eight: only the kernels of quant/weight_matrix.h read it.
   Q4_K_R8,
+  // Q6_K with sixteen rows interleaved, likewise, for the AVX-512 VNNI kernel
+  // (quant/interleaved.h).
+  Q6_K_R16,
 };
 
-// True for the ggml block formats (and Q4_K_R8, made of them).
+// True for the ggml block formats (and Q4_K_R8, Q6_K_R16, made of them).
 bool is_block_dtype(DType t);
-// True for the layouts that interleave rows (Q4_K_R8): no ggml descriptor, and rows are
-// read only through the kernels.
-inline bool is_interleaved_dtype(DType t) { return t == DType::Q4_K_R8; }
+// True for the layouts that interleave rows (Q4_K_R8, Q6_K_R16): no ggml descriptor, and
+// rows are read only through the kernels.
+inline bool is_interleaved_dtype(DType t) { return t == DType::Q4_K_R8 || t == DType::Q6_K_R16; }
+// The rows an interleaved layout keeps together (8 for Q4_K_R8, 16 for Q6_K_R16; 1 for
+// every other type): slices and splits of its rows start and end on multiples of it.
+inline int64_t interleaved_unit_rows(DType t) { return t == DType::Q4_K_R8 ? 8 : t == DType::Q6_K_R16 ? 16 : 1; }
 // Values per block (1 for the element formats) and bytes per block (the element size for
 // the element formats).
 int64_t dtype_block_elems(DType t);

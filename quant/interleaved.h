@@ -83,4 +83,68 @@ using VecDotX16Fn = void (*)(const void* group0, const void* group1, const void*
 // nullptr below (isa resolved): then callers take the groups one at a time.
 VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa = KernelIsa::kAuto);
 
+// ---- Q6_K_R16: Q6_K with sixteen rows interleaved (DType::Q6_K_R16) ---------------------
+//
+// The same idea for Q6_K, built at load where the CPU has AVX-512 VNNI (the only level
+// with kernels for it; elsewhere Q6_K stays as stored). Plain Q6_K's tile multiplies
+// int8 pairs (vpmaddubsw) and then applies each sub-block's scale (vpmaddwd) for every
+// 32 values of one row; here one vpdpbusd multiplies four values of each of sixteen rows,
+// and a sub-block's scale is applied once per 16 values of all of them. A MoE's down
+// projections in a Q4_K_M file are Q6_K in every third layer, and a Q6_K file is Q6_K
+// throughout.
+//
+// A unit is rows 16u .. 16u + 15 of a Q6_K matrix; its super-block b (values 256b ..
+// 256b + 255 of each row) is one BlockQ6_Kx16 of the same 16 * 210 bytes as the sixteen
+// BlockQ6_K it replaces, and the blocks of a unit follow each other. With q[r][v] the
+// 6-bit level (0..63, the value being q - 32) of value v (0..255) of row r (0..15),
+// sc[s][r] the int8 scale of sub-block s (values 16s .. 16s + 15), and for v = 16s +
+// 4p + i (p, i < 4), u = s / 4 and j = 4r + i:
+//   d[r]                   row r's f16 factor, as in its BlockQ6_K
+//   q[832 u + 16 (s % 4) + r]          sc[s][r] (int8)
+//   low bits: bits 0..3 of q[r][v], in the low nibble for even s, the high for odd s, of
+//     q[832 u + 64 + 128 p + j]        for s % 4 < 2
+//     q[832 u + 576 + 64 p + j]        for s % 4 >= 2
+//   high bits: bits 4..5 of q[r][v], at bits 2 (s % 4) and 2 (s % 4) + 1 of
+//     q[832 u + 128 + 128 p + j]
+// So one 64-byte load of low bits gives values 4p .. 4p + 3 of two sub-blocks for every
+// row (row r in bytes 4r .. 4r + 3), and one of high bits those of four sub-blocks. The
+// kernel takes sub-blocks in pairs (0, 1), (2, 3), ... and values 4p .. in order, and the
+// order above is the order it first reads the bytes in: one ascending stream. That is
+// what the hardware prefetcher follows: with the low bits, the high bits or the scales in
+// regions of their own, or two groups of eight rows read side by side, one Zen 4 thread
+// read the rows from DRAM at 7-10 GB/s, against about 20 for plain Q6_K's and this order.
+//
+// The dot product (activations Q8_K, as plain Q6_K's) computes for each row and
+// super-block the exact integer isum = sum_s sc[s][r] * (sum_{v in s} q[r][v] * a[v] -
+// 32 * bsums[s]), sum_s sc[s][r] * sum_{v in s} (q[r][v] - 32) * a[v] for activations
+// quantize_row_q8_k wrote, then acc[r] = fma(d[r] * a.d, float(isum), acc[r]) in
+// super-block order from 0. The scalar reference and the kernel do exactly these steps,
+// so they agree bit for bit, for any number of tokens; the result differs from plain
+// Q6_K's only by float rounding.
+
+inline constexpr int kQ6UnitRows = 16;
+
+struct BlockQ6_Kx16 {
+  uint16_t d[kQ6UnitRows];  // f16
+  uint8_t q[4 * 832];       // four chunks of 64 scale bytes and 768 bytes of levels
+};
+static_assert(sizeof(BlockQ6_Kx16) == kQ6UnitRows * sizeof(BlockQ6_K), "the same bytes as sixteen Q6_K blocks");
+
+// Sixteen Q6_K rows of nb blocks each into a unit of nb interleaved blocks (out must not
+// overlap the rows), and row r (0..15) back out: the exact inverse (Q6_K's bytes hold
+// nothing but the levels, scales and factor).
+void interleave_q6_k_x16(const BlockQ6_K* const rows[kQ6UnitRows], int64_t nb, BlockQ6_Kx16* out);
+void deinterleave_q6_k_x16(const BlockQ6_Kx16* unit, int64_t nb, int r, BlockQ6_K* out);
+
+// out[t * 16 + r] = row r of the unit (n values, n a multiple of 256) . act[t], for r in
+// 0..15 and t < tokens (1..kMaxX16Tokens), act[t] a Q8_K row; each out the same bits
+// whatever `tokens` is. std::invalid_argument unless n is a non-negative multiple of 256
+// and tokens is in range.
+using VecDotQ6Fn = void (*)(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
+// The scalar reference of the formula above.
+void vec_dot_q6_k_x16_scalar(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
+// The kernel for isa: AVX-512 VNNI's at kAvx512Vnni and above (resolve_isa caps it at the
+// CPU), else the scalar reference.
+VecDotQ6Fn vec_dot_q6_k_x16_kernel(KernelIsa isa = KernelIsa::kAuto);
+
 }  // namespace hearth

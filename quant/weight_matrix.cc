@@ -490,19 +490,37 @@ const char* block_row(const WeightMatrix& w, const BlockFormat& f, int64_t r) {
   return static_cast<const char*>(w.data) + r * f.row_bytes(w.cols);
 }
 
-// The ggml format whose blocks make up w's rows: its own, or Q4_K for Q4_K_R8.
+// The ggml format whose blocks make up w's rows: its own, or Q4_K / Q6_K for Q4_K_R8 /
+// Q6_K_R16.
 const BlockFormat& plain_format(DType t) {
   if (t == DType::Q4_K_R8) return block_format(GgmlType::Q4_K);
+  if (t == DType::Q6_K_R16) return block_format(GgmlType::Q6_K);
   return *block_format_of(t);
 }
 
+// One block of an interleaved matrix's row, taken back out of its group.
+union GatheredBlock {
+  BlockQ4_K q4;
+  BlockQ6_K q6;
+};
+
 // Block b of row r in its plain format's bytes: in place, or, for an interleaved matrix,
 // gathered from the row's group into tmp.
-const char* row_block(const WeightMatrix& w, const BlockFormat& f, int64_t r, int64_t b, BlockQ4_K& tmp) {
-  if (w.dtype != DType::Q4_K_R8) return block_row(w, f, r) + b * f.block_bytes;
-  const auto* group = static_cast<const BlockQ4_Kx8*>(w.data) + (r / kInterleavedRows) * (w.cols / kQK_K);
-  deinterleave_q4_k_x8(group + b, 1, int(r % kInterleavedRows), &tmp);
-  return reinterpret_cast<const char*>(&tmp);
+const char* row_block(const WeightMatrix& w, const BlockFormat& f, int64_t r, int64_t b, GatheredBlock& tmp) {
+  const int64_t nb = w.cols / kQK_K;
+  switch (w.dtype) {
+    case DType::Q4_K_R8: {
+      const auto* group = static_cast<const BlockQ4_Kx8*>(w.data) + (r / kInterleavedRows) * nb;
+      deinterleave_q4_k_x8(group + b, 1, int(r % kInterleavedRows), &tmp.q4);
+      return reinterpret_cast<const char*>(&tmp.q4);
+    }
+    case DType::Q6_K_R16: {
+      const auto* unit = static_cast<const BlockQ6_Kx16*>(w.data) + (r / kQ6UnitRows) * nb;
+      deinterleave_q6_k_x16(unit + b, 1, int(r % kQ6UnitRows), &tmp.q6);
+      return reinterpret_cast<const char*>(&tmp.q6);
+    }
+    default: return block_row(w, f, r) + b * f.block_bytes;
+  }
 }
 
 // Per-thread scratch that only grows (a call never needs more than one at a time).
@@ -654,6 +672,34 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
   });
 }
 
+// dot_rows_tiled for Q6_K_R16: each unit of sixteen rows that meets [r0, r1) against up
+// to six tokens per kernel call, one token (decode) as many. A unit is one stream of
+// bytes, so decode's one-token calls read DRAM as fast as plain Q6_K's rows. Rows of a
+// unit outside the range are computed and dropped; a token's results are the same bits
+// whichever tokens share its call.
+void dot_rows_q6_units(const WeightMatrix& w, KernelIsa isa, const char* q, int64_t act_row, const int32_t* pick,
+                       int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
+  constexpr int64_t kRows = kQ6UnitRows;
+  const VecDotQ6Fn dot = vec_dot_q6_k_x16_kernel(isa);
+  const int64_t unit_blocks = w.cols / kQK_K;
+  const auto* units = static_cast<const BlockQ6_Kx16*>(w.data);
+  const int64_t u_end = (r1 + kRows - 1) / kRows;
+  for_token_blocks(q, act_row, pick, n, y, ldy, [&](const char* qb, const int32_t* pb, int64_t n_b, float* yb) {
+    for (int64_t u = r0 / kRows; u < u_end; ++u) {
+      const int64_t first = std::max(r0, u * kRows), last = std::min(r1, (u + 1) * kRows);
+      for (int64_t t = 0; t < n_b; t += kMaxX16Tokens) {
+        const int tokens = int(std::min<int64_t>(kMaxX16Tokens, n_b - t));
+        const void* a[kMaxX16Tokens];
+        for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
+        float out[kMaxX16Tokens * kRows];
+        dot(units + u * unit_blocks, a, tokens, w.cols, out);
+        for (int k = 0; k < tokens; ++k)
+          for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * kRows + (r - u * kRows)];
+      }
+    }
+  });
+}
+
 // The activation format w's dot products take.
 const BlockFormat& activation_format(DType weight) { return block_format(plain_format(weight).vec_dot_type); }
 
@@ -667,6 +713,7 @@ void matmul_rows_blocks(const WeightMatrix& w, const float* x, int64_t ldx, int6
   auto* q = reinterpret_cast<char*>(scratch(buf, size_t((n * act_row + 7) / 8)));
   for (int64_t t = 0; t < n; ++t) act.quantize_row(x + t * ldx, q + t * act_row, w.cols, nullptr);
   if (w.dtype == DType::Q4_K_R8) return dot_rows_interleaved(w, isa, q, act_row, nullptr, n, y, ldy, r0, r1);
+  if (w.dtype == DType::Q6_K_R16) return dot_rows_q6_units(w, isa, q, act_row, nullptr, n, y, ldy, r0, r1);
   dot_rows_tiled(w, f, isa, q, act_row, nullptr, n, y, ldy, r0, r1);
 }
 
@@ -675,6 +722,7 @@ void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_
                               int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1, KernelIsa isa) {
   if (r0 >= r1 || n <= 0) return;
   if (w.dtype == DType::Q4_K_R8) return dot_rows_interleaved(w, isa, q, act_row, pick, n, y, ldy, r0, r1);
+  if (w.dtype == DType::Q6_K_R16) return dot_rows_q6_units(w, isa, q, act_row, pick, n, y, ldy, r0, r1);
   const BlockFormat& f = *block_format_of(w.dtype);
   const int64_t stride = f.row_bytes(w.cols);
   const char* row = block_row(w, f, r0);
@@ -690,7 +738,7 @@ void for_each_block_piece(const WeightMatrix& w, int64_t r, int64_t c0, int64_t 
   const BlockFormat& f = plain_format(w.dtype);
   const int64_t be = f.block_elems;
   alignas(32) float tmp[kQK_K];
-  BlockQ4_K gathered;
+  GatheredBlock gathered;
   for (int64_t b = c0 / be; b * be < c1; ++b) {
     f.dequantize_row(row_block(w, f, r, b, gathered), tmp, be);
     const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
@@ -760,7 +808,8 @@ HEARTH_AVX2_NOFMA void decode_q6_k_avx2(const BlockQ6_K& b, float* out) {
 inline void decode_block(const WeightMatrix& w, const BlockFormat& f, const char* blk, float* out, bool avx2) {
   if (avx2 && w.dtype == DType::Q8_0) return decode_q8_0_avx2(*reinterpret_cast<const BlockQ8_0*>(blk), out);
   if (avx2 && (w.dtype == DType::Q4_K || w.dtype == DType::Q4_K_R8)) return decode_q4_k_avx2(*reinterpret_cast<const BlockQ4_K*>(blk), out);
-  if (avx2 && w.dtype == DType::Q6_K) return decode_q6_k_avx2(*reinterpret_cast<const BlockQ6_K*>(blk), out);
+  if (avx2 && (w.dtype == DType::Q6_K || w.dtype == DType::Q6_K_R16))
+    return decode_q6_k_avx2(*reinterpret_cast<const BlockQ6_K*>(blk), out);
   f.dequantize_row(blk, out, f.block_elems);
 }
 
@@ -837,7 +886,7 @@ void matmul_t_blocks_rows(const WeightMatrix& w, int64_t row0, int64_t nrows, co
     auto decode_and_add = [&](int64_t b) {
       const int64_t lo = std::max(c0, b * be), hi = std::min(c1, (b + 1) * be);
       for (int k = 0; k < m; ++k) {
-        BlockQ4_K gathered;
+        GatheredBlock gathered;
         decode_block(w, f, row_block(w, f, row0 + i + k, b, gathered), tmp[k], avx2);
       }
       const float* v[kGroup];
@@ -975,8 +1024,9 @@ void matmul_t_accumulate_rows(const WeightMatrix& w, int64_t row0, int64_t nrows
 
 WeightMatrix row_slice(const WeightMatrix& w, int64_t r0, int64_t r1) {
   if (r0 < 0 || r1 < r0 || r1 > w.rows) throw std::invalid_argument("row_slice: rows out of range");
-  if (w.dtype == DType::Q4_K_R8 && (r0 % kInterleavedRows != 0 || r1 % kInterleavedRows != 0))
-    throw std::invalid_argument("row_slice: Q4_K_R8 rows must start and end on a group of 8");
+  if (const int64_t unit = interleaved_unit_rows(w.dtype); r0 % unit != 0 || r1 % unit != 0)
+    throw std::invalid_argument("row_slice: " + std::string(dtype_name(w.dtype)) +
+                                " rows must start and end on a group of " + std::to_string(unit));
   WeightMatrix s = w;
   s.rows = r1 - r0;
   s.data = static_cast<const char*>(w.data) + r0 * row_bytes(w.dtype, w.cols);

@@ -83,7 +83,8 @@ bool matmul_supports(DType t) {
     case DType::Q5_K:
     case DType::Q6_K:
     case DType::IQ4_XS: return true;
-    case DType::Q4_K_R8: return false;  // a CPU layout: its rows are spread over groups of eight
+    case DType::Q4_K_R8:
+    case DType::Q6_K_R16: return false;  // CPU layouts: their rows are spread over groups of eight
   }
   return false;
 }

@@ -41,17 +41,17 @@ namespace {
 struct Q4kMatrix {
   std::vector<uint8_t> bytes;
   WeightMatrix w;
-  Q4kMatrix(int64_t rows, int64_t cols, uint32_t seed) {
+  Q4kMatrix(int64_t rows, int64_t cols, uint32_t seed, GgmlType type = GgmlType::Q4_K) {
     std::mt19937 rng(seed);
     std::normal_distribution<float> g(0.0f, 1.0f);
-    const BlockFormat& f = block_format(GgmlType::Q4_K);
+    const BlockFormat& f = block_format(type);
     bytes.resize(size_t(rows * f.row_bytes(cols)));
     std::vector<float> row(static_cast<size_t>(cols));
     for (int64_t r = 0; r < rows; ++r) {
       for (float& v : row) v = g(rng) * (1.0f + float(r % 5));
       f.quantize_row(row.data(), bytes.data() + r * f.row_bytes(cols), cols, nullptr);
     }
-    w.dtype = DType::Q4_K;
+    w.dtype = *dtype_of(type);
     w.rows = rows;
     w.cols = cols;
     w.data = bytes.data();
@@ -268,6 +268,88 @@ TEST_CASE("interleaved Q4_K: in place and copied give the same bytes; what canno
   q8.rows = 8;
   CHECK_FALSE(can_interleave(q8));
   CHECK_FALSE(can_interleave(copy));  // already interleaved
+}
+
+TEST_CASE("interleaved Q6_K: products, decoding, slices and in-place layout read the plain weight's values") {
+  // 40 rows are whole groups of eight but not of sixteen: no Q6_K_R16.
+  CHECK_FALSE(can_interleave(Q4kMatrix(40, 512, 13, GgmlType::Q6_K).w));
+  // Q6_K takes the layout only where its kernels run (AVX-512 VNNI); elsewhere it is refused.
+  Q4kMatrix plain(48, 512, 13, GgmlType::Q6_K);
+  REQUIRE(plain.w.dtype == DType::Q6_K);
+  if (!has_vnni(best_isa())) {
+    CHECK_FALSE(can_interleave(plain.w));
+    MESSAGE("CPU lacks AVX-512 VNNI: Q6_K stays as stored, Q6_K_R16 is not tested here");
+    return;
+  }
+  CHECK_FALSE(can_interleave(plain.w, KernelIsa::kAvx512));
+  REQUIRE(can_interleave(plain.w));
+  WeightArena arena;
+  ThreadPool pool(2);
+  const WeightMatrix r8 = interleave_matrix(plain.w, pool, arena);
+  CHECK(r8.dtype == DType::Q6_K_R16);
+  CHECK(r8.bytes() == plain.w.bytes());
+  auto reference = [&](const float* x, int64_t r) {
+    const BlockFormat& q8k = block_format(GgmlType::Q8_K);
+    std::vector<uint64_t> act(size_t(q8k.row_bytes(r8.cols) / 8 + 1));
+    q8k.quantize_row(x, act.data(), r8.cols, nullptr);
+    const void* a[1] = {act.data()};
+    float out[kQ6UnitRows];
+    const auto* units = static_cast<const BlockQ6_Kx16*>(r8.data);
+    vec_dot_q6_k_x16_scalar(units + (r / kQ6UnitRows) * (r8.cols / kQK_K), a, 1, r8.cols, out);
+    return out[r % kQ6UnitRows];
+  };
+  // Tokens one at a time, in sixes and their remainders, and more than one block of
+  // tokens; row ranges on and off the units' edges.
+  for (int64_t n : {1, 2, 5, 6, 7, 13, 230}) {
+    CAPTURE(n);
+    const std::vector<float> x = gaussian(n * r8.cols, uint32_t(200 + n));
+    for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, 48}, {3, 37}, {16, 32}, {8, 24}, {13, 14}}) {
+      CAPTURE(r0);
+      CAPTURE(r1);
+      const float sentinel = -12345.0f;
+      std::vector<float> y(size_t(n * r8.rows), sentinel), yp(y.size(), sentinel), ys(y.size(), sentinel);
+      matmul_rows(r8, x.data(), r8.cols, n, y.data(), r8.rows, r0, r1);
+      matmul_rows(r8, x.data(), r8.cols, n, ys.data(), r8.rows, r0, r1, KernelIsa::kScalar);
+      CHECK(std::memcmp(y.data(), ys.data(), y.size() * sizeof(float)) == 0);
+      matmul_rows(plain.w, x.data(), r8.cols, n, yp.data(), r8.rows, r0, r1);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < r8.rows; ++r) {
+          const float got = y[size_t(t * r8.rows + r)];
+          if (r < r0 || r >= r1) {
+            CHECK(got == sentinel);
+            continue;
+          }
+          const float want = reference(x.data() + t * r8.cols, r);
+          CHECK(std::memcmp(&got, &want, sizeof got) == 0);
+          const float p = yp[size_t(t * r8.rows + r)];
+          CHECK(std::fabs(double(got) - double(p)) <= 1e-6 * magnitude(plain.w, r, x.data() + t * r8.cols));
+        }
+    }
+  }
+  // Decoding and the transposed product read the plain values; slices on group edges.
+  std::vector<float> a(size_t(r8.cols)), b(size_t(r8.cols));
+  for (int64_t r : {0, 5, 8, 15, 16, 47}) {
+    dequantize_row(r8, r, 0, r8.cols, a.data());
+    dequantize_row(plain.w, r, 0, r8.cols, b.data());
+    CHECK(a == b);
+  }
+  const std::vector<float> x7 = gaussian(7, 9);
+  std::vector<float> ta(size_t(r8.cols), 0.5f), tb(ta);
+  matmul_t_accumulate(r8, 6, 7, x7.data(), ta.data(), 30, 500);
+  matmul_t_accumulate(plain.w, 6, 7, x7.data(), tb.data(), 30, 500);
+  CHECK(ta == tb);
+  const WeightMatrix slice = row_slice(r8, 16, 32);
+  const std::vector<float> v = gaussian(r8.cols, 4);
+  std::vector<float> yslice(16), yfull(48);
+  matmul_rows(slice, v.data(), r8.cols, 1, yslice.data(), 16, 0, 16);
+  matmul_rows(r8, v.data(), r8.cols, 1, yfull.data(), 48, 0, 48);
+  CHECK(std::equal(yslice.begin(), yslice.end(), yfull.begin() + 16));
+  CHECK_THROWS_AS((void)row_slice(r8, 8, 24), std::invalid_argument);  // a Q4_K_R8 group, not a unit
+  // In place: the same bytes as the copy.
+  const WeightMatrix same = interleave_in_place(plain.w, pool);
+  CHECK(same.dtype == DType::Q6_K_R16);
+  CHECK(std::memcmp(same.data, r8.data, size_t(r8.bytes())) == 0);
+  CHECK_FALSE(can_interleave(r8));  // already interleaved
 }
 
 TEST_CASE("interleaved Q4_K: a model converted at load runs the same network, batches the same bits") {
