@@ -15,7 +15,9 @@
 // Then Q4_K with eight rows interleaved (quant/interleaved.h, `--interleave`): the same M
 // MiB of rows through the one-row AVX2 kernel and, interleaved, through the eight-row
 // kernel with one token, in GB/s of weights; and four tokens through the four-row tile
-// against the eight-row kernel with four tokens, in GMAC/s.
+// against the eight-row kernel with four tokens, in GMAC/s. Where the CPU has AVX-512
+// VNNI, the same for Q6_K with sixteen rows interleaved (Q6_K_R16) against the CPU's best
+// plain Q6_K kernels.
 // And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
 // one activation row), in GB/s of weights.
 // Then float weights (F32, BF16, F16, FP8 with 128x128 block scales: a Hugging Face
@@ -246,6 +248,96 @@ void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
   }
 }
 
+// Q6_K rows (M MiB, a multiple of sixteen rows) through the CPU's best plain kernels and,
+// the same weights sixteen rows side by side (Q6_K_R16, AVX-512 VNNI only), through its
+// kernel: one token in GB/s of weights, four in GMAC/s, as the Q4_K_R8 lines above.
+void interleaved_q6_k(int64_t cols, double mb, int reps, double bw) {
+  if (vec_dot_q6_k_x16_kernel() == vec_dot_q6_k_x16_scalar) return;  // no VNNI: no layout
+  std::printf("\nq6_K, sixteen rows interleaved (q6_K_r16), single thread\n");
+  const BlockFormat& f = block_format(GgmlType::Q6_K);
+  const BlockFormat& act = block_format(GgmlType::Q8_K);
+  const int64_t row_bytes = f.row_bytes(cols), nb = cols / kQK_K;
+  const int64_t rows =
+      std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes / kQ6UnitRows) * kQ6UnitRows;
+  const int64_t units = rows / kQ6UnitRows;
+  std::mt19937 rng(6);
+  const std::vector<uint8_t> w = eight_mib_of_weights(f, cols, rows, rng);
+  std::vector<BlockQ6_Kx16> x16(size_t(units * nb));
+  for (int64_t u = 0; u < units; ++u) {
+    const BlockQ6_K* unit_rows[kQ6UnitRows];
+    for (int r = 0; r < kQ6UnitRows; ++r)
+      unit_rows[r] = reinterpret_cast<const BlockQ6_K*>(w.data() + (u * kQ6UnitRows + r) * row_bytes);
+    interleave_q6_k_x16(unit_rows, nb, x16.data() + u * nb);
+  }
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols));
+  std::vector<uint8_t> q(static_cast<size_t>(act.row_bytes(cols) * 4));
+  const void* a[4];
+  for (int t = 0; t < 4; ++t) {
+    for (float& v : x) v = gauss(rng);
+    act.quantize_row(x.data(), q.data() + t * act.row_bytes(cols), cols, nullptr);
+    a[t] = q.data() + t * act.row_bytes(cols);
+  }
+  std::vector<float> y(size_t(rows * 4));
+  auto seconds = [&](auto&& fn) { return best_seconds(reps, fn); };
+  // Token 0's results summed (stride: floats between a row's token-0 results), to show
+  // both paths compute the same products up to float rounding.
+  auto token0_sum = [&](int64_t stride, int64_t per_unit) {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r) s += y[size_t(per_unit ? (r / kQ6UnitRows) * per_unit + r % kQ6UnitRows : r * stride)];
+    return s;
+  };
+  const VecDotFn one = vec_dot_kernel(f);
+  const VecDotQ6Fn unit_dot = vec_dot_q6_k_x16_kernel();
+  const double bytes = double(row_bytes * rows);
+  const double plain_one = bytes / seconds([&] {
+    for (int64_t r = 0; r < rows; ++r) y[size_t(r)] = one(w.data() + r * row_bytes, a[0], cols);
+  }) / 1e9;
+  const double sum_plain_one = token0_sum(1, 0);
+  const double r16_one = bytes / seconds([&] {
+    for (int64_t u = 0; u < units; ++u) unit_dot(x16.data() + u * nb, a, 1, cols, y.data() + u * kQ6UnitRows);
+  }) / 1e9;
+  const double sum_r16_one = token0_sum(1, 0);
+  std::printf("one token:   %7lld rows   one-row      %7.2f GB/s %5.1f%%   x16 %7.2f GB/s %5.1f%%   %5.2fx   "
+              "(sums %.6g / %.6g)\n",
+              static_cast<long long>(rows), plain_one, 100 * plain_one / bw, r16_one, 100 * r16_one / bw,
+              r16_one / plain_one, sum_plain_one, sum_r16_one);
+  const VecDot4Fn tile = vec_dot_tile_kernel(f, 4);
+  const double macs = double(rows * cols * 4);
+  const double tiled = macs / seconds([&] {
+    for (int64_t r = 0; r < rows; ++r) tile(w.data() + r * row_bytes, a, cols, y.data() + 4 * r);
+  }) / 1e9;
+  const double sum_tiled = token0_sum(4, 0);
+  const double r16_four = macs / seconds([&] {
+    for (int64_t u = 0; u < units; ++u) unit_dot(x16.data() + u * nb, a, 4, cols, y.data() + u * 4 * kQ6UnitRows);
+  }) / 1e9;
+  const double sum_r16_four = token0_sum(0, 4 * kQ6UnitRows);
+  std::printf("four tokens: %7lld rows   four-row tile %6.2f GMAC/s          x16 %7.2f GMAC/s          %5.2fx   "
+              "(sums %.6g / %.6g)\n",
+              static_cast<long long>(rows), tiled, r16_four, r16_four / tiled, sum_tiled, sum_r16_four);
+  // Prefill's case: rows that stay in L2 (about 512 KB) against 24 tokens, in four-token
+  // tiles and in six-token x16 calls (the four activation rows above, repeated). Here the
+  // weights do not stream from DRAM, so the kernels' own rates show.
+  const int64_t hot = std::min<int64_t>(units, std::max<int64_t>(1, (int64_t(512) << 10) / (row_bytes * kQ6UnitRows)));
+  const int64_t hot_rows = hot * kQ6UnitRows;
+  constexpr int kTokens = 24;
+  const void* many[kTokens];
+  for (int t = 0; t < kTokens; ++t) many[t] = a[t % 4];
+  std::vector<float> out(size_t(kTokens * kQ6UnitRows));
+  const double hot_macs = double(hot_rows * cols * kTokens);
+  const double hot_tiled = hot_macs / seconds([&] {
+    for (int64_t r = 0; r < hot_rows; ++r)
+      for (int t = 0; t < kTokens; t += 4) tile(w.data() + r * row_bytes, many + t, cols, out.data() + t);
+  }) / 1e9;
+  const double hot_r16 = hot_macs / seconds([&] {
+    for (int64_t u = 0; u < hot; ++u)
+      for (int t = 0; t < kTokens; t += kMaxX16Tokens) unit_dot(x16.data() + u * nb, many + t, kMaxX16Tokens, cols, out.data());
+  }) / 1e9;
+  std::printf("24 tokens:   %7lld rows   four-row tile %6.2f GMAC/s          x16 %7.2f GMAC/s          %5.2fx   "
+              "(rows in L2)\n",
+              static_cast<long long>(hot_rows), hot_tiled, hot_r16, hot_r16 / hot_tiled);
+}
+
 // matmul_t_accumulate over 8 MiB of each format (what absorbed MLA does per head with
 // kv_b's key band), one activation row, in GB/s of weights.
 void transposed(int64_t cols, int reps, double bw) {
@@ -461,6 +553,7 @@ int run(int argc, char** argv) {
   }
   batched(cols, tokens, reps);
   if (avx2) interleaved_q4_k(cols, mb, reps, bw);
+  interleaved_q6_k(cols, mb, reps, bw);
   transposed(cols, reps, bw);
   float_decode(cols, mb, reps, bw);
   if (has_avx2(best_isa())) float_gemm(cols, reps);
