@@ -157,35 +157,55 @@ void batched(int64_t cols, int64_t tokens, int reps) {
   }
 }
 
+// w's rows (rows * row_bytes bytes, nb blocks each) interleaved kUnit at a time by
+// interleave(rows[kUnit], nb, out), nb Grouped blocks per unit.
+template <int kUnit, class Plain, class Grouped, class Fn>
+std::vector<Grouped> interleaved_copy(const std::vector<uint8_t>& w, int64_t rows, int64_t row_bytes, int64_t nb,
+                                      Fn&& interleave) {
+  std::vector<Grouped> out(size_t(rows / kUnit * nb));
+  for (int64_t u = 0; u < rows / kUnit; ++u) {
+    const Plain* unit_rows[kUnit];
+    for (int r = 0; r < kUnit; ++r) unit_rows[r] = reinterpret_cast<const Plain*>(w.data() + (u * kUnit + r) * row_bytes);
+    interleave(unit_rows, nb, out.data() + u * nb);
+  }
+  return out;
+}
+
+// Four activation rows of Gaussian values quantized to Q8_K (a[t] points into q).
+struct FourTokens {
+  std::vector<uint8_t> q;
+  const void* a[4];
+};
+FourTokens four_q8_k_rows(int64_t cols, std::mt19937& rng) {
+  const BlockFormat& act = block_format(GgmlType::Q8_K);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(cols));
+  FourTokens t;
+  t.q.resize(static_cast<size_t>(act.row_bytes(cols) * 4));
+  for (int k = 0; k < 4; ++k) {
+    for (float& v : x) v = gauss(rng);
+    act.quantize_row(x.data(), t.q.data() + k * act.row_bytes(cols), cols, nullptr);
+    t.a[k] = t.q.data() + k * act.row_bytes(cols);
+  }
+  return t;
+}
+
 // Q4_K rows (M MiB, a multiple of eight rows) through the plain AVX2 kernels and, the
 // same weights interleaved in groups of eight, through the eight-row kernel: one token
 // in GB/s of weights (decode streams them from DRAM), four in GMAC/s.
 void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
   std::printf("\nq4_K, eight rows interleaved (q4_K_r8), single thread\n");
   const BlockFormat& f = block_format(GgmlType::Q4_K);
-  const BlockFormat& act = block_format(GgmlType::Q8_K);
   const int64_t row_bytes = f.row_bytes(cols), nb = cols / kQK_K;
   const int64_t rows = std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes / kInterleavedRows) *
                        kInterleavedRows;
   const int64_t groups = rows / kInterleavedRows;
   std::mt19937 rng(5);
   const std::vector<uint8_t> w = eight_mib_of_weights(f, cols, rows, rng);
-  std::vector<BlockQ4_Kx8> x8(size_t(groups * nb));
-  for (int64_t g = 0; g < groups; ++g) {
-    const BlockQ4_K* group_rows[kInterleavedRows];
-    for (int r = 0; r < kInterleavedRows; ++r)
-      group_rows[r] = reinterpret_cast<const BlockQ4_K*>(w.data() + (g * kInterleavedRows + r) * row_bytes);
-    interleave_q4_k_x8(group_rows, nb, x8.data() + g * nb);
-  }
-  std::normal_distribution<float> gauss(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(cols));
-  std::vector<uint8_t> q(static_cast<size_t>(act.row_bytes(cols) * 4));
-  const void* a[4];
-  for (int t = 0; t < 4; ++t) {
-    for (float& v : x) v = gauss(rng);
-    act.quantize_row(x.data(), q.data() + t * act.row_bytes(cols), cols, nullptr);
-    a[t] = q.data() + t * act.row_bytes(cols);
-  }
+  const std::vector<BlockQ4_Kx8> x8 =
+      interleaved_copy<kInterleavedRows, BlockQ4_K, BlockQ4_Kx8>(w, rows, row_bytes, nb, interleave_q4_k_x8);
+  const FourTokens tokens4 = four_q8_k_rows(cols, rng);
+  const void* const* a = tokens4.a;
   std::vector<float> y(size_t(rows * 4));
   auto seconds = [&](auto&& fn) { return best_seconds(reps, fn); };
   // The sums of the first token's results, to show that both paths compute the same
@@ -255,29 +275,16 @@ void interleaved_q6_k(int64_t cols, double mb, int reps, double bw) {
   if (vec_dot_q6_k_x16_kernel() == vec_dot_q6_k_x16_scalar) return;  // no VNNI: no layout
   std::printf("\nq6_K, sixteen rows interleaved (q6_K_r16), single thread\n");
   const BlockFormat& f = block_format(GgmlType::Q6_K);
-  const BlockFormat& act = block_format(GgmlType::Q8_K);
   const int64_t row_bytes = f.row_bytes(cols), nb = cols / kQK_K;
   const int64_t rows =
       std::max<int64_t>(1, int64_t(mb * double(1 << 20)) / row_bytes / kQ6UnitRows) * kQ6UnitRows;
   const int64_t units = rows / kQ6UnitRows;
   std::mt19937 rng(6);
   const std::vector<uint8_t> w = eight_mib_of_weights(f, cols, rows, rng);
-  std::vector<BlockQ6_Kx16> x16(size_t(units * nb));
-  for (int64_t u = 0; u < units; ++u) {
-    const BlockQ6_K* unit_rows[kQ6UnitRows];
-    for (int r = 0; r < kQ6UnitRows; ++r)
-      unit_rows[r] = reinterpret_cast<const BlockQ6_K*>(w.data() + (u * kQ6UnitRows + r) * row_bytes);
-    interleave_q6_k_x16(unit_rows, nb, x16.data() + u * nb);
-  }
-  std::normal_distribution<float> gauss(0.0f, 1.0f);
-  std::vector<float> x(static_cast<size_t>(cols));
-  std::vector<uint8_t> q(static_cast<size_t>(act.row_bytes(cols) * 4));
-  const void* a[4];
-  for (int t = 0; t < 4; ++t) {
-    for (float& v : x) v = gauss(rng);
-    act.quantize_row(x.data(), q.data() + t * act.row_bytes(cols), cols, nullptr);
-    a[t] = q.data() + t * act.row_bytes(cols);
-  }
+  const std::vector<BlockQ6_Kx16> x16 =
+      interleaved_copy<kQ6UnitRows, BlockQ6_K, BlockQ6_Kx16>(w, rows, row_bytes, nb, interleave_q6_k_x16);
+  const FourTokens tokens4 = four_q8_k_rows(cols, rng);
+  const void* const* a = tokens4.a;
   std::vector<float> y(size_t(rows * 4));
   auto seconds = [&](auto&& fn) { return best_seconds(reps, fn); };
   // Token 0's results summed (stride: floats between a row's token-0 results), to show
