@@ -15,8 +15,8 @@
 // Then Q4_K with eight rows interleaved (quant/interleaved.h, `--interleave`): the same M
 // MiB of rows through the one-row AVX2 kernel and, interleaved, through the eight-row
 // kernel with one token, in GB/s of weights; and four tokens through the four-row tile
-// against the eight-row kernel with four tokens, in GMAC/s. Where the CPU has AVX-512
-// VNNI, the same for Q6_K with sixteen rows interleaved (Q6_K_R16) against the CPU's best
+// against the eight-row kernel with four tokens, in GMAC/s. Where the CPU has AVX-512,
+// the same for Q6_K with sixteen rows interleaved (Q6_K_R16) against the CPU's best
 // plain Q6_K kernels.
 // And the transposed product of absorbed MLA decode (y += x^T W over 8 MiB of weights,
 // one activation row), in GB/s of weights.
@@ -269,10 +269,10 @@ void interleaved_q4_k(int64_t cols, double mb, int reps, double bw) {
 }
 
 // Q6_K rows (M MiB, a multiple of sixteen rows) through the CPU's best plain kernels and,
-// the same weights sixteen rows side by side (Q6_K_R16, AVX-512 VNNI only), through its
+// the same weights sixteen rows side by side (Q6_K_R16, AVX-512 only), through its
 // kernel: one token in GB/s of weights, four in GMAC/s, as the Q4_K_R8 lines above.
 void interleaved_q6_k(int64_t cols, double mb, int reps, double bw) {
-  if (vec_dot_q6_k_x16_kernel() == vec_dot_q6_k_x16_scalar) return;  // no VNNI: no layout
+  if (vec_dot_q6_k_x16_kernel() == vec_dot_q6_k_x16_scalar) return;  // no AVX-512: no layout
   std::printf("\nq6_K, sixteen rows interleaved (q6_K_r16), single thread\n");
   const BlockFormat& f = block_format(GgmlType::Q6_K);
   const int64_t row_bytes = f.row_bytes(cols), nb = cols / kQK_K;

@@ -49,3 +49,11 @@ void vec_dot_q6_k_x16(const void* unit, const void* const* act, int tokens, int6
 void check_call(int tokens, int64_t n);
 
 }  // namespace hearth::interleaved_q6_vnni
+
+namespace hearth::interleaved_q6_avx512 {
+
+// The same kernel without VNNI (quant/interleaved_q6_avx512.cc); faults on a CPU without
+// AVX-512 F/BW/VL.
+void vec_dot_q6_k_x16(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
+
+}  // namespace hearth::interleaved_q6_avx512

@@ -146,7 +146,9 @@ void vec_dot_q6_k_x16_scalar(const void* unit, const void* const* act, int token
 }
 
 VecDotQ6Fn vec_dot_q6_k_x16_kernel(KernelIsa isa) {
-  return has_vnni(resolve_isa(isa)) ? interleaved_q6_vnni::vec_dot_q6_k_x16 : vec_dot_q6_k_x16_scalar;
+  const KernelIsa resolved = resolve_isa(isa);
+  if (has_vnni(resolved)) return interleaved_q6_vnni::vec_dot_q6_k_x16;
+  return has_avx512(resolved) ? interleaved_q6_avx512::vec_dot_q6_k_x16 : vec_dot_q6_k_x16_scalar;
 }
 
 }  // namespace hearth

@@ -1,8 +1,8 @@
 // Q6_K with sixteen rows interleaved (quant/interleaved.h, Q6_K_R16): the layout against
 // the header's formulas and back, the scalar reference against a double-precision dot
-// product from Q6_K's documented layout and against plain Q6_K's kernel, and the VNNI
-// kernel against the scalar reference bit for bit, on random and adversarial blocks and
-// for every token count.
+// product from Q6_K's documented layout and against plain Q6_K's kernel, and the AVX-512
+// kernels (F/BW and VNNI) against the scalar reference bit for bit, on random and
+// adversarial blocks and for every token count.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -102,17 +102,25 @@ std::vector<float> run(VecDotQ6Fn fn, const Group& g, const std::vector<std::vec
   return out;
 }
 
-// The kernel under test where the CPU has AVX-512 VNNI (else a MESSAGE and false).
-bool have_vnni() {
-  if (has_vnni(cpu_isa())) return true;
-  MESSAGE("CPU lacks AVX-512 VNNI: the Q6_K_R16 kernel is not tested");
-  return false;
+// The kernels under test: the levels of {kAvx512, kAvx512Vnni} the CPU has (a MESSAGE
+// names those it lacks).
+std::vector<KernelIsa> kernel_levels() {
+  std::vector<KernelIsa> levels;
+  for (KernelIsa level : {KernelIsa::kAvx512, KernelIsa::kAvx512Vnni}) {
+    if (cpu_isa() >= level) {
+      levels.push_back(level);
+      continue;
+    }
+    const std::string why = std::string("CPU lacks ") + isa_name(level) + ": its Q6_K_R16 kernel is not tested";
+    MESSAGE(why);
+  }
+  return levels;
 }
 
-// Where the kernel and the reference differ for tokens 1..kMaxX16Tokens: the number of
-// calls whose floats differ in any bit.
-int mismatches(const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
-  const VecDotQ6Fn kernel = vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512Vnni);
+// Where the kernel of `level` and the reference differ for tokens 1..kMaxX16Tokens: the
+// number of calls whose floats differ in any bit.
+int mismatches(KernelIsa level, const Group& g, const std::vector<std::vector<uint8_t>>& acts) {
+  const VecDotQ6Fn kernel = vec_dot_q6_k_x16_kernel(level);
   REQUIRE((kernel != vec_dot_q6_k_x16_scalar));  // not capped away by limit_isa()
   int bad = 0;
   for (int tokens = 1; tokens <= kMaxX16Tokens; ++tokens) {
@@ -200,66 +208,71 @@ TEST_CASE("interleaved q6_K_r16: the scalar reference agrees with a double-preci
   }
 }
 
-TEST_CASE("interleaved q6_K_r16: the VNNI kernel gives the scalar reference's floats bit for bit") {
-  if (!have_vnni()) return;
-  std::mt19937 rng(93);
-  const BlockFormat& f = q6();
-  int bad = 0, cases = 0;
-  // Random groups against quantized and random activations, several lengths.
-  for (int64_t nb : {1, 2, 8}) {
-    for (int rep = 0; rep < 8; ++rep) {
-      const int64_t n = nb * kQK_K;
-      const Group g = random_group(nb, rng);
-      std::vector<std::vector<uint8_t>> acts;
-      for (int t = 0; t < kMaxX16Tokens; ++t)
-        acts.push_back(t % 2 == 0 ? quantized_activations(n, rng) : act_row(f, n, rng));
-      bad += mismatches(g, acts);
-      ++cases;
+TEST_CASE("interleaved q6_K_r16: the AVX-512 kernels give the scalar reference's floats bit for bit") {
+  for (KernelIsa level : kernel_levels()) {
+    const std::string level_name = isa_name(level);
+    CAPTURE(level_name);
+    std::mt19937 rng(93);
+    const BlockFormat& f = q6();
+    int bad = 0, cases = 0;
+    // Random groups against quantized and random activations, several lengths.
+    for (int64_t nb : {1, 2, 8}) {
+      for (int rep = 0; rep < 8; ++rep) {
+        const int64_t n = nb * kQK_K;
+        const Group g = random_group(nb, rng);
+        std::vector<std::vector<uint8_t>> acts;
+        for (int t = 0; t < kMaxX16Tokens; ++t)
+          acts.push_back(t % 2 == 0 ? quantized_activations(n, rng) : act_row(f, n, rng));
+        bad += mismatches(level, g, acts);
+        ++cases;
+      }
     }
+    // Adversarial weights: quant bytes zero, all set (levels 63, scales -1), sign bits
+    // (scales -128), all but the sign (levels 63 with scales 127), alternating, random;
+    // f16 factors largest finite of both signs, subnormal, one, negative zero, random.
+    // Rows alike, or mixed (row r takes the next fill and factor). Activations: quants
+    // -128, 127, zero and random with large, tiny, subnormal and negative scales.
+    const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, -1};
+    const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x3C00, 0x8000, -1};
+    for (int64_t nb : {1, 3}) {
+      const int64_t n = nb * kQK_K;
+      std::vector<std::vector<uint8_t>> acts = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
+                                                act_row(f, n, rng, 0, 1.0f),      act_row(f, n, rng, kRandom, 1e-40f),
+                                                act_row(f, n, rng, -128, -2.5f),  act_row(f, n, rng)};
+      for (int mixed = 0; mixed < 2; ++mixed)
+        for (int fi = 0; fi < 6; ++fi)
+          for (int hi = 0; hi < 6; ++hi) {
+            const Group g = group_of(nb, [&](int r) {
+              const int k = mixed ? (fi + r) % 6 : fi, h = mixed ? (hi + r) % 6 : hi;
+              return weight_row(f, int(nb), rng, fills[k], halves[h]);
+            });
+            bad += mismatches(level, g, acts);
+            ++cases;
+          }
+    }
+    CHECK(cases == 24 + 144);
+    CHECK(bad == 0);
+    // A known answer through the kernel: every byte 0x7F, d 1, activations all 127 with
+    // d 1. Scales are 127; in each half of a block, values 32j .. 32j + 31 take low bits 15
+    // (j < 2, low nibbles) or 7 (high nibbles) and high bits 3 (j < 3) or 1 (bits 6, 7 of
+    // 0x7F): levels 63, 63, 55, 23, values 31, 31, 23, -9. Per block 2 * 32 * 76 * 127 * 127
+    // (exact in a float, as is twice that).
+    const Group g = group_of(2, [&](int) { return weight_row(f, 2, rng, 0x7F, 0x3C00); });
+    const std::vector<std::vector<uint8_t>> ones = {act_row(f, 2 * kQK_K, rng, 127, 1.0f)};
+    const float want = 2.0f * (2 * 32 * 76 * 127 * 127);
+    const std::vector<float> got = run(vec_dot_q6_k_x16_kernel(level), g, ones, 1);
+    for (int r = 0; r < kRows; ++r) CHECK(got[size_t(r)] == want);
   }
-  // Adversarial weights: quant bytes zero, all set (levels 63, scales -1), sign bits
-  // (scales -128), all but the sign (levels 63 with scales 127), alternating, random;
-  // f16 factors largest finite of both signs, subnormal, one, negative zero, random.
-  // Rows alike, or mixed (row r takes the next fill and factor, so the two halves of a
-  // unit differ too). Activations: quants -128, 127,
-  // zero and random with large, tiny, subnormal and negative scales.
-  const int fills[] = {0x00, 0xFF, 0x80, 0x7F, 0x55, -1};
-  const int halves[] = {0x7BFF, 0xFBFF, 0x0001, 0x3C00, 0x8000, -1};
-  for (int64_t nb : {1, 3}) {
-    const int64_t n = nb * kQK_K;
-    std::vector<std::vector<uint8_t>> acts = {act_row(f, n, rng, -128, 3.0e4f), act_row(f, n, rng, 127, 1e-7f),
-                                              act_row(f, n, rng, 0, 1.0f),      act_row(f, n, rng, kRandom, 1e-40f),
-                                              act_row(f, n, rng, -128, -2.5f),  act_row(f, n, rng)};
-    for (int mixed = 0; mixed < 2; ++mixed)
-      for (int fi = 0; fi < 6; ++fi)
-        for (int hi = 0; hi < 6; ++hi) {
-          const Group g = group_of(nb, [&](int r) {
-            const int k = mixed ? (fi + r) % 6 : fi, h = mixed ? (hi + r) % 6 : hi;
-            return weight_row(f, int(nb), rng, fills[k], halves[h]);
-          });
-          bad += mismatches(g, acts);
-          ++cases;
-        }
-  }
-  CHECK(cases == 24 + 144);
-  CHECK(bad == 0);
-  // A known answer through the kernel: every byte 0x7F, d 1, activations all 127 with
-  // d 1. Scales are 127; in each half of a block, values 32j .. 32j + 31 take low bits 15
-  // (j < 2, low nibbles) or 7 (high nibbles) and high bits 3 (j < 3) or 1 (bits 6, 7 of
-  // 0x7F): levels 63, 63, 55, 23, values 31, 31, 23, -9. Per block 2 * 32 * 76 * 127 * 127
-  // (exact in a float, as is twice that).
-  const Group g = group_of(2, [&](int) { return weight_row(f, 2, rng, 0x7F, 0x3C00); });
-  const std::vector<std::vector<uint8_t>> ones = {act_row(f, 2 * kQK_K, rng, 127, 1.0f)};
-  const float want = 2.0f * (2 * 32 * 76 * 127 * 127);
-  const std::vector<float> got = run(vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512Vnni), g, ones, 1);
-  for (int r = 0; r < kRows; ++r) CHECK(got[size_t(r)] == want);
 }
 
 TEST_CASE("interleaved q6_K_r16: kernel choice, argument checks, and a token's result alone or in company") {
   CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kScalar) == vec_dot_q6_k_x16_scalar));
   CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx2) == vec_dot_q6_k_x16_scalar));
-  CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512) == vec_dot_q6_k_x16_scalar));
-  CHECK((vec_dot_q6_k_x16_kernel() != vec_dot_q6_k_x16_scalar) == has_vnni(best_isa()));
+  CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512) != vec_dot_q6_k_x16_scalar) == has_avx512(best_isa()));
+  CHECK((vec_dot_q6_k_x16_kernel() != vec_dot_q6_k_x16_scalar) == has_avx512(best_isa()));
+  // With VNNI the VNNI level has its own kernel.
+  if (has_vnni(best_isa()))
+    CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512)));
   std::mt19937 rng(94);
   const Group g = random_group(2, rng);
   const int64_t n = 2 * kQK_K;
