@@ -58,7 +58,7 @@ void add_repack_option(cxxopts::Options& opts) {
                      cxxopts::value<std::string>(), "TYPE")(
       "no-mmap", "copy the weights into memory (huge pages) at load instead of reading them from the mapped file")(
       "no-interleave", "keep Q4_K and Q6_K weights as stored (by default the CPU runs them laid out eight rows side "
-                       "by side, Q4_K_R8 and, with AVX-512, Q6_K_R16; never with --offload cuda)");
+                       "by side, Q4_K_R8, and Q6_K sixteen rows side by side, Q6_K_R16; never with --offload cuda)");
 }
 
 bool interleave_by_default(const cxxopts::ParseResult& args) {

@@ -100,7 +100,7 @@ struct ModelLoadOptions {
   bool populate = false;
   // Lay out every Q4_K linear weight whose rows come in whole groups of eight as Q4_K_R8
   // (quant/interleaved.h) after any repack: eight rows side by side, which the CPU's
-  // kernels compute together; and, where the CPU has AVX-512 (its kernels' level), every
+  // kernels compute together; and, where the CPU has AVX2 (its kernels' levels), every
   // Q6_K one in whole groups of sixteen as Q6_K_R16. Same values; the dot products
   // round differently from plain ones. kv_b and k_b stay as stored (absorbed attention
   // reads kv_b transposed; k_b's rows are shorter than a block); v_b takes the layout

@@ -35,8 +35,8 @@ void repack_into(const WeightMatrix& w, DType to, ThreadPool& pool, uint8_t* out
 
 // Whether w can be laid out as Q4_K_R8 or Q6_K_R16 (quant/interleaved.h): Q4_K with a
 // whole number of groups of eight rows, or Q6_K with a whole number of sixteen where the
-// layout's kernel runs at `isa` (AVX-512, with or without VNNI; elsewhere it would have
-// only the scalar reference).
+// layout's kernels run at `isa` (AVX2 and above; below it would have only the scalar
+// reference).
 bool can_interleave(const WeightMatrix& w, KernelIsa isa = KernelIsa::kAuto);
 // w (can_interleave) with its rows interleaved in groups of eight (sixteen), in storage taken from
 // `arena`: the same bytes rearranged, so the same values. Groups are split over the

@@ -37,8 +37,7 @@ enum class DType : uint8_t {
   // rows take Q4_K's bytes (row_bytes), but a row's bytes are spread over its group of
   // eight: only the kernels of quant/weight_matrix.h read it.
   Q4_K_R8,
-  // Q6_K with sixteen rows interleaved, likewise, for the AVX-512 kernels
-  // (quant/interleaved.h).
+  // Q6_K with sixteen rows interleaved, likewise (quant/interleaved.h).
   Q6_K_R16,
 };
 

@@ -85,8 +85,8 @@ VecDotX16Fn vec_dot_q4_k_x16_kernel(KernelIsa isa = KernelIsa::kAuto);
 
 // ---- Q6_K_R16: Q6_K with sixteen rows interleaved (DType::Q6_K_R16) ---------------------
 //
-// The same idea for Q6_K, built at load where the CPU has AVX-512 (F/BW, or with VNNI:
-// the levels with kernels for it; elsewhere Q6_K stays as stored). Plain Q6_K's tile multiplies
+// The same idea for Q6_K, built at load where the CPU has AVX2 (kernels for AVX2, AVX-512
+// F/BW and AVX-512 VNNI; the scalar reference alone would be slower than plain Q6_K). Plain Q6_K's tile multiplies
 // int8 pairs (vpmaddubsw) and then applies each sub-block's scale (vpmaddwd) for every
 // 32 values of one row; here one vpdpbusd multiplies four values of each of sixteen rows,
 // and a sub-block's scale is applied once per 16 values of all of them. A MoE's down
@@ -143,8 +143,14 @@ void deinterleave_q6_k_x16(const BlockQ6_Kx16* unit, int64_t nb, int r, BlockQ6_
 using VecDotQ6Fn = void (*)(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
 // The scalar reference of the formula above.
 void vec_dot_q6_k_x16_scalar(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
-// The kernel for isa: AVX-512 VNNI's at kAvx512Vnni and above, AVX-512 F/BW's at kAvx512
-// (the same floats; resolve_isa caps isa at the CPU), else the scalar reference.
+// The kernel for isa: AVX-512 VNNI's at kAvx512Vnni and above, AVX-512 F/BW's at
+// kAvx512, AVX2's at kAvx2 (the same floats; resolve_isa caps isa at the CPU), else the
+// scalar reference.
 VecDotQ6Fn vec_dot_q6_k_x16_kernel(KernelIsa isa = KernelIsa::kAuto);
+// How many tokens a call of that kernel should take at most: kMaxX16Tokens, but 3 for the
+// AVX2 one, whose sixteen rows take two registers per value: with six tokens its sums
+// spill (one Zen 4 core, 2048 x 1024, 64 tokens: 37.8 GMAC/s at six per call, 53.6 at
+// three, 49.9 at four, against 38.8-39.2 for plain Q6_K's AVX2 tiles).
+int q6_k_x16_tokens_per_call(KernelIsa isa = KernelIsa::kAuto);
 
 }  // namespace hearth

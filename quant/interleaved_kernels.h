@@ -57,3 +57,11 @@ namespace hearth::interleaved_q6_avx512 {
 void vec_dot_q6_k_x16(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
 
 }  // namespace hearth::interleaved_q6_avx512
+
+namespace hearth::interleaved_q6_avx2 {
+
+// The same kernel on AVX2 (quant/interleaved_q6_avx2.cc); faults on a CPU without AVX2,
+// FMA and F16C.
+void vec_dot_q6_k_x16(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
+
+}  // namespace hearth::interleaved_q6_avx2

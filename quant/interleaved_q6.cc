@@ -148,7 +148,13 @@ void vec_dot_q6_k_x16_scalar(const void* unit, const void* const* act, int token
 VecDotQ6Fn vec_dot_q6_k_x16_kernel(KernelIsa isa) {
   const KernelIsa resolved = resolve_isa(isa);
   if (has_vnni(resolved)) return interleaved_q6_vnni::vec_dot_q6_k_x16;
-  return has_avx512(resolved) ? interleaved_q6_avx512::vec_dot_q6_k_x16 : vec_dot_q6_k_x16_scalar;
+  if (has_avx512(resolved)) return interleaved_q6_avx512::vec_dot_q6_k_x16;
+  return has_avx2(resolved) ? interleaved_q6_avx2::vec_dot_q6_k_x16 : vec_dot_q6_k_x16_scalar;
+}
+
+int q6_k_x16_tokens_per_call(KernelIsa isa) {
+  const KernelIsa resolved = resolve_isa(isa);
+  return has_avx2(resolved) && !has_avx512(resolved) ? 3 : kMaxX16Tokens;
 }
 
 }  // namespace hearth

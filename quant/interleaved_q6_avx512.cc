@@ -13,6 +13,7 @@ namespace hearth::interleaved_q6_avx512 {
 
 #define HEARTH_Q6_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")))
 #define HEARTH_Q6_VNNI 0
+#define HEARTH_Q6_AVX2 0
 #include "quant/interleaved_q6_x16.inc"
 
 }  // namespace hearth::interleaved_q6_avx512

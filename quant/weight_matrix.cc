@@ -673,7 +673,7 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
 }
 
 // dot_rows_tiled for Q6_K_R16: each unit of sixteen rows that meets [r0, r1) against up
-// to six tokens per kernel call, one token (decode) as many. A unit is one stream of
+// to six tokens per kernel call (three on AVX2), one token (decode) as many. A unit is one stream of
 // bytes, so decode's one-token calls read DRAM as fast as plain Q6_K's rows. Rows of a
 // unit outside the range are computed and dropped; a token's results are the same bits
 // whichever tokens share its call.
@@ -681,14 +681,15 @@ void dot_rows_q6_units(const WeightMatrix& w, KernelIsa isa, const char* q, int6
                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   constexpr int64_t kRows = kQ6UnitRows;
   const VecDotQ6Fn dot = vec_dot_q6_k_x16_kernel(isa);
+  const int64_t step = q6_k_x16_tokens_per_call(isa);
   const int64_t unit_blocks = w.cols / kQK_K;
   const auto* units = static_cast<const BlockQ6_Kx16*>(w.data);
   const int64_t u_end = (r1 + kRows - 1) / kRows;
   for_token_blocks(q, act_row, pick, n, y, ldy, [&](const char* qb, const int32_t* pb, int64_t n_b, float* yb) {
     for (int64_t u = r0 / kRows; u < u_end; ++u) {
       const int64_t first = std::max(r0, u * kRows), last = std::min(r1, (u + 1) * kRows);
-      for (int64_t t = 0; t < n_b; t += kMaxX16Tokens) {
-        const int tokens = int(std::min<int64_t>(kMaxX16Tokens, n_b - t));
+      for (int64_t t = 0; t < n_b; t += step) {
+        const int tokens = int(std::min<int64_t>(step, n_b - t));
         const void* a[kMaxX16Tokens];
         for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
         float out[kMaxX16Tokens * kRows];

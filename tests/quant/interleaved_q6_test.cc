@@ -1,8 +1,8 @@
 // Q6_K with sixteen rows interleaved (quant/interleaved.h, Q6_K_R16): the layout against
 // the header's formulas and back, the scalar reference against a double-precision dot
-// product from Q6_K's documented layout and against plain Q6_K's kernel, and the AVX-512
-// kernels (F/BW and VNNI) against the scalar reference bit for bit, on random and
-// adversarial blocks and for every token count.
+// product from Q6_K's documented layout and against plain Q6_K's kernel, and the SIMD
+// kernels (AVX2, AVX-512 F/BW and VNNI) against the scalar reference bit for bit, on
+// random and adversarial blocks and for every token count.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -102,11 +102,11 @@ std::vector<float> run(VecDotQ6Fn fn, const Group& g, const std::vector<std::vec
   return out;
 }
 
-// The kernels under test: the levels of {kAvx512, kAvx512Vnni} the CPU has (a MESSAGE
-// names those it lacks).
+// The kernels under test: the levels of {kAvx2, kAvx512, kAvx512Vnni} the CPU has (a
+// MESSAGE names those it lacks).
 std::vector<KernelIsa> kernel_levels() {
   std::vector<KernelIsa> levels;
-  for (KernelIsa level : {KernelIsa::kAvx512, KernelIsa::kAvx512Vnni}) {
+  for (KernelIsa level : {KernelIsa::kAvx2, KernelIsa::kAvx512, KernelIsa::kAvx512Vnni}) {
     if (cpu_isa() >= level) {
       levels.push_back(level);
       continue;
@@ -208,7 +208,7 @@ TEST_CASE("interleaved q6_K_r16: the scalar reference agrees with a double-preci
   }
 }
 
-TEST_CASE("interleaved q6_K_r16: the AVX-512 kernels give the scalar reference's floats bit for bit") {
+TEST_CASE("interleaved q6_K_r16: the SIMD kernels give the scalar reference's floats bit for bit") {
   for (KernelIsa level : kernel_levels()) {
     const std::string level_name = isa_name(level);
     CAPTURE(level_name);
@@ -267,12 +267,16 @@ TEST_CASE("interleaved q6_K_r16: the AVX-512 kernels give the scalar reference's
 
 TEST_CASE("interleaved q6_K_r16: kernel choice, argument checks, and a token's result alone or in company") {
   CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kScalar) == vec_dot_q6_k_x16_scalar));
-  CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx2) == vec_dot_q6_k_x16_scalar));
-  CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512) != vec_dot_q6_k_x16_scalar) == has_avx512(best_isa()));
-  CHECK((vec_dot_q6_k_x16_kernel() != vec_dot_q6_k_x16_scalar) == has_avx512(best_isa()));
-  // With VNNI the VNNI level has its own kernel.
+  CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx2) != vec_dot_q6_k_x16_scalar) == has_avx2(best_isa()));
+  CHECK((vec_dot_q6_k_x16_kernel() != vec_dot_q6_k_x16_scalar) == has_avx2(best_isa()));
+  // Each level has its own kernel; AVX2's takes three tokens per call, the others six.
+  if (has_avx512(best_isa()))
+    CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512) != vec_dot_q6_k_x16_kernel(KernelIsa::kAvx2)));
   if (has_vnni(best_isa()))
     CHECK((vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512Vnni) != vec_dot_q6_k_x16_kernel(KernelIsa::kAvx512)));
+  CHECK(q6_k_x16_tokens_per_call(KernelIsa::kScalar) == kMaxX16Tokens);
+  if (has_avx2(best_isa())) CHECK(q6_k_x16_tokens_per_call(KernelIsa::kAvx2) == 3);
+  if (has_avx512(best_isa())) CHECK(q6_k_x16_tokens_per_call(KernelIsa::kAvx512) == kMaxX16Tokens);
   std::mt19937 rng(94);
   const Group g = random_group(2, rng);
   const int64_t n = 2 * kQK_K;
