@@ -343,7 +343,6 @@ void Model::interleave(const ModelLoadOptions& options) {
     }
   }
   for (auto [w, in_place] : todo) {
-    const bool q6 = w->dtype == DType::Q6_K;
     if (in_place) {
       *w = interleave_in_place(*w, pool);
     } else if (copy_fits) {
@@ -353,7 +352,7 @@ void Model::interleave(const ModelLoadOptions& options) {
       ++repack_.not_interleaved;
       continue;
     }
-    ++(q6 ? repack_.interleaved_q6 : repack_.interleaved);
+    ++(w->dtype == DType::Q6_K_R16 ? repack_.interleaved_q6 : repack_.interleaved);
   }
 }
 

@@ -86,17 +86,17 @@ void require_interleavable(const WeightMatrix& w) {
 // or BlockQ6_K, Grouped the interleaved block of kUnit rows, one per super-block.
 template <int kUnit, class Plain, class Grouped, class Fn>
 void interleave_groups(const WeightMatrix& w, ThreadPool& pool, Grouped* out, Fn&& interleave) {
-  const int64_t nb = w.cols / kQK_K, groups = w.rows / kUnit, per_group = nb;
+  const int64_t nb = w.cols / kQK_K, groups = w.rows / kUnit;
   const auto* rows = static_cast<const Plain*>(w.data);
   pool.parallel_for(
       groups,
       [&](int64_t g0, int64_t g1) {
-        std::vector<Grouped> buf(static_cast<size_t>(per_group));
+        std::vector<Grouped> buf(static_cast<size_t>(nb));
         for (int64_t g = g0; g < g1; ++g) {
           const Plain* group[kUnit];
           for (int r = 0; r < kUnit; ++r) group[r] = rows + (g * kUnit + r) * nb;
           interleave(group, nb, buf.data());
-          std::memcpy(out + g * per_group, buf.data(), buf.size() * sizeof(Grouped));
+          std::memcpy(out + g * nb, buf.data(), buf.size() * sizeof(Grouped));
         }
       },
       4);

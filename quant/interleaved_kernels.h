@@ -44,11 +44,17 @@ namespace hearth::interleaved_q6_vnni {
 // The Q6_K_R16 kernel (quant/interleaved_q6_vnni.cc); faults on a CPU without AVX-512
 // F/BW/VL/VNNI.
 void vec_dot_q6_k_x16(const void* unit, const void* const* act, int tokens, int64_t n, float* out);
-// Throws std::invalid_argument unless n is a multiple of 256 and tokens is 1..kMaxX16Tokens
-// (quant/interleaved_q6.cc: the kernel and the reference check with the same words).
-void check_call(int tokens, int64_t n);
 
 }  // namespace hearth::interleaved_q6_vnni
+
+namespace hearth::interleaved_q6 {
+
+// Throws std::invalid_argument unless n is a multiple of 256 and tokens is 1..kMaxX16Tokens
+// (quant/interleaved_q6.cc: every Q6_K_R16 kernel and the reference check with the same
+// words).
+void check_call(int tokens, int64_t n);
+
+}  // namespace hearth::interleaved_q6
 
 namespace hearth::interleaved_q6_avx512 {
 

@@ -72,7 +72,7 @@ void plain_levels(const BlockQ6_K& b, uint8_t q[kQK_K]) {
 
 }  // namespace
 
-void interleaved_q6_vnni::check_call(int tokens, int64_t n) { check_q6_call(tokens, n); }
+void interleaved_q6::check_call(int tokens, int64_t n) { check_q6_call(tokens, n); }
 
 void interleave_q6_k_x16(const BlockQ6_K* const rows[kQ6UnitRows], int64_t nb, BlockQ6_Kx16* out) {
   constexpr uint32_t kLow = 0x0F0F0F0Fu, kTop = 0x03030303u;

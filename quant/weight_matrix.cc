@@ -629,11 +629,29 @@ void dot_rows_tiled(const WeightMatrix& w, const BlockFormat& f, KernelIsa isa, 
   });
 }
 
+// The calls of an interleaved kernel over one unit of rows (unit_row0 .. + width - 1) and
+// the n_b tokens of a block, `step` tokens per call: kernel(a, tokens, out) writes
+// out[k * width + i] for token k and the unit's row i; rows [first, last) of those are
+// kept in yb.
+template <class Kernel>
+void unit_calls(const char* qb, const int32_t* pb, int64_t act_row, int64_t n_b, int64_t step, int64_t unit_row0,
+                int64_t width, int64_t first, int64_t last, float* yb, int64_t ldy, Kernel&& kernel) {
+  for (int64_t t = 0; t < n_b; t += step) {
+    const int tokens = int(std::min<int64_t>(step, n_b - t));
+    const void* a[kMaxX16Tokens];
+    for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
+    float out[kMaxX16Tokens * 2 * kInterleavedRows];
+    kernel(a, tokens, out);
+    for (int k = 0; k < tokens; ++k)
+      for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * width + (r - unit_row0)];
+  }
+}
+
 // dot_rows_tiled for Q4_K_R8: each group of eight rows that meets [r0, r1) against up to
 // four tokens per kernel call (the weights are unpacked once for all of them); rows of a
 // group outside the range are computed and dropped. Where the CPU has AVX-512, two groups
-// go through one call of the sixteen-row kernel, with up to six tokens. A token's results are the same bits
-// whichever tokens and groups share its call.
+// go through one call of the sixteen-row kernel, with up to six tokens. A token's results
+// are the same bits whichever tokens and groups share its call.
 void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, int64_t act_row, const int32_t* pick,
                           int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   constexpr int64_t kRows = kInterleavedRows;
@@ -654,29 +672,23 @@ void dot_rows_interleaved(const WeightMatrix& w, KernelIsa isa, const char* q, i
       const int64_t span = dot16 && g + 1 < g_end ? 2 : 1;  // groups in this call
       const int64_t first = std::max(r0, g * kRows), last = std::min(r1, (g + span) * kRows);
       const int64_t step = span == 2 ? kMaxX16Tokens : 4;  // tokens per call
-      for (int64_t t = 0; t < n_b; t += step) {
-        const int tokens = int(std::min<int64_t>(step, n_b - t));
-        const void* a[kMaxX16Tokens];
-        for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
-        float out[kMaxX16Tokens * 2 * kRows];
-        if (span == 2)
-          dot16(groups + g * nb, groups + (g + 1) * nb, a, tokens, w.cols, out);
-        else
-          dot(groups + g * nb, a, tokens, w.cols, out);
-        const int64_t width = span * kRows;
-        for (int k = 0; k < tokens; ++k)
-          for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * width + (r - g * kRows)];
-      }
+      unit_calls(qb, pb, act_row, n_b, step, g * kRows, span * kRows, first, last, yb, ldy,
+                 [&](const void* const* a, int tokens, float* out) {
+                   if (span == 2)
+                     dot16(groups + g * nb, groups + (g + 1) * nb, a, tokens, w.cols, out);
+                   else
+                     dot(groups + g * nb, a, tokens, w.cols, out);
+                 });
       g += span;
     }
   });
 }
 
 // dot_rows_tiled for Q6_K_R16: each unit of sixteen rows that meets [r0, r1) against up
-// to six tokens per kernel call (three on AVX2), one token (decode) as many. A unit is one stream of
-// bytes, so decode's one-token calls read DRAM as fast as plain Q6_K's rows. Rows of a
-// unit outside the range are computed and dropped; a token's results are the same bits
-// whichever tokens share its call.
+// to six tokens per kernel call (three on AVX2), one token (decode) as many. A unit is
+// one stream of bytes, so decode's one-token calls read DRAM as fast as plain Q6_K's
+// rows. Rows of a unit outside the range are computed and dropped; a token's results are
+// the same bits whichever tokens share its call.
 void dot_rows_q6_units(const WeightMatrix& w, KernelIsa isa, const char* q, int64_t act_row, const int32_t* pick,
                        int64_t n, float* y, int64_t ldy, int64_t r0, int64_t r1) {
   constexpr int64_t kRows = kQ6UnitRows;
@@ -688,15 +700,10 @@ void dot_rows_q6_units(const WeightMatrix& w, KernelIsa isa, const char* q, int6
   for_token_blocks(q, act_row, pick, n, y, ldy, [&](const char* qb, const int32_t* pb, int64_t n_b, float* yb) {
     for (int64_t u = r0 / kRows; u < u_end; ++u) {
       const int64_t first = std::max(r0, u * kRows), last = std::min(r1, (u + 1) * kRows);
-      for (int64_t t = 0; t < n_b; t += step) {
-        const int tokens = int(std::min<int64_t>(step, n_b - t));
-        const void* a[kMaxX16Tokens];
-        for (int k = 0; k < tokens; ++k) a[k] = qb + (pb ? pb[t + k] : t + k) * act_row;
-        float out[kMaxX16Tokens * kRows];
-        dot(units + u * unit_blocks, a, tokens, w.cols, out);
-        for (int k = 0; k < tokens; ++k)
-          for (int64_t r = first; r < last; ++r) yb[(t + k) * ldy + r] = out[k * kRows + (r - u * kRows)];
-      }
+      unit_calls(qb, pb, act_row, n_b, step, u * kRows, kRows, first, last, yb, ldy,
+                 [&](const void* const* a, int tokens, float* out) {
+                   dot(units + u * unit_blocks, a, tokens, w.cols, out);
+                 });
     }
   });
 }
@@ -724,12 +731,7 @@ void matmul_rows_prequantized(const WeightMatrix& w, const char* q, int64_t act_
   if (r0 >= r1 || n <= 0) return;
   if (w.dtype == DType::Q4_K_R8) return dot_rows_interleaved(w, isa, q, act_row, pick, n, y, ldy, r0, r1);
   if (w.dtype == DType::Q6_K_R16) return dot_rows_q6_units(w, isa, q, act_row, pick, n, y, ldy, r0, r1);
-  const BlockFormat& f = *block_format_of(w.dtype);
-  const int64_t stride = f.row_bytes(w.cols);
-  const char* row = block_row(w, f, r0);
-  if (n == 1)  // decode: one activation row against a stream of weight rows
-    return dot_rows_one_token(f, isa, row, stride, q + (pick ? pick[0] : 0) * act_row, w.cols, y, r0, r1);
-  dot_rows_tiled(w, f, isa, q, act_row, pick, n, y, ldy, r0, r1);
+  dot_rows_tiled(w, *block_format_of(w.dtype), isa, q, act_row, pick, n, y, ldy, r0, r1);
 }
 
 // Calls fn(c, values, len) for consecutive pieces covering [c0, c1) of row r, decoding

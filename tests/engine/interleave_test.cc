@@ -66,17 +66,21 @@ std::vector<float> gaussian(int64_t n, uint32_t seed) {
   return v;
 }
 
-// Row r of the interleaved weight against token t of x, by the reference: x quantized to
-// Q8_K the way matmul_rows does, then vec_dot_q4_k_x8_scalar on r's group.
+// Row r of the interleaved weight (Q4_K_R8 or Q6_K_R16) against token t of x, by the
+// reference: x quantized to Q8_K the way matmul_rows does, then the layout's scalar
+// reference on r's group of rows.
 float reference(const WeightMatrix& r8, const float* x, int64_t r) {
   const BlockFormat& q8k = block_format(GgmlType::Q8_K);
   std::vector<uint64_t> act(size_t(q8k.row_bytes(r8.cols) / 8 + 1));
   q8k.quantize_row(x, act.data(), r8.cols, nullptr);
   const void* a[1] = {act.data()};
-  float out[kInterleavedRows];
-  const auto* groups = static_cast<const BlockQ4_Kx8*>(r8.data);
-  vec_dot_q4_k_x8_scalar(groups + (r / kInterleavedRows) * (r8.cols / kQK_K), a, 1, r8.cols, out);
-  return out[r % kInterleavedRows];
+  const int64_t unit = interleaved_unit_rows(r8.dtype), nb = r8.cols / kQK_K;
+  float out[kQ6UnitRows];
+  if (r8.dtype == DType::Q6_K_R16)
+    vec_dot_q6_k_x16_scalar(static_cast<const BlockQ6_Kx16*>(r8.data) + (r / unit) * nb, a, 1, r8.cols, out);
+  else
+    vec_dot_q4_k_x8_scalar(static_cast<const BlockQ4_Kx8*>(r8.data) + (r / unit) * nb, a, 1, r8.cols, out);
+  return out[r % unit];
 }
 
 std::vector<float> logits(const Model& m, ThreadPool& pool, const std::vector<std::vector<int32_t>>& seqs) {
@@ -290,16 +294,6 @@ TEST_CASE("interleaved Q6_K: products, decoding, slices and in-place layout read
   const WeightMatrix r8 = interleave_matrix(plain.w, pool, arena);
   CHECK(r8.dtype == DType::Q6_K_R16);
   CHECK(r8.bytes() == plain.w.bytes());
-  auto reference = [&](const float* x, int64_t r) {
-    const BlockFormat& q8k = block_format(GgmlType::Q8_K);
-    std::vector<uint64_t> act(size_t(q8k.row_bytes(r8.cols) / 8 + 1));
-    q8k.quantize_row(x, act.data(), r8.cols, nullptr);
-    const void* a[1] = {act.data()};
-    float out[kQ6UnitRows];
-    const auto* units = static_cast<const BlockQ6_Kx16*>(r8.data);
-    vec_dot_q6_k_x16_scalar(units + (r / kQ6UnitRows) * (r8.cols / kQK_K), a, 1, r8.cols, out);
-    return out[r % kQ6UnitRows];
-  };
   // Tokens one at a time, in sixes and their remainders, and more than one block of
   // tokens; row ranges on and off the units' edges.
   for (int64_t n : {1, 2, 5, 6, 7, 13, 230}) {
@@ -326,7 +320,7 @@ TEST_CASE("interleaved Q6_K: products, decoding, slices and in-place layout read
             CHECK(got == sentinel);
             continue;
           }
-          const float want = reference(x.data() + t * r8.cols, r);
+          const float want = reference(r8, x.data() + t * r8.cols, r);
           CHECK(std::memcmp(&got, &want, sizeof got) == 0);
           const float p = yp[size_t(t * r8.rows + r)];
           CHECK(std::fabs(double(got) - double(p)) <= 1e-6 * magnitude(plain.w, r, x.data() + t * r8.cols));
